@@ -1,0 +1,146 @@
+"""Mapping a Jira issue (REST JSON) to a ``jira_issue`` row: pure, no I/O.
+
+Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, JIRA.md,
+"Webhooks"); every timestamp is normalised here to naive UTC, the form the table stores.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Mapping
+
+_OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})$")
+
+
+class IssueMappingError(ValueError):
+    """The issue JSON lacks what a row needs (id, key, project, a parseable ``updated``)."""
+
+
+def parse_jira_datetime(value: str) -> dt.datetime:
+    """``2024-12-29T08:41:23.904+0530`` (or ``Z``/``+05:30``/no fraction) -> naive UTC datetime.
+
+    Raises ValueError when the value is not such a timestamp.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+0000"
+    match = _OFFSET.search(text)
+    if not match:
+        raise ValueError(f"timestamp without a UTC offset: {value!r}")
+    text = text[: match.start()] + f"{match.group(1)}{match.group(2)}{match.group(3)}"
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"):
+        try:
+            parsed = dt.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    raise ValueError(f"not a Jira timestamp: {value!r}")
+
+
+def parse_jira_date(value: str) -> dt.datetime:
+    """A timestamp, or a bare ``yyyy-mm-dd`` date (read as midnight UTC)."""
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        return dt.datetime.strptime(value.strip(), "%Y-%m-%d")
+    return parse_jira_datetime(value)
+
+
+def epoch_ms(moment: dt.datetime) -> int:
+    """Naive-UTC or aware datetime -> epoch milliseconds."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _text(value: Any) -> str | None:
+    """A string column's value: strings only, NUL replaced (PostgreSQL stores no U+0000)."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _name(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        return _text(value.get("name"))
+    return None
+
+
+def _account_id(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        account = value.get("accountId")
+        return account if isinstance(account, str) else None
+    return None
+
+
+def _optional_time(fields: Mapping[str, Any], name: str) -> dt.datetime | None:
+    value = fields.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return parse_jira_date(value)
+    except ValueError as exc:
+        raise IssueMappingError(f"fields.{name}: {exc}") from None
+
+
+def project_key_of(issue: Mapping[str, Any]) -> str:
+    """The issue's project key: ``fields.project.key``, else the key's prefix."""
+    fields = issue.get("fields") or {}
+    project = fields.get("project") if isinstance(fields, Mapping) else None
+    if isinstance(project, Mapping) and isinstance(project.get("key"), str) and project["key"]:
+        return project["key"]
+    key = issue.get("key")
+    if isinstance(key, str) and "-" in key:
+        return key.rsplit("-", 1)[0]
+    raise IssueMappingError("the issue names no project (fields.project.key) and its key has none")
+
+
+def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int, synced_at: dt.datetime | None = None) -> dict[str, Any]:
+    """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
+
+    ``fields`` is kept as received; the typed columns are derived from it. Raises
+    IssueMappingError when the issue cannot make a row.
+    """
+    issue_id = issue.get("id")
+    if isinstance(issue_id, int) and not isinstance(issue_id, bool):
+        issue_id = str(issue_id)
+    if not isinstance(issue_id, str) or not issue_id:
+        raise IssueMappingError("issue.id is missing")
+    key = issue.get("key")
+    if not isinstance(key, str) or not key:
+        raise IssueMappingError("issue.key is missing")
+    fields = issue.get("fields")
+    if not isinstance(fields, Mapping):
+        raise IssueMappingError("issue.fields is missing")
+    updated = _optional_time(fields, "updated")
+    if updated is None:
+        raise IssueMappingError("issue.fields.updated is missing")
+    status = fields.get("status")
+    category = status.get("statusCategory") if isinstance(status, Mapping) else None
+    labels = fields.get("labels")
+    return {
+        "site": site,
+        "issue_id": issue_id,
+        "key": _text(key),
+        "project_key": project_key_of(issue),
+        "summary": _text(fields.get("summary")),
+        "status": _name(status),
+        "status_category": category.get("key") if isinstance(category, Mapping) else None,
+        "issue_type": _name(fields.get("issuetype")),
+        "priority": _name(fields.get("priority")),
+        "assignee_account_id": _account_id(fields.get("assignee")),
+        "reporter_account_id": _account_id(fields.get("reporter")),
+        "labels": [_text(label) for label in labels if isinstance(label, str)] if isinstance(labels, list) else [],
+        "created": _optional_time(fields, "created"),
+        "updated": updated,
+        "resolved": _optional_time(fields, "resolutiondate"),
+        "fields": dict(fields),
+        "deleted_at": None,
+        "synced_at": synced_at or utc_now(),
+        "source": source,
+        "event_ts": int(event_ts),
+    }

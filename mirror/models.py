@@ -1,0 +1,109 @@
+"""Tables, fields only. The schema is a public interface (CONTRACT.md, "Schema").
+
+Timestamps are stored as naive UTC (``timestamp without time zone`` on PostgreSQL).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import peewee as pw
+
+from mirror.db import database
+
+
+def scrub_nul(value: Any) -> Any:
+    """``value`` with every U+0000 replaced by U+FFFD.
+
+    PostgreSQL stores no NUL in ``text`` or ``jsonb``; the mirror keeps one shape whatever the
+    database, so NUL is the one character that does not round-trip, on either.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [scrub_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
+    return value
+
+
+class JSONField(pw.Field):
+    """JSON in a column: ``JSONB`` on PostgreSQL, ``TEXT`` on SQLite (see ``db.FIELD_TYPES``)."""
+
+    field_type = "JSON"
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if "\\u0000" in text:  # rare: only then walk the value
+            text = json.dumps(scrub_nul(value), ensure_ascii=False, separators=(",", ":"))
+        return text
+
+    def python_value(self, value: Any) -> Any:
+        # psycopg2 already decodes jsonb; SQLite hands back the text.
+        if isinstance(value, (str, bytes)):
+            return json.loads(value)
+        return value
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Issue(BaseModel):
+    site = pw.CharField(max_length=255)
+    issue_id = pw.CharField(max_length=32)
+    key = pw.CharField(max_length=300)
+    project_key = pw.CharField(max_length=255, index=True)
+    summary = pw.TextField(null=True)
+    status = pw.CharField(max_length=255, null=True)
+    status_category = pw.CharField(max_length=32, null=True)
+    issue_type = pw.CharField(max_length=255, null=True)
+    priority = pw.CharField(max_length=255, null=True)
+    assignee_account_id = pw.CharField(max_length=128, null=True)
+    reporter_account_id = pw.CharField(max_length=128, null=True)
+    labels = JSONField(default=list)
+    created = pw.DateTimeField(null=True)
+    updated = pw.DateTimeField()
+    resolved = pw.DateTimeField(null=True)
+    fields = JSONField(default=dict)
+    deleted_at = pw.DateTimeField(null=True)
+    synced_at = pw.DateTimeField()
+    source = pw.CharField(max_length=16)
+    # Tie-breaker for two versions with the same ``updated``: the webhook's ``timestamp``
+    # (epoch ms), or the time a backfill read the issue (CONTRACT.md, "Order").
+    event_ts = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "jira_issue"
+        indexes = ((("site", "issue_id"), True), (("site", "project_key", "updated"), False))
+
+
+class Project(BaseModel):
+    site = pw.CharField(max_length=255)
+    key = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=255, null=True)
+    is_active = pw.BooleanField(default=True)
+    sync_cursor = pw.DateTimeField(null=True)
+    last_full_sync_at = pw.DateTimeField(null=True)
+    sync_state = pw.CharField(max_length=32, default="idle")
+    last_error = pw.TextField(null=True)
+    created_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "jira_project"
+        indexes = ((("site", "key"), True),)
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField()
+    applied_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "jira_mirror_schema"
+
+
+MODELS: tuple[type[BaseModel], ...] = (Issue, Project)

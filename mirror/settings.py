@@ -1,0 +1,153 @@
+"""Configuration, read from the environment only (CONTRACT.md, "Configuration").
+
+``Settings.from_env()`` is the one reader of ``os.environ``; tests build ``Settings(...)``
+directly. A malformed value raises :class:`SettingsError` naming the variable.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlparse
+
+DEFAULT_DATABASE_URL = "sqlite:///jira-mirror.db"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
+
+
+class SettingsError(ValueError):
+    """A configuration variable is malformed; the message names the variable."""
+
+
+def _truthy(name: str, raw: str | None) -> bool:
+    if raw is None or raw.strip() == "":
+        return False
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/0, true/false, yes/no or on/off, not {raw!r}")
+
+
+def _positive_int(name: str, raw: str | None, default: int, *, maximum: int = 2**31) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if not 1 <= value <= maximum:
+        raise SettingsError(f"{name} must be between 1 and {maximum}, not {value}")
+    return value
+
+
+def parse_project_keys(raw: str | None, *, name: str = "JIRA_PROJECTS") -> tuple[str, ...]:
+    """``"DEMO, ops"`` -> ``("DEMO", "OPS")``; raises SettingsError on a malformed key."""
+    if raw is None:
+        return ()
+    keys: list[str] = []
+    for part in raw.split(","):
+        key = part.strip().upper()
+        if not key:
+            continue
+        if not _PROJECT_KEY.match(key):
+            raise SettingsError(
+                f"{name}: {part.strip()!r} is not a Jira project key "
+                "(a letter, then letters, digits or underscores)"
+            )
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _url(name: str, raw: str | None, schemes: tuple[str, ...], default: str | None) -> str | None:
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes:
+        raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
+    if parsed.scheme != "sqlite" and not parsed.hostname:
+        raise SettingsError(f"{name} has no host name")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    jira_base_url: str | None = None
+    jira_email: str | None = None
+    jira_api_token: str | None = field(default=None, repr=False)
+    jira_oauth_token: str | None = field(default=None, repr=False)
+    jira_cloud_id: str | None = None
+    # Several secrets, comma-separated in the environment, so that a secret can be rotated
+    # without downtime: every one of them is accepted.
+    jira_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    jira_webhook_allow_unsigned: bool = False
+    jira_projects: tuple[str, ...] = ()
+    admin_token: str | None = field(default=None, repr=False)
+    sync_interval_seconds: int = 300
+    port: int = 8000
+    max_body_bytes: int = 1024 * 1024
+
+    @property
+    def site(self) -> str:
+        """The value of the ``site`` column: the Jira site's host, or ``local`` when unset."""
+        base = self.jira_api_base_url
+        if not base:
+            return "local"
+        return urlparse(base).netloc.lower()
+
+    @property
+    def jira_api_base_url(self) -> str | None:
+        if self.jira_base_url:
+            return self.jira_base_url.rstrip("/")
+        if self.jira_oauth_token and self.jira_cloud_id:
+            return f"https://api.atlassian.com/ex/jira/{self.jira_cloud_id}"
+        return None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return None
+            return raw.strip()
+
+        database_url = _url(
+            "DATABASE_URL", get("DATABASE_URL"), ("sqlite", "postgres", "postgresql"), DEFAULT_DATABASE_URL
+        )
+        redis_url = _url("REDIS_URL", get("REDIS_URL"), ("redis", "rediss", "unix"), DEFAULT_REDIS_URL)
+        jira_base_url = _url("JIRA_BASE_URL", get("JIRA_BASE_URL"), ("https", "http"), None)
+        cloud_id = get("JIRA_CLOUD_ID")
+        if cloud_id is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", cloud_id):
+            raise SettingsError("JIRA_CLOUD_ID must be the site's cloud id (letters, digits and dashes)")
+        email, token = get("JIRA_EMAIL"), get("JIRA_API_TOKEN")
+        if (email is None) != (token is None):
+            missing = "JIRA_API_TOKEN" if token is None else "JIRA_EMAIL"
+            raise SettingsError(f"{missing} is required when the other of JIRA_EMAIL/JIRA_API_TOKEN is set")
+        secrets = tuple(s.strip() for s in (get("JIRA_WEBHOOK_SECRET") or "").split(",") if s.strip())
+        return cls(
+            database_url=database_url or DEFAULT_DATABASE_URL,
+            redis_url=redis_url or DEFAULT_REDIS_URL,
+            jira_base_url=jira_base_url,
+            jira_email=email,
+            jira_api_token=token,
+            jira_oauth_token=get("JIRA_OAUTH_TOKEN"),
+            jira_cloud_id=cloud_id,
+            jira_webhook_secrets=secrets,
+            jira_webhook_allow_unsigned=_truthy("JIRA_WEBHOOK_ALLOW_UNSIGNED", get("JIRA_WEBHOOK_ALLOW_UNSIGNED")),
+            jira_projects=parse_project_keys(get("JIRA_PROJECTS")),
+            admin_token=get("ADMIN_TOKEN"),
+            sync_interval_seconds=_positive_int("SYNC_INTERVAL_SECONDS", get("SYNC_INTERVAL_SECONDS"), 300),
+            port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
+            max_body_bytes=_positive_int(
+                "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024
+            ),
+        )

@@ -1,0 +1,35 @@
+"""The web process: Jira webhooks in, jobs out, plus health and ops pages."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from mirror.db import init_database
+from mirror.settings import Settings
+from receiver import errors, health, webhooks
+from receiver.projects import TrackedProjects
+from workers.queues import ISSUES, queue
+from workers.worker import redis_connection
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app from ``settings`` (default: the environment)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Werkzeug refuses a larger body with 413 before the view reads it.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["settings"] = settings
+    init_database(settings.database_url)
+    redis = redis_connection(settings.redis_url)
+    # Short socket timeouts: a Redis that does not answer becomes a quick 503, and Jira redelivers.
+    redis.connection_pool.connection_kwargs.update(socket_timeout=2, socket_connect_timeout=1)
+    app.extensions["redis"] = redis
+    app.extensions["issues_queue"] = queue(ISSUES, redis)
+    app.extensions["tracked"] = TrackedProjects(settings.site)
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    return app

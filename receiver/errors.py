@@ -1,0 +1,38 @@
+"""All error mapping in one place: every error leaves as JSON ``{"error": ...}``."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON body."""
+
+    def __init__(self, status: int, message: str, *, details: object = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+        body: dict[str, object] = {"error": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return jsonify(body), exc.status, exc.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        return jsonify({"error": exc.description or exc.name}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error type=%s", type(exc).__name__)
+        return jsonify({"error": "internal error"}), 500

@@ -1,0 +1,107 @@
+"""``POST /webhooks/jira``: verify, load, enqueue, answer (CONTRACT.md, "HTTP").
+
+The view does only what a 2xx promises: the delivery is authentic, well-formed and its jobs
+are in Redis. The work happens in the jobs. Jira retries 408/409/425/429/5xx and gives up on
+other 4xx (JIRA.md), so a valid delivery that needs no work is answered 200, never 4xx, and a
+queue that cannot take the job is answered 503 so that Jira delivers again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from marshmallow import ValidationError
+from redis.exceptions import RedisError
+
+from receiver.errors import ApiError
+from receiver.schemas import ISSUE_EVENTS, load_delivery
+from receiver.signature import SignatureError, verify
+from workers import queues
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+JOB_FOR_EVENT = {
+    "jira:issue_created": "workers.jobs.upsert_issue",
+    "jira:issue_updated": "workers.jobs.upsert_issue",
+    "jira:issue_deleted": "workers.jobs.delete_issue",
+}
+
+
+def _check_signature(body: bytes) -> None:
+    settings = current_app.extensions["settings"]
+    header = request.headers.get("X-Hub-Signature")
+    if settings.jira_webhook_allow_unsigned and (header is None or not settings.jira_webhook_secrets):
+        return
+    if not settings.jira_webhook_secrets:
+        raise ApiError(401, "webhook refused: JIRA_WEBHOOK_SECRET is not set, so no signature can be checked")
+    try:
+        verify(body, header=header, secrets=settings.jira_webhook_secrets)
+    except SignatureError as exc:
+        raise ApiError(401, f"webhook refused: {exc}") from None
+
+
+def _parse(body: bytes) -> Any:
+    if not body:
+        raise ApiError(400, "empty body: a Jira webhook is a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: a body nested thousands of levels deep.
+        reason = "too deeply nested" if isinstance(exc, RecursionError) else "malformed JSON"
+        raise ApiError(400, f"body is not valid JSON: {reason}") from None
+
+
+def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bool:
+    """An issue moved out of a tracked project: its row must follow it (JIRA.md: key changes)."""
+    for item in (delivery.get("changelog") or {}).get("items") or []:
+        if item.get("field") == "Key" and isinstance(item.get("from_string"), str):
+            if item["from_string"].rsplit("-", 1)[0] in tracked:
+                return True
+    return False
+
+
+@bp.post("/webhooks/jira")
+def receive():  # type: ignore[no-untyped-def]
+    delivery_id = request.headers.get("X-Atlassian-Webhook-Identifier") or None
+    if request.mimetype != "application/json":
+        raise ApiError(415, "a Jira webhook is sent as application/json")
+    body = request.get_data(cache=False)
+    _check_signature(body)
+    try:
+        delivery = load_delivery(_parse(body))
+    except ValidationError as exc:
+        raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
+
+    event = delivery["webhook_event"]
+    if event not in ISSUE_EVENTS:
+        return _ignored(delivery_id, event, f"event {event} is not mirrored")
+
+    issue = delivery["issue"]
+    project_key = issue["fields"]["project"]["key"]
+    tracked = current_app.extensions["tracked"].keys()
+    if tracked is not None and project_key not in tracked and not _moved_from_tracked(delivery, tracked):
+        return _ignored(delivery_id, event, f"project {project_key} is not tracked")
+
+    issues_queue = current_app.extensions["issues_queue"]
+    job = (JOB_FOR_EVENT[event], {
+        "site": current_app.extensions["settings"].site,
+        "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
+        "event_ts": delivery["timestamp"],
+    })
+    try:
+        if queues.seen_delivery(issues_queue.connection, delivery_id):
+            return _ignored(delivery_id, event, "duplicate delivery")
+        job_ids = queues.enqueue_issue_jobs(issues_queue, [job], delivery_id=delivery_id)
+    except RedisError as exc:
+        log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery_id, event, type(exc).__name__)
+        raise ApiError(503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}) from None
+    log.info("delivery accepted delivery=%s event=%s key=%s jobs=%s", delivery_id, event, issue["key"], ",".join(job_ids))
+    return jsonify({"enqueued": len(job_ids)}), 202
+
+
+def _ignored(delivery_id: str | None, event: str, why: str):  # type: ignore[no-untyped-def]
+    log.info("delivery ignored delivery=%s event=%s why=%s", delivery_id, event, why)
+    return jsonify({"ignored": why}), 200

@@ -1,0 +1,104 @@
+"""Shared fixtures: real Redis and a real database (SQLite file, or PostgreSQL when
+``TEST_DATABASE_URL`` names one). Only Jira is faked. A missing Redis or PostgreSQL fails the
+run: it is never skipped."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from redis import Redis
+
+from mirror import db as mirror_db
+from mirror import schema
+from mirror.settings import Settings
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SECRET = "test-webhook-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reset_postgres(url: str) -> None:
+    database = mirror_db.open_database(url)
+    with database.connection_context():
+        database.execute_sql("DROP SCHEMA IF EXISTS public CASCADE")
+        database.execute_sql("CREATE SCHEMA public")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        try:
+            _reset_postgres(url)
+        except Exception as exc:  # pragma: no cover - only when the server is missing
+            pytest.fail(f"TEST_DATABASE_URL does not answer ({exc}); start PostgreSQL", pytrace=False)
+        return url
+    return f"sqlite:///{tmp_path / 'mirror.db'}"
+
+
+@pytest.fixture
+def redis_conn() -> Iterator[Redis]:
+    conn = Redis.from_url(TEST_REDIS_URL)
+    try:
+        conn.ping()
+    except Exception as exc:  # pragma: no cover - only when the server is missing
+        pytest.fail(f"Redis at {TEST_REDIS_URL} does not answer ({exc}); start redis-server", pytrace=False)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_conn: Redis) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=TEST_REDIS_URL,
+        jira_webhook_secrets=(SECRET,),
+        jira_projects=("DEMO",),
+    )
+
+
+@pytest.fixture
+def db(settings: Settings):  # type: ignore[no-untyped-def]
+    """The database, at the latest schema, with DEMO tracked; connected in this thread."""
+    from mirror import store
+
+    database = mirror_db.init_database(settings.database_url)
+    schema.upgrade(database)
+    database.connect(reuse_if_open=True)
+    store.track_projects(settings.site, settings.jira_projects)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def app(settings: Settings, db):  # type: ignore[no-untyped-def]
+    from receiver import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def drain(settings: Settings, redis_conn: Redis):  # type: ignore[no-untyped-def]
+    """Run every queued job in this process (RQ's own worker loop, burst mode)."""
+    from workers.worker import build_worker
+
+    def _drain(queues: tuple[str, ...] = ("issues",)) -> None:
+        worker = build_worker(settings, queues, connection=redis_conn)
+        worker.work(burst=True, with_scheduler=False)
+
+    return _drain

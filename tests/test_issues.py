@@ -1,0 +1,69 @@
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from mirror.issues import IssueMappingError, parse_jira_datetime, to_row
+from tests import factories
+
+PAYLOADS = Path(__file__).parent / "payloads"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2024-12-29T08:41:23.904+0530", dt.datetime(2024, 12, 29, 3, 11, 23, 904000)),
+        ("2024-12-28T21:10:12.640-0800", dt.datetime(2024, 12, 29, 5, 10, 12, 640000)),
+        ("2024-12-29T03:11:23.904+0000", dt.datetime(2024, 12, 29, 3, 11, 23, 904000)),
+        ("2024-12-29T03:11:23.904Z", dt.datetime(2024, 12, 29, 3, 11, 23, 904000)),
+        ("2024-12-29T08:41:23+05:30", dt.datetime(2024, 12, 29, 3, 11, 23)),
+    ],
+)
+def test_parse_jira_datetime_normalises_to_utc(text, expected):
+    assert parse_jira_datetime(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2024-12-29T08:41:23.904", "yesterday", "", "2024-13-01T00:00:00.000+0000"])
+def test_parse_jira_datetime_refuses_garbage(text):
+    with pytest.raises(ValueError):
+        parse_jira_datetime(text)
+
+
+def test_to_row_maps_typed_columns_from_recorded_webhook():
+    body = json.loads((PAYLOADS / "issue_updated.json").read_text())
+    row = to_row("acme.atlassian.net", body["issue"], source="webhook", event_ts=body["timestamp"])
+    assert row["issue_id"] == "10042" and row["key"] == "DEMO-101" and row["project_key"] == "DEMO"
+    assert row["status"] == "In Progress" and row["status_category"] == "indeterminate"
+    assert row["updated"] == dt.datetime(2024, 12, 29, 5, 10, 12, 640000)
+    assert row["assignee_account_id"] == body["issue"]["fields"]["assignee"]["accountId"]
+    assert row["fields"] == body["issue"]["fields"]
+    assert row["event_ts"] == body["timestamp"] and row["source"] == "webhook"
+
+
+def test_to_row_keeps_nulls_for_hostile_issue():
+    body = json.loads((PAYLOADS / "issue_hostile.json").read_text())
+    row = to_row("s", body["issue"], source="webhook", event_ts=1)
+    assert row["priority"] is None and row["reporter_account_id"] is None and row["assignee_account_id"] is None
+    assert row["summary"] == body["issue"]["fields"]["summary"]
+
+
+def test_to_row_moved_issue_takes_new_key_and_project():
+    body = json.loads((PAYLOADS / "issue_moved.json").read_text())
+    row = to_row("s", body["issue"], source="webhook", event_ts=1)
+    assert (row["issue_id"], row["key"], row["project_key"]) == ("10042", "OPS-7", "OPS")
+
+
+@pytest.mark.parametrize("drop", ["id", "key", "fields"])
+def test_to_row_refuses_incomplete_issue(drop):
+    issue = factories.issue()
+    del issue[drop]
+    with pytest.raises(IssueMappingError):
+        to_row("s", issue, source="webhook", event_ts=1)
+
+
+def test_to_row_refuses_missing_updated():
+    issue = factories.issue()
+    del issue["fields"]["updated"]
+    with pytest.raises(IssueMappingError, match="updated"):
+        to_row("s", issue, source="webhook", event_ts=1)

@@ -1,0 +1,66 @@
+import pytest
+
+from mirror.settings import Settings, SettingsError
+
+
+def test_defaults_when_environment_is_empty():
+    s = Settings.from_env({})
+    assert s.database_url == "sqlite:///jira-mirror.db"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.sync_interval_seconds == 300 and s.port == 8000
+    assert s.jira_webhook_secrets == () and not s.jira_webhook_allow_unsigned
+    assert s.site == "local"
+
+
+def test_every_variable_is_read():
+    s = Settings.from_env({
+        "DATABASE_URL": "postgres://u@db.example/mirror",
+        "REDIS_URL": "rediss://cache.example:6380/1",
+        "JIRA_BASE_URL": "https://acme.atlassian.net/",
+        "JIRA_EMAIL": "ops@acme.test",
+        "JIRA_API_TOKEN": "tok",
+        "JIRA_WEBHOOK_SECRET": "old, new",
+        "JIRA_WEBHOOK_ALLOW_UNSIGNED": "0",
+        "JIRA_PROJECTS": "demo, OPS,DEMO",
+        "ADMIN_TOKEN": "adm",
+        "SYNC_INTERVAL_SECONDS": "60",
+        "PORT": "5000",
+    })
+    assert s.jira_projects == ("DEMO", "OPS")
+    assert s.jira_webhook_secrets == ("old", "new")
+    assert s.site == "acme.atlassian.net"
+    assert (s.sync_interval_seconds, s.port, s.admin_token) == (60, 5000, "adm")
+
+
+def test_oauth_cloud_id_builds_the_gateway_url():
+    s = Settings.from_env({"JIRA_OAUTH_TOKEN": "t", "JIRA_CLOUD_ID": "11111111-2222-3333-4444-555555555555"})
+    assert s.jira_api_base_url == "https://api.atlassian.com/ex/jira/11111111-2222-3333-4444-555555555555"
+
+
+def test_secrets_are_not_in_repr():
+    s = Settings(jira_api_token="tok-123", jira_webhook_secrets=("sec-456",), admin_token="adm-789")
+    assert "tok-123" not in repr(s) and "sec-456" not in repr(s) and "adm-789" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("DATABASE_URL", "mysql://x/y"),
+        ("REDIS_URL", "http://localhost"),
+        ("JIRA_BASE_URL", "acme.atlassian.net"),
+        ("JIRA_PROJECTS", "DEMO,1BAD"),
+        ("SYNC_INTERVAL_SECONDS", "soon"),
+        ("SYNC_INTERVAL_SECONDS", "0"),
+        ("PORT", "70000"),
+        ("JIRA_WEBHOOK_ALLOW_UNSIGNED", "maybe"),
+        ("JIRA_CLOUD_ID", "not a cloud id!"),
+    ],
+)
+def test_malformed_value_names_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_email_without_token_is_an_error():
+    with pytest.raises(SettingsError, match="JIRA_API_TOKEN"):
+        Settings.from_env({"JIRA_EMAIL": "a@b.c"})
