@@ -30,12 +30,11 @@ def _fail_cleanly(func: F) -> F:
             return func(*args, **kwargs)
         except (SettingsError, DatabaseURLError, schema.SchemaError) as exc:
             raise click.ClickException(str(exc)) from None
-        except (pw.OperationalError, pw.InterfaceError) as exc:
+        except (pw.OperationalError, pw.InterfaceError, pw.ProgrammingError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "no such table" in first or "does not exist" in first:
+                raise click.ClickException(f"the schema is missing ({first}): run `jira-mirror db upgrade`") from None
             raise click.ClickException(f"the database is unreachable or unusable: {first}") from None
-        except pw.ProgrammingError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise click.ClickException(f"database error ({first}); did you run `jira-mirror db upgrade`?") from None
         except RedisError as exc:
             raise click.ClickException(f"Redis is unreachable: {type(exc).__name__}") from None
 

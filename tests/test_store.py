@@ -1,0 +1,116 @@
+"""The one write path on the real database: order, idempotence, deletes (CONTRACT.md 2 and 3)."""
+import datetime as dt
+import random
+
+from mirror import store
+from mirror.issues import to_row
+from mirror.models import Issue
+from tests import factories
+
+T0 = dt.datetime(2025, 3, 1, 12, 0, 0)
+
+
+def version(n: int, *, issue_id="10001", key="DEMO-1", ts=None):
+    issue = factories.issue(issue_id, key, updated=T0 + dt.timedelta(seconds=n), summary=f"version {n}")
+    return to_row("site", issue, source="webhook", event_ts=ts if ts is not None else 1_000_000 + n)
+
+
+def current():
+    return Issue.get(Issue.site == "site", Issue.issue_id == "10001")
+
+
+def test_the_same_version_five_times_changes_nothing_after_the_first(db):
+    row = version(1)
+    assert [store.upsert_issues([row]) for _ in range(5)] == [1, 0, 0, 0, 0]
+    assert Issue.select().count() == 1
+
+
+def test_shuffled_updates_leave_the_newest(db):
+    rows = [version(n) for n in range(50)]
+    random.Random(7).shuffle(rows)
+    for row in rows:
+        store.upsert_issues([row])
+    assert current().summary == "version 49"
+    assert current().updated == T0 + dt.timedelta(seconds=49)
+
+
+def test_a_batch_with_several_versions_of_one_issue_keeps_the_newest(db):
+    rows = [version(n) for n in (3, 9, 1)]
+    store.upsert_issues(rows)
+    assert current().summary == "version 9"
+
+
+def test_equal_updated_is_decided_by_event_timestamp(db):
+    store.upsert_issues([version(5, ts=200)])
+    later = dict(version(5, ts=300), summary="later event")
+    earlier = dict(version(5, ts=100), summary="earlier event")
+    assert store.upsert_issues([later]) == 1
+    assert store.upsert_issues([earlier]) == 0
+    assert current().summary == "later event"
+
+
+def test_delete_then_late_older_update_stays_deleted(db):
+    store.upsert_issues([version(2)])
+    assert store.delete_issues([version(3)]) >= 1
+    assert store.upsert_issues([version(1)]) == 0
+    assert store.upsert_issues([version(3, ts=9_999_999)]) == 0  # same version, later event: still deleted
+    row = current()
+    assert row.deleted_at is not None and row.summary == "version 3"
+
+
+def test_delete_is_idempotent(db):
+    store.upsert_issues([version(2)])
+    first = store.delete_issues([version(2)])
+    deleted_at = current().deleted_at
+    assert first >= 1
+    assert store.delete_issues([version(2)]) == 0
+    assert current().deleted_at == deleted_at
+
+
+def test_delete_before_create_leaves_a_tombstone(db):
+    store.delete_issues([version(4)])
+    assert store.upsert_issues([version(0)]) == 0
+    assert current().deleted_at is not None
+
+
+def test_delete_with_an_older_copy_still_deletes_a_newer_row(db):
+    store.upsert_issues([version(9)])
+    store.delete_issues([version(3)])
+    row = current()
+    assert row.deleted_at is not None and row.summary == "version 9"
+
+
+def test_a_strictly_newer_version_revives_a_deleted_row(db):
+    # Jira restores issues from the trash with a new `updated`; only that brings a row back.
+    store.delete_issues([version(3)])
+    assert store.upsert_issues([version(4)]) == 1
+    assert current().deleted_at is None
+
+
+def test_mark_deleted_only_touches_live_rows(db):
+    store.upsert_issues([version(1), version(1, issue_id="10002", key="DEMO-2")])
+    assert store.mark_deleted("site", ["10001", "10002", "99999"]) == 2
+    assert store.mark_deleted("site", ["10001"]) == 0
+
+
+def test_move_keeps_the_row_and_changes_key_and_project(db):
+    store.upsert_issues([version(1)])
+    moved = to_row("site", factories.issue("10001", "OPS-7", updated=T0 + dt.timedelta(seconds=2)),
+                   source="webhook", event_ts=5)
+    store.upsert_issues([moved])
+    assert Issue.select().count() == 1
+    assert (current().key, current().project_key) == ("OPS-7", "OPS")
+
+
+def test_more_rows_than_one_statement_holds(db):
+    rows = [version(1, issue_id=str(20000 + i), key=f"DEMO-{i + 2}") for i in range(store.BATCH * 2 + 17)]
+    assert store.upsert_issues(rows) == len(rows)
+    assert store.upsert_issues(rows) == 0
+
+
+def test_track_and_untrack_projects(db):
+    assert store.track_projects("site", ["OPS", "DEMO"]) == ["OPS", "DEMO"]
+    assert store.track_projects("site", ["OPS"]) == []
+    assert store.untrack_projects("site", ["OPS", "NOPE"]) == ["OPS"]
+    assert store.tracked_keys("site") == {"DEMO"}
+    assert store.track_projects("site", ["OPS"]) == ["OPS"]

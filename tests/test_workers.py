@@ -1,0 +1,58 @@
+"""Jobs through real RQ and real worker processes on the real database."""
+import datetime as dt
+import random
+
+from rq.registry import FailedJobRegistry
+
+from mirror.models import Issue
+from tests import factories, procs
+from workers import queues
+
+T0 = dt.datetime(2025, 3, 1, 12, 0, 0)
+
+
+def enqueue_versions(redis_conn, settings, versions, *, issue_id="10001", key="DEMO-1"):
+    q = queues.queue(queues.ISSUES, redis_conn)
+    jobs = []
+    for n in versions:
+        issue = factories.issue(issue_id, key, updated=T0 + dt.timedelta(milliseconds=n), summary=f"version {n}")
+        jobs.append(("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 10_000 + n}))
+    return queues.enqueue_issue_jobs(q, jobs, delivery_id=None)
+
+
+def test_updates_for_one_issue_from_several_workers_at_once(db, settings, redis_conn, tmp_path):
+    versions = list(range(300))
+    random.Random(3).shuffle(versions)
+    enqueue_versions(redis_conn, settings, versions)
+    enqueue_versions(redis_conn, settings, versions[:100], issue_id="10002", key="DEMO-2")
+    workers = [procs.start_worker(settings, tmp_path, "--burst", name=f"w{i}") for i in range(3)]
+    codes = [w.popen.wait(120) for w in workers]
+    logs = "".join(w.output() for w in workers)
+    for w in workers:
+        w.kill()
+    assert codes == [0, 0, 0], logs[-3000:]
+    assert sum("Job OK" in line for line in logs.splitlines()) == 400
+    assert Issue.get(Issue.issue_id == "10001").summary == "version 299"
+    assert Issue.get(Issue.issue_id == "10002").summary == f"version {max(versions[:100])}"
+    assert redis_conn.llen("rq:queue:issues") == 0
+
+
+def test_a_failing_job_retries_then_lands_in_the_failed_registry(db, settings, redis_conn, drain, monkeypatch):
+    monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])
+    q = queues.queue(queues.ISSUES, redis_conn)
+    bad = factories.issue()
+    bad["fields"]["updated"] = "not a time"  # passes no schema; only a direct enqueue can do this
+    [job_id] = queues.enqueue_issue_jobs(q, [("workers.jobs.upsert_issue", {"site": "s", "issue": bad, "event_ts": 1})],
+                                         delivery_id=None)
+    for _ in range(3):
+        drain()
+    registry = FailedJobRegistry(queue=q)
+    assert job_id in registry.get_job_ids()
+    job = q.fetch_job(job_id)
+    assert job.retries_left == 0 and "IssueMappingError" in job.latest_result().exc_string
+
+
+def test_retry_policy_backs_off_exponentially():
+    policy = queues.retry_policy()
+    assert policy.max == len(queues.RETRY_INTERVALS)
+    assert all(b == 2 * a for a, b in zip(policy.intervals, policy.intervals[1:]))
