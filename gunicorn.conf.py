@@ -14,3 +14,5 @@ errorlog = "-"
 # Never log query strings or headers: they could carry secrets.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Several web processes may share a machine (dynos, tests, benchmarks): no shared control socket.
+control_socket_disable = True
