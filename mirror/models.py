@@ -98,6 +98,56 @@ class Project(BaseModel):
         indexes = ((("site", "key"), True),)
 
 
+class SyncRun(BaseModel):
+    """One run of a project's sync: what it did and how it ended (``jira-mirror status``)."""
+
+    site = pw.CharField(max_length=255)
+    project_key = pw.CharField(max_length=255)
+    kind = pw.CharField(max_length=16)  # full | incremental
+    state = pw.CharField(max_length=16, default="running")  # running | succeeded | failed
+    started_at = pw.DateTimeField()
+    finished_at = pw.DateTimeField(null=True)
+    issues_seen = pw.IntegerField(default=0)
+    issues_written = pw.IntegerField(default=0)
+    issues_deleted = pw.IntegerField(default=0)
+    api_calls = pw.IntegerField(default=0)
+    retries = pw.IntegerField(default=0)
+    error = pw.TextField(null=True)
+    job_id = pw.CharField(max_length=64, null=True)
+
+    class Meta:
+        table_name = "jira_sync_run"
+        indexes = ((("site", "project_key", "started_at"), False),)
+
+
+class User(BaseModel):
+    """A Jira user (``GET /rest/api/3/users/search``); keyed by account id, e-mail often hidden."""
+
+    site = pw.CharField(max_length=255)
+    account_id = pw.CharField(max_length=128)
+    display_name = pw.CharField(max_length=255, null=True)
+    email = pw.CharField(max_length=320, null=True)
+    active = pw.BooleanField(default=True)
+    account_type = pw.CharField(max_length=32, null=True)
+    synced_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "jira_user"
+        indexes = ((("site", "account_id"), True),)
+
+
+class Member(BaseModel):
+    """A person of the team's own member list (``jira-mirror members import``)."""
+
+    email = pw.CharField(max_length=320, unique=True)  # stored lower-case
+    name = pw.CharField(max_length=255, null=True)
+    external_id = pw.CharField(max_length=255, null=True)
+    imported_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "jira_member"
+
+
 class SchemaVersion(BaseModel):
     version = pw.IntegerField()
     applied_at = pw.DateTimeField()
@@ -106,4 +156,4 @@ class SchemaVersion(BaseModel):
         table_name = "jira_mirror_schema"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Issue, Project)
+MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member)

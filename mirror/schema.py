@@ -80,7 +80,58 @@ def _v2(db: pw.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2)
+def _v3(db: pw.Database) -> None:
+    """Sync runs (the backfill's record), Jira users and the team's member list."""
+
+    class V3Base(pw.Model):
+        class Meta:
+            database = db
+
+    class SyncRun(V3Base):
+        site = pw.CharField(max_length=255)
+        project_key = pw.CharField(max_length=255)
+        kind = pw.CharField(max_length=16)
+        state = pw.CharField(max_length=16, default="running")
+        started_at = pw.DateTimeField()
+        finished_at = pw.DateTimeField(null=True)
+        issues_seen = pw.IntegerField(default=0)
+        issues_written = pw.IntegerField(default=0)
+        issues_deleted = pw.IntegerField(default=0)
+        api_calls = pw.IntegerField(default=0)
+        retries = pw.IntegerField(default=0)
+        error = pw.TextField(null=True)
+        job_id = pw.CharField(max_length=64, null=True)
+
+        class Meta:
+            table_name = "jira_sync_run"
+            indexes = ((("site", "project_key", "started_at"), False),)
+
+    class User(V3Base):
+        site = pw.CharField(max_length=255)
+        account_id = pw.CharField(max_length=128)
+        display_name = pw.CharField(max_length=255, null=True)
+        email = pw.CharField(max_length=320, null=True)
+        active = pw.BooleanField(default=True)
+        account_type = pw.CharField(max_length=32, null=True)
+        synced_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_user"
+            indexes = ((("site", "account_id"), True),)
+
+    class Member(V3Base):
+        email = pw.CharField(max_length=320, unique=True)
+        name = pw.CharField(max_length=255, null=True)
+        external_id = pw.CharField(max_length=255, null=True)
+        imported_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_member"
+
+    db.create_tables([SyncRun, User, Member])
+
+
+MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3)
 LATEST = len(MIGRATIONS)
 
 

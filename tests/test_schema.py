@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from cli import main
 from mirror import db as mirror_db
 from mirror import schema
-from mirror.models import Issue, Project
+from mirror.models import MODELS, Issue, Project
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_upgrade_of_a_fresh_database_builds_the_latest_schema(env):
     assert result.exit_code == 0 and f"from version 0 to {schema.LATEST}" in result.output
     database = mirror_db.init_database(env.database_url)
     with database.connection_context():
-        for model in (Issue, Project):
+        for model in MODELS:
             assert {f.column_name for f in model._meta.sorted_fields} == _columns(database, model._meta.table_name)
 
 
