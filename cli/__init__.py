@@ -66,4 +66,4 @@ def main() -> None:
 
 
 # The commands live in one module per subject; importing them registers them on `main`.
-from cli import core  # noqa: E402,F401
+from cli import backfill, core  # noqa: E402,F401

@@ -39,10 +39,14 @@ def projects() -> None:
 
 
 @projects.command("list")
+@click.option("--remote", is_flag=True, help="Also list the Jira site's projects.")
 @fail_cleanly
-def projects_list() -> None:
+def projects_list(remote: bool) -> None:
     """Tracked and untracked projects with their issue counts."""
     settings = settings_from_env()
+    if remote:
+        _list_remote(settings)
+        return
     database = init_database(settings.database_url)
     with database.connection_context():
         counts = dict(
@@ -65,14 +69,42 @@ def projects_list() -> None:
 @click.argument("keys", nargs=-1, required=True)
 @fail_cleanly
 def projects_track(keys: tuple[str, ...]) -> None:
-    """Start mirroring projects."""
+    """Start mirroring projects; a full backfill is enqueued at once so each starts consistent."""
+    from backfill.jobs import enqueue_sync
+    from cli.backfill import redis_for
+
     wanted = project_keys(keys)
     settings = settings_from_env()
+    connection = redis_for(settings) if settings.jira_configured else None  # checked before anything changes
     database = init_database(settings.database_url)
     with database.connection_context():
         started = store.track_projects(settings.site, wanted)
     for key in wanted:
-        click.echo(f"{key}: {'now tracked' if key in started else 'already tracked'}")
+        line = f"{key}: {'now tracked' if key in started else 'already tracked'}"
+        if key in started and connection is not None:
+            line += f", full backfill enqueued (job {enqueue_sync(connection, site=settings.site, project_key=key, full=True)})"
+        elif key in started:
+            line += " (Jira is not configured: no backfill until JIRA_BASE_URL and credentials are set)"
+        click.echo(line)
+
+
+def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
+    from mirror.jira import JiraClient, JiraError
+
+    if not settings.jira_configured:
+        raise click.ClickException("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN")
+    database = init_database(settings.database_url)
+    with database.connection_context():
+        local = {p.key: p.is_active for p in Project.select().where(Project.site == settings.site)}
+    try:
+        with JiraClient.from_settings(settings) as client:
+            remote = list(client.iter_projects())
+    except JiraError as exc:
+        raise click.ClickException(f"Jira: {exc}") from None
+    click.echo(f"{'KEY':<12} {'MIRROR':<10} NAME")
+    for p in sorted(remote, key=lambda p: p.get("key", "")):
+        state = {True: "tracked", False: "untracked"}.get(local.get(p.get("key")), "-")  # type: ignore[arg-type]
+        click.echo(f"{p.get('key', ''):<12} {state:<10} {p.get('name', '')}")
 
 
 @projects.command("untrack")
@@ -91,7 +123,7 @@ def projects_untrack(keys: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--queue", "queue_names", multiple=True, default=("issues",), show_default=True,
-              type=click.Choice(["issues"]), help="Queue(s) to work on.")
+              type=click.Choice(["issues", "backfill"]), help="Queue(s) to work on.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @fail_cleanly
 def worker(queue_names: tuple[str, ...], burst: bool) -> None:

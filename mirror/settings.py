@@ -91,8 +91,15 @@ class Settings:
     jira_projects: tuple[str, ...] = ()
     admin_token: str | None = field(default=None, repr=False)
     sync_interval_seconds: int = 300
+    sync_overlap_seconds: int = 600
+    backfill_concurrency: int = 4
     port: int = 8000
     max_body_bytes: int = 1024 * 1024
+
+    @property
+    def jira_configured(self) -> bool:
+        """A Jira site and credentials are set, so the mirror can read from Jira."""
+        return bool(self.jira_api_base_url and ((self.jira_email and self.jira_api_token) or self.jira_oauth_token))
 
     @property
     def site(self) -> str:
@@ -146,6 +153,8 @@ class Settings:
             jira_projects=parse_project_keys(get("JIRA_PROJECTS")),
             admin_token=get("ADMIN_TOKEN"),
             sync_interval_seconds=_positive_int("SYNC_INTERVAL_SECONDS", get("SYNC_INTERVAL_SECONDS"), 300),
+            sync_overlap_seconds=_positive_int("SYNC_OVERLAP_SECONDS", get("SYNC_OVERLAP_SECONDS"), 600),
+            backfill_concurrency=_positive_int("BACKFILL_CONCURRENCY", get("BACKFILL_CONCURRENCY"), 4, maximum=64),
             port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
             max_body_bytes=_positive_int(
                 "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024

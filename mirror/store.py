@@ -20,7 +20,7 @@ import peewee as pw
 
 from mirror.db import database
 from mirror.issues import utc_now
-from mirror.models import Issue, Project
+from mirror.models import Issue, Project, SyncRun
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +151,34 @@ def untrack_projects(site: str, keys: Iterable[str]) -> list[str]:
 
 def tracked_keys(site: str) -> set[str]:
     return {p.key for p in Project.select(Project.key).where(Project.site == site, Project.is_active)}
+
+
+def save_sync_state(site: str, key: str, **values: Any) -> None:
+    """Update a project's sync columns (cursor, state, last error, last full sync)."""
+    values = {k: v for k, v in values.items() if v is not None or k == "last_error"}
+    if values:
+        Project.update(**values).where(Project.site == site, Project.key == key).execute()
+
+
+def start_sync_run(site: str, key: str, kind: str, *, job_id: str | None = None) -> SyncRun:
+    """Record a run as started and the project as running. A run of this project still marked
+    running was abandoned (its process died: the lock that guarded it has expired)."""
+    now = utc_now()
+    with database.atomic():
+        SyncRun.update(state="failed", finished_at=now, error="abandoned: the process running it stopped").where(
+            SyncRun.site == site, SyncRun.project_key == key, SyncRun.state == "running"
+        ).execute()
+        run = SyncRun.create(site=site, project_key=key, kind=kind, state="running", started_at=now, job_id=job_id)
+        Project.update(sync_state="running").where(Project.site == site, Project.key == key).execute()
+    return run
+
+
+def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None = None) -> None:
+    """Record how a run ended, and the project's state and last error with it."""
+    now = utc_now()
+    state = "failed" if error else "succeeded"
+    with database.atomic():
+        SyncRun.update(state=state, finished_at=now, error=error, **counts).where(SyncRun.id == run.id).execute()
+        Project.update(sync_state="failed" if error else "idle", last_error=error).where(
+            Project.site == run.site, Project.key == run.project_key
+        ).execute()

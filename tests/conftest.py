@@ -102,3 +102,37 @@ def drain(settings: Settings, redis_conn: Redis):  # type: ignore[no-untyped-def
         worker.work(burst=True, with_scheduler=False)
 
     return _drain
+
+
+# --- the fake Jira: the bundled simulator ---------------------------------------------------------
+
+SIM_EMAIL, SIM_TOKEN = "sim@example.com", "sim-token"
+
+
+@pytest.fixture
+def jira_site():  # type: ignore[no-untyped-def]
+    """A simulated Jira site: DEMO with 1,500 issues, OPS with 40 (change it per test)."""
+    from simulator import Site
+
+    return Site.generate({"DEMO": 1500, "OPS": 40}, seed=5)
+
+
+@pytest.fixture
+def jira(jira_site):  # type: ignore[no-untyped-def]
+    from simulator import JiraServer
+
+    server = JiraServer(jira_site, email=SIM_EMAIL, api_token=SIM_TOKEN, time_zone="America/Los_Angeles").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def jira_settings(settings: Settings, jira, db) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings pointing at the simulator (the site is its host), with DEMO tracked there."""
+    import dataclasses
+
+    from mirror import store
+
+    configured = dataclasses.replace(settings, jira_base_url=jira.url, jira_email=SIM_EMAIL, jira_api_token=SIM_TOKEN)
+    store.track_projects(configured.site, configured.jira_projects)
+    return configured

@@ -1,0 +1,1 @@
+"""The JQL sync engine (full, incremental, reconciliation), its jobs and the schedule."""

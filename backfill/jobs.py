@@ -1,0 +1,195 @@
+"""Sync jobs on the ``backfill`` queue, the per-project lock, and live progress.
+
+Two syncs of one project never run at once: a run holds a Redis lock that a heartbeat thread
+keeps alive and that expires within ``LOCK_TTL`` seconds of the process dying (SIGKILL, a
+deploy), so an interrupted sync is simply started again: every write is an idempotent,
+order-safe upsert, and the cursor only moves once a run has written what it read.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from redis import Redis
+from rq import Retry, get_current_job
+
+from backfill.sync import Progress, SyncError, SyncStats, run_project_sync
+from mirror.db import database
+from mirror.jira import JiraClient
+from mirror.settings import Settings
+from workers.queues import BACKFILL, queue
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "jira-mirror:lock:sync:{site}:{key}"
+PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
+QUEUED_KEY = "jira-mirror:sync-queued:{site}:{key}:{kind}"
+LOCK_TTL = 60
+SYNC_RETRY_INTERVALS = [5, 10, 20, 40, 80, 160, 320, 640]
+SYNC_TIMEOUT = 6 * 3600
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) else return 0 end
+"""
+
+
+class SyncBusyError(RuntimeError):
+    """Another sync of the project holds its lock; the job is retried later."""
+
+
+class SyncLock:
+    """A Redis lock for one project's sync, kept alive by a heartbeat thread while held."""
+
+    def __init__(self, connection: Redis, site: str, key: str, *, ttl: int = LOCK_TTL):
+        self.connection, self.ttl = connection, ttl
+        self.name = LOCK_KEY.format(site=site, key=key)
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def __enter__(self) -> "SyncLock":
+        if not self.connection.set(self.name, self.token, nx=True, ex=self.ttl):
+            raise SyncBusyError(f"another sync of this project is running (lock {self.name})")
+        self._thread = threading.Thread(target=self._beat, name="sync-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.connection.eval(_EXTEND, 1, self.name, self.token, self.ttl):
+                    self.lost = True
+                    return
+            except Exception as exc:  # Redis blinked: try again at the next beat
+                log.warning("sync lock heartbeat failed lock=%s error=%s", self.name, type(exc).__name__)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        try:
+            self.connection.eval(_RELEASE, 1, self.name, self.token)
+        except Exception as exc:  # the lock expires by itself
+            log.warning("sync lock release failed lock=%s error=%s", self.name, type(exc).__name__)
+
+
+def sync_retry_policy() -> Retry:
+    return Retry(max=len(SYNC_RETRY_INTERVALS), interval=SYNC_RETRY_INTERVALS)
+
+
+def enqueue_sync(connection: Redis, *, site: str, project_key: str, full: bool) -> str:
+    """Enqueue a sync of the project on the ``backfill`` queue; returns the job id."""
+    kind = "full" if full else "incremental"
+    job = queue(BACKFILL, connection).enqueue_call(
+        "backfill.jobs.sync_project",
+        kwargs={"site": site, "project_key": project_key, "full": full},
+        retry=sync_retry_policy(),
+        timeout=SYNC_TIMEOUT,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=30 * 24 * 3600,
+        description=f"{kind} sync {project_key}",
+    )
+    write_progress(connection, site, project_key, {"phase": "queued", "kind": kind, "job_id": job.id})
+    return job.id
+
+
+def enqueue_scheduled_sync(connection: Redis, *, site: str, project_key: str, full: bool, every: int) -> str | None:
+    """Enqueue unless a scheduled sync of the project is still waiting (a slow or stuck project
+    then gets one pending job, not a pile). Returns the job id, or None when skipped."""
+    marker = QUEUED_KEY.format(site=site, key=project_key, kind="full" if full else "incremental")
+    if not connection.set(marker, "1", nx=True, ex=max(every * 3, 60)):
+        return None
+    return enqueue_sync(connection, site=site, project_key=project_key, full=full)
+
+
+def write_progress(connection: Redis, site: str, key: str, values: dict[str, Any]) -> None:
+    name = PROGRESS_KEY.format(site=site, key=key)
+    try:
+        with connection.pipeline() as pipe:
+            pipe.hset(name, mapping={k: json.dumps(v) for k, v in values.items()})
+            pipe.expire(name, 7 * 24 * 3600)
+            pipe.execute()
+    except Exception as exc:  # progress is a courtesy; the run record is the truth
+        log.debug("progress not saved error=%s", type(exc).__name__)
+
+
+def read_progress(connection: Redis, site: str, key: str) -> dict[str, Any]:
+    raw = connection.hgetall(PROGRESS_KEY.format(site=site, key=key))
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, also: Progress | None) -> Progress:
+    last = [0.0]
+
+    def report(stats: SyncStats) -> None:
+        if lock.lost:
+            raise SyncError("the sync lock was lost (another process took over); stopping")
+        if also:
+            also(stats)
+        now = time.monotonic()
+        if now - last[0] < 1.0 and stats.phase != "done":
+            return
+        last[0] = now
+        write_progress(connection, site, key, {
+            "phase": stats.phase, "kind": stats.kind, "seen": stats.seen, "written": stats.written,
+            "estimate": stats.estimate, "api_calls": stats.api_calls, "retries": stats.retries,
+            "elapsed": round(now - stats.started, 1),
+            "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        })
+
+    return report
+
+
+def client_for(settings: Settings) -> JiraClient:
+    if not settings.jira_configured:
+        raise SyncError("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN (or JIRA_OAUTH_TOKEN)")
+    return JiraClient.from_settings(settings, pool_size=max(16, settings.backfill_concurrency * 2))
+
+
+def run_sync(
+    settings: Settings,
+    connection: Redis,
+    *,
+    project_key: str,
+    full: bool,
+    job_id: str | None = None,
+    progress: Progress | None = None,
+    client: JiraClient | None = None,
+) -> dict[str, Any]:
+    """Run one sync under the project's lock (the job, and `backfill --inline`)."""
+    site = settings.site
+    client = client or client_for(settings)
+    with SyncLock(connection, site, project_key) as lock:
+        connection.delete(*(QUEUED_KEY.format(site=site, key=project_key, kind=k) for k in ("full", "incremental")))
+        with database.connection_context():
+            run = run_project_sync(
+                client, site=site, project_key=project_key, full=full, job_id=job_id,
+                concurrency=settings.backfill_concurrency,
+                overlap=dt.timedelta(seconds=settings.sync_overlap_seconds),
+                progress=_progress_writer(connection, site, project_key, lock, progress),
+            )
+    return {
+        "run_id": run.id, "kind": run.kind, "project": project_key, "seen": run.issues_seen,
+        "written": run.issues_written, "deleted": run.issues_deleted, "api_calls": run.api_calls,
+        "retries": run.retries,
+    }
+
+
+def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, Any]:
+    """The RQ job. Settings (Jira credentials) come from the worker's environment."""
+    settings = Settings.from_env()
+    if settings.site != site:
+        raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
+    job = get_current_job()
+    connection = job.connection if job else Redis.from_url(settings.redis_url)
+    return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
+

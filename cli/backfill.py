@@ -1,0 +1,128 @@
+"""Backfill commands: ``backfill``, ``schedule``, ``projects list --remote``, ``simulate``."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from redis import Redis
+
+from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from mirror.db import init_database
+from mirror.jira import JiraError
+from mirror.models import Project
+from mirror.settings import Settings
+
+
+def redis_for(settings: Settings) -> Redis:
+    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    connection.ping()
+    return connection
+
+
+class ProgressLine:
+    """One line of progress: issues done / estimate, rate, ETA; rewritten in place on a TTY."""
+
+    def __init__(self, key: str, stream=None):  # type: ignore[no-untyped-def]
+        self.key, self.stream = key, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, stats) -> None:  # type: ignore[no-untyped-def]
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 5.0) and stats.phase != "done":
+            return
+        self.last = now
+        elapsed = max(now - stats.started, 1e-6)
+        rate = stats.seen / elapsed
+        if stats.estimate:
+            pct = min(100.0, 100.0 * stats.seen / stats.estimate)
+            width = 24
+            filled = int(width * pct / 100)
+            bar = "#" * filled + "-" * (width - filled)
+            left = max(stats.estimate - stats.seen, 0)
+            eta = f"ETA {left / rate:,.0f}s" if rate > 0 and left else "ETA -"
+            text = (f"{self.key} {stats.kind:<11} {stats.phase:<11} [{bar}] {stats.seen:,}/{stats.estimate:,} "
+                    f"({pct:3.0f}%) {rate:,.0f} issues/s {eta} api={stats.api_calls}")
+        else:
+            text = f"{self.key} {stats.kind:<11} {stats.phase:<11} {stats.seen:,} issues {rate:,.0f}/s api={stats.api_calls}"
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if stats.phase == "done" else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _tracked(settings: Settings, keys: list[str], all_: bool) -> list[str]:
+    database = init_database(settings.database_url)
+    with database.connection_context():
+        tracked = [p.key for p in Project.select().where(Project.site == settings.site, Project.is_active)
+                   .order_by(Project.key)]
+    if all_:
+        if not tracked:
+            raise click.ClickException("no project is tracked: jira-mirror projects track KEY")
+        return tracked
+    if not keys:
+        raise click.UsageError("name the projects to sync, or --all")
+    untracked = [k for k in keys if k not in tracked]
+    if untracked:
+        raise click.ClickException(f"not tracked: {', '.join(untracked)} (jira-mirror projects track KEY first)")
+    return keys
+
+
+@main.command()
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every tracked project.")
+@click.option("--full", is_flag=True, help="Every issue, and reconcile deletions (default: incremental).")
+@click.option("--inline", is_flag=True, help="Run here in the foreground with progress, not on the queue.")
+@fail_cleanly
+def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> None:
+    """Sync projects from Jira (enqueued on the `backfill` queue unless --inline)."""
+    from backfill import jobs
+    from backfill.sync import SyncError
+
+    settings = settings_from_env()
+    wanted = _tracked(settings, project_keys(keys), all_)
+    connection = redis_for(settings)
+    if not inline:
+        for key in wanted:
+            job_id = jobs.enqueue_sync(connection, site=settings.site, project_key=key, full=full)
+            click.echo(f"{key}: {'full' if full else 'incremental'} sync enqueued (job {job_id})")
+        return
+    if not settings.jira_configured:
+        raise click.ClickException("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN")
+    failed = 0
+    for key in wanted:
+        try:
+            result = jobs.run_sync(settings, connection, project_key=key, full=full, progress=ProgressLine(key))
+        except jobs.SyncBusyError as exc:
+            click.echo(f"{key}: {exc}", err=True)
+            failed += 1
+            continue
+        except (SyncError, JiraError) as exc:
+            click.echo(f"{key}: sync failed: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(f"{key}: {result['kind']} sync done: {result['seen']:,} seen, {result['written']:,} written, "
+                   f"{result['deleted']:,} deleted, {result['api_calls']} API calls, {result['retries']} retries")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@fail_cleanly
+def schedule() -> None:
+    """Run the clock: incremental syncs every SYNC_INTERVAL_SECONDS, a full sync daily."""
+    from backfill.schedule import run
+
+    configure_logging()
+    sys.exit(run(settings_from_env()))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def simulate(args: tuple[str, ...]) -> None:
+    """Serve a simulated Jira Cloud site (for demos and tests); --help for its options."""
+    from simulator import main as simulator_main
+
+    sys.exit(simulator_main(list(args)))

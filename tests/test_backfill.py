@@ -1,0 +1,159 @@
+"""The sync engine against the bundled Jira simulator, real Redis and the real database."""
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from backfill import jobs
+from backfill.sync import SyncError
+from mirror import store
+from mirror.jira import JiraClient
+from mirror.models import Issue, Project, SyncRun
+from tests.mirror_truth import differences
+
+
+def sync(settings, redis_conn, key="DEMO", *, full=False, **kw):
+    client = JiraClient.from_settings(settings, sleep=kw.pop("sleep", time.sleep))
+    return jobs.run_sync(settings, redis_conn, project_key=key, full=full, client=client, **kw)
+
+
+def assert_exact(jira, settings, projects=("DEMO",)):
+    problems = differences(jira.site, list(projects), site_name=settings.site)
+    assert not problems, f"{len(problems)} differences, e.g. {problems[:5]}"
+
+
+def test_full_sync_equals_the_truth_field_by_field(db, jira, jira_settings, redis_conn):
+    result = sync(jira_settings, redis_conn, full=True)
+    assert result["kind"] == "full" and result["seen"] == 1500 and result["written"] == 1500
+    assert_exact(jira, jira_settings)
+    # ids in pages of 5000, details 100 a call: 1 count + 1 id page + 15 bulkfetch
+    assert result["api_calls"] <= 1500 / 100 + 10
+    run = SyncRun.get()
+    assert (run.state, run.issues_written, run.api_calls) == ("succeeded", 1500, result["api_calls"])
+    project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
+    assert project.sync_state == "idle" and project.sync_cursor is not None and project.last_full_sync_at
+
+
+def test_first_sync_of_a_project_is_full_even_when_incremental_is_asked(db, jira, jira_settings, redis_conn):
+    assert sync(jira_settings, redis_conn, full=False)["kind"] == "full"
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Kolkata", "Pacific/Kiritimati", "America/St_Johns"])
+def test_incremental_after_creates_updates_deletes_and_moves_equals_the_truth(db, jira, jira_settings, redis_conn,
+                                                                              zone):
+    store.track_projects(jira_settings.site, ["OPS"])
+    jira.time_zone = zone
+    sync(jira_settings, redis_conn, full=True)
+    sync(jira_settings, redis_conn, "OPS", full=True)
+    site = jira.site
+    live = [v.id for v in site.current("DEMO")]
+    for issue_id in live[:30]:
+        site.update_issue(issue_id)
+    for _ in range(10):
+        site.create_issue("DEMO")
+    for issue_id in live[30:35]:
+        site.delete_issue(issue_id)
+    for issue_id in live[35:38]:
+        site.move_issue(issue_id, "OPS")
+    jira.index_lag_seconds = 0
+    result = sync(jira_settings, redis_conn)
+    assert result["kind"] == "incremental"
+    sync(jira_settings, redis_conn, "OPS")
+    assert_exact(jira, jira_settings, ("DEMO", "OPS"))
+    assert Issue.select().where(Issue.deleted_at.is_null(False)).count() == 5
+
+
+def test_incremental_with_index_lag_misses_nothing_once_the_index_catches_up(db, jira, jira_settings, redis_conn):
+    sync(jira_settings, redis_conn, full=True)
+    jira.index_lag_seconds = 2
+    site = jira.site
+    changed = [v.id for v in site.current("DEMO")[:20]]
+    for issue_id in changed:
+        site.update_issue(issue_id, summary=f"changed {issue_id}")
+    created = site.create_issue("DEMO")
+    sync(jira_settings, redis_conn)  # within the lag: search still shows the old versions
+    time.sleep(2.2)
+    sync(jira_settings, redis_conn)  # the overlap reaches back over the cursor: nothing is lost
+    assert_exact(jira, jira_settings)
+    assert Issue.get(Issue.issue_id == created.issue_id).deleted_at is None
+
+
+def test_empty_incremental_costs_three_calls(db, jira, jira_settings, redis_conn):
+    sync(jira_settings, redis_conn, full=True)
+    result = sync(jira_settings, redis_conn)
+    assert result["kind"] == "incremental" and result["api_calls"] <= 3
+
+
+def test_reconciliation_keeps_issues_too_new_for_the_index(db, jira, jira_settings, redis_conn, drain):
+    """An issue a webhook brought in, not yet in search, is confirmed by a current read, not deleted."""
+    jira.index_lag_seconds = 60
+    sync(jira_settings, redis_conn, full=True)
+    created = jira.site.create_issue("DEMO")
+    from mirror.issues import to_row
+
+    issue = JiraClient.from_settings(jira_settings).get_issue(created.issue_id)  # GET is current
+    store.upsert_issues([to_row(jira_settings.site, issue, source="webhook", event_ts=created.timestamp)])
+    sync(jira_settings, redis_conn, full=True)
+    assert Issue.get(Issue.issue_id == created.issue_id).deleted_at is None
+
+
+def test_a_429_storm_and_5xx_burst_are_waited_out_and_the_result_is_exact(db, jira, jira_settings, redis_conn):
+    jira.rate_429, jira.retry_after = 0.3, 1
+    jira.fail_next(3, status=502)
+    jira.fail_next(2, status=503, retry_after=1)
+    waits: list[float] = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        time.sleep(min(seconds, 0.01))
+
+    result = sync(jira_settings, redis_conn, full=True, sleep=sleep)
+    assert_exact(jira, jira_settings)
+    assert result["retries"] >= 5 and jira.status_counts[429] >= 1
+    assert min(w for w in waits) >= 1  # Retry-After: 1 is honoured, backoff waits are longer
+    run = SyncRun.get()
+    assert run.retries == result["retries"]
+
+
+def test_a_failing_sync_is_recorded_and_shows_its_error(db, jira, jira_settings, redis_conn):
+    bad = dataclasses.replace(jira_settings, jira_api_token="wrong")
+    with pytest.raises(SyncError, match="JiraAuthError"):
+        sync(bad, redis_conn, full=True)
+    project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
+    assert project.sync_state == "failed" and "JiraAuthError" in project.last_error
+    assert SyncRun.get().state == "failed"
+
+
+def test_two_syncs_of_one_project_run_one_at_a_time(db, jira, jira_settings, redis_conn):
+    jira.latency_ms = 20
+    outcomes: list[object] = []
+
+    def run():
+        try:
+            outcomes.append(sync(jira_settings, redis_conn, full=True)["kind"])
+        except jobs.SyncBusyError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(map(type, outcomes), key=str) == sorted([str, jobs.SyncBusyError], key=str)
+    assert SyncRun.select().count() == 1
+    jira.latency_ms = 0
+    assert sync(jira_settings, redis_conn, full=True)["kind"] == "full"  # the lock was released
+
+
+def test_untracked_project_is_refused(db, jira, jira_settings, redis_conn):
+    with pytest.raises(SyncError, match="not tracked"):
+        sync(jira_settings, redis_conn, "OPS", full=True)
+
+
+def test_removed_search_endpoint_is_a_clear_error(jira, jira_settings):
+    from mirror.jira import JiraGoneError
+
+    client = JiraClient.from_settings(jira_settings)
+    with pytest.raises(JiraGoneError, match="removed"):
+        client._request("POST", "/rest/api/3/search", "/rest/api/3/search", json_body={"jql": "project = DEMO"})
