@@ -16,3 +16,9 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Several web processes may share a machine (dynos, tests, benchmarks): no shared control socket.
 control_socket_disable = True
+
+# Structured logs (mirror/logs.py): gunicorn's error and access logs and the app's own lines,
+# one key=value (or LOG_FORMAT=json) line per event on stdout, at LOG_LEVEL.
+from mirror.logs import gunicorn_logconfig  # noqa: E402
+
+logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_LEVEL"))

@@ -168,7 +168,7 @@ def run_sync(
     """Run one sync under the project's lock (the job, and `backfill --inline`)."""
     site = settings.site
     client = client or client_for(settings)
-    with SyncLock(connection, site, project_key) as lock:
+    with SyncLock(connection, site, project_key, ttl=settings.sync_lock_ttl_seconds) as lock:
         connection.delete(*(QUEUED_KEY.format(site=site, key=project_key, kind=k) for k in ("full", "incremental")))
         with database.connection_context():
             run = run_project_sync(

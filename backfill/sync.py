@@ -25,16 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mirror import store
-from mirror.issues import epoch_ms, project_key_of, to_row, utc_now
+from mirror.issues import ISSUE_FIELDS, epoch_ms, project_key_of, to_row, utc_now
 from mirror.jira import JiraClient, format_jql_datetime
 from mirror.models import Issue, Project, SyncRun
 
 log = logging.getLogger(__name__)
 
-# The fields a row is built from, the same for every source: the typed columns come from them
-# and ``fields`` keeps them as Jira returned them. ``*navigable`` keeps custom fields (story
-# points, sprints) and leaves out the heavy comment/worklog lists.
-ISSUE_FIELDS: tuple[str, ...] = ("*navigable",)
 ID_PAGE = 5000  # search/jql allows 5000 a page when only ids are asked for
 DETAIL_PAGE = 100  # rows per incremental search page with fields (Jira's cap with many fields)
 DEFAULT_OVERLAP = dt.timedelta(minutes=10)

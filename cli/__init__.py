@@ -6,16 +6,14 @@ unreachable database or Redis is a one-line message and a non-zero exit, never a
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TextIO, TypeVar
 
 import click
 import peewee as pw
 from redis.exceptions import RedisError
 
-from mirror import schema
+from mirror import logs, schema
 from mirror.db import DatabaseURLError
 from mirror.settings import Settings, SettingsError, parse_project_keys
 
@@ -41,15 +39,15 @@ def fail_cleanly(func: F) -> F:
 
 
 def settings_from_env() -> Settings:
-    return Settings.from_env()
+    settings = Settings.from_env()
+    logs.redact_settings(settings)
+    return settings
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stdout,
-    )
+def configure_logging(stream: TextIO | None = None) -> None:
+    """Structured logs (``LOG_LEVEL``, ``LOG_FORMAT``) on stdout, or on ``stream`` for a command
+    whose stdout is data (``issues export``)."""
+    logs.configure(stream=stream or sys.stdout)
 
 
 def project_keys(values: tuple[str, ...]) -> list[str]:
@@ -67,3 +65,5 @@ def main() -> None:
 
 # The commands live in one module per subject; importing them registers them on `main`.
 from cli import backfill, core  # noqa: E402,F401
+from cli import status  # noqa: E402,F401
+from cli import ops  # noqa: E402,F401

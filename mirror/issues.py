@@ -9,6 +9,12 @@ import datetime as dt
 import re
 from typing import Any, Mapping
 
+# The fields a row is read with from Jira, the same for every source (backfill and webhook
+# refresh): the typed columns come from them and ``fields`` keeps them as Jira returned them.
+# ``*navigable`` keeps custom fields (story points, sprints) and leaves out the heavy
+# comment and worklog lists.
+ISSUE_FIELDS: tuple[str, ...] = ("*navigable",)
+
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})$")
 
 

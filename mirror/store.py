@@ -20,7 +20,7 @@ import peewee as pw
 
 from mirror.db import database
 from mirror.issues import utc_now
-from mirror.models import Issue, Project, SyncRun
+from mirror.models import Issue, Member, Project, SyncRun, User
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,28 @@ def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None =
         Project.update(sync_state="failed" if error else "idle", last_error=error).where(
             Project.site == run.site, Project.key == run.project_key
         ).execute()
+
+
+def upsert_users(rows: Sequence[dict[str, Any]]) -> int:
+    """Insert or update Jira users (``users.sync_users``), keyed by (site, account id): the
+    mirror shows what Jira shows now, so a hidden e-mail replaces a visible one. Returns the
+    number of rows sent."""
+    rows = list({(r["site"], r["account_id"]): r for r in rows}.values())  # one row a key per statement
+    with database.atomic():
+        for start in range(0, len(rows), BATCH):
+            User.insert_many(rows[start : start + BATCH]).on_conflict(
+                conflict_target=[User.site, User.account_id],
+                preserve=[User.display_name, User.email, User.active, User.account_type, User.synced_at],
+            ).execute()
+    return len(rows)
+
+
+def upsert_members(rows: Sequence[dict[str, Any]]) -> int:
+    """Insert or update team members by (lower-case) e-mail, all or nothing; returns the rows sent."""
+    with database.atomic():
+        for start in range(0, len(rows), BATCH):
+            Member.insert_many(rows[start : start + BATCH]).on_conflict(
+                conflict_target=[Member.email],
+                preserve=[Member.name, Member.external_id, Member.imported_at],
+            ).execute()
+    return len(rows)

@@ -5,9 +5,11 @@ import logging
 
 from flask import Flask
 
+from mirror import logs
 from mirror.db import init_database
 from mirror.settings import Settings
-from receiver import errors, health, webhooks
+from receiver import admin, auth, errors, health, status, webhooks
+from receiver import metrics as metrics_page
 from receiver.projects import TrackedProjects
 from workers.queues import ISSUES, queue
 from workers.worker import redis_connection
@@ -22,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Werkzeug refuses a larger body with 413 before the view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["settings"] = settings
+    logs.redact_settings(settings)  # a safety net: no secret value is ever printed in a log line
     init_database(settings.database_url)
     redis = redis_connection(settings.redis_url)
     # Short socket timeouts: a Redis that does not answer becomes a quick 503, and Jira redelivers.
@@ -32,4 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
+    metrics_page.init_app(app)  # GET /metrics; counts deliveries around the webhook view
+    auth.init_app(app, settings.admin_token)  # session cookie; key derived from ADMIN_TOKEN
+    app.register_blueprint(status.bp)
+    app.register_blueprint(admin.bp)
     return app

@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
+from receiver import metrics
 from receiver.errors import ApiError
 from receiver.schemas import ISSUE_EVENTS, load_delivery
 from receiver.signature import SignatureError, verify
@@ -76,25 +77,35 @@ def receive():  # type: ignore[no-untyped-def]
         raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
 
     event = delivery["webhook_event"]
+    metrics.note(event=event)
     if event not in ISSUE_EVENTS:
         return _ignored(delivery_id, event, f"event {event} is not mirrored")
 
     issue = delivery["issue"]
     project_key = issue["fields"]["project"]["key"]
+    metrics.note(project=project_key)
     tracked = current_app.extensions["tracked"].keys()
     if tracked is not None and project_key not in tracked and not _moved_from_tracked(delivery, tracked):
         return _ignored(delivery_id, event, f"project {project_key} is not tracked")
 
     issues_queue = current_app.extensions["issues_queue"]
-    job = (JOB_FOR_EVENT[event], {
-        "site": current_app.extensions["settings"].site,
+    settings = current_app.extensions["settings"]
+    kwargs = {
+        "site": settings.site,
         "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
         "event_ts": delivery["timestamp"],
-    })
+    }
+    refresh = None
+    if settings.jira_configured and event != "jira:issue_deleted":
+        # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
+        kwargs["refresh"] = True
+        refresh = [(settings.site, kwargs["issue"]["id"], delivery["timestamp"])]
+    job = (JOB_FOR_EVENT[event], kwargs)
     try:
         if queues.seen_delivery(issues_queue.connection, delivery_id):
-            return _ignored(delivery_id, event, "duplicate delivery")
-        job_ids = queues.enqueue_issue_jobs(issues_queue, [job], delivery_id=delivery_id)
+            return _ignored(delivery_id, event, "duplicate delivery", outcome="duplicate")
+        job_ids = queues.enqueue_issue_jobs(issues_queue, [job], delivery_id=delivery_id,
+                                            before_execute=metrics.count_accepted, refresh=refresh)
     except RedisError as exc:
         log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery_id, event, type(exc).__name__)
         raise ApiError(503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}) from None
@@ -102,6 +113,7 @@ def receive():  # type: ignore[no-untyped-def]
     return jsonify({"enqueued": len(job_ids)}), 202
 
 
-def _ignored(delivery_id: str | None, event: str, why: str):  # type: ignore[no-untyped-def]
+def _ignored(delivery_id: str | None, event: str, why: str, *, outcome: str = "ignored"):  # type: ignore[no-untyped-def]
+    metrics.note(outcome=outcome)
     log.info("delivery ignored delivery=%s event=%s why=%s", delivery_id, event, why)
     return jsonify({"ignored": why}), 200

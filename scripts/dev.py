@@ -3,10 +3,15 @@
 Starts Redis when none answers at REDIS_URL (and redis-server is installed), upgrades the
 schema, then runs the Procfile's process types side by side with prefixed output until
 Ctrl-C, which stops them all (SIGTERM, as Heroku does).
+
+Without JIRA_BASE_URL it also runs the bundled Jira simulator (a DEMO project of 10,000
+issues that keeps changing and sends signed webhooks), and tracks DEMO: the clock starts a
+full backfill at once, then the mirror follows the live changes.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -70,6 +75,41 @@ def procfile() -> list[tuple[str, str]]:
     return entries
 
 
+def start_simulator(env: dict[str, str], children: list[subprocess.Popen]) -> None:
+    """Run the bundled Jira simulator and point the mirror at it."""
+    port = env.get("SIMULATOR_PORT", "8081")
+    secret = env.setdefault("JIRA_WEBHOOK_SECRET", secrets.token_hex(16))
+    env.update({
+        "JIRA_BASE_URL": f"http://127.0.0.1:{port}",
+        "JIRA_EMAIL": "sim@example.com",
+        "JIRA_API_TOKEN": "sim-token",
+        "JIRA_PROJECTS": env.get("JIRA_PROJECTS") or "DEMO",
+    })
+    env.setdefault("SYNC_INTERVAL_SECONDS", "60")
+    argv = [str(BIN / "jira-mirror"), "simulate", "--port", port,
+            "--projects", env.get("SIMULATOR_PROJECTS", "DEMO:10000,OPS:300"),
+            "--tz", env.get("SIMULATOR_TZ", "Asia/Kolkata"),
+            "--webhook-url", f"http://127.0.0.1:{env['PORT']}/webhooks/jira", "--webhook-secret", secret,
+            "--changes-per-second", env.get("SIMULATOR_CHANGES_PER_SECOND", "1"),
+            "--duplicate-rate", "0.05", "--shuffle", "--email", "sim@example.com", "--api-token", "sim-token",
+            "--progress-every", "30"]
+    say(f"JIRA_BASE_URL is not set: running the bundled Jira simulator on port {port} (DEMO, 10,000 issues)")
+    child = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    children.append(child)
+    threading.Thread(target=pump, args=("jira-sim", "\033[90m", child.stdout), daemon=True).start()
+    import socket
+
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    say("the simulator did not start")
+    sys.exit(1)
+
+
 def pump(name: str, colour: str, stream) -> None:  # type: ignore[no-untyped-def]
     for raw in iter(stream.readline, b""):
         sys.stdout.write(f"{colour}{name:>8} |{RESET} {raw.decode(errors='replace')}")
@@ -84,6 +124,15 @@ def main() -> int:
     children: list[subprocess.Popen] = []
     try:
         ensure_redis(env, children)
+        if not env.get("JIRA_BASE_URL"):
+            start_simulator(env, children)
+        if not env.get("ADMIN_TOKEN"):
+            # A token for this run, in a file only this user can read: never printed.
+            token_file = ROOT / ".dev-admin-token"
+            env["ADMIN_TOKEN"] = secrets.token_urlsafe(16)
+            token_file.write_text(env["ADMIN_TOKEN"] + "\n")
+            token_file.chmod(0o600)
+            say(f"status page login token (ADMIN_TOKEN) for this run: in {token_file.name}")
         release = dict(procfile()).get("release")
         if release:
             say(f"release: {release}")
@@ -94,7 +143,8 @@ def main() -> int:
                                      stderr=subprocess.STDOUT, start_new_session=True)
             children.append(child)
             threading.Thread(target=pump, args=(name, COLOURS[i % len(COLOURS)], child.stdout), daemon=True).start()
-        say(f"web on http://localhost:{env['PORT']}  (webhooks: POST /webhooks/jira) — Ctrl-C stops everything")
+        say(f"web on http://localhost:{env['PORT']}  (status page: /, webhooks: POST /webhooks/jira)"
+            " — Ctrl-C stops everything")
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
         say("a process exited; stopping the others")

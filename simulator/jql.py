@@ -482,10 +482,14 @@ def _sort_key(order: Sequence[tuple[str, bool]], ranks: dict[str, int]) -> SortK
             getters.append(lambda v, s=sign: s * v.num)
     if not has_id:
         getters.append(lambda v: int(v.id))
+    # Unrolled for the usual lengths: this runs once per matching issue per uncached search.
     if len(getters) == 2:
         g1, g2 = getters
         return lambda v: (g1(v), g2(v))
-    return lambda v: tuple(g(v) for g in getters)
+    if len(getters) == 3:
+        g1, g2, g3 = getters
+        return lambda v: (g1(v), g2(v), g3(v))
+    return lambda v: tuple([g(v) for g in getters])
 
 
 def _attr_getter(name: str, sign: int) -> Callable[[IssueVersion], int]:

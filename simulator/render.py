@@ -258,17 +258,18 @@ def issue_v3(v: IssueVersion, site: Site, base_url: str, tz: str,
              selection: FieldSelection) -> dict[str, Any]:
     """An issue as search/jql, bulkfetch and GET issue return it (REST v3).
 
-    ``id``, ``key`` and ``self`` are always there; ``fields`` only when fields were asked for.
+    ``id``, ``key`` and ``self`` are always there; ``expand`` and ``fields`` only when fields
+    were asked for.
     """
-    out: dict[str, Any] = {
+    if not selection.fields:
+        return {"id": v.id, "self": f"{base_url}/rest/api/3/issue/{v.id}", "key": v.key}
+    return {
         "expand": "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations",
         "id": v.id,
         "self": f"{base_url}/rest/api/3/issue/{v.id}",
         "key": v.key,
+        "fields": _fields(v, site, base_url, tz, 3, selection.fields),
     }
-    if selection.fields:
-        out["fields"] = _fields(v, site, base_url, tz, 3, selection.fields)
-    return out
 
 
 def issue_v2(v: IssueVersion, site: Site, base_url: str, tz: str) -> dict[str, Any]:

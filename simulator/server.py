@@ -457,7 +457,8 @@ class JiraServer:
                 return hit
         seq, visible = self.site.snapshot(at_ms)
         pred, sort_key = compiled.predicate, compiled.sort_key
-        pairs = sorted(((sort_key(v), v) for v in visible if pred(v)), key=itemgetter(0))
+        pairs = [(sort_key(v), v) for v in visible if pred(v)]
+        pairs.sort(key=itemgetter(0))
         result = ([p[0] for p in pairs], [p[1] for p in pairs])
         with self._cache_lock:
             self._cache[(compiled.cache_key, seq)] = result

@@ -32,6 +32,16 @@ def _reset_postgres(url: str) -> None:
         database.execute_sql("CREATE SCHEMA public")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_job_settings():  # type: ignore[no-untyped-def]
+    """Jobs run in this process read their settings anew in every test."""
+    from workers import jobs
+
+    jobs.configure(None)
+    yield
+    jobs.configure(None)
+
+
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     url = os.environ.get("TEST_DATABASE_URL")

@@ -74,9 +74,9 @@ def start_web(settings: Any, tmp: Path, *, workers: int = 2, **extra: str) -> tu
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
                 return proc, url
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a worker still booting
             pass
         if not proc.alive():
             break

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 from hashlib import sha256
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
+
+from workers.refresh import add_pending
 
 ISSUES = "issues"
 BACKFILL = "backfill"
@@ -51,11 +54,16 @@ def enqueue_issue_jobs(
     jobs: list[tuple[str, dict[str, Any]]],
     *,
     delivery_id: str | None,
+    before_execute: Callable[[Pipeline], None] | None = None,
+    refresh: list[tuple[str, str, int]] | None = None,
 ) -> list[str]:
     """Enqueue ``(function name, kwargs)`` jobs and mark the delivery as seen, atomically.
 
     One MULTI/EXEC: either every job is in Redis and the delivery is marked, or nothing is
-    (so a redelivery after a failure is not mistaken for a duplicate). Raises redis errors.
+    (so a redelivery after a failure is not mistaken for a duplicate). ``before_execute(pipe)``
+    may add its own commands to the transaction (the delivery counter). ``refresh`` lists
+    (site, issue id, event time) to mark for a coalesced read from Jira (``workers.refresh``).
+    Raises redis errors.
     """
     connection = issues_queue.connection
     with connection.pipeline(transaction=True) as pipe:
@@ -69,5 +77,9 @@ def enqueue_issue_jobs(
                 description=f"{func.rsplit('.', 1)[-1]} {kwargs.get('issue', {}).get('key', '')}".strip(),
             )
             ids.append(job.id)
+        for site, issue_id, event_ts in refresh or ():
+            add_pending(pipe, site, issue_id, event_ts)
+        if before_execute is not None:
+            before_execute(pipe)
         pipe.execute()
     return ids

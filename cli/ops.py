@@ -1,0 +1,250 @@
+"""Operator commands: ``issues export``, ``failed list|retry``, ``users sync|match``, ``members import``."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from typing import Any, Iterator, Sequence
+
+import click
+from redis import Redis
+
+from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from mirror import metrics, users
+from mirror.db import init_database
+from mirror.models import Issue
+from mirror.settings import Settings
+
+EXPORT_BATCH = 1000
+LISTED_UNMATCHED = 50
+
+# The columns an export reads: never ``fields`` (the raw JSON, the bulk of a row).
+EXPORT_COLUMNS = (
+    Issue.id, Issue.issue_id, Issue.key, Issue.project_key, Issue.summary, Issue.status, Issue.status_category,
+    Issue.issue_type, Issue.priority, Issue.assignee_account_id, Issue.reporter_account_id, Issue.labels,
+    Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at,
+)
+
+
+def redis_for(settings: Settings, *, connect_timeout: float = 3) -> Redis:
+    """A connection that answered a PING (a RedisError otherwise, which ``fail_cleanly`` words)."""
+    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=connect_timeout, socket_timeout=10)
+    connection.ping()
+    return connection
+
+
+# --- issues export ----------------------------------------------------------------------------
+
+
+def utc_iso(moment: dt.datetime | None) -> str | None:
+    """A stored (naive UTC) timestamp as ISO-8601 with ``Z``, to the millisecond."""
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted: bool = False,
+                     batch: int = EXPORT_BATCH) -> Iterator[dict[str, Any]]:
+    """Issues in id order, one dict each, read in keyset pages (``WHERE id > last ORDER BY id
+    LIMIT batch``): memory stays constant whatever the table's size, and no page is skipped or
+    repeated while other processes write (a row written behind the cursor shows up in the next
+    export)."""
+    last = 0
+    while True:
+        query = Issue.select(*EXPORT_COLUMNS).where(Issue.site == site, Issue.id > last)
+        if projects:
+            query = query.where(Issue.project_key.in_(list(projects)))
+        if not include_deleted:
+            query = query.where(Issue.deleted_at.is_null())
+        rows = list(query.order_by(Issue.id).limit(batch).tuples().iterator())
+        if not rows:
+            return
+        for (_, issue_id, key, project_key, summary, status, category, issue_type, priority, assignee, reporter,
+             labels, created, updated, resolved, deleted_at) in rows:
+            yield {
+                "issue_id": issue_id,
+                "key": key,
+                "project_key": project_key,
+                "summary": summary,
+                "status": status,
+                "status_category": category,
+                "issue_type": issue_type,
+                "priority": priority,
+                "assignee_account_id": assignee,
+                "reporter_account_id": reporter,
+                "labels": labels if isinstance(labels, list) else [],
+                "created": utc_iso(created),
+                "updated": utc_iso(updated),
+                "resolved": utc_iso(resolved),
+                "deleted": deleted_at is not None,
+                "deleted_at": utc_iso(deleted_at),
+            }
+        last = rows[-1][0]
+
+
+@main.group()
+def issues() -> None:
+    """Mirrored issues."""
+
+
+@issues.command("export")
+@click.option("--project", "projects", multiple=True, metavar="KEY", help="Only this project (repeatable).")
+@click.option("--include-deleted", is_flag=True, help="Include issues deleted in Jira (deleted: true).")
+@fail_cleanly
+def issues_export(projects: tuple[str, ...], include_deleted: bool) -> None:
+    """Issues as JSON lines on stdout, one issue a line, in a constant amount of memory."""
+    keys = project_keys(projects) if projects else []
+    settings = settings_from_env()
+    configure_logging(stream=sys.stderr)  # stdout is the data
+    database = init_database(settings.database_url)
+    out = sys.stdout.buffer
+    count = 0
+    try:
+        with database.connection_context():
+            pending: list[bytes] = []
+            for row in iter_export_rows(settings.site, keys, include_deleted=include_deleted):
+                pending.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+                count += 1
+                if len(pending) >= EXPORT_BATCH:
+                    out.write(b"".join(pending))
+                    pending.clear()
+            out.write(b"".join(pending))
+            out.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): stop quietly, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    click.echo(f"exported {count} issue(s)", err=True)
+
+
+# --- failed jobs ------------------------------------------------------------------------------
+
+
+@main.group()
+def failed() -> None:
+    """Jobs that exhausted their retries."""
+
+
+@failed.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@fail_cleanly
+def failed_list(as_json: bool) -> None:
+    """Failed jobs: id, queue, function, description, when, last line of the error."""
+    from workers.failed import list_failed
+
+    jobs = list_failed(redis_for(settings_from_env()))
+    if as_json:
+        for job in jobs:
+            click.echo(json.dumps(job, ensure_ascii=False))
+        return
+    if not jobs:
+        click.echo("no failed jobs")
+        return
+    for job in jobs:
+        click.echo(f"{job['id']}  {job['queue']}  {job['failed_at'] or '-'}  {job['function'] or '-'}  "
+                   f"{job['description'] or ''}".rstrip())
+        click.echo(f"    {job['error'] or '(no error recorded)'}")
+    click.echo(f"{len(jobs)} failed job(s): jira-mirror failed retry JOB_ID… or --all")
+
+
+@failed.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Retry every failed job.")
+@fail_cleanly
+def failed_retry(job_ids: tuple[str, ...], all_: bool) -> None:
+    """Requeue failed jobs (their retries restored) once the cause is fixed."""
+    from workers.failed import UnknownJobError, retry_failed
+
+    if bool(job_ids) == all_:
+        raise click.UsageError("name the jobs to retry (JOB_ID…) or give --all, not both")
+    connection = redis_for(settings_from_env())
+    try:
+        retried = retry_failed(connection, job_ids=list(job_ids), all=all_)
+    except UnknownJobError as exc:
+        raise click.ClickException(f"{exc} (see `jira-mirror failed list`); nothing was retried") from None
+    for job_id in retried:
+        click.echo(f"{job_id}: requeued")
+    click.echo(f"{len(retried)} job(s) requeued" if retried else "no failed jobs to retry")
+
+
+# --- users and members ------------------------------------------------------------------------
+
+
+@main.group("users")
+def users_group() -> None:
+    """Jira users and how they match the team's members."""
+
+
+@users_group.command("sync")
+@fail_cleanly
+def users_sync() -> None:
+    """Mirror Jira's users (account id, name, e-mail when visible, active, type)."""
+    from mirror.jira import JiraClient, JiraError
+
+    settings = settings_from_env()
+    configure_logging(stream=sys.stderr)
+    database = init_database(settings.database_url)
+    try:
+        with JiraClient.from_settings(settings) as client, database.connection_context():
+            try:
+                counts = users.sync_users(client, settings.site)
+            finally:
+                # Best effort, and quick when Redis is away: the counts are metrics, not the work.
+                metrics.record_jira_client(Redis.from_url(settings.redis_url, socket_connect_timeout=1,
+                                                          socket_timeout=2), client)
+    except JiraError as exc:
+        raise click.ClickException(f"Jira: {exc}") from None
+    click.echo(f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
+               f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped")
+
+
+@users_group.command("match")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@fail_cleanly
+def users_match(as_json: bool) -> None:
+    """How many assignees of live issues match a team member (by e-mail)."""
+    settings = settings_from_env()
+    database = init_database(settings.database_url)
+    with database.connection_context():
+        report = users.match_report(settings.site)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    reasons = report["unmatched_by_reason"]
+    click.echo(f"assignees of live issues: {report['assignees']}")
+    click.echo(f"  matched:   {report['matched']} ({report['matched_inactive']} inactive in Jira)")
+    click.echo(f"  unmatched: {report['unmatched']} (unknown user {reasons['unknown_user']}, "
+               f"hidden e-mail {reasons['hidden_email']}, no member {reasons['no_member']})")
+    click.echo(f"members: {report['members']}, Jira users: {report['users']}")
+    unmatched = report["unmatched_accounts"]
+    for account in unmatched[:LISTED_UNMATCHED]:
+        click.echo(f"  {account['account_id']}  {account['reason']:<12}  {account['display_name'] or ''}".rstrip())
+    if len(unmatched) > LISTED_UNMATCHED:
+        click.echo(f"  … and {len(unmatched) - LISTED_UNMATCHED} more (--json lists them all)")
+    if reasons["unknown_user"]:
+        click.echo("unknown users: run `jira-mirror users sync`")
+
+
+@main.group()
+def members() -> None:
+    """The team's member list."""
+
+
+@members.command("import")
+@click.argument("path", metavar="FILE.csv", type=click.Path(dir_okay=False))
+@fail_cleanly
+def members_import(path: str) -> None:
+    """Load members from a CSV with the header email,name,external_id (all or nothing)."""
+    settings = settings_from_env()
+    database = init_database(settings.database_url)
+    try:
+        with database.connection_context():
+            counts = users.import_members(path)
+    except users.MemberImportError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
+    click.echo(f"{counts['rows']} member(s) imported: {counts['created']} new, {counts['updated']} updated")

@@ -1,0 +1,243 @@
+"""Structured logs on stdout: one line per event, ``key=value`` (default) or JSON (``LOG_FORMAT=json``).
+
+Every process (web, worker, CLI) installs the same formatter through :func:`configure`
+(gunicorn through ``logconfig_dict`` in ``gunicorn.conf.py``). A line is::
+
+    ts=2025-05-01T08:00:00.123Z level=info logger=receiver.webhooks msg="delivery accepted …" delivery=… duration_ms=3
+
+After ``ts``, ``level``, ``logger`` and ``msg`` come the fields bound to the current request or job
+(:func:`bound`: ``delivery``, ``job``, ``queue``, ``project``…) and the ``extra=`` fields of the call.
+
+What is never logged: secrets, tokens, ``Authorization`` headers, issue bodies and summaries. The
+call sites are written so (ids, keys, outcomes, durations only); as a safety net the values given
+to :func:`redact` are masked in every line, and peewee's query log (its parameters are issue
+bodies) stays off whatever the level.
+"""
+from __future__ import annotations
+
+import base64
+import contextvars
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from typing import IO, Any, Iterator
+
+__all__ = [
+    "JsonFormatter", "KeyValueFormatter", "bind", "bound", "configure", "formatter_from_env", "gunicorn_logconfig",
+    "redact", "redact_settings", "unbind", "unconfigure",
+]
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {"message", "asctime"}
+# ``extra=`` fields never printed: RQ logs a failed job's arguments (an issue's whole JSON) so.
+_UNSAFE_EXTRAS = frozenset({"arguments", "kwargs"})
+# Loggers whose debug output carries data the mirror must not log (peewee: SQL parameters).
+_QUIET = {"peewee": logging.INFO}
+MASK = "[redacted]"
+MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("jira_mirror_log_context", default={})
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def redact(*values: str | None) -> None:
+    """Mask these values wherever they would appear in a log line (secrets, tokens)."""
+    global _secrets
+    with _secrets_lock:
+        fresh = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH}
+        # Longest first, so that a secret containing another is masked whole.
+        _secrets = tuple(sorted(set(_secrets) | fresh, key=len, reverse=True))
+
+
+def redact_settings(settings: Any) -> None:
+    """:func:`redact` every secret a ``Settings`` holds (webhook secrets, admin and Jira tokens)."""
+    values = list(getattr(settings, "jira_webhook_secrets", ()) or ())
+    for name in ("admin_token", "jira_api_token", "jira_oauth_token"):
+        values.append(getattr(settings, name, None))
+    email, token = getattr(settings, "jira_email", None), getattr(settings, "jira_api_token", None)
+    if email and token:  # the Basic credential as it travels
+        values.append(base64.b64encode(f"{email}:{token}".encode()).decode("ascii"))
+    redact(*values)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every line logged inside the block (this thread or task only)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> contextvars.Token[dict[str, Any]]:
+    """Like :func:`bound`, for hooks that open and close in different functions; undo with :func:`unbind`."""
+    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def unbind(token: contextvars.Token[dict[str, Any]]) -> None:
+    _context.reset(token)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in _context.get().items():
+        fields.setdefault(key, value)
+    for key, value in vars(record).items():
+        if key not in _STANDARD and key not in _UNSAFE_EXTRAS and not key.startswith("_") and value is not None:
+            fields.setdefault(key, value)
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    if record.stack_info:
+        fields["stack"] = record.stack_info
+    # Masked before any escaping, so that a secret is found however the line quotes it.
+    for key, value in fields.items():
+        if isinstance(value, str):
+            fields[key] = _scrub(value)
+        elif not isinstance(value, (bool, int, float)):
+            fields[key] = _scrub(json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":")))
+    return fields
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _kv_value(value: Any) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
+    else:
+        text = str(value)
+    if text and not any(c in text for c in ' "=\\\n\r\t') and text.isprintable():
+        return text
+    escaped = text.translate(_ESCAPES)
+    return '"' + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped) + '"'
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=… level=… logger=… msg="…" key=value…`` on one line (newlines escaped)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_kv_value(value)}" for key, value in _fields(self, record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the same keys as :class:`KeyValueFormatter`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_fields(self, record), default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def formatter_from_env(fmt: str | None = None) -> logging.Formatter:
+    """The formatter ``LOG_FORMAT`` asks for: ``json``, else key=value (also a dictConfig factory)."""
+    fmt = (fmt if fmt is not None else os.environ.get("LOG_FORMAT", "")).strip().lower()
+    return JsonFormatter() if fmt == "json" else KeyValueFormatter()
+
+
+def level_from_env(level: str | int | None = None) -> int:
+    """``LOG_LEVEL`` (default INFO) as a logging level; an unknown name is INFO."""
+    if isinstance(level, int):
+        return level
+    name = (level if level is not None else os.environ.get("LOG_LEVEL", "INFO")).strip().upper()
+    value = logging.getLevelName(name)
+    return value if isinstance(value, int) else logging.INFO
+
+
+def quiet_noisy_loggers() -> None:
+    for name, floor in _QUIET.items():
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < floor:
+            logger.setLevel(floor)
+
+
+class StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stdout`` or ``sys.stderr`` as they are when a record is emitted, not when
+    the handler was made (so a replaced stream, as in click's test runner, is never written
+    after it is closed)."""
+
+    def __init__(self, name: str = "stdout"):
+        self._stream_name = name
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return getattr(sys, self._stream_name)  # type: ignore[no-any-return]
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass  # always the current sys stream
+
+
+def configure(level: str | int | None = None, *, fmt: str | None = None, stream: IO[str] | None = None) -> None:
+    """Send every log record through the structured formatter to stdout (or ``stream``).
+
+    ``level`` and ``fmt`` default to ``LOG_LEVEL`` (INFO) and ``LOG_FORMAT`` (``kv``; ``json``).
+    Calling it again replaces the handler it installed (other handlers, e.g. a test's capture,
+    are left alone).
+    """
+    if stream is None or stream is sys.stdout:
+        handler: logging.Handler = StandardStreamHandler("stdout")
+    elif stream is sys.stderr:
+        handler = StandardStreamHandler("stderr")
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter_from_env(fmt))
+    handler._jira_mirror = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_jira_mirror", False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level_from_env(level))
+    quiet_noisy_loggers()
+
+
+def unconfigure() -> None:
+    """Remove the handler :func:`configure` installed (tests that ran a command in-process)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_jira_mirror", False):
+            root.removeHandler(old)
+
+
+def gunicorn_logconfig(level: str | int | None = None) -> dict[str, Any]:
+    """``logconfig_dict`` for gunicorn: its error and access logs and the app's logs, all on
+    stdout through the structured formatter."""
+    name = logging.getLevelName(level_from_env(level))
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structured": {"()": "mirror.logs.formatter_from_env"}},
+        "handlers": {
+            "stdout": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stdout"},
+        },
+        "root": {"level": name, "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": {"level": name, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            "peewee": {"level": max(level_from_env(level), logging.INFO), "handlers": [], "propagate": True},
+        },
+    }

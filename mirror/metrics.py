@@ -1,0 +1,352 @@
+"""Counters and histograms kept in Redis, so that every process counts into one place.
+
+The web process runs several gunicorn workers, and workers and backfills run as separate
+processes, possibly on other machines: an in-process registry would show whichever process
+answered the scrape. So each process adds its increments to a few Redis hashes (``HINCRBY``;
+one hash per metric, one field per label set) and ``GET /metrics`` reads them back through
+:class:`RedisCounterCollector`. Gauges (queue depth, sync lag…) are computed at scrape time by
+the receiver (``receiver/metrics.py``).
+
+Writes come in two kinds:
+
+* inside a caller's pipeline (:func:`add_delivery`): the webhook adds its ``accepted`` increment
+  to the MULTI/EXEC that enqueues the job, so the count moves exactly when the job is in Redis
+  and the hot path stays one round trip;
+* best effort (:func:`record_delivery`, :func:`record_job`, :func:`record_jira_calls`): one
+  pipelined call that never raises. When Redis does not answer, the increments wait in this
+  process (:data:`_pending`, bounded by the label sets) and go with its next successful call.
+
+Histograms store one field per bucket holding the observations that fell in it (not cumulative)
+plus a float sum; the collector accumulates them into Prometheus' cumulative ``le`` buckets.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from redis import Redis
+from redis.client import Pipeline
+
+log = logging.getLogger(__name__)
+
+PREFIX = "jira-mirror:metrics:"
+
+__all__ = [
+    "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
+    "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
+    "record_delivery", "record_jira_calls", "record_jira_client", "record_job",
+]
+
+
+@dataclass(frozen=True)
+class Counter:
+    name: str  # with the ``_total`` suffix, as exposed
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return PREFIX + "counter:" + self.name
+
+
+@dataclass(frozen=True)
+class Histogram:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    @property
+    def buckets_key(self) -> str:
+        return PREFIX + "histogram:" + self.name + ":buckets"
+
+    @property
+    def sum_key(self) -> str:
+        return PREFIX + "histogram:" + self.name + ":sum"
+
+
+DELIVERIES = Counter(
+    "jira_mirror_webhook_deliveries_total",
+    "Webhook deliveries answered, by event and outcome (accepted, ignored, duplicate, unauthorized, "
+    "invalid, too_large, unsupported_media_type, queue_unavailable, error).",
+    ("event", "outcome"),
+)
+ACK_SECONDS = Histogram(
+    "jira_mirror_webhook_ack_seconds",
+    "Time from a delivery's arrival to its answer (accepted: to the enqueue).",
+)
+JOBS = Counter(
+    "jira_mirror_jobs_total",
+    "Jobs finished by the workers, by queue and outcome (the job's own: applied, stale, deleted, "
+    "already_deleted, refreshed, coalesced…; else succeeded; or retried, failed).",
+    ("queue", "outcome"),
+)
+JOB_SECONDS = Histogram(
+    "jira_mirror_job_seconds",
+    "Run time of a job, by queue.",
+    ("queue",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+)
+JIRA_CALLS = Counter("jira_mirror_jira_api_calls_total", "HTTP requests sent to Jira, retries included.")
+JIRA_RATE_LIMITED = Counter("jira_mirror_jira_rate_limited_total", "Jira answers 429 (rate limited).")
+
+COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED)
+HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
+
+DELIVERY_OUTCOMES = frozenset({
+    "accepted", "ignored", "duplicate", "unauthorized", "invalid", "too_large", "unsupported_media_type",
+    "queue_unavailable", "error",
+})
+_OUTCOME = re.compile(r"^[a-z][a-z_]{1,23}$")
+
+# Event names are an open set chosen by the sender (JIRA.md): keep Jira's families, fold the
+# rest into "other", so that a label cannot grow without bound.
+_EVENT = re.compile(
+    r"^(jira:)?(issue|comment|worklog|attachment|issuelink|project|version|user|sprint|board|option|"
+    r"issuetype|filter|field|priority|status|resolution)[a-z_]{0,40}$"
+)
+
+
+def delivery_event_label(event: Any) -> str:
+    """The ``event`` label of a delivery: Jira's event name, ``other`` or ``unknown`` (unparsed)."""
+    if not isinstance(event, str) or not event:
+        return "unknown"
+    return event if _EVENT.match(event) else "other"
+
+
+def job_outcome_label(result: Any) -> str:
+    """A finished job's ``outcome`` label from its return value (``"applied"``, ``{"outcome": …}``…).
+
+    Jobs return outcome words (applied, stale, deleted, already-deleted, refreshed…): a short
+    lower-case word is kept (``-`` read as ``_``); anything else (a key, a number, data) is
+    ``succeeded``, so that a label cannot take arbitrary values.
+    """
+    if isinstance(result, Mapping):
+        result = result.get("outcome")
+    if isinstance(result, str):
+        label = result.strip().replace("-", "_")
+        if _OUTCOME.match(label):
+            return label
+    return "succeeded"
+
+
+def _field(values: Sequence[str]) -> str:
+    return json.dumps([str(v) for v in values], separators=(",", ":"))
+
+
+def _label_values(spec: Counter | Histogram, labels: Mapping[str, str]) -> list[str]:
+    if set(labels) != set(spec.labels):
+        raise ValueError(f"{spec.name} takes the labels {spec.labels}, not {tuple(labels)}")
+    return [str(labels[name]) for name in spec.labels]
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+# --- pending increments ------------------------------------------------------------------------
+# (command, key, field) -> amount; command is "hincrby" or "hincrbyfloat".
+_pending: dict[tuple[str, str, str], float] = {}
+_pending_lock = threading.Lock()
+
+
+def _ops_counter(spec: Counter, labels: Mapping[str, str], amount: int) -> list[tuple[str, str, str, float]]:
+    return [("hincrby", spec.key, _field(_label_values(spec, labels)), amount)]
+
+
+def _ops_observe(spec: Histogram, labels: Mapping[str, str], value: float) -> list[tuple[str, str, str, float]]:
+    values = _label_values(spec, labels)
+    value = max(0.0, float(value))
+    index = bisect.bisect_left(spec.buckets, value)
+    bound = spec.buckets[index] if index < len(spec.buckets) else math.inf
+    return [
+        ("hincrby", spec.buckets_key, _field([*values, _bucket_label(bound)]), 1),
+        ("hincrbyfloat", spec.sum_key, _field(values), value),
+    ]
+
+
+def _apply(pipe: Pipeline, ops: Iterable[tuple[str, str, str, float]]) -> None:
+    for command, key, field, amount in ops:
+        if command == "hincrby":
+            pipe.hincrby(key, field, int(amount))
+        else:
+            pipe.hincrbyfloat(key, field, float(amount))
+
+
+def _take_pending() -> list[tuple[str, str, str, float]]:
+    with _pending_lock:
+        ops = [(command, key, field, amount) for (command, key, field), amount in _pending.items()]
+        _pending.clear()
+    return ops
+
+
+def _keep_pending(ops: Iterable[tuple[str, str, str, float]]) -> None:
+    with _pending_lock:
+        for command, key, field, amount in ops:
+            _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
+
+
+def has_pending() -> bool:
+    return bool(_pending)
+
+
+def discard_pending() -> None:
+    """Forget the held-back increments (tests)."""
+    with _pending_lock:
+        _pending.clear()
+
+
+def _send(connection: Redis, ops: list[tuple[str, str, str, float]]) -> bool:
+    """One pipelined call with ``ops`` and this process's pending increments; never raises."""
+    ops = ops + _take_pending()
+    if not ops:
+        return True
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            _apply(pipe, ops)
+            pipe.execute()
+        return True
+    except Exception as exc:  # metrics must never fail the work they count
+        _keep_pending(ops)
+        log.warning("metrics not recorded (kept for the next call) error=%s", type(exc).__name__)
+        return False
+
+
+def flush_pending(connection: Redis) -> bool:
+    """Send the increments held back while Redis did not answer; never raises."""
+    return _send(connection, [])
+
+
+# --- recording -------------------------------------------------------------------------------
+
+
+def add_delivery(pipe: Pipeline, *, event: Any, outcome: str, seconds: float) -> None:
+    """Queue a delivery's count and ack time in ``pipe`` (the caller executes it)."""
+    labels = {"event": delivery_event_label(event), "outcome": outcome}
+    _apply(pipe, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+
+
+def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:
+    """Count a delivery (best effort, one round trip); returns whether Redis took it."""
+    labels = {"event": delivery_event_label(event), "outcome": outcome}
+    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+
+
+def record_job(connection: Redis, *, queue: str, outcome: str, seconds: float | None) -> bool:
+    """Count a finished job and its run time (best effort, one round trip)."""
+    ops = _ops_counter(JOBS, {"queue": queue, "outcome": outcome}, 1)
+    if seconds is not None:
+        ops += _ops_observe(JOB_SECONDS, {"queue": queue}, seconds)
+    return _send(connection, ops)
+
+
+def record_jira_calls(connection: Redis, calls: int, rate_limited: int = 0) -> bool:
+    """Add a Jira client's call counts (e.g. a backfill's, when it ends); best effort."""
+    ops = []
+    if calls:
+        ops += _ops_counter(JIRA_CALLS, {}, int(calls))
+    if rate_limited:
+        ops += _ops_counter(JIRA_RATE_LIMITED, {}, int(rate_limited))
+    return _send(connection, ops)
+
+
+def record_jira_client(connection: Redis, client: Any, *, since: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Add what ``client`` (a ``JiraClient``) did since the snapshot ``since``; returns the new
+    snapshot, to pass as ``since`` next time (a long-lived client reports in steps)."""
+    now = client.stats.snapshot()
+    before = since or {}
+    record_jira_calls(
+        connection,
+        now["calls"] - int(before.get("calls", 0)),
+        now["rate_limited"] - int(before.get("rate_limited", 0)),
+    )
+    return now
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class RedisCounterCollector:
+    """A prometheus_client collector exposing the counters and histograms kept in Redis.
+
+    One pipelined read per scrape. Raises redis errors (the caller decides what a scrape without
+    Redis shows).
+    """
+
+    def __init__(self, connection: Redis):
+        self.connection = connection
+
+    def read(self) -> list[dict[bytes, bytes]]:
+        with self.connection.pipeline(transaction=False) as pipe:
+            for counter in COUNTERS:
+                pipe.hgetall(counter.key)
+            for histogram in HISTOGRAMS:
+                pipe.hgetall(histogram.buckets_key)
+                pipe.hgetall(histogram.sum_key)
+            return pipe.execute()
+
+    def collect(self) -> Iterator[Metric]:
+        answers = iter(self.read())
+        for counter in COUNTERS:
+            yield _counter_family(counter, next(answers))
+        for histogram in HISTOGRAMS:
+            yield _histogram_family(histogram, next(answers), next(answers))
+
+
+def _decode(field: bytes | str) -> list[str] | None:
+    try:
+        values = json.loads(field)
+    except ValueError:
+        return None
+    return [str(v) for v in values] if isinstance(values, list) else None
+
+
+def _counter_family(spec: Counter, raw: Mapping[bytes, bytes]) -> CounterMetricFamily:
+    family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    samples: list[tuple[list[str], float]] = []
+    for field, raw_value in raw.items():
+        values = _decode(field)
+        if values is None or len(values) != len(spec.labels):
+            continue  # written by another version of this code: skip rather than break the scrape
+        samples.append((values, float(raw_value)))
+    if not spec.labels and not samples:
+        samples.append(([], 0.0))
+    for label_values, count in sorted(samples):
+        family.add_metric(label_values, count)
+    return family
+
+
+def _histogram_family(
+    spec: Histogram, raw_buckets: Mapping[bytes, bytes], raw_sums: Mapping[bytes, bytes]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+    bounds = [_bucket_label(b) for b in spec.buckets] + ["+Inf"]
+    per_series: dict[tuple[str, ...], dict[str, float]] = {}
+    for field, value in raw_buckets.items():
+        values = _decode(field)
+        if values is None or len(values) != len(spec.labels) + 1 or values[-1] not in bounds:
+            continue
+        per_series.setdefault(tuple(values[:-1]), {})[values[-1]] = float(value)
+    sums: dict[tuple[str, ...], float] = {}
+    for field, value in raw_sums.items():
+        values = _decode(field)
+        if values is not None and len(values) == len(spec.labels):
+            sums[tuple(values)] = float(value)
+    if not spec.labels and not per_series:
+        per_series[()] = {}
+    for series in sorted(per_series):
+        counts = per_series[series]
+        running = 0.0
+        cumulative = []
+        for bound in bounds:
+            running += counts.get(bound, 0.0)
+            cumulative.append((bound, running))
+        family.add_metric(list(series), cumulative, sum_value=sums.get(series, 0.0))
+    return family

@@ -1,0 +1,168 @@
+"""The status page in a real headless Chromium (Debian's `chromium`, driven by Playwright), served by
+real gunicorn, with a real `jira-mirror worker` syncing from the bundled Jira simulator: log in,
+see the project, press "Full backfill", watch it queue and succeed; track a second project with
+the form; see a webhook delivery counted; read it all on a phone-sized screen.
+
+Screenshots land in `artifacts/` (gitignored): `status-page.png` (desktop) and
+`status-page-phone.png`. `docs/status-page.png` is a copy of a good desktop one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mirror import store
+from mirror.issues import to_row, utc_now
+import requests
+
+from tests import factories, procs
+from tests.conftest import SECRET
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = procs.ROOT / "artifacts"
+TOKEN = "browser-admin-token"
+
+
+@pytest.fixture
+def jira_site():  # type: ignore[no-untyped-def]
+    """A small simulated site (overrides conftest's): a full sync takes a moment."""
+    from simulator import Site
+
+    return Site.generate({"DEMO": 40, "OPS": 12}, seed=7)
+
+
+@pytest.fixture
+def chromium():  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _jira_env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"ADMIN_TOKEN": TOKEN, "JIRA_BASE_URL": settings.jira_base_url, "JIRA_EMAIL": settings.jira_email,
+            "JIRA_API_TOKEN": settings.jira_api_token}
+
+
+def _cell(page, key: str, label: str) -> str:  # type: ignore[no-untyped-def]
+    return page.locator(f'#project-{key} td[data-label="{label}"]').inner_text().strip()
+
+
+def _wait_for_full_sync(page, key: str, worker, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page.reload()
+        last_full = _cell(page, key, "Last full")
+        if "succeeded" in last_full or "failed" in last_full:
+            break
+        time.sleep(0.3)
+    assert "succeeded" in _cell(page, key, "Last full"), worker.output()[-3000:]
+
+
+def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, redis_conn, tmp_path, chromium):
+    settings = dataclasses.replace(jira_settings, admin_token=TOKEN)
+    site = settings.site
+    # A few rows already mirrored (as webhooks would have written them); Jira does not know them,
+    # so the full sync's reconciliation marks them deleted.
+    now = utc_now()
+    store.upsert_issues([to_row(site, factories.issue(str(990000 + i), f"DEMO-{900 + i}",
+                                                      updated=now - dt.timedelta(minutes=7)),
+                                source="webhook", event_ts=i, synced_at=now) for i in range(3)])
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    web, url = procs.start_web(settings, tmp_path, workers=2, **_jira_env(settings))
+    worker = None
+    context = chromium.new_context(viewport={"width": 1366, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+
+        # Not logged in: the page sends the browser to the login form.
+        page.goto(url + "/")
+        assert page.url == url + "/login"
+        page.fill("#token", "wrong-token")
+        page.click("text=Log in")
+        assert "Wrong token" in page.inner_text("body")
+        page.fill("#token", TOKEN)
+        page.click("text=Log in")
+        assert page.url == url + "/"
+
+        # The tracked project with its mirrored issues; Jira answers through the simulator.
+        assert _cell(page, "DEMO", "Issues") == "3"
+        assert "connected" in page.inner_text("#jira") and "America/Los_Angeles" in page.inner_text("#jira")
+        assert page.locator("#queue-backfill .queued").inner_text() == "0"
+
+        # Full backfill: queued (no backfill worker yet), the page says so and refreshes fast.
+        page.locator("#project-DEMO").get_by_role("button", name="Full backfill").click()
+        assert "Full backfill of DEMO queued" in page.inner_text("body")
+        assert page.locator("#project-DEMO .state").inner_text() == "queued"
+        assert page.locator("#queue-backfill .queued").inner_text() == "1"
+        assert page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "5"
+
+        # A worker takes the job; the page shows the run's outcome.
+        worker = procs.start_worker(settings, tmp_path, "--queue", "backfill", "--queue", "issues", name="worker",
+                                    **_jira_env(settings))
+        _wait_for_full_sync(page, "DEMO", worker)
+        assert page.locator("#project-DEMO .state").inner_text() == "idle"
+        assert _cell(page, "DEMO", "Issues") == "40" and _cell(page, "DEMO", "Deleted") == "3"
+        assert page.locator("#queue-backfill .queued").inner_text() == "0"
+        assert "backfill" in page.inner_text("#workers")
+
+        # Track another project with the form: it is backfilled in full.
+        page.fill("#track-key", "ops")
+        page.get_by_role("button", name="Track and backfill").click()
+        assert "OPS is now tracked; a full backfill is queued" in page.inner_text("body")
+        _wait_for_full_sync(page, "OPS", worker)
+        assert _cell(page, "OPS", "Issues") == "12"
+
+        # A webhook delivery through gunicorn shows in the webhook card.
+        from simulator.webhooks import issue_payload
+
+        event = jira_site.create_issue("DEMO", summary="Created while the page watched")
+        body, headers = factories.signed(issue_payload(event, jira_site, jira.url), SECRET)
+        assert requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=10).status_code == 202
+        deadline = time.monotonic() + 10
+        while _cell(page, "DEMO", "Issues") != "41" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            page.reload()
+        assert _cell(page, "DEMO", "Issues") == "41"
+        assert "just now" in page.inner_text("#webhooks")
+        page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+
+        # On a phone: the same page, no sideways scrolling, buttons within reach.
+        phone = context.browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                            is_mobile=True, has_touch=True)
+        try:
+            small = phone.new_page()
+            small.goto(url + "/login")
+            small.fill("#token", TOKEN)
+            small.click("text=Log in")
+            assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+            assert small.locator("#project-DEMO").get_by_role("button", name="Full backfill").is_visible()
+            small.screenshot(path=str(ARTIFACTS / "status-page-phone.png"), full_page=True)
+        finally:
+            phone.close()
+
+        # Log out: the page is closed again.
+        page.get_by_role("button", name="Log out").click()
+        assert page.url == url + "/login"
+        page.goto(url + "/")
+        assert page.url == url + "/login"
+    finally:
+        context.close()
+        if worker is not None:
+            worker.terminate()
+        web.terminate()

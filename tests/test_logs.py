@@ -1,0 +1,152 @@
+"""Structured logs: one key=value (or JSON) line per event, with delivery/job/project/duration
+fields, and never a secret, a token or an issue's content, even at DEBUG."""
+import base64
+import dataclasses
+import io
+import json
+import logging
+import re
+import subprocess
+
+import pytest
+import requests
+
+from mirror import logs, store
+from tests import factories, procs
+from tests.conftest import SECRET
+from tests.test_users import EMAIL, TOKEN, FakeJira, site_people
+
+ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a"
+SUMMARY = "Quarterly numbers leak 5c1d"
+DESCRIPTION = "Confidential body text 9b2e"
+KV_LINE = re.compile(
+    r'^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=[a-z]+ logger=\S+ msg=("([^"\\]|\\.)*"|\S+)( |$)')
+
+
+@pytest.fixture
+def capture():
+    stream = io.StringIO()
+    logs.configure("DEBUG", stream=stream)
+    yield stream
+    logs.unconfigure()
+
+
+def test_key_value_lines_carry_bound_fields_and_escape_values(capture):
+    log = logging.getLogger("jira_mirror.test")
+    with logs.bound(delivery="d-1", project="DEMO"):
+        with logs.bound(job="j-9"):
+            log.info('upsert key=%s "quoted" =sign', "DEMO-1", extra={"duration_ms": 12.5, "ok": True})
+        log.warning("multi\nline")
+    log.info("outside")
+    first, second, third = capture.getvalue().splitlines()
+    assert KV_LINE.match(first) and KV_LINE.match(second) and KV_LINE.match(third)
+    assert first.endswith(r'msg="upsert key=DEMO-1 \"quoted\" =sign" '
+                          "delivery=d-1 project=DEMO job=j-9 duration_ms=12.5 ok=true")
+    assert "level=warning" in second and r'msg="multi\nline"' in second and "job=" not in second
+    assert "delivery=" not in third
+
+
+def test_exceptions_stay_on_one_line(capture):
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("x").exception("failed")
+    [line] = capture.getvalue().splitlines()
+    assert "exc=\"Traceback (most recent call last):\\n" in line and "RuntimeError: boom" in line
+
+
+def test_json_format(capture):
+    logs.configure("INFO", fmt="json", stream=capture)
+    with logs.bound(job="j-1"):
+        logging.getLogger("x.y").info("job finished", extra={"duration_ms": 3.0})
+    record = json.loads(capture.getvalue())
+    assert record["level"] == "info" and record["logger"] == "x.y" and record["msg"] == "job finished"
+    assert record["job"] == "j-1" and record["duration_ms"] == 3.0 and record["ts"].endswith("Z")
+
+
+def test_secrets_are_masked_and_sql_parameters_never_logged(capture):
+    logs.redact("a-secret-value-123", None, "abc")  # None and too-short values are ignored
+    logging.getLogger("x").info("token=%s", "a-secret-value-123", extra={"header": 'Bearer a-secret-value-123"'})
+    logging.getLogger("peewee").debug(("INSERT INTO jira_issue ... VALUES (?)", ["the summary"]))
+    text = capture.getvalue()
+    assert "a-secret-value-123" not in text and text.count(logs.MASK) == 2
+    assert "the summary" not in text
+
+
+def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, settings, redis_conn, tmp_path):
+    jira = FakeJira(site_people())
+    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN,
+           "LOG_LEVEL": "DEBUG"}
+    jira_site = dataclasses.replace(settings, jira_base_url=jira.url).site  # the site is Jira's host
+    store.track_projects(jira_site, ["DEMO"])
+    web, url = procs.start_web(settings, tmp_path, workers=1, **env)
+    try:
+        issue = factories.issue("10001", "DEMO-1", summary=SUMMARY, description=DESCRIPTION)
+        jira.issues["10001"] = issue  # the worker reads the current state from Jira with its token
+        raw, headers = factories.signed(factories.delivery(the_issue=issue), SECRET, delivery_id="delivery-logs-1")
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"  # a header that must not be echoed anywhere
+        assert requests.post(url + "/webhooks/jira", data=raw, headers=headers, timeout=10).status_code == 202
+        headers["X-Hub-Signature"] = "sha256=" + "0" * 64
+        assert requests.post(url + "/webhooks/jira", data=raw, headers=headers, timeout=10).status_code == 401
+        requests.post(url + "/webhooks/jira", data=b'{"summary": "' + SUMMARY.encode() + b'"', timeout=10,
+                      headers={"Content-Type": "application/json", "X-Hub-Signature": "sha256=" + "1" * 64})
+        assert requests.get(url + "/metrics", timeout=10).status_code == 200
+        requests.get(url + "/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+        worker = procs.start_worker(settings, tmp_path, "--burst", **env)
+        assert worker.popen.wait(60) == 0
+        issue2 = factories.issue("10002", "DEMO-2", summary=SUMMARY, description=DESCRIPTION)
+        jira.issues["10002"] = issue2
+        raw, headers = factories.signed(factories.delivery(the_issue=issue2), SECRET, delivery_id="delivery-logs-2")
+        assert requests.post(url + "/webhooks/jira", data=raw, headers=headers, timeout=10).status_code == 202
+        json_worker = procs.start_worker(settings, tmp_path, "--burst", name="json", LOG_FORMAT="json", **env)
+        assert json_worker.popen.wait(60) == 0
+        cli_env = procs.env_for(settings, **env)
+        sync = subprocess.run(procs.jira_mirror("users", "sync"), env=cli_env, capture_output=True, text=True,
+                                    timeout=60)
+        assert sync.returncode == 0, sync.stderr
+        export = subprocess.run(procs.jira_mirror("issues", "export"), env=cli_env, capture_output=True,
+                                      text=True, timeout=60)
+        # The data itself is on stdout; its logs (stderr) must not hold it.
+        assert SUMMARY in export.stdout, worker.output()[-3000:]
+    finally:
+        web.terminate()
+        jira.close()
+    web_log, worker_log = web.output(), worker.output()
+    cli_log = sync.stdout + sync.stderr + export.stderr
+    everything = web_log + worker_log + json_worker.output() + cli_log
+
+    basic = base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
+    for value in (SECRET, ADMIN_TOKEN, TOKEN, basic, SUMMARY, DESCRIPTION):
+        assert value not in everything, value
+
+    for line in (web_log + worker_log).splitlines():
+        assert KV_LINE.match(line), line
+    accepted = [line for line in web_log.splitlines() if "outcome=accepted" in line]
+    assert accepted and "delivery=delivery-logs-1" in accepted[0] and "project=DEMO" in accepted[0]
+    assert "duration_ms=" in accepted[0] and "status=202" in accepted[0]
+    assert any("outcome=unauthorized" in line for line in web_log.splitlines())
+    done = [line for line in worker_log.splitlines() if 'msg="job finished"' in line]
+    assert len(done) == 1 and "project=DEMO" in done[0] and "outcome=refreshed" in done[0]
+    assert re.search(r" job=[0-9a-f-]{36} ", done[0]) and "duration_ms=" in done[0]
+    records = [json.loads(line) for line in json_worker.output().splitlines()]
+    assert all({"ts", "level", "logger", "msg"} <= set(record) for record in records)
+    [finished] = [r for r in records if r["msg"] == "job finished"]
+    assert finished["project"] == "DEMO" and finished["outcome"] == "refreshed" and finished["duration_ms"] >= 0
+    assert any("users/search" in line for line in sync.stderr.splitlines())  # the client's DEBUG lines are there
+
+
+def test_a_failing_job_logs_its_error_but_not_its_arguments(capture, settings, redis_conn, drain, monkeypatch):
+    from workers import queues
+
+    monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
+    bad = factories.issue(summary=SUMMARY, description=DESCRIPTION)
+    bad["fields"]["updated"] = "not a time"
+    queues.enqueue_issue_jobs(queues.queue(queues.ISSUES, redis_conn),
+                              [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
+                              delivery_id=None)
+    drain()  # fails, is retried at once, fails again: into the failed registry
+    text = capture.getvalue()
+    assert "IssueMappingError" in text and "outcome=failed" in text  # RQ's error line and ours
+    assert SUMMARY not in text and DESCRIPTION not in text
+    assert all(KV_LINE.match(line) for line in text.splitlines())
