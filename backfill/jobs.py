@@ -19,6 +19,7 @@ from redis import Redis
 from rq import Retry, get_current_job
 
 from backfill.sync import Progress, SyncError, SyncStats, run_project_sync
+from mirror import shutdown
 from mirror.db import database
 from mirror.jira import JiraClient
 from mirror.settings import Settings
@@ -131,6 +132,7 @@ def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, als
     last = [0.0]
 
     def report(stats: SyncStats) -> None:
+        shutdown.check()
         if lock.lost:
             raise SyncError("the sync lock was lost (another process took over); stopping")
         if also:
@@ -152,7 +154,8 @@ def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, als
 def client_for(settings: Settings) -> JiraClient:
     if not settings.jira_configured:
         raise SyncError("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN (or JIRA_OAUTH_TOKEN)")
-    return JiraClient.from_settings(settings, pool_size=max(16, settings.backfill_concurrency * 2))
+    return JiraClient.from_settings(settings, pool_size=max(16, settings.backfill_concurrency * 2),
+                                    sleep=shutdown.interruptible_sleep)
 
 
 def run_sync(
@@ -191,5 +194,11 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
         raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
     job = get_current_job()
     connection = job.connection if job else Redis.from_url(settings.redis_url)
-    return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
+    try:
+        return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
+    except shutdown.ShutdownRequested:
+        # SIGTERM mid-sync: hand the work back; another worker starts it over (idempotent writes).
+        again = enqueue_sync(connection, site=site, project_key=project_key, full=full)
+        log.info("sync handed back project=%s job=%s", project_key, again)
+        return {"project": project_key, "handed_back": again}
 

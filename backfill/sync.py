@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mirror import store
+from mirror.shutdown import ShutdownRequested
 from mirror.issues import ISSUE_FIELDS, epoch_ms, project_key_of, to_row, utc_now
 from mirror.jira import JiraClient, format_jql_datetime
 from mirror.models import Issue, Project, SyncRun
@@ -92,11 +93,14 @@ class ProjectSync:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
+    def count_calls(self, stats: SyncStats) -> None:
+        stats.api_calls = self.client.stats.calls - self._calls_before
+        stats.retries = self.client.stats.retries - self._retries_before
+
     def _tick(self, stats: SyncStats, phase: str | None = None) -> None:
         if phase:
             stats.phase = phase
-        stats.api_calls = self.client.stats.calls - self._calls_before
-        stats.retries = self.client.stats.retries - self._retries_before
+        self.count_calls(stats)
         self.progress(stats)
 
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
@@ -132,7 +136,8 @@ class ProjectSync:
                 log.warning("bulkfetch errors project=%s count=%d", self.key, len(errors))
             return issues, missing, read_at
 
-        with cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}") as pool:
+        pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}")
+        try:
             pending: list[cf.Future[tuple[list[dict[str, Any]], list[str], int]]] = []
             queue = iter(chunks)
             for chunk in queue:
@@ -145,6 +150,9 @@ class ProjectSync:
                 if nxt is not None:
                     pending.append(pool.submit(fetch, nxt))
                 yield result
+        finally:
+            # On an error or a shutdown, do not wait for reads whose results nobody will use.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -257,8 +265,12 @@ def run_project_sync(
     stats = SyncStats(kind, project_key)
     try:
         stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+    except ShutdownRequested:
+        sync.count_calls(stats)
+        store.finish_sync_run(run, stats_fields(stats), error="interrupted by shutdown; handed back to the queue")
+        raise
     except Exception as exc:
-        sync._tick(stats)
+        sync.count_calls(stats)
         message = f"{type(exc).__name__}: {exc}"
         store.finish_sync_run(run, stats_fields(stats), error=message)
         log.warning("sync failed project=%s kind=%s error=%s", project_key, kind, message)

@@ -80,3 +80,32 @@ def test_webhooks_arriving_during_a_full_sync_leave_the_mirror_exact(jira, jira_
         pusher.stop()
         worker.terminate()
         web.terminate()
+
+
+def test_sigterm_mid_sync_hands_the_work_back_and_exits_zero(jira, jira_settings, redis_conn, tmp_path):
+    from backfill.jobs import enqueue_sync
+
+    jira.latency_ms = 200
+    env = jira_env(jira_settings, BACKFILL_CONCURRENCY="1")
+    enqueue_sync(redis_conn, site=jira_settings.site, project_key="DEMO", full=True)
+    worker = procs.Proc(procs.jira_mirror("worker", "--queue", "backfill"), env, tmp_path / "backfill.log")
+    try:
+        assert _wait(lambda: Issue.select().count() >= 100, 60), worker.output()[-2000:]
+        started = time.monotonic()
+        worker.popen.send_signal(signal.SIGTERM)
+        code = worker.popen.wait(30)
+        took = time.monotonic() - started
+        assert code == 0, worker.output()[-3000:]
+        assert took < 30
+    finally:
+        worker.kill()
+    assert Issue.select().count() < 1500
+    assert redis_conn.llen("rq:queue:backfill") == 1  # handed back
+    run = SyncRun.get()
+    assert run.state == "failed" and "handed back" in run.error
+    jira.latency_ms = 0
+    again = procs.Proc(procs.jira_mirror("worker", "--queue", "backfill", "--burst"), env, tmp_path / "again.log")
+    assert again.popen.wait(120) == 0, again.output()[-3000:]
+    again.kill()
+    assert not differences(jira.site, ["DEMO"], site_name=jira_settings.site)
+    print(f"\nbackfill worker exited {took:.2f}s after SIGTERM mid-sync")

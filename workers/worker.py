@@ -16,7 +16,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from mirror import logs, metrics, store
+from mirror import logs, metrics, shutdown, store
 from mirror.issues import project_key_of
 from mirror.db import init_database
 from mirror.settings import Settings
@@ -32,6 +32,11 @@ class MirrorWorker(SimpleWorker):
     value: applied, stale, deleted…; or retried, failed) and logs one line per job with its id,
     queue, project and duration; every line logged while a job runs carries its id.
     """
+
+    def handle_warm_shutdown_request(self) -> None:
+        # SIGTERM: a job that can stop early (a sync) sees it and hands its work back.
+        shutdown.requested.set()
+        super().handle_warm_shutdown_request()
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         with logs.bound(job=job.id, queue=queue.name, project=_project_of(job)):
