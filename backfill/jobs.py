@@ -196,6 +196,11 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
     connection = job.connection if job else Redis.from_url(settings.redis_url)
     try:
         return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
+    except (SyncBusyError, SyncError) as exc:
+        # RQ keeps no error for a failure it will retry: the status page reads it from here.
+        write_progress(connection, site, project_key, {"phase": "error", "error": str(exc)[:500],
+                                                       "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+        raise
     except shutdown.ShutdownRequested:
         # SIGTERM mid-sync: hand the work back; another worker starts it over (idempotent writes).
         again = enqueue_sync(connection, site=site, project_key=project_key, full=full)

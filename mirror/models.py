@@ -79,7 +79,11 @@ class Issue(BaseModel):
 
     class Meta:
         table_name = "jira_issue"
-        indexes = ((("site", "issue_id"), True), (("site", "project_key", "updated"), False))
+        indexes = (
+            (("site", "issue_id"), True),
+            (("site", "project_key", "updated"), False),
+            (("site", "source", "synced_at"), False),
+        )
 
 
 class Project(BaseModel):

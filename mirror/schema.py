@@ -131,7 +131,13 @@ def _v3(db: pw.Database) -> None:
     db.create_tables([SyncRun, User, Member])
 
 
-MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3)
+def _v4(db: pw.Database) -> None:
+    """The status page and /metrics ask for recent webhook writes: index what they filter on."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate(migrator.add_index("jira_issue", ("site", "source", "synced_at"), False))
+
+
+MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3, _v4)
 LATEST = len(MIGRATIONS)
 
 

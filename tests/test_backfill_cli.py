@@ -94,3 +94,15 @@ def test_clock_process_exits_zero_on_sigterm(env, tmp_path):
     proc.popen.send_signal(signal.SIGTERM)
     assert proc.popen.wait(30) == 0, proc.output()
     proc.kill()
+
+
+def test_a_sync_failing_before_its_run_shows_its_error_while_retrying(settings, db, redis_conn, drain):
+    """Jira not configured: the job fails before a run is recorded; status still says why."""
+    from workers.status import collect
+
+    jobs.enqueue_sync(redis_conn, site=settings.site, project_key="DEMO", full=True)
+    drain(("backfill",))
+    report = collect(settings, redis_conn, jira=False)
+    [demo] = [p for p in report["projects"] if p["key"] == "DEMO"]
+    assert demo["state"] == "retrying"
+    assert "Jira is not configured" in demo["job"]["error"]

@@ -326,8 +326,8 @@ def _activity(connection: Redis, site: str, project: dict[str, Any]) -> dict[str
         return out
     status = job.get_status(refresh=False)
     status_text = getattr(status, "value", status)
-    error = None
-    if status_text == "failed":
+    error = progress.get("error") if status_text in ("scheduled", "failed") else None
+    if status_text == "failed" and not error:
         # RQ keeps the exception of the final failure only; one that is retried is only logged
         # (a failure inside a run is also in the run's record and the project's last_error).
         result = job.latest_result()
