@@ -116,12 +116,37 @@ def login():  # type: ignore[no-untyped-def]
     return _page("login.html", csrf_token=auth.csrf_token(), error=None)
 
 
+LOGIN_FAILURES_KEY = "jira-mirror:login-failures:{}"
+LOGIN_FAILURES_MAX = 10
+LOGIN_FAILURES_WINDOW = 300  # seconds
+
+
+def _login_failures(add: bool = False) -> int:
+    """Failed logins from this address in the window (Redis down: 0, the token still decides)."""
+    key = LOGIN_FAILURES_KEY.format(request.remote_addr or "unknown")
+    redis = current_app.extensions["redis"]
+    try:
+        if add:
+            with redis.pipeline() as pipe:
+                pipe.incr(key)
+                pipe.expire(key, LOGIN_FAILURES_WINDOW, nx=True)
+                return int(pipe.execute()[0])
+        return int(redis.get(key) or 0)
+    except Exception:
+        return 0
+
+
 @bp.post("/login")
 def login_post():  # type: ignore[no-untyped-def]
     if not auth.csrf_ok():
         return _page("login.html", 400, csrf_token=auth.csrf_token(),
                      error="The form expired or came from elsewhere; it has been renewed: enter the token again.")
+    if _login_failures() >= LOGIN_FAILURES_MAX:
+        log.warning("login throttled remote=%s", request.remote_addr)
+        return _page("login.html", 429, csrf_token=auth.csrf_token(),
+                     error=f"Too many wrong tokens from this address: try again in {LOGIN_FAILURES_WINDOW // 60} minutes.")
     if not auth.token_matches(request.form.get("token", "")):
+        _login_failures(add=True)
         log.warning("login refused remote=%s", request.remote_addr)
         return _page("login.html", 401, csrf_token=auth.csrf_token(), error="Wrong token.")
     auth.log_in()

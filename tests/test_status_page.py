@@ -112,6 +112,16 @@ def test_wrong_login_token_is_refused_and_sets_no_session(browser):
     assert browser.get("/").status_code == 302
 
 
+def test_repeated_wrong_tokens_are_throttled_even_with_the_right_one_after(browser):
+    from receiver.status import LOGIN_FAILURES_MAX
+
+    for _ in range(LOGIN_FAILURES_MAX):
+        assert log_in(browser, "guess").status_code == 401
+    response = log_in(browser)  # the right token, too late: the address waits
+    assert response.status_code == 429 and "Too many wrong tokens" in response.get_data(as_text=True)
+    assert browser.get("/").status_code == 302
+
+
 def test_login_without_csrf_is_400(browser):
     browser.get("/login")
     response = browser.post("/login", data={"token": TOKEN})
