@@ -32,7 +32,9 @@ PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
 QUEUED_KEY = "jira-mirror:sync-queued:{site}:{key}:{kind}"
 LOCK_TTL = 60
 SYNC_RETRY_INTERVALS = [5, 10, 20, 40, 80, 160, 320, 640]
-SYNC_TIMEOUT = 6 * 3600
+# A job that runs longer is stopped and retried, so a stuck sync cannot hold a backfill worker
+# (and the projects queued behind it) for long: an incremental sync reads only recent changes.
+SYNC_TIMEOUT = {"full": 6 * 3600, "incremental": 30 * 60}
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
@@ -94,7 +96,7 @@ def enqueue_sync(connection: Redis, *, site: str, project_key: str, full: bool) 
         "backfill.jobs.sync_project",
         kwargs={"site": site, "project_key": project_key, "full": full},
         retry=sync_retry_policy(),
-        timeout=SYNC_TIMEOUT,
+        timeout=SYNC_TIMEOUT[kind],
         result_ttl=7 * 24 * 3600,
         failure_ttl=30 * 24 * 3600,
         description=f"{kind} sync {project_key}",

@@ -92,20 +92,27 @@ def start_worker(settings: Any, tmp: Path, *args: str, name: str = "worker", **e
 class RedisServer:
     """A throwaway redis-server on a free port, for tests that stop and restart Redis."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *, persistent: bool = False, password: str | None = None, args: tuple[str, ...] = ()):
+        """``persistent``: an append-only file fsynced at every write (as a production Redis keeps
+        its data), so that what was accepted before a kill is there again after ``start()``.
+        ``password``: ``requirepass``. ``args``: more redis-server options (``--maxmemory`` …)."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed")
         self.exe, self.tmp, self.port = exe, tmp, free_port()
+        self.persistent, self.password, self.args = persistent, password, args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.tmp)],
+                                      *persistence, *auth, *self.args, "--dir", str(self.tmp)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         from redis import Redis
 
