@@ -72,15 +72,19 @@ def start_web(settings: Any, tmp: Path, *, workers: int = 2, **extra: str) -> tu
     proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"], env, tmp / f"web-{port}.log")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return proc, url
-        except requests.RequestException:  # not listening yet, or a worker still booting
-            pass
-        if not proc.alive():
-            break
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                    return proc, url
+            except requests.RequestException:  # not listening yet, or a worker still booting
+                pass
+            if not proc.alive():
+                break
+            time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        raise
     proc.kill()
     raise RuntimeError("gunicorn did not start:\n" + proc.output())
 

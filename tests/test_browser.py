@@ -150,6 +150,8 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
             small.goto(url + "/login")
             small.fill("#token", TOKEN)
             small.click("text=Log in")
+            small.wait_for_selector("#project-DEMO")  # the login's redirect has landed
+            small.wait_for_load_state("load")
             assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
             assert small.locator("#project-DEMO").get_by_role("button", name="Full backfill").is_visible()
             small.screenshot(path=str(ARTIFACTS / "status-page-phone.png"), full_page=True)
