@@ -209,3 +209,22 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
         log.info("sync handed back project=%s job=%s", project_key, again)
         return {"project": project_key, "handed_back": again}
 
+
+def sync_users_job(site: str) -> dict[str, int]:
+    """The RQ job behind the daily users sync: Jira users into ``jira_user``."""
+    from mirror.users import sync_users
+
+    settings = Settings.from_env()
+    if settings.site != site:
+        raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
+    with client_for(settings) as client, database.connection_context():
+        return sync_users(client, site)
+
+
+def enqueue_users_sync(connection: Redis, *, site: str) -> str:
+    job = queue(BACKFILL, connection).enqueue_call(
+        "backfill.jobs.sync_users_job", kwargs={"site": site}, retry=sync_retry_policy(), timeout=3600,
+        result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600, description="users sync",
+    )
+    return job.id
+

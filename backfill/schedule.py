@@ -2,7 +2,7 @@
 
 Every ``SYNC_INTERVAL_SECONDS`` it enqueues an incremental sync of each tracked project, and a
 full sync (with reconciliation of deletions) of each project whose last full sync is a day
-old. A project whose scheduled sync is still waiting gets no second one, so a slow or failing
+old; once a day, a sync of Jira's users (``jira_user``). A project whose scheduled sync is still waiting gets no second one, so a slow or failing
 project never piles up jobs nor holds back the others (each is its own job, retried with
 backoff on its own). Several clock processes may run: a tick is taken by one of them only.
 """
@@ -16,7 +16,7 @@ from typing import Callable
 
 from redis import Redis
 
-from backfill.jobs import enqueue_scheduled_sync
+from backfill.jobs import enqueue_scheduled_sync, enqueue_users_sync
 from mirror.db import database
 from mirror.issues import utc_now
 from mirror.models import Project
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 FULL_EVERY = dt.timedelta(days=1)
 TICK_KEY = "jira-mirror:clock:tick:{site}"
 LAST_KEY = "jira-mirror:clock:last-incremental:{site}:{key}"
+USERS_KEY = "jira-mirror:clock:last-users:{site}"
+USERS_EVERY = dt.timedelta(days=1)
 
 
 class Clock:
@@ -50,6 +52,12 @@ class Clock:
                 enqueued += self._due(project, now)
             except Exception as exc:  # one project's trouble must not stop the others
                 log.warning("schedule failed project=%s error=%s", project.key, type(exc).__name__)
+        if self.settings.jira_configured and self.connection.set(
+            USERS_KEY.format(site=site), now.timestamp(), nx=True, ex=int(USERS_EVERY.total_seconds())
+        ):
+            job = enqueue_users_sync(self.connection, site=site)
+            log.info("scheduled users sync job=%s", job)
+            enqueued.append(job)
         return enqueued
 
     def _due(self, project: Project, now: dt.datetime) -> list[str]:

@@ -69,13 +69,15 @@ def test_clock_enqueues_full_first_then_incrementals_without_piling_up(env, redi
     now = [dt.datetime(2026, 1, 1, 12, 0)]
     clock = Clock(env, redis_conn, now=lambda: now[0])
     first = clock.tick()
-    assert len(first) == 1 and redis_conn.llen("rq:queue:backfill") == 1  # DEMO: never synced -> full
+    assert len(first) == 2 and redis_conn.llen("rq:queue:backfill") == 2  # DEMO never synced -> full; users daily
+    descriptions = sorted(j.description for j in jobs.queue("backfill", redis_conn).get_jobs())
+    assert descriptions == ["full sync DEMO", "users sync"]
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     assert clock.tick() == []  # the full sync is still waiting: no second one
     Project.update(last_full_sync_at=now[0], sync_cursor=now[0]).where(Project.site == env.site).execute()
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     jobs_ = clock.tick()
-    assert len(jobs_) == 1 and redis_conn.llen("rq:queue:backfill") == 2  # now an incremental
+    assert len(jobs_) == 1 and redis_conn.llen("rq:queue:backfill") == 3  # now an incremental
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     assert clock.tick() == []  # not yet due
     now[0] += dt.timedelta(days=1, seconds=1)
@@ -84,8 +86,18 @@ def test_clock_enqueues_full_first_then_incrementals_without_piling_up(env, redi
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     again = clock.tick()
     assert len(again) == 1
-    job = jobs.queue("backfill", redis_conn).fetch_job(again[0]) if hasattr(jobs, "queue") else None
-    assert job is None or job.kwargs["full"] is True
+    assert jobs.queue("backfill", redis_conn).fetch_job(again[0]).kwargs["full"] is True
+
+
+def test_the_daily_users_sync_runs_on_the_backfill_worker(env, jira, redis_conn, tmp_path):
+    from mirror.models import User
+
+    jobs.enqueue_users_sync(redis_conn, site=env.site)
+    worker = procs.start_worker(env, tmp_path, "--queue", "backfill", "--burst", JIRA_BASE_URL=env.jira_base_url,
+                                JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN)
+    assert worker.popen.wait(60) == 0, worker.output()[-2000:]
+    worker.kill()
+    assert User.select().where(User.site == env.site).count() == len(jira.site.users)
 
 
 def test_clock_process_exits_zero_on_sigterm(env, tmp_path):
