@@ -19,7 +19,7 @@ from redis import Redis
 from rq import Retry, get_current_job
 
 from backfill.sync import Progress, SyncError, SyncStats, run_project_sync
-from mirror import shutdown
+from mirror import metrics, shutdown
 from mirror.db import database
 from mirror.jira import JiraClient
 from mirror.settings import Settings
@@ -173,6 +173,17 @@ def run_sync(
     """Run one sync under the project's lock (the job, and `backfill --inline`)."""
     site = settings.site
     client = client or client_for(settings)
+    before = client.stats.snapshot()
+    try:
+        return _locked_sync(settings, connection, client, project_key=project_key, full=full, job_id=job_id,
+                            progress=progress)
+    finally:
+        metrics.record_jira_client(connection, client, since=before)  # jira_mirror_jira_api_calls_total
+
+
+def _locked_sync(settings: Settings, connection: Redis, client: JiraClient, *, project_key: str, full: bool,
+                 job_id: str | None, progress: Progress | None) -> dict[str, Any]:
+    site = settings.site
     with SyncLock(connection, site, project_key, ttl=settings.sync_lock_ttl_seconds) as lock:
         connection.delete(*(QUEUED_KEY.format(site=site, key=project_key, kind=k) for k in ("full", "incremental")))
         with database.connection_context():

@@ -157,3 +157,14 @@ def test_removed_search_endpoint_is_a_clear_error(jira, jira_settings):
     client = JiraClient.from_settings(jira_settings)
     with pytest.raises(JiraGoneError, match="removed"):
         client._request("POST", "/rest/api/3/search", "/rest/api/3/search", json_body={"jql": "project = DEMO"})
+
+
+def test_a_sync_adds_its_jira_calls_to_the_metrics(db, jira, jira_settings, redis_conn):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from receiver import create_app
+
+    result = sync(jira_settings, redis_conn, full=True)
+    text = create_app(jira_settings).test_client().get("/metrics").get_data(as_text=True)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["jira_mirror_jira_api_calls_total"] == result["api_calls"]
