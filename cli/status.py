@@ -96,6 +96,12 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append(f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
                    f"{hooks['written_last_hour']} issue(s) written in the last hour; signatures {hooks['signatures']}")
+    people = report.get("assignees")
+    if people is not None:
+        why = people["unmatched_by_reason"]
+        out.append(f"Assignees {people['assignees']}: {people['matched']} matched to members, {people['unmatched']} "
+                   f"unmatched ({why['unknown_user']} unknown user, {why['hidden_email']} hidden e-mail, "
+                   f"{why['no_member']} no member); {people['users']} Jira users, {people['members']} members")
     out.append("")
 
     projects = report["projects"]

@@ -269,3 +269,36 @@ def test_status_with_a_bad_setting_names_it(runner, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "mysql://nope/x")
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 1 and "DATABASE_URL" in result.output and "Traceback" not in result.output
+
+
+def test_status_reports_assignees_matched_to_members(settings, db, redis_conn, tmp_path):
+    import datetime as dt
+
+    from mirror import store
+    from mirror.issues import to_row, utc_now
+    from mirror.users import import_members
+    from tests import factories
+    from workers.status import collect
+
+    now = utc_now()
+    store.upsert_users([
+        {"site": settings.site, "account_id": "acc-1", "display_name": "Ada", "email": "Ada@Example.COM",
+         "active": True, "account_type": "atlassian", "synced_at": now},
+        {"site": settings.site, "account_id": "acc-2", "display_name": "Hidden", "email": None,
+         "active": True, "account_type": "atlassian", "synced_at": now},
+    ])
+    members = tmp_path / "team.csv"
+    members.write_text("email,name,external_id\nada@example.com,Ada,E1\n")
+    import_members(members)
+    rows = []
+    for i, account in enumerate(["acc-1", "acc-2", "acc-3"]):
+        issue = factories.issue(str(70000 + i), f"DEMO-{i + 1}", updated=now - dt.timedelta(minutes=1))
+        issue["fields"]["assignee"] = {"accountId": account}
+        rows.append(to_row(settings.site, issue, source="backfill", event_ts=1))
+    store.upsert_issues(rows)
+    people = collect(settings, redis_conn, jira=False)["assignees"]
+    assert (people["assignees"], people["matched"], people["unmatched"]) == (3, 1, 2)
+    assert people["unmatched_by_reason"] == {"unknown_user": 1, "hidden_email": 1, "no_member": 0}
+    from cli.status import render
+
+    assert "Assignees 3: 1 matched to members, 2 unmatched" in render(collect(settings, redis_conn, jira=False))

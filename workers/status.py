@@ -26,6 +26,7 @@ from mirror.db import database, init_database
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
 from mirror.settings import Settings
+from mirror.users import match_report
 from workers.queues import BACKFILL, ISSUES, queue
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
         "queues": {},
         "workers": [],
         "failed": {"count": None, "jobs": []},
+        "assignees": None,
     }
 
     def from_database() -> None:
@@ -71,6 +73,9 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
         with database.connection_context():
             report["webhooks"].update(_webhook_activity(settings.site, now))
             report["projects"] = _projects(settings.site, now)
+            assignees = match_report(settings.site)
+            assignees["unmatched_accounts"] = assignees["unmatched_accounts"][:20]
+            report["assignees"] = assignees
 
     parts.run("database", from_database, None)
     if redis_ok:
