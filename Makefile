@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test install clean bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -20,6 +20,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every benchmark (benchmarks/), side by side, then a table of the figures and their targets.
+# Needs Redis and PostgreSQL (BENCH_REDIS_URL, BENCH_DATABASE_URL: db 14 and `bench` by default)
+# and wrk (installed from Debian when missing and run as root). BENCH_ARGS=--quick: a smoke run.
+bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "bench: wrk is needed (apt-get install wrk)"; exit 1; }
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -17,6 +17,24 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Several web processes may share a machine (dynos, tests, benchmarks): no shared control socket.
 control_socket_disable = True
 
+# A sync worker reads a request with no time limit: a client that sends its headers and then
+# stalls (slow loris) holds the worker until `timeout` kills it (30 s), and WEB_CONCURRENCY such
+# clients hold every worker, so no delivery gets an answer. A read that waits longer than this
+# for the client's next bytes drops the connection instead (408 if the body stalls). With
+# GUNICORN_THREADS > 1 gunicorn runs gthread workers, which defer idle connections themselves.
+client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "5"))
+
+from gunicorn.workers.sync import SyncWorker as _SyncWorker  # noqa: E402
+
+
+class ClientTimeoutSyncWorker(_SyncWorker):
+    def handle(self, listener, client, addr):  # type: ignore[no-untyped-def]
+        client.settimeout(client_timeout)
+        super().handle(listener, client, addr)
+
+
+worker_class = ClientTimeoutSyncWorker if threads == 1 else "gthread"
+
 # Structured logs (mirror/logs.py): gunicorn's error and access logs and the app's own lines,
 # one key=value (or LOG_FORMAT=json) line per event on stdout, at LOG_LEVEL.
 from mirror.logs import gunicorn_logconfig  # noqa: E402

@@ -70,6 +70,12 @@ def _text(value: Any) -> str | None:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
+def _clip(value: str | None, limit: int) -> str | None:
+    """A typed column's value cut to the column's length: PostgreSQL refuses a longer one (SQLite
+    does not check), and the job would fail for ever. ``fields`` keeps the whole value."""
+    return value[:limit] if value is not None and len(value) > limit else value
+
+
 def _name(value: Any) -> str | None:
     if isinstance(value, Mapping):
         return _text(value.get("name"))
@@ -131,15 +137,15 @@ def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int, s
     return {
         "site": site,
         "issue_id": issue_id,
-        "key": _text(key),
-        "project_key": project_key_of(issue),
+        "key": _clip(_text(key), 300),
+        "project_key": _clip(project_key_of(issue), 255),
         "summary": _text(fields.get("summary")),
-        "status": _name(status),
-        "status_category": category.get("key") if isinstance(category, Mapping) else None,
-        "issue_type": _name(fields.get("issuetype")),
-        "priority": _name(fields.get("priority")),
-        "assignee_account_id": _account_id(fields.get("assignee")),
-        "reporter_account_id": _account_id(fields.get("reporter")),
+        "status": _clip(_name(status), 255),
+        "status_category": _clip(_text(category.get("key")) if isinstance(category, Mapping) else None, 32),
+        "issue_type": _clip(_name(fields.get("issuetype")), 255),
+        "priority": _clip(_name(fields.get("priority")), 255),
+        "assignee_account_id": _clip(_text(_account_id(fields.get("assignee"))), 128),
+        "reporter_account_id": _clip(_text(_account_id(fields.get("reporter"))), 128),
         "labels": [_text(label) for label in labels if isinstance(label, str)] if isinstance(labels, list) else [],
         "created": _optional_time(fields, "created"),
         "updated": updated,

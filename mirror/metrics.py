@@ -41,7 +41,7 @@ PREFIX = "jira-mirror:metrics:"
 __all__ = [
     "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
     "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
-    "record_delivery", "record_jira_calls", "record_jira_client", "record_job",
+    "record_delivery", "record_jira_calls", "record_jira_client", "record_job", "add_job",
 ]
 
 
@@ -239,12 +239,22 @@ def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: flo
     return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
 
 
-def record_job(connection: Redis, *, queue: str, outcome: str, seconds: float | None) -> bool:
-    """Count a finished job and its run time (best effort, one round trip)."""
+def _ops_job(queue: str, outcome: str, seconds: float | None) -> list[tuple[str, str, str, float]]:
     ops = _ops_counter(JOBS, {"queue": queue, "outcome": outcome}, 1)
     if seconds is not None:
         ops += _ops_observe(JOB_SECONDS, {"queue": queue}, seconds)
-    return _send(connection, ops)
+    return ops
+
+
+def record_job(connection: Redis, *, queue: str, outcome: str, seconds: float | None) -> bool:
+    """Count a finished job and its run time (best effort, one round trip)."""
+    return _send(connection, _ops_job(queue, outcome, seconds))
+
+
+def add_job(pipe: Pipeline, *, queue: str, outcome: str, seconds: float | None) -> None:
+    """Queue a finished job's count and run time in ``pipe`` (the caller executes it: a worker
+    finishing a batch of jobs in one round trip)."""
+    _apply(pipe, _ops_job(queue, outcome, seconds))
 
 
 def record_jira_calls(connection: Redis, calls: int, rate_limited: int = 0) -> bool:

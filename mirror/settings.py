@@ -96,6 +96,9 @@ class Settings:
     sync_lock_ttl_seconds: int = 60
     port: int = 8000
     max_body_bytes: int = 1024 * 1024
+    # How often a worker proves it is alive while it runs a job; a job whose worker missed three
+    # beats (SIGKILL, OOM, a dyno stopped hard) is retried (workers.worker.MirrorWorker).
+    worker_heartbeat_seconds: int = 10
 
     @property
     def jira_configured(self) -> bool:
@@ -160,5 +163,8 @@ class Settings:
             port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
             max_body_bytes=_positive_int(
                 "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024
+            ),
+            worker_heartbeat_seconds=_positive_int(
+                "WORKER_HEARTBEAT_SECONDS", get("WORKER_HEARTBEAT_SECONDS"), 10, maximum=300
             ),
         )

@@ -68,18 +68,37 @@ def _is_newer() -> pw.Expression:
     )
 
 
+def _upsert(rows: Sequence[dict[str, Any]]) -> pw.Insert:
+    return Issue.insert_many(rows).on_conflict(
+        conflict_target=[Issue.site, Issue.issue_id],
+        preserve=UPSERT_FIELDS,
+        where=_is_newer(),
+    )
+
+
 def upsert_issues(rows: Sequence[dict[str, Any]]) -> int:
     """Insert or update issue rows (from ``issues.to_row``); returns how many rows changed."""
     changed = 0
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            query = Issue.insert_many(rows[start : start + BATCH]).on_conflict(
-                conflict_target=[Issue.site, Issue.issue_id],
-                preserve=UPSERT_FIELDS,
-                where=_is_newer(),
-            )
-            changed += database.execute(query).rowcount
+            changed += database.execute(_upsert(rows[start : start + BATCH])).rowcount
+    return changed
+
+
+def upsert_issues_changed(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
+    """:func:`upsert_issues`, answering which rows changed: their (site, issue id).
+
+    Of several versions of one issue only the newest is written (the others could not change
+    the row anyway). One transaction; the database's ``RETURNING`` names the rows its guard let
+    through (PostgreSQL, SQLite 3.35+).
+    """
+    changed: set[tuple[str, str]] = set()
+    rows = _newest_per_issue(rows)
+    with database.atomic():
+        for start in range(0, len(rows), BATCH):
+            query = _upsert(rows[start : start + BATCH]).returning(Issue.site, Issue.issue_id)
+            changed.update((site, issue_id) for site, issue_id in database.execute(query).fetchall())
     return changed
 
 

@@ -10,6 +10,7 @@ from mirror.db import init_database
 from mirror.settings import Settings
 from receiver import admin, auth, errors, health, status, webhooks
 from receiver import metrics as metrics_page
+from receiver.capacity import RedisCapacity
 from receiver.projects import TrackedProjects
 from workers.queues import ISSUES, queue
 from workers.worker import redis_connection
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     redis.connection_pool.connection_kwargs.update(socket_timeout=2, socket_connect_timeout=1)
     app.extensions["redis"] = redis
     app.extensions["issues_queue"] = queue(ISSUES, redis)
+    app.extensions["capacity"] = RedisCapacity(redis)
     app.extensions["tracked"] = TrackedProjects(settings.site)
     errors.register(app)
     app.register_blueprint(health.bp)

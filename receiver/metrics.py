@@ -61,7 +61,8 @@ def note(**fields: Any) -> None:
 
 def count_accepted(pipe: Pipeline) -> None:
     """``enqueue_issue_jobs``' ``before_execute``: the ``accepted`` count joins the enqueue's
-    MULTI/EXEC, so it moves exactly when the jobs are in Redis (ack time measured up to it)."""
+    atomic step, so it moves exactly when the jobs are in Redis (ack time measured up to it).
+    A duplicate or a failed enqueue runs none of it; the answer's hook then counts that outcome."""
     started = g.get("webhook_started", time.perf_counter())
     counters.add_delivery(pipe, event=g.get("webhook_event"), outcome="accepted",
                           seconds=time.perf_counter() - started)
@@ -86,7 +87,8 @@ def _after(response: Response) -> Response:
         if response.status_code == 200:
             outcome = g.get("webhook_outcome") or "ignored"
         redis: Redis = current_app.extensions["redis"]
-        if g.get("webhook_counted"):
+        # count_accepted ran inside the enqueue; only a 202 proves the enqueue (and so the count) happened.
+        if response.status_code == 202 and g.get("webhook_counted"):
             if counters.has_pending():
                 counters.flush_pending(redis)
         else:

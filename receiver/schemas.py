@@ -8,6 +8,7 @@ loaded keys are snake_case.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -123,16 +124,213 @@ class WebhookSchema(_Open):
         issue = data.get("issue")
         if issue is None:
             raise ValidationError({"issue": ["Missing data for required field."]})
-        errors = IssueSchema().validate(issue)
+        errors = _ISSUE.validate(issue)
         if errors:
             raise ValidationError({"issue": errors})
 
 
 _WEBHOOK = WebhookSchema()
+_ISSUE = IssueSchema()
+
+
+def _keys_of(schema: type[Schema]) -> tuple[str, ...]:
+    return tuple(f.data_key or name for name, f in schema._declared_fields.items())
+
+
+# What the schemas declare, by the keys Jira sends: the rest of a delivery is never validated.
+_TOP_KEYS = _keys_of(WebhookSchema)
+_ISSUE_KEYS = _keys_of(IssueSchema)
+_FIELD_KEYS = _keys_of(IssueFieldsSchema)
+
+
+def _declared_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """The delivery cut down to the keys the schemas declare (``unknown = INCLUDE`` never fails
+    on the others): the same errors for a fraction of the work on a large issue."""
+    slim = {key: payload[key] for key in _TOP_KEYS if key in payload}
+    issue = slim.get("issue")
+    if isinstance(issue, dict):
+        slim["issue"] = issue = {key: issue[key] for key in _ISSUE_KEYS if key in issue}
+        fields_ = issue.get("fields")
+        if isinstance(fields_, dict):
+            issue["fields"] = {key: fields_[key] for key in _FIELD_KEYS if key in fields_}
+    return slim
 
 
 def load_delivery(payload: Any) -> dict[str, Any]:
-    """Validate a parsed delivery; returns snake_case keys. Raises ValidationError."""
+    """Validate a parsed delivery; returns snake_case keys. Raises ValidationError.
+
+    The answer holds the declared keys loaded, the delivery's other keys as sent, and ``issue``
+    as sent (its whole ``fields``: they are stored as received). A delivery of the usual shape
+    is checked by :func:`_fast_load` without marshmallow, to the same rules; anything else (an
+    error, an odd type) goes through the schemas, cut down to the keys they declare, which word
+    the errors.
+    """
     if not isinstance(payload, dict):
         raise ValidationError({"_schema": ["The body must be a JSON object."]})
-    return _WEBHOOK.load(payload)
+    fast = _fast_load(payload)
+    if fast is not None:
+        return fast
+    loaded = _WEBHOOK.load(_declared_only(payload))
+    for key, value in payload.items():
+        if key not in _TOP_KEYS:
+            loaded.setdefault(key, value)
+    if isinstance(loaded.get("issue"), dict):
+        loaded["issue"] = dict(payload["issue"])
+    return loaded
+
+
+# --- the fast path: the schemas' rules, for deliveries that pass them ---------------------------
+# Each check answers True only when marshmallow would accept the value; anything else returns
+# None from _fast_load and marshmallow decides. tests/test_webhooks.py holds both to the same
+# answers on every recorded payload and on mutated ones.
+
+_MISSING = object()
+
+
+def _absent_none_or(value: Any, check: Any) -> bool:
+    return value is _MISSING or value is None or check(value)
+
+
+def _text(value: Any) -> bool:  # fields.String(allow_none=True), given
+    return value is None or isinstance(value, str)
+
+
+# Jira's own rendering (2024-12-29T08:41:23.904+0530): when it matches and the date exists, the
+# full parser would accept it too; anything else is left to that parser.
+_JIRA_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-](?:[01]\d|2[0-3])[0-5]\d")
+
+
+def _timestamp(value: Any) -> bool:  # JiraTimestamp
+    if not isinstance(value, str):
+        return False
+    if _JIRA_TIME.fullmatch(value):
+        try:
+            dt.datetime.fromisoformat(value)
+            return True
+        except ValueError:
+            pass
+    try:
+        parse_jira_date(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _issue_id(value: Any) -> bool:  # IssueId
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 0
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19
+
+
+def _object_with_texts(value: Any, *keys: str) -> bool:  # a Nested(_Open) of allow_none Strings
+    return isinstance(value, dict) and all(_text(value.get(key)) for key in keys)
+
+
+def _status(value: Any) -> bool:
+    return _object_with_texts(value, "name") and _absent_none_or(
+        value.get("statusCategory", _MISSING), lambda c: _object_with_texts(c, "key"))
+
+
+def _issue_fields(value: Any) -> bool:
+    if not isinstance(value, dict) or not _timestamp(value.get("updated")):
+        return False
+    project = value.get("project")
+    if not isinstance(project, dict) or not isinstance(project.get("key"), str) or not PROJECT_KEY.match(project["key"]):
+        return False
+    get = value.get
+    return (
+        _absent_none_or(get("created", _MISSING), _timestamp)
+        and _absent_none_or(get("resolutiondate", _MISSING), _timestamp)
+        and _text(get("summary"))
+        and _absent_none_or(get("status", _MISSING), _status)
+        and _absent_none_or(get("issuetype", _MISSING), lambda v: _object_with_texts(v, "name"))
+        and _absent_none_or(get("priority", _MISSING), lambda v: _object_with_texts(v, "name"))
+        and _absent_none_or(get("assignee", _MISSING), lambda v: _object_with_texts(v, "accountId"))
+        and _absent_none_or(get("reporter", _MISSING), lambda v: _object_with_texts(v, "accountId"))
+        and _absent_none_or(get("labels", _MISSING), lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    )
+
+
+def _issue(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and _issue_id(value.get("id", None))
+        and isinstance(value.get("key"), str) and ISSUE_KEY.match(value["key"]) is not None
+        and _text(value.get("self"))
+        and _issue_fields(value.get("fields"))
+    )
+
+
+_ITEM_KEYS = {"field": "field", "fromString": "from_string", "toString": "to_string"}
+
+
+def _changelog(value: Any) -> Any:
+    """The loaded changelog (as ChangelogSchema loads it), or _MISSING when it would not pass."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return _MISSING
+    out = dict(value)
+    items = value.get("items", _MISSING)
+    if items is _MISSING or items is None:
+        return out
+    if not isinstance(items, list):
+        return _MISSING
+    loaded = []
+    for item in items:
+        if not isinstance(item, dict):
+            return _MISSING
+        row = {}
+        for key, item_value in item.items():
+            name = _ITEM_KEYS.get(key)
+            if name is None:
+                if key in _ITEM_KEYS.values():  # a snake_case key Jira never sends: let marshmallow decide
+                    return _MISSING
+                row[key] = item_value
+            elif not _text(item_value):
+                return _MISSING
+            else:
+                row[name] = item_value
+        loaded.append(row)
+    out["items"] = loaded
+    return out
+
+
+def _fast_load(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``WebhookSchema().load`` answers for ``payload`` (as :func:`load_delivery` shapes
+    it), or None when the payload is not of the usual, valid shape (marshmallow then decides)."""
+    event = payload.get("webhookEvent")
+    timestamp = payload.get("timestamp")
+    if not isinstance(event, str) or not 1 <= len(event) <= 200:
+        return None
+    if type(timestamp) is not int or not 0 <= timestamp <= 2**53:
+        return None
+    if "webhook_event" in payload:  # snake_case twins of declared keys: marshmallow's business
+        return None
+    kind = payload.get("issue_event_type_name", _MISSING)
+    user = payload.get("user", _MISSING)
+    issue = payload.get("issue", _MISSING)
+    changelog = _changelog(payload["changelog"]) if "changelog" in payload else None
+    if not _absent_none_or(kind, lambda v: isinstance(v, str)) or not _absent_none_or(user, lambda v: isinstance(v, dict)):
+        return None
+    if event in ISSUE_EVENTS:
+        if not _issue(issue):
+            return None
+    elif not _absent_none_or(issue, lambda v: isinstance(v, dict)):
+        return None
+    if changelog is _MISSING:
+        return None
+    loaded = {key: value for key, value in payload.items() if key not in _TOP_KEYS}
+    loaded["webhook_event"] = event
+    loaded["timestamp"] = timestamp
+    if kind is not _MISSING:
+        loaded["issue_event_type_name"] = kind
+    if user is not _MISSING:
+        loaded["user"] = None if user is None else dict(user)
+    if issue is not _MISSING:
+        loaded["issue"] = None if issue is None else dict(issue)
+    if "changelog" in payload:
+        loaded["changelog"] = changelog
+    return loaded

@@ -310,7 +310,10 @@ class JiraServer:
             parts = path.split("/", 4)
             path = "/" + parts[4] if len(parts) > 4 else "/"
         path = path.rstrip("/") or "/"
-        for prefix in ("/rest/api/3/", "/rest/api/latest/"):
+        # REST v2 serves the same resources (connectors such as singer's tap-jira still call it);
+        # the answers here are rendered v3-style (ADF descriptions), which only a content check
+        # would notice. The offset-paged /rest/api/2/search is removed like the v3 one.
+        for prefix in ("/rest/api/3/", "/rest/api/2/", "/rest/api/latest/"):
             if path.startswith(prefix):
                 rest = path[len(prefix):]
                 break
@@ -597,6 +600,8 @@ class JiraServer:
         end = start + len(page)
         out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
                                                     selection) for v in page]}
+        expand = {x.strip() for value in query.get("expand", []) for x in value.split(",")} if method == "GET" else set()
+        _expand(out["issues"], expand, all_fields="*all" in str(fields), base_url=self.base_url)
         if end < len(versions):
             out["nextPageToken"] = self._token(qhash, end, keys[end - 1] if page else None)
             out["isLast"] = False
@@ -716,6 +721,22 @@ class JiraServer:
 
     def _fields(self, **_: Any) -> _Response:
         return _Response(200, field_definitions(), {})
+
+
+def _expand(issues: list[dict[str, Any]], expand: set[str], *, all_fields: bool, base_url: str) -> None:
+    """What ``expand=changelog,transitions`` and ``fields=*all`` add to search results: the
+    issue's change histories and transitions (none kept here, so empty), and the non-navigable
+    ``comment`` and ``worklog`` fields (empty)."""
+    for issue in issues:
+        if "changelog" in expand:
+            issue["changelog"] = {"startAt": 0, "maxResults": 0, "total": 0, "histories": []}
+        if "transitions" in expand:
+            issue["transitions"] = []
+        if all_fields and "fields" in issue:
+            issue["fields"].setdefault("comment", {
+                "comments": [], "self": f"{base_url}/rest/api/3/issue/{issue['id']}/comment",
+                "maxResults": 0, "total": 0, "startAt": 0})
+            issue["fields"].setdefault("worklog", {"startAt": 0, "maxResults": 20, "total": 0, "worklogs": []})
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int, *, minimum: int) -> int:

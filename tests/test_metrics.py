@@ -121,6 +121,7 @@ def test_queue_unavailable_is_counted_once_redis_answers_again(db, settings, tmp
         server.start()
         samples = scrape(client)  # the held-back increment goes with this process's next call
         assert deliveries(samples, "jira:issue_updated", "queue_unavailable") == 1
+        assert deliveries(samples, "jira:issue_updated", "accepted") == 0  # nothing was enqueued
         assert samples[("jira_mirror_up", (("dependency", "redis"),))] == 1
     finally:
         server.stop()

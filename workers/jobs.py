@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import peewee as pw
 from rq import get_current_job
 
-from mirror import store
+from mirror import shutdown, store
 from mirror.db import database
 from mirror.issues import to_row
 from mirror.jira import JiraClient
@@ -51,7 +51,9 @@ def jira_client() -> JiraClient | None:
     if _settings is None:
         _settings = Settings.from_env()
     if _client is None and _settings.jira_configured:
-        _client = JiraClient.from_settings(_settings)
+        # A SIGTERM ends a Retry-After or backoff wait at once: the job fails, its claims go back,
+        # it is retried by another worker, and this one exits well within Heroku's 30 s.
+        _client = JiraClient.from_settings(_settings, sleep=shutdown.interruptible_sleep)
     return _client
 
 
@@ -66,7 +68,7 @@ def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = 
     job = get_current_job() if refresh else None
     if client is not None and job is not None:
         with db_session():
-            counts = refresh_.refresh_pending(job.connection, client, site)
+            counts = refresh_.refresh_pending(job.connection, client, site, owner=job.id)
         outcome = "refreshed" if counts["calls"] else "coalesced"
         log.info("refresh key=%s id=%s outcome=%s calls=%d written=%d deleted=%d", issue.get("key"), issue.get("id"),
                  outcome, counts["calls"], counts["written"], counts["deleted"])
@@ -79,6 +81,69 @@ def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = 
     outcome = "applied" if changed else "stale"
     log.info("upsert key=%s id=%s source=%s outcome=%s", row["key"], row["issue_id"], source, outcome)
     return outcome
+
+
+# --- many jobs at once (workers.worker.MirrorWorker takes the queue in batches) -----------------
+
+UPSERT_ISSUE = "workers.jobs.upsert_issue"
+_UPSERT_ARGUMENTS = frozenset({"site", "issue", "event_ts", "source", "refresh"})
+
+
+def runs_together(func_name: str | None, args: Any, kwargs: Any) -> bool:
+    """Whether a job can run in a batch with others (:func:`upsert_issues_together`): an
+    ``upsert_issue`` called as the receiver enqueues it. Any other job runs alone."""
+    return (func_name == UPSERT_ISSUE and not args and isinstance(kwargs, dict)
+            and {"site", "issue", "event_ts"} <= set(kwargs) <= _UPSERT_ARGUMENTS)
+
+
+def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owner: str | None = None
+                           ) -> list[str | Exception]:
+    """``upsert_issue(**call)`` for each of ``calls``, with one database transaction for all.
+
+    Returns each call's outcome, in order: ``applied``, ``stale`` (older than what the mirror
+    holds, or than another version of the same issue in the batch), ``refreshed``/``coalesced``
+    (refresh calls: one coalesced read from Jira serves them all, ``owner`` its claim holder),
+    or the exception a call's issue raised when mapped to a row (that job must then run alone,
+    to fail as RQ decides). Raises what the write or the read raised (nothing is then reported
+    done: each job is run again alone).
+    """
+    outcomes: list[str | Exception | None] = [None] * len(calls)
+    client = jira_client() if any(call.get("refresh") for call in calls) else None
+    rows: dict[int, dict[str, Any]] = {}
+    pending_done: dict[str, list[str]] = {}
+    refreshing = []
+    for n, call in enumerate(calls):
+        if call.get("refresh") and client is not None:
+            refreshing.append(n)
+            continue
+        if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
+            pending_done.setdefault(call["site"], []).append(str((call["issue"] or {}).get("id")))
+        try:
+            rows[n] = to_row(call["site"], call["issue"], source=call.get("source", "webhook"),
+                             event_ts=call["event_ts"])
+        except Exception as exc:  # this job runs alone and fails there, with RQ's retries
+            outcomes[n] = exc
+    with db_session():
+        changed = store.upsert_issues_changed(list(rows.values())) if rows else set()
+        for site in {calls[n]["site"] for n in refreshing}:
+            counts = refresh_.refresh_pending(connection, client, site, owner=owner)  # type: ignore[arg-type]
+            first = True
+            for n in refreshing:
+                if calls[n]["site"] == site:
+                    outcomes[n] = "refreshed" if counts["calls"] and first else "coalesced"
+                    first = False
+    for site, ids in pending_done.items():
+        connection.zrem(refresh_.PENDING_KEY.format(site=site), *ids)
+    newest: dict[tuple[str, str], int] = {}
+    for n, row in rows.items():
+        ident = (row["site"], row["issue_id"])
+        held = newest.get(ident)
+        if held is None or (row["updated"], row["event_ts"]) > (rows[held]["updated"], rows[held]["event_ts"]):
+            newest[ident] = n
+    for n, row in rows.items():
+        ident = (row["site"], row["issue_id"])
+        outcomes[n] = "applied" if newest[ident] == n and ident in changed else "stale"
+    return outcomes  # type: ignore[return-value]
 
 
 def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook") -> str:

@@ -12,7 +12,10 @@ the delivery's copy is written as it is (``workers.jobs``).
 
 A claimed id moves to a ``processing`` set with the claim time; it leaves it only after its row
 is written. A job that fails puts its ids back; one that dies (SIGKILL) leaves them, and the
-next claim moves claims older than ``STALE_CLAIM_SECONDS`` back to pending. An event that
+next claim moves claims older than ``STALE_CLAIM_SECONDS`` back to pending. A job also notes
+what it holds in a set of its own: when RQ retries a job whose worker died (abandoned job, the
+same job id), its first claim takes back what the dead attempt held, at once, rather than
+finding the pending set empty and leaving those issues unread until the claims go stale. An event that
 arrives while its issue is being read adds the id to pending again, so the newer state is read
 again: nothing is lost, whatever the timing.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence, Union
 
 from redis import Redis
 
@@ -32,12 +35,30 @@ log = logging.getLogger(__name__)
 
 PENDING_KEY = "jira-mirror:refresh:pending:{site}"
 PROCESSING_KEY = "jira-mirror:refresh:processing:{site}"
+CLAIMS_KEY = "jira-mirror:refresh:claims:{site}:{owner}"  # what one job (RQ job id) holds
+CLAIMS_TTL_SECONDS = 7 * 24 * 3600
 BATCH = 100
 STALE_CLAIM_SECONDS = 120
 MAX_BATCHES_PER_JOB = 50
+# A claim waits up to this long while webhooks of a burst keep arriving (see gather).
+LINGER_SECONDS = 0.5
+LINGER_POLL_SECONDS = 0.05
 
-# KEYS: pending, processing. ARGV: batch, now, stale before. Returns the claimed ids.
+# KEYS: pending, processing, the claims of each job running this read (the first records the new
+# claims). ARGV: batch, now, stale before, claims ttl (0: no owner). Returns the claimed ids. What
+# those claims sets still hold was left by an earlier attempt of the same jobs that died (a live
+# attempt empties its set batch by batch): back to pending.
 _CLAIM = """
+if tonumber(ARGV[4]) > 0 then
+  for k = 3, #KEYS do
+    for _, id in ipairs(redis.call('smembers', KEYS[k])) do
+      if redis.call('zrem', KEYS[2], id) == 1 then
+        redis.call('zadd', KEYS[1], 'NX', ARGV[2], id)
+      end
+    end
+    redis.call('del', KEYS[k])
+  end
+end
 local stale = redis.call('zrangebyscore', KEYS[2], '-inf', ARGV[3])
 for _, id in ipairs(stale) do
   redis.call('zrem', KEYS[2], id)
@@ -47,6 +68,10 @@ local ids = redis.call('zrange', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 for _, id in ipairs(ids) do
   redis.call('zrem', KEYS[1], id)
   redis.call('zadd', KEYS[2], ARGV[2], id)
+end
+if #ids > 0 and tonumber(ARGV[4]) > 0 then
+  redis.call('sadd', KEYS[3], unpack(ids))
+  redis.call('expire', KEYS[3], ARGV[4])
 end
 return ids
 """
@@ -70,32 +95,76 @@ def pending_count(connection: Redis, site: str) -> int:
     return int(connection.zcard(PENDING_KEY.format(site=site)))
 
 
-def claim(connection: Redis, site: str, batch: int = BATCH) -> list[str]:
+Owners = Union[str, Sequence[str], None]
+
+
+def _owners(owner: Owners) -> list[str]:
+    """The RQ job ids running a read: one job, or a batch of them (``workers.worker``)."""
+    if owner is None:
+        return []
+    return [owner] if isinstance(owner, str) else [o for o in owner if o]
+
+
+def _claims_key(site: str, owner: str | None) -> str:
+    return CLAIMS_KEY.format(site=site, owner=owner or "-")
+
+
+def claim(connection: Redis, site: str, batch: int = BATCH, *, owner: Owners = None) -> list[str]:
+    """Move up to ``batch`` pending ids to processing and return them; ``owner`` (the RQ job id, or
+    the ids of a batch of jobs) first takes back what dead earlier attempts of those jobs held."""
     now = time.time()
-    raw = connection.eval(_CLAIM, 2, PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site),
-                          batch, now, now - STALE_CLAIM_SECONDS)
+    owners = _owners(owner)
+    keys = [_claims_key(site, o) for o in owners] or [_claims_key(site, None)]
+    raw = connection.eval(_CLAIM, 2 + len(keys), PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site),
+                          *keys, batch, now, now - STALE_CLAIM_SECONDS, CLAIMS_TTL_SECONDS if owners else 0)
     return [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
 
 
-def release(connection: Redis, site: str, ids: list[str]) -> None:
+def release(connection: Redis, site: str, ids: list[str], *, owner: Owners = None) -> None:
     if ids:
         connection.eval(_RELEASE, 2, PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site),
                         time.time() * 1000, *ids)
+        owners = _owners(owner)
+        if owners:
+            connection.srem(_claims_key(site, owners[0]), *ids)
 
 
-def done(connection: Redis, site: str, ids: list[str]) -> None:
+def done(connection: Redis, site: str, ids: list[str], *, owner: Owners = None) -> None:
     if ids:
-        connection.zrem(PROCESSING_KEY.format(site=site), *ids)
+        owners = _owners(owner)
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.zrem(PROCESSING_KEY.format(site=site), *ids)
+            if owners:
+                pipe.srem(_claims_key(site, owners[0]), *ids)
+            pipe.execute()
 
 
-def refresh_pending(connection: Redis, client: JiraClient, site: str) -> dict[str, int]:
-    """Read every pending issue from Jira in bulk and write it; returns counts.
+def gather(connection: Redis, site: str, *, linger: float = LINGER_SECONDS, poll: float = LINGER_POLL_SECONDS) -> int:
+    """Wait, at most ``linger`` seconds, while a burst is still arriving: the pending count grew in
+    the last ``poll`` and a call would take fewer than ``BATCH`` ids. Jira sends a bulk edit's
+    webhooks over seconds; reading each trickle as it lands would cost a call per trickle (a
+    1,000-issue edit: ~35 calls instead of ~10). A lone edit waits one ``poll``. Returns the count."""
+    deadline = time.monotonic() + linger
+    count = pending_count(connection, site)
+    while 0 < count < BATCH and time.monotonic() < deadline:
+        time.sleep(poll)
+        grown = pending_count(connection, site)
+        if grown <= count:
+            return grown
+        count = grown
+    return count
+
+
+def refresh_pending(connection: Redis, client: JiraClient, site: str, *, owner: Owners = None) -> dict[str, int]:
+    """Read every pending issue from Jira in bulk and write it; returns counts. ``owner``: the
+    RQ job id (see the module docstring).
 
     Raises what the read or the write raised, after putting the claimed ids back.
     """
     counts = {"fetched": 0, "written": 0, "deleted": 0, "calls": 0}
     for _ in range(MAX_BATCHES_PER_JOB):
-        ids = claim(connection, site)
+        gather(connection, site)
+        ids = claim(connection, site, owner=owner)
         if not ids:
             break
         try:
@@ -110,7 +179,7 @@ def refresh_pending(connection: Redis, client: JiraClient, site: str) -> dict[st
             if gone:  # a current read that does not find an issue: it was deleted
                 counts["deleted"] += store.mark_deleted(site, gone, source="webhook")
         except BaseException:
-            release(connection, site, ids)
+            release(connection, site, ids, owner=owner)
             raise
-        done(connection, site, ids)
+        done(connection, site, ids, owner=owner)
     return counts

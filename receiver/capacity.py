@@ -1,0 +1,59 @@
+"""Whether Redis has room for another job: the receiver stops accepting before Redis is full.
+
+When the workers are down for long, the queue grows in Redis. A Redis that reaches its
+``maxmemory`` (with ``noeviction``, Heroku Redis's default) refuses every write, and RQ's
+worker writes before it dequeues anything (its registration, the move of a job to the started
+registry): the workers could then never drain the queue, and the mirror would stay stuck until
+an operator made room. So the receiver answers 503 (Jira delivers again later) once what is left
+of Redis's ``maxmemory`` falls to a reserve for the workers and the syncs: a tenth of it, and at
+least ``RESERVE_BYTES`` (a worker starting a batch of jobs needs about a megabyte at once).
+``INFO memory`` is asked once a second per process while Redis is far from full, at every
+delivery once it is close (a burst must not overshoot); a Redis without ``maxmemory`` is never
+full here.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RESERVE_SHARE = 0.1
+RESERVE_BYTES = 4 * 1024 * 1024
+
+
+class RedisCapacity:
+    def __init__(self, connection: Redis, *, ttl: float = 1.0):
+        self.connection, self.ttl = connection, ttl
+        self._full = False
+        self._close = False
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def full(self) -> bool:
+        """Redis has no more than its reserve left. Raises nothing: when Redis does not answer,
+        the enqueue that follows finds out and answers 503 itself."""
+        now = time.monotonic()
+        ttl = 0.0 if self._close else self.ttl
+        if now - self._read_at < ttl:
+            return self._full
+        with self._lock:
+            if now - self._read_at >= ttl:
+                try:
+                    memory = self.connection.info("memory")
+                    limit = int(memory.get("maxmemory") or 0)
+                    used = int(memory.get("used_memory") or 0)
+                    room = limit - max(RESERVE_SHARE * limit, RESERVE_BYTES)
+                    full = bool(limit) and used >= room
+                    self._close = bool(limit) and used >= 0.8 * room
+                    if full and not self._full:
+                        log.warning("redis nearly full used=%d maxmemory=%d: refusing deliveries", used, limit)
+                    self._full = full
+                except RedisError:
+                    self._full = self._close = False
+                self._read_at = now
+        return self._full

@@ -1,0 +1,170 @@
+"""Resource limits, with real gunicorn and real Redis: the body cap (413, with and without a
+Content-Length), slow clients (a client that sends its headers and stalls must not keep other
+deliveries waiting for long), and what happens when the workers are down for a long time (the
+queue grows in Redis, `jira-mirror status` and /metrics show its depth, and nothing is lost).
+"""
+import dataclasses
+import json
+import re
+import socket
+import subprocess
+import time
+
+import requests
+from redis import Redis
+
+from mirror.models import Issue
+from simulator import Site, WebhookPusher
+from tests import factories, procs
+from tests.conftest import SECRET
+from tests.faults import drained, mutations, queue_state, wait_for
+from tests.mirror_truth import differences
+from workers.queues import ISSUES, queue
+
+CAP = 64 * 1024
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("//", 1)[1].split(":")
+    return host, int(port)
+
+
+def _answer(sock: socket.socket, timeout: float = 15) -> bytes:
+    sock.settimeout(timeout)
+    chunks = b""
+    try:
+        while b"\r\n\r\n" not in chunks:
+            data = sock.recv(4096)
+            if not data:
+                break
+            chunks += data
+    except OSError:
+        pass
+    return chunks
+
+
+def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, settings, redis_conn, tmp_path):
+    web, url = procs.start_web(settings, tmp_path, workers=1, JIRA_WEBHOOK_MAX_BYTES=str(CAP))
+    try:
+        big = factories.delivery(the_issue=factories.issue(description="x" * (CAP + 1000)))
+        body, headers = factories.signed(big, SECRET)
+        started = time.monotonic()
+        response = requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=10)
+        assert response.status_code == 413 and "error" in response.json()
+        assert time.monotonic() - started < 2
+
+        # Chunked: no Content-Length to refuse up front; the cap holds while reading.
+        def chunks():
+            for start in range(0, len(body), 8192):
+                yield body[start:start + 8192]
+
+        response = requests.post(url + "/webhooks/jira", data=chunks(), headers=headers, timeout=10)
+        assert response.status_code == 413, response.text
+
+        # A Content-Length that lies (says small, sends more) cannot smuggle the rest in either.
+        host, port = _host_port(url)
+        with socket.create_connection((host, port)) as sock:
+            head = (f"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: 10\r\nX-Hub-Signature: {headers['X-Hub-Signature']}\r\n\r\n")
+            sock.sendall(head.encode() + body[:20000])
+            assert _answer(sock).startswith(b"HTTP/1.1 401")  # 10 bytes read: not the signed body
+
+        fits = factories.delivery(the_issue=factories.issue(description="y" * (CAP - 4000)))
+        body, headers = factories.signed(fits, SECRET)
+        assert requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=10).status_code == 202
+        assert queue(ISSUES, redis_conn).count == 1
+    finally:
+        web.terminate()
+
+
+def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_conn, tmp_path):
+    """As many stalled clients as there are web workers (each sent its headers and a little of the
+    body, then nothing): before, every delivery waited for gunicorn's 30 s worker timeout; now a
+    stalled read is dropped after GUNICORN_CLIENT_TIMEOUT (5 s) with a 408, which Jira retries."""
+    web, url = procs.start_web(settings, tmp_path, workers=2)
+    host, port = _host_port(url)
+    stalled = []
+    try:
+        for n in range(2):
+            sock = socket.create_connection((host, port))
+            sock.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000\r\nX-Hub-Signature: sha256=" + b"0" * 64 + b"\r\n\r\n{\"time")
+            stalled.append(sock)
+        half = socket.create_connection((host, port))  # and one that never finishes its headers
+        half.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        stalled.append(half)
+        time.sleep(0.3)
+
+        body, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+        started = time.monotonic()
+        response = requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=40)
+        waited = time.monotonic() - started
+        assert response.status_code == 202
+        assert waited < 12, f"a delivery waited {waited:.1f}s behind stalled clients"
+        answers = [_answer(sock, 20) for sock in stalled[:2]]
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
+        assert _answer(half, 20) == b""  # dropped: there never was a request to answer
+        print(f"\nslow clients: a delivery behind {len(stalled)} stalled connections answered in {waited:.1f}s")
+    finally:
+        for sock in stalled:
+            sock.close()
+        web.terminate()
+
+
+def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_losing_nothing(db, settings, tmp_path):
+    """The workers are down for long: every delivery is queued in Redis (202), `jira-mirror status`
+    and /metrics show the depth; when Redis gets near its maxmemory the receiver answers 503 and
+    keeps a reserve (receiver.capacity), so that once the workers are back they can drain it: Jira's
+    redeliveries then land, and the mirror equals the truth. Without the reserve a full Redis
+    refuses the workers' own writes and nothing ever drains (found by this test)."""
+    server = procs.RedisServer(tmp_path, args=("--maxmemory", "12mb", "--maxmemory-policy", "noeviction"))
+    server.start()
+    local = dataclasses.replace(settings, redis_url=server.url)
+    conn = Redis.from_url(server.url)
+    site = Site.generate({"DEMO": 0}, seed=81)
+    web, url = procs.start_web(local, tmp_path, workers=2)
+    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, max_retries=20, backoff_base=0.5,
+                           backoff_max=4, workers=8, seed=81)
+    workers = []
+    try:
+        baseline = conn.info("memory")["used_memory"]
+        started = time.monotonic()
+        mutations(site, 1000, projects=["DEMO"], weights={"create": 70, "update": 30})
+        assert pusher.flush(60) and pusher.counters["by_status"] == {202: 1000}, pusher.counters
+        rate = 1000 / (time.monotonic() - started)
+        per_job = (conn.info("memory")["used_memory"] - baseline) / 1000
+
+        status = subprocess.run(procs.jira_mirror("status", "--json"), env=procs.env_for(local), capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["queues"]["issues"]["queued"] == 1000
+        metrics = requests.get(url + "/metrics", timeout=10).text
+        assert re.search(r'^jira_mirror_queue_depth\{queue="issues"\} 1000(\.0)?$', metrics, re.M), metrics[:2000]
+
+        mutations(site, 3000, projects=["DEMO"], weights={"create": 70, "update": 30})
+        assert wait_for(lambda: pusher.counters["by_status"].get(503, 0) >= 100, 60), pusher.counters
+        memory = conn.info("memory")
+        depth = queue(ISSUES, conn).count
+        assert memory["used_memory"] < memory["maxmemory"] - 3 * 1024 * 1024  # the reserve is kept
+
+        workers = [procs.start_worker(local, tmp_path, name=f"worker-{i}", WORKER_HEARTBEAT_SECONDS="1")
+                   for i in range(2)]
+        assert pusher.flush(120), pusher.counters
+        assert wait_for(lambda: drained(conn), 120), (queue_state(conn), workers[0].output()[-3000:])
+        time.sleep(0.3)
+        counters = pusher.counters
+        assert counters["failed"] == 0 and 500 not in counters["by_status"], counters
+        assert queue_state(conn)["failed"] == 0
+        problems = differences(site, ["DEMO"], site_name=local.site)
+        assert not problems, problems[:5]
+        print(f"\nworkers down: deliveries queued at {rate:.0f}/s, {per_job:.0f} bytes of Redis a queued job "
+              f"(an hour at 10 deliveries/s: {3600 * 10 * per_job / 1e6:.0f} MB); with maxmemory 12 MB the "
+              f"receiver answered 503 at a depth of {depth} ({memory['used_memory'] / 1e6:.1f} MB used), "
+              f"{counters['by_status'].get(503, 0)} times in all; after the workers came back "
+              f"{sum(site.counts.values())} events, {Issue.select().count()} rows, 0 lost")
+    finally:
+        pusher.stop()
+        for worker in workers:
+            worker.terminate()
+        web.terminate()
+        server.stop()
