@@ -7,9 +7,12 @@ registry): the workers could then never drain the queue, and the mirror would st
 an operator made room. So the receiver answers 503 (Jira delivers again later) once what is left
 of Redis's ``maxmemory`` falls to a reserve for the workers and the syncs: a tenth of it, and at
 least ``RESERVE_BYTES`` (a worker starting a batch of jobs needs about a megabyte at once).
-``INFO memory`` is asked once a second per process while Redis is far from full, at every
-delivery once it is close (a burst must not overshoot); a Redis without ``maxmemory`` is never
-full here.
+``INFO memory`` is asked once a second per process while Redis is far from full, and at every
+delivery once it is close, so a burst cannot overshoot. "Close" follows the rate at which Redis is
+filling: a process that saw it grow by G bytes a second between two readings asks at every
+delivery once the room left is under a fifth of the room or under 2 x G x the reading interval,
+whichever is larger (several web processes fill it at once; one process's second-long gap must
+not let them run past the reserve). A Redis without ``maxmemory`` is never full here.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RESERVE_SHARE = 0.1
 RESERVE_BYTES = 4 * 1024 * 1024
+GROWTH_HALF_LIFE = 30.0
 
 
 class RedisCapacity:
@@ -32,6 +36,8 @@ class RedisCapacity:
         self._full = False
         self._close = False
         self._read_at = float("-inf")
+        self._last_used: int | None = None
+        self._growth = 0.0  # bytes a second, the fastest lately seen (half-life GROWTH_HALF_LIFE)
         self._lock = threading.Lock()
 
     def full(self) -> bool:
@@ -49,11 +55,18 @@ class RedisCapacity:
                     used = int(memory.get("used_memory") or 0)
                     room = limit - max(RESERVE_SHARE * limit, RESERVE_BYTES)
                     full = bool(limit) and used >= room
-                    self._close = bool(limit) and used >= 0.8 * room
+                    if self._last_used is not None and now > self._read_at:
+                        elapsed = now - self._read_at
+                        growth = (used - self._last_used) / elapsed
+                        self._growth = max(growth, self._growth * 0.5 ** (elapsed / GROWTH_HALF_LIFE))
+                    margin = max(0.2 * room, 2 * self._growth * self.ttl)
+                    self._close = bool(limit) and used >= room - margin
+                    self._last_used = used
                     if full and not self._full:
                         log.warning("redis nearly full used=%d maxmemory=%d: refusing deliveries", used, limit)
                     self._full = full
                 except RedisError:
                     self._full = self._close = False
+                    self._last_used = None
                 self._read_at = now
         return self._full

@@ -14,6 +14,7 @@ import requests
 from redis import Redis
 
 from mirror.models import Issue
+from receiver.capacity import RESERVE_BYTES, RedisCapacity
 from simulator import Site, WebhookPusher
 from tests import factories, procs
 from tests.conftest import SECRET
@@ -109,6 +110,33 @@ def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_c
         for sock in stalled:
             sock.close()
         web.terminate()
+
+
+def test_capacity_keeps_the_reserve_when_redis_fills_fast(tmp_path):
+    """Redis filling at 4 MB/s (several web processes in a burst) must not run past the reserve
+    in the second between two readings: the capacity check learns how fast Redis grows and
+    reads it at every delivery early enough. (Reading only once the room was 80 % used let a
+    burst overshoot by more than a megabyte, found by CI.)"""
+    server = procs.RedisServer(tmp_path, args=("--maxmemory", "12mb", "--maxmemory-policy", "noeviction"))
+    server.start()
+    try:
+        conn = Redis.from_url(server.url)
+        capacity = RedisCapacity(conn)
+        limit = int(conn.info("memory")["maxmemory"])
+        value = b"x" * 8192
+        per_second, started, written = 500, time.monotonic(), 0  # 500 x 8 KB: about 4 MB a second
+        while not capacity.full():
+            assert written < 5000, "Redis never became full"
+            conn.rpush("burst", value)
+            written += 1
+            ahead = written / per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        used = int(conn.info("memory")["used_memory"])
+        assert used <= limit - RESERVE_BYTES + 64 * 1024, (used, limit, written)
+        conn.rpush("burst", value)  # and the reserve is there for the workers
+    finally:
+        server.stop()
 
 
 def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_losing_nothing(db, settings, tmp_path):
