@@ -36,9 +36,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tracked"] = TrackedProjects(settings.site)
     errors.register(app)
     app.register_blueprint(health.bp)
-    app.register_blueprint(webhooks.bp)
-    metrics_page.init_app(app)  # GET /metrics; counts deliveries around the webhook view
+    metrics_page.init_app(app)  # GET /metrics
     auth.init_app(app, settings.admin_token)  # session cookie; key derived from ADMIN_TOKEN
     app.register_blueprint(status.bp)
     app.register_blueprint(admin.bp)
+    # POST /webhooks/jira, the hot path, is served ahead of Flask (receiver.webhooks).
+    app.wsgi_app = webhooks.WebhookEndpoint(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
     return app

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any, Iterator
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -25,7 +25,6 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
-from mirror import logs
 from mirror import metrics as counters
 from mirror.db import database
 from mirror.issues import utc_now
@@ -35,7 +34,6 @@ from workers.queues import BACKFILL, ISSUES, queue
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
-WEBHOOK_ENDPOINT = "webhooks.receive"
 QUEUES = (ISSUES, BACKFILL)
 SYNC_KINDS = ("full", "incremental")
 # The answer of a refused delivery, by status (CONTRACT.md, "HTTP").
@@ -50,71 +48,45 @@ OUTCOME_BY_STATUS = {
 }
 
 
-# --- the webhook hooks -----------------------------------------------------------------------
+# --- the webhook's counts --------------------------------------------------------------------
+# Called by receiver.webhooks.WebhookEndpoint with its Delivery (id, start time, event, project,
+# outcome).
 
 
-def note(**fields: Any) -> None:
-    """What the webhook view learnt about the delivery (``event``, ``project``, ``outcome``)."""
-    for key, value in fields.items():
-        setattr(g, "webhook_" + key, value)
-
-
-def count_accepted(pipe: Pipeline) -> None:
+def count_accepted(pipe: Pipeline, delivery: Any) -> None:
     """``enqueue_issue_jobs``' ``before_execute``: the ``accepted`` count joins the enqueue's
     atomic step, so it moves exactly when the jobs are in Redis (ack time measured up to it).
-    A duplicate or a failed enqueue runs none of it; the answer's hook then counts that outcome."""
-    started = g.get("webhook_started", time.perf_counter())
-    counters.add_delivery(pipe, event=g.get("webhook_event"), outcome="accepted",
-                          seconds=time.perf_counter() - started)
-    g.webhook_counted = True
+    A duplicate or a failed enqueue runs none of it; :func:`delivery_answered` then counts that outcome."""
+    counters.add_delivery(pipe, event=delivery.event, outcome="accepted",
+                          seconds=time.perf_counter() - delivery.started)
+    delivery.counted = True
 
 
-def _before() -> None:
-    if request.endpoint != WEBHOOK_ENDPOINT:
-        return
-    g.webhook_started = time.perf_counter()
-    delivery = request.headers.get("X-Atlassian-Webhook-Identifier") or None
-    # Bound for the whole request: every line the view logs carries the delivery id.
-    g.webhook_log_token = logs.bind(delivery=delivery[:100] if delivery else None)
-
-
-def _after(response: Response) -> Response:
-    if request.endpoint != WEBHOOK_ENDPOINT or "webhook_started" not in g:
-        return response
+def delivery_answered(redis: Redis, delivery: Any, status: int) -> None:
+    """Count the answer (unless the enqueue counted it) and log the delivery's one line."""
     try:
-        seconds = time.perf_counter() - g.webhook_started
-        outcome = OUTCOME_BY_STATUS.get(response.status_code, "error")
-        if response.status_code == 200:
-            outcome = g.get("webhook_outcome") or "ignored"
-        redis: Redis = current_app.extensions["redis"]
+        seconds = time.perf_counter() - delivery.started
+        outcome = OUTCOME_BY_STATUS.get(status, "error")
+        if status == 200:
+            outcome = delivery.outcome or "ignored"
         # count_accepted ran inside the enqueue; only a 202 proves the enqueue (and so the count) happened.
-        if response.status_code == 202 and g.get("webhook_counted"):
+        if status == 202 and delivery.counted:
             if counters.has_pending():
                 counters.flush_pending(redis)
         else:
-            counters.record_delivery(redis, event=g.get("webhook_event"), outcome=outcome, seconds=seconds)
+            counters.record_delivery(redis, event=delivery.event, outcome=outcome, seconds=seconds)
         log.info(
             "delivery answered",
             extra={
-                "event": counters.delivery_event_label(g.get("webhook_event")),
-                "project": g.get("webhook_project"),
+                "event": counters.delivery_event_label(delivery.event),
+                "project": delivery.project,
                 "outcome": outcome,
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": round(seconds * 1000, 1),
             },
         )
     except Exception:  # counting must never change the answer
         log.warning("delivery not counted", exc_info=True)
-    return response
-
-
-def _teardown(exc: BaseException | None) -> None:
-    token = g.pop("webhook_log_token", None)
-    if token is not None:
-        try:
-            logs.unbind(token)
-        except ValueError:  # reset from another context (streamed response): nothing to undo here
-            pass
 
 
 # --- scrape-time gauges ----------------------------------------------------------------------
@@ -228,12 +200,9 @@ def metrics():  # type: ignore[no-untyped-def]
 
 
 def init_app(app: Flask) -> None:
-    """Register ``/metrics`` and the delivery hooks (needs ``extensions["redis"]`` and ``["settings"]``)."""
+    """Register ``/metrics`` (needs ``extensions["redis"]`` and ``["settings"]``)."""
     registry = CollectorRegistry(auto_describe=False)
     collector = MirrorCollector(app.extensions["redis"], app.extensions["settings"].site)
     registry.register(collector)  # type: ignore[arg-type]
     app.extensions["metrics_registry"] = registry
-    app.before_request(_before)
-    app.after_request(_after)
-    app.teardown_request(_teardown)
     app.register_blueprint(bp)

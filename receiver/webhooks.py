@@ -1,9 +1,15 @@
 """``POST /webhooks/jira``: verify, load, enqueue, answer (CONTRACT.md, "HTTP").
 
-The view does only what a 2xx promises: the delivery is authentic, well-formed and its jobs
+The endpoint does only what a 2xx promises: the delivery is authentic, well-formed and its jobs
 are in Redis. The work happens in the jobs. Jira retries 408/409/425/429/5xx and gives up on
 other 4xx (JIRA.md), so a valid delivery that needs no work is answered 200, never 4xx, and a
 queue that cannot take the job is answered 503 so that Jira delivers again.
+
+It is the one hot path of the web process, so it is a plain WSGI callable ahead of Flask
+(:class:`WebhookEndpoint`, installed by ``create_app``): a Flask request context (its
+proxies, session, hooks and response object) cost about as much as all the endpoint's own
+work. Every other path, and any other method on this one, goes on to Flask. The answers are
+the ones Flask's error handlers give (``receiver.errors``): JSON ``{"error": …}`` bodies.
 """
 from __future__ import annotations
 
@@ -11,14 +17,15 @@ import json
 import logging
 import math
 import re
-from typing import Any
+import time
+from http import HTTPStatus
+from typing import Any, Callable, Iterable
 
-from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from mirror import logs
+from mirror.settings import Settings
 from receiver import metrics
 from receiver.errors import ApiError
 from receiver.schemas import ISSUE_EVENTS, load_delivery
@@ -26,7 +33,8 @@ from receiver.signature import SignatureError, verify
 from workers import queues
 
 log = logging.getLogger(__name__)
-bp = Blueprint("webhooks", __name__)
+
+PATH = "/webhooks/jira"
 
 JOB_FOR_EVENT = {
     "jira:issue_created": "workers.jobs.upsert_issue",
@@ -35,9 +43,7 @@ JOB_FOR_EVENT = {
 }
 
 
-def _check_signature(body: bytes) -> None:
-    settings = current_app.extensions["settings"]
-    header = request.headers.get("X-Hub-Signature")
+def _check_signature(settings: Settings, header: str | None, body: bytes) -> None:
     if settings.jira_webhook_allow_unsigned and (header is None or not settings.jira_webhook_secrets):
         return
     if not settings.jira_webhook_secrets:
@@ -113,70 +119,160 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
     return False
 
 
-@bp.post("/webhooks/jira")
-def receive():  # type: ignore[no-untyped-def]
-    delivery_id = request.headers.get("X-Atlassian-Webhook-Identifier") or None
-    if request.mimetype != "application/json":
-        raise ApiError(415, "a Jira webhook is sent as application/json")
+class Delivery:
+    """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
+
+    __slots__ = ("id", "started", "event", "project", "outcome", "counted")
+
+    def __init__(self, delivery_id: str | None):
+        self.id = delivery_id
+        self.started = time.perf_counter()
+        self.event: Any = None
+        self.project: str | None = None
+        self.outcome: str | None = None
+        self.counted = False
+
+
+StartResponse = Callable[..., Any]
+_JSON = "application/json"
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+class WebhookEndpoint:
+    """``POST /webhooks/jira`` as a WSGI callable (another method: 405); every other path goes
+    on to ``app`` (Flask).
+
+    ``extensions``: the Flask app's ``extensions`` (settings, issues queue, capacity, tracked
+    projects, redis), read at each delivery so that the app and its tests share them.
+    """
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]], extensions: dict[str, Any]):
+        self.app = app
+        self.extensions = extensions
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            return self.app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            body = b'{"error":"a Jira webhook is delivered with POST"}\n'
+            start_response(_STATUS_LINES[405], [("Content-Type", _JSON), ("Content-Length", str(len(body))),
+                                                ("Allow", "POST")])
+            return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
+        delivery = Delivery((environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER") or None))
+        # Bound for the whole delivery: every line logged on its behalf carries its id.
+        token = logs.bind(delivery=delivery.id[:100] if delivery.id else None)
+        try:
+            try:
+                status, answer, headers = self.receive(environ, delivery)
+            except ApiError as exc:
+                answer = {"error": exc.message}
+                if exc.details is not None:
+                    answer["details"] = exc.details
+                status, headers = exc.status, exc.headers
+            except Exception as exc:  # never a traceback to Jira: a 500, which Jira retries
+                log.exception("unhandled error type=%s", type(exc).__name__)
+                status, answer, headers = 500, {"error": "internal error"}, {}
+            metrics.delivery_answered(self.extensions["redis"], delivery, status)
+        finally:
+            logs.unbind(token)
+        body = _ENQUEUED_ONE if answer is _ONE else json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        start_response(_STATUS_LINES.get(status, f"{status} Error"),
+                       [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()])
+        return [body]
+
+    def receive(self, environ: dict[str, Any], delivery: Delivery) -> tuple[int, Any, dict[str, str]]:
+        extensions = self.extensions
+        settings: Settings = extensions["settings"]
+        if environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower() != _JSON:
+            raise ApiError(415, "a Jira webhook is sent as application/json")
+        body = _read_body(environ, settings.max_body_bytes)
+        _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
+        try:
+            loaded = load_delivery(_parse(body))
+        except ValidationError as exc:
+            raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
+
+        event = delivery.event = loaded["webhook_event"]
+        if event not in ISSUE_EVENTS:
+            return _ignored(delivery, f"event {event} is not mirrored")
+
+        issue = loaded["issue"]
+        project_key = delivery.project = issue["fields"]["project"]["key"]
+        tracked = extensions["tracked"].keys()
+        if tracked is not None and project_key not in tracked and not _moved_from_tracked(loaded, tracked):
+            return _ignored(delivery, f"project {project_key} is not tracked")
+
+        kwargs = {
+            "site": settings.site,
+            "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
+            "event_ts": loaded["timestamp"],
+        }
+        refresh = None
+        if settings.jira_configured and event != "jira:issue_deleted":
+            # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
+            kwargs["refresh"] = True
+            refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
+        job = (JOB_FOR_EVENT[event], kwargs)
+        if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
+            log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
+            raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
+                           headers={"Retry-After": "60"})
+        try:
+            # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
+            job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
+                                                before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
+                                                refresh=refresh)
+        except queues.DuplicateDeliveryError:
+            return _ignored(delivery, "duplicate delivery", outcome="duplicate")
+        except RedisError as exc:
+            log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery.id, event,
+                        type(exc).__name__)
+            raise ApiError(503, "the queue is unavailable; deliver again later",
+                           headers={"Retry-After": "10"}) from None
+        # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
+        # and the job ids; the binding ends with the delivery.
+        logs.bind(key=issue["key"], jobs=",".join(job_ids))
+        return 202, (_ONE if len(job_ids) == 1 else {"enqueued": len(job_ids)}), {}
+
+
+_ONE = object()  # the usual answer, {"enqueued": 1}, encoded once
+_ENQUEUED_ONE = b'{"enqueued":1}\n'
+
+
+def _read_body(environ: dict[str, Any], cap: int) -> bytes:
+    """The whole body, at most ``cap`` bytes (413 beyond, before reading it when its length is
+    declared); 408 when it stalls past the client timeout (gunicorn.conf.py) or is cut short."""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH")
     try:
-        body = request.get_data(cache=False)
-    except (OSError, ClientDisconnected):
-        # The body stalled past GUNICORN_CLIENT_TIMEOUT or was cut short: 408, which Jira retries.
+        length = int(declared) if declared else None
+    except ValueError:
+        raise ApiError(400, "malformed Content-Length header") from None
+    if length is not None and length < 0:
+        raise ApiError(400, "malformed Content-Length header")
+    if length is not None and length > cap:
+        raise ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have")
+    try:
+        if length is None:
+            if not environ.get("wsgi.input_terminated"):
+                return b""  # neither a length nor a chunked body: no body (as Werkzeug reads it)
+            body = stream.read(cap + 1)  # chunked: the server ends the stream
+            if len(body) > cap:
+                raise ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have")
+            return bytes(body)
+        chunks, missing = [], length
+        while missing > 0:
+            chunk = stream.read(missing)
+            if not chunk:
+                raise ApiError(408, "the request body did not arrive in time")  # cut short
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
+    except OSError:  # a read that waited past the client timeout
         raise ApiError(408, "the request body did not arrive in time") from None
-    if request.content_length is None and len(body) >= current_app.extensions["settings"].max_body_bytes:
-        # Chunked: Werkzeug stops reading at the cap without saying the body went on.
-        raise RequestEntityTooLarge()
-    _check_signature(body)
-    try:
-        delivery = load_delivery(_parse(body))
-    except ValidationError as exc:
-        raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
-
-    event = delivery["webhook_event"]
-    metrics.note(event=event)
-    if event not in ISSUE_EVENTS:
-        return _ignored(delivery_id, event, f"event {event} is not mirrored")
-
-    issue = delivery["issue"]
-    project_key = issue["fields"]["project"]["key"]
-    metrics.note(project=project_key)
-    tracked = current_app.extensions["tracked"].keys()
-    if tracked is not None and project_key not in tracked and not _moved_from_tracked(delivery, tracked):
-        return _ignored(delivery_id, event, f"project {project_key} is not tracked")
-
-    issues_queue = current_app.extensions["issues_queue"]
-    settings = current_app.extensions["settings"]
-    kwargs = {
-        "site": settings.site,
-        "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
-        "event_ts": delivery["timestamp"],
-    }
-    refresh = None
-    if settings.jira_configured and event != "jira:issue_deleted":
-        # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
-        kwargs["refresh"] = True
-        refresh = [(settings.site, kwargs["issue"]["id"], delivery["timestamp"])]
-    job = (JOB_FOR_EVENT[event], kwargs)
-    if current_app.extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
-        log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery_id, event)
-        raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
-                       headers={"Retry-After": "60"})
-    try:
-        # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
-        job_ids = queues.enqueue_issue_jobs(issues_queue, [job], delivery_id=delivery_id,
-                                            before_execute=metrics.count_accepted, refresh=refresh)
-    except queues.DuplicateDeliveryError:
-        return _ignored(delivery_id, event, "duplicate delivery", outcome="duplicate")
-    except RedisError as exc:
-        log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery_id, event, type(exc).__name__)
-        raise ApiError(503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}) from None
-    # One line per delivery: the request's "delivery answered" line (receiver.metrics) carries the
-    # key and the job ids; the binding ends with the request.
-    logs.bind(key=issue["key"], jobs=",".join(job_ids))
-    return jsonify({"enqueued": len(job_ids)}), 202
 
 
-def _ignored(delivery_id: str | None, event: str, why: str, *, outcome: str = "ignored"):  # type: ignore[no-untyped-def]
-    metrics.note(outcome=outcome)
-    log.info("delivery ignored delivery=%s event=%s why=%s", delivery_id, event, why)
-    return jsonify({"ignored": why}), 200
+def _ignored(delivery: Delivery, why: str, *, outcome: str = "ignored") -> tuple[int, Any, dict[str, str]]:
+    delivery.outcome = outcome
+    log.info("delivery ignored delivery=%s event=%s why=%s", delivery.id, delivery.event, why)
+    return 200, {"ignored": why}, {}

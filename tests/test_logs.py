@@ -126,6 +126,11 @@ def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, setting
     assert accepted and "delivery=delivery-logs-1" in accepted[0] and "project=DEMO" in accepted[0]
     assert "duration_ms=" in accepted[0] and "status=202" in accepted[0]
     assert any("outcome=unauthorized" in line for line in web_log.splitlines())
+    # One line per delivery: the endpoint's own; gunicorn's access line is kept for other requests.
+    answered = [line for line in web_log.splitlines() if 'msg="delivery answered"' in line]
+    assert len([line for line in answered if "delivery=delivery-logs-1" in line]) == 2  # the 202 and the 401
+    assert not [line for line in web_log.splitlines() if "POST /webhooks/jira" in line and "gunicorn.access" in line]
+    assert any("GET /metrics" in line and "logger=gunicorn.access" in line for line in web_log.splitlines())
     done = [line for line in worker_log.splitlines() if 'msg="job finished"' in line]
     assert len(done) == 1 and "project=DEMO" in done[0] and "outcome=refreshed" in done[0]
     assert re.search(r" job=[0-9a-f-]{36} ", done[0]) and "duration_ms=" in done[0]

@@ -181,6 +181,50 @@ def test_wrong_content_type_is_415(client, redis_conn, content_type):
     assert_nothing_written(redis_conn)
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405_with_allow(client, redis_conn, method):
+    response = client.open(URL, method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    assert "POST" in response.get_json()["error"]
+    assert_nothing_written(redis_conn)
+
+
+def test_a_near_miss_path_is_flasks_404(client, redis_conn):
+    raw, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+    for path in ("/webhooks/jira/", "/webhooks/JIRA", "/webhooks/jira2"):
+        response = client.post(path, data=raw, headers=headers)
+        assert response.status_code == 404 and "error" in response.get_json(), path
+    assert_nothing_written(redis_conn)
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3"])
+def test_malformed_content_length_is_400(client, redis_conn, length):
+    raw, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+    environ = {"CONTENT_LENGTH": length}
+    response = client.post(URL, data=raw, headers=headers, environ_overrides=environ)
+    assert response.status_code == 400 and "Content-Length" in response.get_json()["error"]
+    assert_nothing_written(redis_conn)
+
+
+def test_a_body_shorter_than_its_length_is_408_which_jira_retries(client, redis_conn):
+    raw, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+    response = client.post(URL, data=raw, headers=headers, environ_overrides={"CONTENT_LENGTH": str(len(raw) + 10)})
+    assert response.status_code == 408 and "error" in response.get_json()
+    assert_nothing_written(redis_conn)
+
+
+def test_an_unexpected_error_is_a_json_500_and_logged(client, redis_conn, monkeypatch, caplog):
+    def broken(payload):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("receiver.webhooks.load_delivery", broken)
+    raw, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 500 and response.get_json() == {"error": "internal error"}
+    assert "unhandled error type=RuntimeError" in caplog.text
+    assert_nothing_written(redis_conn)
+
+
 def test_body_over_the_cap_is_413(client, redis_conn, settings):
     issue = factories.issue(summary="x" * (settings.max_body_bytes + 10))
     response = post(client, factories.delivery(the_issue=issue))
