@@ -22,6 +22,7 @@ plus a float sum; the collector accumulates them into Prometheus' cumulative ``l
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import math
@@ -138,7 +139,12 @@ def job_outcome_label(result: Any) -> str:
 
 
 def _field(values: Sequence[str]) -> str:
-    return json.dumps([str(v) for v in values], separators=(",", ":"))
+    return _field_of(tuple(str(v) for v in values))
+
+
+@functools.lru_cache(maxsize=4096)  # few label sets, one JSON text each
+def _field_of(values: tuple[str, ...]) -> str:
+    return json.dumps(values, separators=(",", ":"))
 
 
 def _label_values(spec: Counter | Histogram, labels: Mapping[str, str]) -> list[str]:
