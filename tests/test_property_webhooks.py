@@ -227,3 +227,63 @@ def test_the_edges_hypothesis_found_are_refused_with_400(client, redis_conn, db)
     pair = json.dumps(good).replace("Login fails", "Login \\ud83d\\ude80 fails").encode()  # a whole pair: fine
     headers = headers_for(pair, "application/json", "valid", "pair")
     assert client.post(URL, data=pair, headers=headers).status_code == 202
+
+
+# --- the two JSON readers agree ---------------------------------------------------------------------
+
+
+def _reading(parse, body):
+    from receiver.errors import ApiError
+
+    try:
+        return "ok", parse(body)
+    except ApiError as exc:
+        return "refused", exc.status
+
+
+@given(st.builds(encode, JSON, st.booleans()) | st.builds(encode, mutated_deliveries(), st.booleans())
+       | st.binary(max_size=200))
+@hsettings(max_examples=300 * SCALE, **COMMON)
+def test_orjson_and_the_json_module_read_every_body_alike(body):
+    """The endpoint reads most bodies with orjson and the others with the json module
+    (receiver.webhooks._parse): both give the same value, or both refuse, for any body. Values
+    compared as JSON text so that NaN cannot differ from itself; nothing is refused by one and
+    taken by the other."""
+    from receiver import webhooks
+
+    fast, exact = _reading(webhooks._parse, body), _reading(webhooks._parse_exactly, body)
+    if body.startswith(b"\xef\xbb\xbf"):
+        exact = _reading(webhooks._parse_exactly, body[3:])
+    assert fast[0] == exact[0], (body[:200], fast, exact)
+    if fast[0] == "ok":
+        assert json.dumps(fast[1], sort_keys=True) == json.dumps(exact[1], sort_keys=True)
+
+
+def test_integers_beyond_64_bits_stay_exact_and_nesting_is_bounded(client, redis_conn, db, drain):
+    """orjson would read 10**30 as a float: such a body takes the json module, so the job and the
+    row keep the integer exactly. 512 levels of nesting are accepted and written; deeper is
+    refused (400), whichever reader would see it, so the worker never meets JSON it cannot read."""
+    from receiver.webhooks import MAX_DEPTH
+
+    def deliver(n, value):
+        issue = factories.issue(str(10100 + n), f"DEMO-{100 + n}")
+        issue["fields"]["customfield_20001"] = value
+        raw, headers = factories.signed(factories.delivery(the_issue=issue), SECRET, delivery_id=f"big-{n}")
+        return client.post(URL, data=raw, headers=headers)
+
+    nested = 0
+    for _ in range(MAX_DEPTH - 3):  # the field is the 4th level (the delivery, issue, fields, the field)
+        nested = [nested]
+    assert deliver(0, {"exact": 10**30, "negative": -(2**64) - 1}).status_code == 202
+    assert deliver(1, nested).status_code == 202
+    too_deep = [nested]
+    response = deliver(2, too_deep)
+    assert response.status_code == 400 and "too deeply nested" in response.get_json()["error"]
+    many = [{"n": n} for n in range(2 * MAX_DEPTH)]  # shallow, but too many brackets for the fast path
+    assert deliver(3, many).status_code == 202
+    drain()
+    rows = {row.key: row.fields for row in Issue.select()}
+    assert rows["DEMO-100"]["customfield_20001"] == {"exact": 10**30, "negative": -(2**64) - 1}
+    assert rows["DEMO-101"]["customfield_20001"] == nested
+    assert rows["DEMO-103"]["customfield_20001"] == many
+    assert "DEMO-102" not in rows

@@ -12,6 +12,7 @@ from hashlib import sha1, sha256
 from typing import Any, Callable
 from uuid import uuid4
 
+import orjson
 from redis import Redis
 from redis.exceptions import NoScriptError
 from rq import Queue, Retry
@@ -155,6 +156,16 @@ def _arg(value: Any) -> str:
     return str(value)
 
 
+def _dumps(value: Any) -> bytes:
+    """What ``JSONSerializer.dumps`` writes (JSON; RQ's worker reads it with the json module),
+    by orjson; the json module for what orjson does not write (integers beyond 64 bits,
+    nesting deeper than 254 levels)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return JSONSerializer.dumps(value)  # type: ignore[no-any-return]
+
+
 def enqueue_issue_jobs(
     issues_queue: Queue,
     jobs: list[tuple[str, dict[str, Any]]],
@@ -191,7 +202,7 @@ def enqueue_issue_jobs(
         job_id = str(uuid4())
         ids.append(job_id)
         keys.append(Job.redis_job_namespace_prefix + job_id)
-        data = zlib.compress(JSONSerializer.dumps((func, None, (), kwargs)), 1)
+        data = zlib.compress(_dumps((func, None, (), kwargs)), 1)
         description = f"{func.rsplit('.', 1)[-1]} {kwargs.get('issue', {}).get('key', '')}".strip()
         args += [job_id, created, data, description]
     extra = _Commands()
