@@ -27,7 +27,7 @@ FULL = [
     ("backfill", []),
 ]
 QUICK = [
-    ("receiver", ["--seconds", "3", "--rounds", "1", "--rate-seconds", "3", "--bodies", "300"]),
+    ("receiver", ["--seconds", "3", "--rounds", "1", "--rate-seconds", "3", "--rate-rounds", "1", "--bodies", "300"]),
     ("workers", ["--jobs", "2000", "--issues", "500", "--forking-jobs", "50"]),
     ("freshness", ["--seconds", "5", "--bulk", "300"]),
     ("backfill", ["--issues", "2000", "--latency-ms", "20", "--memory-issues", "5000"]),
