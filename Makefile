@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test install clean bench
+.PHONY: run test lint install clean bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -20,6 +20,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/flake8 .
 
 # Every benchmark (benchmarks/), side by side, then a table of the figures and their targets.
 # Needs Redis and PostgreSQL (BENCH_REDIS_URL, BENCH_DATABASE_URL: db 14 and `bench` by default)

@@ -81,8 +81,8 @@ class SyncLock:
             self._thread.join(5)
         try:
             self.connection.eval(_RELEASE, 1, self.name, self.token)
-        except Exception as exc:  # the lock expires by itself
-            log.warning("sync lock release failed lock=%s error=%s", self.name, type(exc).__name__)
+        except Exception as error:  # the lock expires by itself
+            log.warning("sync lock release failed lock=%s error=%s", self.name, type(error).__name__)
 
 
 def sync_retry_policy() -> Retry:
@@ -171,7 +171,6 @@ def run_sync(
     client: JiraClient | None = None,
 ) -> dict[str, Any]:
     """Run one sync under the project's lock (the job, and `backfill --inline`)."""
-    site = settings.site
     client = client or client_for(settings)
     before = client.stats.snapshot()
     try:
@@ -238,4 +237,3 @@ def enqueue_users_sync(connection: Redis, *, site: str) -> str:
         result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600, description="users sync",
     )
     return job.id
-

@@ -2,9 +2,10 @@
 
 Every ``SYNC_INTERVAL_SECONDS`` it enqueues an incremental sync of each tracked project, and a
 full sync (with reconciliation of deletions) of each project whose last full sync is a day
-old; once a day, a sync of Jira's users (``jira_user``). A project whose scheduled sync is still waiting gets no second one, so a slow or failing
-project never piles up jobs nor holds back the others (each is its own job, retried with
-backoff on its own). Several clock processes may run: a tick is taken by one of them only.
+old; once a day, a sync of Jira's users (``jira_user``). A project whose scheduled sync is
+still waiting gets no second one, so a slow or failing project never piles up jobs nor holds
+back the others (each is its own job, retried with backoff on its own). Several clock
+processes may run: a tick is taken by one of them only.
 """
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ def mirror_sync(server: Any, db_url: str, cert: Path | None, tmp: Path, *, full:
     run, rows = last_run(db_url)
     stats = server.stats
     seconds = (run.finished_at - run.started_at).total_seconds()
-    return {"wall": wall, "seconds": seconds, "calls": stats["total"], "by_route": {k: v for k, v in stats.items() if k != "total"},
+    return {"wall": wall, "seconds": seconds, "calls": stats["total"],
+            "by_route": {k: v for k, v in stats.items() if k != "total"},
             "status": server.status_counts, "run_calls": run.api_calls, "seen": run.issues_seen, "rows": rows,
             "peak_mb": peak, "kind": run.kind}
 
@@ -211,8 +212,8 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if full["rows"] != args.issues:
             raise SystemExit(f"the full sync left {full['rows']} rows, not {args.issues}")
         incremental = mirror_sync(server, db_url, cert, tmp, full=False)
-        say(f"  jira-mirror incremental sync, nothing changed: {incremental['seconds']:.2f} s, {incremental['calls']} calls "
-            f"{incremental['by_route']} ({incremental['kind']})")
+        say(f"  jira-mirror incremental sync, nothing changed: {incremental['seconds']:.2f} s, "
+            f"{incremental['calls']} calls {incremental['by_route']} ({incremental['kind']})")
         tap = tap_jira_sync(server, cert, tmp) if not args.skip_tap else {"error": "skipped (--skip-tap)"}
         # For reference: both again without 429s (tap-jira sleeps about 30 s on each 429).
         rate, server.rate_429 = server.rate_429, 0.0
@@ -227,7 +228,8 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             say(f"  tap-jira (issues stream): {tap['wall']:.1f} s, {tap['calls']} calls {tap['by_route']}, "
                 f"statuses {tap['status']}, peak {tap['peak_mb']:.0f} MB, exit {tap['code']}"
                 + (f": {tap['error']}" if tap.get("error") else ""))
-        say(f"  without 429s, for reference: jira-mirror {mirror_clean['seconds']:.1f} s, {mirror_clean['calls']} calls; "
+        say(f"  without 429s, for reference: jira-mirror {mirror_clean['seconds']:.1f} s, "
+            f"{mirror_clean['calls']} calls; "
             + (f"tap-jira {tap_clean['wall']:.1f} s, {tap_clean['calls']} calls" if "wall" in tap_clean
                else f"tap-jira: {tap_clean.get('error')}"))
         say(f"  dlt: {dlt_jira()}")
@@ -249,8 +251,8 @@ def memory_run(issues: int, tmp: Path) -> dict[str, Any]:
         full = mirror_sync(server, db_url, None, tmp, full=True)
         idle_wall, idle_peak, _ = run_measured(common.jira_mirror("projects", "list"), mirror_env(server, db_url, None),
                                                tmp / "idle.log")
-        say(f"  full sync: {full['seconds']:.1f} s, {full['calls']} calls, {full['rows']:,} rows, peak {full['peak_mb']:.0f} MB "
-            f"(a `jira-mirror projects list` process peaks at {idle_peak:.0f} MB)")
+        say(f"  full sync: {full['seconds']:.1f} s, {full['calls']} calls, {full['rows']:,} rows, "
+            f"peak {full['peak_mb']:.0f} MB (a `jira-mirror projects list` process peaks at {idle_peak:.0f} MB)")
         if full["rows"] != issues:
             raise SystemExit(f"the full sync left {full['rows']} rows, not {issues}")
     finally:
@@ -275,17 +277,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = full_sync_comparison(args, tmp)
             full, inc, tap = out["full"], out["incremental"], out["tap"]
             budget = args.issues // 100 + 10
-            rows = [["jira-mirror, full", full["seconds"], full["calls"], args.issues / full["seconds"], full["peak_mb"], 1.0],
-                    ["jira-mirror, incremental (nothing changed)", inc["seconds"], inc["calls"], "", inc["peak_mb"], ""]]
+            rows = [["jira-mirror, full", full["seconds"], full["calls"], args.issues / full["seconds"],
+                     full["peak_mb"], 1.0],
+                    ["jira-mirror, incremental (nothing changed)", inc["seconds"], inc["calls"], "",
+                     inc["peak_mb"], ""]]
             if "wall" in tap:
-                rows.append(["tap-jira 2.6.0, full (issues stream)", tap["wall"], tap["calls"], args.issues / tap["wall"],
-                             tap["peak_mb"], tap["wall"] / full["seconds"]])
+                rows.append(["tap-jira 2.6.0, full (issues stream)", tap["wall"], tap["calls"],
+                             args.issues / tap["wall"], tap["peak_mb"], tap["wall"] / full["seconds"]])
             clean, tap_clean = out["mirror_clean"], out["tap_clean"]
             rows.append(["jira-mirror, full, no 429s (reference)", clean["seconds"], clean["calls"],
                          args.issues / clean["seconds"], clean["peak_mb"], ""])
             if "wall" in tap_clean:
                 rows.append(["tap-jira, full, no 429s (reference)", tap_clean["wall"], tap_clean["calls"],
-                             args.issues / tap_clean["wall"], tap_clean["peak_mb"], tap_clean["wall"] / clean["seconds"]])
+                             args.issues / tap_clean["wall"], tap_clean["peak_mb"],
+                             tap_clean["wall"] / clean["seconds"]])
             rows.append(["dlt Jira source", "", "", "", "", "not measured"])
             say("")
             say(table(rows, ["sync", "wall s", "API calls", "issues/s", "peak MB", "tap-jira time ÷ this"]))
@@ -293,7 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"incremental with nothing changed: {inc['calls']} calls (target <= 3)")
             record(f"full sync, {args.issues:,} issues at {args.latency_ms:.0f} ms: API calls", full["calls"],
                    target=f"<= {budget}",
-                   met=full["calls"] <= budget, note=f"{full['seconds']:.1f} s, {args.issues / full['seconds']:,.0f} issues/s, peak {full['peak_mb']:.0f} MB")
+                   met=full["calls"] <= budget,
+                   note=f"{full['seconds']:.1f} s, {args.issues / full['seconds']:,.0f} issues/s, "
+                        f"peak {full['peak_mb']:.0f} MB")
             if "wall" in tap and not tap.get("error"):
                 speedup = tap["wall"] / full["seconds"]
                 say(f"tap-jira takes {speedup:.1f}× as long (target >= 8×)")
@@ -307,10 +314,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_memory:
             mem = memory_run(args.memory_issues, tmp)
             out["memory"] = mem
-            say(f"\npeak memory of a full sync of {args.memory_issues:,} issues: {mem['peak_mb']:.0f} MB (target <= 250 MB)")
+            say(f"\npeak memory of a full sync of {args.memory_issues:,} issues: "
+                f"{mem['peak_mb']:.0f} MB (target <= 250 MB)")
             record(f"peak memory, full sync of {args.memory_issues:,} issues", mem["peak_mb"], unit="MB",
                    target="<= 250 MB", met=mem["peak_mb"] <= 250,
-                   note=f"{mem['seconds']:.0f} s, {mem['calls']} calls; an idle CLI process peaks at {mem['idle_peak_mb']:.0f} MB")
+                   note=f"{mem['seconds']:.0f} s, {mem['calls']} calls; "
+                        f"an idle CLI process peaks at {mem['idle_peak_mb']:.0f} MB")
     return out
 
 

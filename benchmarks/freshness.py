@@ -76,7 +76,8 @@ class RowWatcher:
 
 def freshness(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     total = int(args.rate * args.seconds)
-    say(f"== freshness: {args.rate:.0f} deliveries/s for {args.seconds:.0f} s ({total:,} deliveries, one new issue each), "
+    say(f"== freshness: {args.rate:.0f} deliveries/s for {args.seconds:.0f} s "
+        f"({total:,} deliveries, one new issue each), "
         "gunicorn + 1 worker, PostgreSQL, no Jira credentials")
     bodies = common.webhook_bodies(total, seed=31)
     issue_of = [str(json.loads(body)["issue"]["id"]) for body, _ in bodies]

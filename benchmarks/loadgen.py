@@ -3,10 +3,10 @@
 
 The open-loop generator (:func:`fixed_rate`) sends request ``i`` at ``t0 + i / rate`` on a new
 connection (``Connection: close``, as each Jira delivery is its own request), with up to
-``max_in_flight`` requests outstanding (so, with many connections open at once). Latency is measured from the moment a request was *due*,
-not from when it was sent, so a server (or generator) stall counts in full: no coordinated
-omission. It reports the rate it actually achieved and how late it was, so that a generator that
-could not keep up is seen.
+``max_in_flight`` requests outstanding (so, with many connections open at once). Latency is
+measured from the moment a request was *due*, not from when it was sent, so a server (or
+generator) stall counts in full: no coordinated omission. It reports the rate it actually
+achieved and how late it was, so that a generator that could not keep up is seen.
 """
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for fig in figures:
         value = fig["value"]
-        shown = "—" if value is None else (f"{value:,.2f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}")
+        shown = "—" if value is None else (f"{value:,.2f}" if isinstance(value, float) and value < 100
+                                           else f"{value:,.0f}")
         met = {True: "met", False: "NOT MET", None: ""}[fig["met"]]
         rows.append([fig["figure"], f"{shown} {fig['unit']}".strip(), fig["target"], met, fig["note"]])
     say("")

@@ -157,10 +157,12 @@ def check_rows(url: str, jobs: list[dict[str, Any]]) -> int:
             newest[row["issue_id"]] = (row["updated"], row["event_ts"])
     database = mirror_db.init_database(url)
     with database.connection_context():
-        stored = {r.issue_id: (r.updated, r.event_ts) for r in Issue.select(Issue.issue_id, Issue.updated, Issue.event_ts)}
+        stored = {r.issue_id: (r.updated, r.event_ts)
+                  for r in Issue.select(Issue.issue_id, Issue.updated, Issue.event_ts)}
     wrong = [i for i, v in newest.items() if stored.get(i) != v]
     if wrong or len(stored) != len(newest):
-        raise SystemExit(f"{len(wrong)} issues do not hold their newest version ({len(stored)} rows, {len(newest)} issues)")
+        raise SystemExit(f"{len(wrong)} issues do not hold their newest version "
+                         f"({len(stored)} rows, {len(newest)} issues)")
     return len(stored)
 
 
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for p in procs:
                 p.stop()
             results["rq_fork_noop"] = args.forking_jobs / seconds
-            say(f"  RQ default (forking) Worker, no-op jobs ({args.forking_jobs}): {results['rq_fork_noop']:,.0f} jobs/s")
+            say(f"  RQ default (forking) Worker, no-op jobs ({args.forking_jobs}): "
+                f"{results['rq_fork_noop']:,.0f} jobs/s")
 
         for name, url in urls.items():
             results[f"db_{name}"] = database_ceiling(url, jobs)
@@ -248,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows = check_rows(url, jobs)
                 rate = len(jobs) / seconds
                 results[f"{name}_{count}"] = rate
-                say(f"  {name}: {count} worker(s): {rate:,.0f} jobs/s ({seconds:.1f} s; {rows:,} rows, each its newest version)")
+                say(f"  {name}: {count} worker(s): {rate:,.0f} jobs/s "
+                    f"({seconds:.1f} s; {rows:,} rows, each its newest version)")
         redis.flushdb()
 
     noop = results["rq_noop"]
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          results[f"db_{name}"] / noop, 1.0])
     rows_out.append(["RQ SimpleWorker, no-op jobs (queue ceiling)", noop, 1.0, ""])
     if "rq_fork_noop" in results:
-        rows_out.append(["RQ default forking Worker, no-op jobs", results["rq_fork_noop"], results["rq_fork_noop"] / noop, ""])
+        rows_out.append(["RQ default forking Worker, no-op jobs", results["rq_fork_noop"],
+                         results["rq_fork_noop"] / noop, ""])
     say("")
     say(table(rows_out, ["run", "jobs (issue versions) applied/s", "× RQ no-op", "× database ceiling"]))
     if "PostgreSQL_1" in results:

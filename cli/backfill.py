@@ -45,7 +45,8 @@ class ProgressLine:
             text = (f"{self.key} {stats.kind:<11} {stats.phase:<11} [{bar}] {stats.seen:,}/{stats.estimate:,} "
                     f"({pct:3.0f}%) {rate:,.0f} issues/s {eta} api={stats.api_calls}")
         else:
-            text = f"{self.key} {stats.kind:<11} {stats.phase:<11} {stats.seen:,} issues {rate:,.0f}/s api={stats.api_calls}"
+            text = (f"{self.key} {stats.kind:<11} {stats.phase:<11} {stats.seen:,} issues "
+                    f"{rate:,.0f}/s api={stats.api_calls}")
         if self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if stats.phase == "done" else ""))
         else:

@@ -82,7 +82,8 @@ def projects_track(keys: tuple[str, ...]) -> None:
     for key in wanted:
         line = f"{key}: {'now tracked' if key in started else 'already tracked'}"
         if key in started and connection is not None:
-            line += f", full backfill enqueued (job {enqueue_sync(connection, site=settings.site, project_key=key, full=True)})"
+            line += (", full backfill enqueued "
+                     f"(job {enqueue_sync(connection, site=settings.site, project_key=key, full=True)})")
         elif key in started:
             line += " (Jira is not configured: no backfill until JIRA_BASE_URL and credentials are set)"
         click.echo(line)

@@ -111,7 +111,8 @@ def project_key_of(issue: Mapping[str, Any]) -> str:
     raise IssueMappingError("the issue names no project (fields.project.key) and its key has none")
 
 
-def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int, synced_at: dt.datetime | None = None) -> dict[str, Any]:
+def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
+           synced_at: dt.datetime | None = None) -> dict[str, Any]:
     """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
 
     ``fields`` is kept as received; the typed columns are derived from it. Raises

@@ -175,5 +175,6 @@ def upgrade(db: pw.Database | None = None, *, target: int = LATEST) -> tuple[int
                 with db.atomic():
                     log.info("schema migrate version=%d", version)
                     MIGRATIONS[version - 1](db)
-                    SchemaVersion.create(version=version, applied_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+                    SchemaVersion.create(version=version,
+                                         applied_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
             return before, max(before, target)

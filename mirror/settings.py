@@ -159,7 +159,8 @@ class Settings:
             sync_interval_seconds=_positive_int("SYNC_INTERVAL_SECONDS", get("SYNC_INTERVAL_SECONDS"), 300),
             sync_overlap_seconds=_positive_int("SYNC_OVERLAP_SECONDS", get("SYNC_OVERLAP_SECONDS"), 600),
             backfill_concurrency=_positive_int("BACKFILL_CONCURRENCY", get("BACKFILL_CONCURRENCY"), 4, maximum=64),
-            sync_lock_ttl_seconds=_positive_int("SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60, maximum=3600),
+            sync_lock_ttl_seconds=_positive_int("SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60,
+                                                maximum=3600),
             port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
             max_body_bytes=_positive_int(
                 "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024

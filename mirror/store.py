@@ -123,7 +123,8 @@ def delete_issues(rows: Sequence[dict[str, Any]], *, at: dt.datetime | None = No
     return changed
 
 
-def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None = None, source: str = "backfill") -> int:
+def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None = None,
+                 source: str = "backfill") -> int:
     """Soft-delete the given issues (found gone by reconciliation); returns how many changed."""
     at = at or utc_now()
     ids = list(dict.fromkeys(issue_ids))
@@ -152,7 +153,8 @@ def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | No
             elif not project.is_active or (names.get(key) and project.name != names[key]):
                 if not project.is_active:
                     started.append(key)
-                Project.update(is_active=True, name=names.get(key) or project.name).where(Project.id == project.id).execute()
+                Project.update(is_active=True,
+                               name=names.get(key) or project.name).where(Project.id == project.id).execute()
     return started
 
 

@@ -237,7 +237,8 @@ def _issue_fields(value: Any) -> bool:
     if not isinstance(value, dict) or not _timestamp(value.get("updated")):
         return False
     project = value.get("project")
-    if not isinstance(project, dict) or not isinstance(project.get("key"), str) or not PROJECT_KEY.match(project["key"]):
+    if (not isinstance(project, dict) or not isinstance(project.get("key"), str)
+            or not PROJECT_KEY.match(project["key"])):
         return False
     get = value.get
     return (
@@ -249,7 +250,8 @@ def _issue_fields(value: Any) -> bool:
         and _absent_none_or(get("priority", _MISSING), lambda v: _object_with_texts(v, "name"))
         and _absent_none_or(get("assignee", _MISSING), lambda v: _object_with_texts(v, "accountId"))
         and _absent_none_or(get("reporter", _MISSING), lambda v: _object_with_texts(v, "accountId"))
-        and _absent_none_or(get("labels", _MISSING), lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+        and _absent_none_or(get("labels", _MISSING),
+                            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
     )
 
 
@@ -313,7 +315,8 @@ def _fast_load(payload: dict[str, Any]) -> dict[str, Any] | None:
     user = payload.get("user", _MISSING)
     issue = payload.get("issue", _MISSING)
     changelog = _changelog(payload["changelog"]) if "changelog" in payload else None
-    if not _absent_none_or(kind, lambda v: isinstance(v, str)) or not _absent_none_or(user, lambda v: isinstance(v, dict)):
+    if (not _absent_none_or(kind, lambda v: isinstance(v, str))
+            or not _absent_none_or(user, lambda v: isinstance(v, dict))):
         return None
     if event in ISSUE_EVENTS:
         if not _issue(issue):

@@ -144,7 +144,8 @@ def login_post():  # type: ignore[no-untyped-def]
     if _login_failures() >= LOGIN_FAILURES_MAX:
         log.warning("login throttled remote=%s", request.remote_addr)
         return _page("login.html", 429, csrf_token=auth.csrf_token(),
-                     error=f"Too many wrong tokens from this address: try again in {LOGIN_FAILURES_WINDOW // 60} minutes.")
+                     error="Too many wrong tokens from this address: "
+                           f"try again in {LOGIN_FAILURES_WINDOW // 60} minutes.")
     if not auth.token_matches(request.form.get("token", "")):
         _login_failures(add=True)
         log.warning("login refused remote=%s", request.remote_addr)

@@ -599,8 +599,9 @@ class JiraServer:
         page = versions[start:start + size]
         end = start + len(page)
         out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
-                                                    selection) for v in page]}
-        expand = {x.strip() for value in query.get("expand", []) for x in value.split(",")} if method == "GET" else set()
+                                                   selection) for v in page]}
+        expand = {x.strip() for value in query.get("expand", [])
+                  for x in value.split(",")} if method == "GET" else set()
         _expand(out["issues"], expand, all_fields="*all" in str(fields), base_url=self.base_url)
         if end < len(versions):
             out["nextPageToken"] = self._token(qhash, end, keys[end - 1] if page else None)

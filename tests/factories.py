@@ -40,7 +40,8 @@ def issue(issue_id: str = "10001", key: str = "DEMO-1", *, updated: dt.datetime 
         "customfield_10010": None,
     }
     fields.update(extra_fields)
-    return {"id": issue_id, "key": key, "self": f"https://acme.atlassian.net/rest/api/2/issue/{issue_id}", "fields": fields}
+    return {"id": issue_id, "key": key, "self": f"https://acme.atlassian.net/rest/api/2/issue/{issue_id}",
+            "fields": fields}
 
 
 def delivery(event: str = "jira:issue_updated", the_issue: dict[str, Any] | None = None, *,
@@ -59,7 +60,8 @@ def delivery(event: str = "jira:issue_updated", the_issue: dict[str, Any] | None
     return body
 
 
-def signed(body: dict[str, Any] | bytes, secret: str, *, delivery_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+def signed(body: dict[str, Any] | bytes, secret: str, *,
+           delivery_id: str | None = None) -> tuple[bytes, dict[str, str]]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json; charset=UTF-8", "X-Hub-Signature": sign(raw, secret)}
     headers["X-Atlassian-Webhook-Identifier"] = delivery_id or f"delivery-{next(_ids)}"

@@ -69,7 +69,8 @@ class Proc:
 def start_web(settings: Any, tmp: Path, *, workers: int = 2, **extra: str) -> tuple[Proc, str]:
     port = free_port()
     env = env_for(settings, PORT=str(port), WEB_CONCURRENCY=str(workers), **extra)
-    proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"], env, tmp / f"web-{port}.log")
+    proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"], env,
+                tmp / f"web-{port}.log")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:

@@ -50,7 +50,8 @@ def test_webhooks_arriving_during_a_full_sync_leave_the_mirror_exact(jira, jira_
     from simulator import WebhookPusher
 
     env = jira_env(jira_settings)
-    web, url = procs.start_web(jira_settings, tmp_path, workers=2, **{k: v for k, v in env.items() if k.startswith("JIRA_")})
+    web, url = procs.start_web(jira_settings, tmp_path, workers=2,
+                               **{k: v for k, v in env.items() if k.startswith("JIRA_")})
     worker = procs.Proc(procs.jira_mirror("worker"), env, tmp_path / "worker.log")
     pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=jira.site, base_url=jira.url, duplicate_rate=0.2,
                            shuffle=True, shuffle_window=0.5, backoff_base=0.2, seed=3)

@@ -66,7 +66,7 @@ def test_finished_jobs_keep_their_result_when_the_policy_keeps_results(db, setti
 
 
 def test_a_job_that_cannot_be_mapped_fails_alone_and_the_rest_of_its_batch_is_applied(db, settings, redis_conn,
-                                                                                       monkeypatch):
+                                                                                      monkeypatch):
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     q = queues.queue(queues.ISSUES, redis_conn)
     bad = factories.issue("29999", "DEMO-999")

@@ -41,7 +41,8 @@ def test_burst_of_signed_deliveries_becomes_rows(db, settings, redis_conn, tmp_p
                 issue = factories.issue(issue_id, key, updated=T0 + dt.timedelta(minutes=v), summary=f"{key} v{v} ✓",
                                         offset=rng.choice(["+0530", "-0800", "+0000"]))
                 event = "jira:issue_created" if v == 0 else "jira:issue_updated"
-                deliveries.append(factories.signed(factories.delivery(event, issue, timestamp=1_746_086_400_000 + v), SECRET))
+                deliveries.append(factories.signed(factories.delivery(event, issue, timestamp=1_746_086_400_000 + v),
+                                                   SECRET))
                 truth[issue_id] = issue
         deliveries += rng.sample(deliveries, 30)  # Jira's at-least-once: some arrive twice
         rng.shuffle(deliveries)

@@ -24,7 +24,7 @@ def runner(settings, db, monkeypatch):
 
 
 def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(runner, settings, redis_conn, tmp_path,
-                                                                            drain, monkeypatch):
+                                                                           drain, monkeypatch):
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])  # stored in the job: the worker process uses it too
     q = queues.queue(queues.ISSUES, redis_conn)
     issue = factories.issue("10001", "DEMO-1", summary="written after the outage")

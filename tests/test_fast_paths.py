@@ -36,7 +36,8 @@ def test_the_enqueued_job_is_the_one_rq_writes(redis_conn):
     for attribute in ("func_name", "args", "kwargs", "retries_left", "retry_intervals", "origin", "description",
                       "timeout", "result_ttl", "failure_ttl", "get_status"):
         mine_value, rq_value = getattr(job, attribute), getattr(reference, attribute)
-        assert (mine_value() if callable(mine_value) else mine_value) == (rq_value() if callable(rq_value) else rq_value)
+        assert ((mine_value() if callable(mine_value) else mine_value)
+                == (rq_value() if callable(rq_value) else rq_value))
     assert q.get_job_ids() == [ours, theirs] and redis_conn.sismember("rq:queues", q.key)
 
 

@@ -100,7 +100,7 @@ def big_site():
 
 
 def test_an_expired_page_token_fails_the_sync_clearly_and_the_next_run_is_exact(db, jira, jira_settings, redis_conn,
-                                                                             big_site):
+                                                                                big_site):
     jira.site = big_site
     jira.expire_next_page_token(1)  # the second page of ids is refused: "nextPageToken ... expired"
     with pytest.raises(SyncError, match="nextPageToken is invalid or has expired"):

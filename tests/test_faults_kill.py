@@ -67,7 +67,7 @@ def test_worker_sigkilled_mid_job_has_its_job_retried_and_loses_nothing(jira, ji
                     for job_id in killed if f"job={job_id}" in line}
 
         assert wait_for(lambda: len(finished_lines()) == len(killed), 60), (queue_state(redis_conn),
-                                                                           second.output()[-3000:])
+                                                                            second.output()[-3000:])
         recovered = time.monotonic() - killed_at
         assert wait_for(lambda: drained(redis_conn), 30), queue_state(redis_conn)
         time.sleep(0.3)
@@ -91,7 +91,7 @@ def _raw_post(url: str, body: bytes, headers: dict[str, str], *, send: int) -> s
     """Send the request line, the headers and the first ``send`` bytes of the body, then stall."""
     host, port = url.split("//", 1)[1].split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    head = [f"POST /webhooks/jira HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    head = ["POST /webhooks/jira HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers.items()]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[:send])
     return sock

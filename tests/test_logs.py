@@ -103,10 +103,10 @@ def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, setting
         assert json_worker.popen.wait(60) == 0
         cli_env = procs.env_for(settings, **env)
         sync = subprocess.run(procs.jira_mirror("users", "sync"), env=cli_env, capture_output=True, text=True,
-                                    timeout=60)
+                              timeout=60)
         assert sync.returncode == 0, sync.stderr
         export = subprocess.run(procs.jira_mirror("issues", "export"), env=cli_env, capture_output=True,
-                                      text=True, timeout=60)
+                                text=True, timeout=60)
         # The data itself is on stdout; its logs (stderr) must not hold it.
         assert SUMMARY in export.stdout, worker.output()[-3000:]
     finally:

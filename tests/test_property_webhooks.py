@@ -142,7 +142,7 @@ class Mirror:
         from workers.worker import build_worker
 
         build_worker(self.settings, (ISSUES,), connection=self.redis).work(burst=True, with_scheduler=False,
-                                                                            logging_level="ERROR")
+                                                                           logging_level="ERROR")
 
 
 def _rows_digest():
@@ -181,7 +181,7 @@ def test_any_request_gets_2xx_or_4xx_and_only_valid_deliveries_change_anything(
 @hsettings(max_examples=300 * SCALE, **COMMON)
 @given(delivery=mutated_deliveries(), ensure_ascii=st.booleans())
 def test_a_signed_delivery_is_accepted_only_if_its_job_can_write_it(client, redis_conn, settings, db, delivery,
-                                                                   ensure_ascii):
+                                                                    ensure_ascii):
     mirror = Mirror(redis_conn, settings)
     body = encode(delivery, ensure_ascii)
     check(client, mirror, body, headers_for(body, "application/json", "valid", None))

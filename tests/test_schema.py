@@ -28,10 +28,12 @@ def test_upgrade_from_version_1_keeps_rows_and_is_idempotent(env):
     with database.connection_context():
         assert "event_ts" not in _columns(database, "jira_issue")
         database.execute_sql(
-            "INSERT INTO jira_issue (site, issue_id, key, project_key, summary, labels, updated, fields, synced_at, source)"
+            "INSERT INTO jira_issue"
+            " (site, issue_id, key, project_key, summary, labels, updated, fields, synced_at, source)"
             " VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[\"a\"]', '2024-12-29 03:11:23.904', '{\"x\": 1}',"
             " '2024-12-29 03:12:00', 'webhook')")
-        database.execute_sql("INSERT INTO jira_project (site, key, name, is_active, sync_state) VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')")
+        database.execute_sql("INSERT INTO jira_project (site, key, name, is_active, sync_state)"
+                             " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')")
 
     runner = CliRunner()
     result = runner.invoke(main, ["db", "upgrade"])

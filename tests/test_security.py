@@ -78,7 +78,7 @@ def test_the_admin_token_is_compared_with_hmac_compare_digest(settings, db, monk
 
 
 def test_a_replayed_delivery_is_collapsed_by_its_identifier_and_changes_nothing(db, settings, redis_conn, tmp_path,
-                                                                                  drain):
+                                                                                drain):
     web, url = procs.start_web(settings, tmp_path, workers=2)
     try:
         body, headers = factories.signed(factories.delivery(the_issue=factories.issue(summary="once")), SECRET,
@@ -133,7 +133,7 @@ def test_secret_rotation_end_to_end(db, settings, redis_conn, tmp_path):
 
 
 def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_forged_forms(db, settings, redis_conn,
-                                                                                        tmp_path):
+                                                                                          tmp_path):
     web, url = procs.start_web(settings, tmp_path, workers=2, ADMIN_TOKEN=ADMIN)
     try:
         right = {"Authorization": f"Bearer {ADMIN}"}

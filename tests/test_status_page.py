@@ -269,7 +269,7 @@ def test_backfill_of_an_untracked_project_is_an_error_message(browser, redis_con
 ])
 @pytest.mark.parametrize("csrf", [None, "", "wrong-token"])
 def test_post_without_the_right_csrf_token_is_400_and_does_nothing(admin_settings, browser, redis_conn, path,
-                                                                    form, csrf):
+                                                                   form, csrf):
     log_in(browser)
     page_csrf(browser)
     data = dict(form) if csrf is None else dict(form, csrf_token=csrf)

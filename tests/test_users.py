@@ -239,7 +239,7 @@ def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp
     site = Settings.from_env().site  # the CLI's: the fake Jira's host
     assert site != settings.site
     store.upsert_issues([to_row(site, factories.issue(str(60000 + n), f"DEMO-{n}", updated=T0,
-                                                               assignee={"accountId": account}),
+                                                      assignee={"accountId": account}),
                                 source="backfill", event_ts=1) for n, account in enumerate(["acc-0", "acc-1", "zz"])])
     text = runner.invoke(main, ["users", "match"])
     assert text.exit_code == 0

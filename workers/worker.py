@@ -161,23 +161,23 @@ class MirrorWorker(SimpleWorker):
             "duration_ms": round(seconds * 1000, 1) if seconds is not None else None,
         })
 
-
     def clean_registries(self) -> None:
         """RQ's registry maintenance (abandoned and expired jobs, dead workers, stuck intermediate
         entries), under a lock that expires after three maintenance intervals instead of RQ's 899 s
         and is released even when the cleaning fails: a worker killed (SIGKILL, OOM) while it
         cleans, say, a batch of abandoned jobs would otherwise stop every retry of abandoned jobs
         for 15 minutes."""
-        for queue in self.queues:
-            if not self.connection.set(queue.registry_cleaning_key, 1, nx=True, ex=max(30, 3 * int(self.maintenance_interval))):
+        for rq_queue in self.queues:
+            if not self.connection.set(rq_queue.registry_cleaning_key, 1, nx=True,
+                                       ex=max(30, 3 * int(self.maintenance_interval))):
                 continue
             try:
-                self.log.info("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
-                clean_registries(queue, self._exc_handlers)
-                worker_registration.clean_worker_registry(queue)
-                queue.intermediate_queue.cleanup(self, queue)
+                self.log.info("Worker %s: cleaning registries for queue: %s", self.name, rq_queue.name)
+                clean_registries(rq_queue, self._exc_handlers)
+                worker_registration.clean_worker_registry(rq_queue)
+                rq_queue.intermediate_queue.cleanup(self, rq_queue)
             finally:
-                queue.release_maintenance_lock()
+                rq_queue.release_maintenance_lock()
         self.last_cleaned_at = rq_now()
 
     # --- batches -------------------------------------------------------------------------------
@@ -376,7 +376,8 @@ return ids
                 log.info("job finished", extra={
                     "func": job.func_name, "outcome": metrics.job_outcome_label(outcome),
                     "key": (job.kwargs.get("issue") or {}).get("key"),
-                    "duration_ms": round((ended - job.started_at).total_seconds() * 1000, 1) if job.started_at else None,
+                    "duration_ms": (round((ended - job.started_at).total_seconds() * 1000, 1) if job.started_at
+                                    else None),
                     "batch": len(finished),
                 })
 
@@ -404,7 +405,8 @@ def redis_connection(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
 
 
-def build_worker(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, connection: Redis | None = None) -> MirrorWorker:
+def build_worker(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *,
+                 connection: Redis | None = None) -> MirrorWorker:
     connection = connection or redis_connection(settings.redis_url)
     return MirrorWorker(
         [queue(name, connection) for name in queue_names],
