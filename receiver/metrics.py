@@ -42,6 +42,7 @@ OUTCOME_BY_STATUS = {
     200: "ignored",
     400: "invalid",
     401: "unauthorized",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
     503: "queue_unavailable",

@@ -211,6 +211,8 @@ def test_a_body_shorter_than_its_length_is_408_which_jira_retries(client, redis_
     response = client.post(URL, data=raw, headers=headers, environ_overrides={"CONTENT_LENGTH": str(len(raw) + 10)})
     assert response.status_code == 408 and "error" in response.get_json()
     assert_nothing_written(redis_conn)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'jira_mirror_webhook_deliveries_total{event="unknown",outcome="timeout"} 1.0' in metrics
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(client, redis_conn, monkeypatch, caplog):
