@@ -43,6 +43,8 @@ logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_LEVEL"))
 
 from gunicorn.glogging import Logger as _Logger  # noqa: E402
 
+from receiver.webhooks import PATH as _WEBHOOK_PATH  # noqa: E402
+
 
 class DeliveryAwareLogger(_Logger):
     """No access line for a webhook delivery: the endpoint logs its own line for it ("delivery
@@ -51,7 +53,7 @@ class DeliveryAwareLogger(_Logger):
     cost the busiest path a second formatted line. Every other request gets its access line."""
 
     def access(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
-        if environ.get("PATH_INFO") == "/webhooks/jira" and environ.get("REQUEST_METHOD") == "POST":
+        if environ.get("PATH_INFO") == _WEBHOOK_PATH and environ.get("REQUEST_METHOD") == "POST":
             return
         super().access(resp, req, environ, request_time)
 

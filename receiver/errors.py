@@ -19,14 +19,18 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers or {}
 
+    def body(self) -> dict[str, object]:
+        """The JSON answer: ``{"error": message}``, with ``details`` when there are any."""
+        body: dict[str, object] = {"error": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
 
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
-        body: dict[str, object] = {"error": exc.message}
-        if exc.details is not None:
-            body["details"] = exc.details
-        return jsonify(body), exc.status, exc.headers
+        return jsonify(exc.body()), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

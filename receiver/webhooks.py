@@ -215,17 +215,14 @@ class WebhookEndpoint:
             try:
                 status, answer, headers = self.receive(environ, delivery)
             except ApiError as exc:
-                answer = {"error": exc.message}
-                if exc.details is not None:
-                    answer["details"] = exc.details
-                status, headers = exc.status, exc.headers
+                status, answer, headers = exc.status, exc.body(), exc.headers
             except Exception as exc:  # never a traceback to Jira: a 500, which Jira retries
                 log.exception("unhandled error type=%s", type(exc).__name__)
                 status, answer, headers = 500, {"error": "internal error"}, {}
             metrics.delivery_answered(self.extensions["redis"], delivery, status)
         finally:
             logs.unbind(token)
-        body = _ENQUEUED_ONE if answer is _ONE else json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        body = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
         start_response(_STATUS_LINES.get(status, f"{status} Error"),
                        [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()])
         return [body]
@@ -282,11 +279,7 @@ class WebhookEndpoint:
         # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
         # and the job ids; the binding ends with the delivery.
         logs.bind(key=issue["key"], jobs=",".join(job_ids))
-        return 202, (_ONE if len(job_ids) == 1 else {"enqueued": len(job_ids)}), {}
-
-
-_ONE = object()  # the usual answer, {"enqueued": 1}, encoded once
-_ENQUEUED_ONE = b'{"enqueued":1}\n'
+        return 202, {"enqueued": len(job_ids)}, {}
 
 
 def _read_body(environ: dict[str, Any], cap: int) -> bytes:
@@ -294,21 +287,19 @@ def _read_body(environ: dict[str, Any], cap: int) -> bytes:
     declared); 408 when it stalls past the client timeout (gunicorn.conf.py) or is cut short."""
     stream = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH")
-    try:
-        length = int(declared) if declared else None
-    except ValueError:
-        raise ApiError(400, "malformed Content-Length header") from None
-    if length is not None and length < 0:
+    if declared and not (declared.isascii() and declared.isdigit()):
         raise ApiError(400, "malformed Content-Length header")
+    length = int(declared) if declared else None
+    too_large = ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have")
     if length is not None and length > cap:
-        raise ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have")
+        raise too_large
     try:
         if length is None:
             if not environ.get("wsgi.input_terminated"):
                 return b""  # neither a length nor a chunked body: no body (as Werkzeug reads it)
             body = stream.read(cap + 1)  # chunked: the server ends the stream
             if len(body) > cap:
-                raise ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have")
+                raise too_large
             return bytes(body)
         chunks, missing = [], length
         while missing > 0:

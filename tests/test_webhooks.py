@@ -197,7 +197,7 @@ def test_a_near_miss_path_is_flasks_404(client, redis_conn):
     assert_nothing_written(redis_conn)
 
 
-@pytest.mark.parametrize("length", ["abc", "-5", "1e3"])
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3", "1_0", "+5"])
 def test_malformed_content_length_is_400(client, redis_conn, length):
     raw, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
     environ = {"CONTENT_LENGTH": length}
