@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 DEFAULT_DATABASE_URL = "sqlite:///jira-mirror.db"
@@ -99,6 +99,9 @@ class Settings:
     # How often a worker proves it is alive while it runs a job; a job whose worker missed three
     # beats (SIGKILL, OOM, a dyno stopped hard) is retried (workers.worker.MirrorWorker).
     worker_heartbeat_seconds: int = 10
+    # Hardening (issue 11). A signed body seen again within this window is a replay, answered
+    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (JIRA.md), so an hour.
+    replay_window_seconds: int = 3600
 
     @property
     def jira_configured(self) -> bool:
@@ -168,4 +171,14 @@ class Settings:
             worker_heartbeat_seconds=_positive_int(
                 "WORKER_HEARTBEAT_SECONDS", get("WORKER_HEARTBEAT_SECONDS"), 10, maximum=300
             ),
+            **_hardening(get),
         )
+
+
+def _hardening(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The settings of issue 11 (replays, admin token), kept apart from the others."""
+    return {
+        "replay_window_seconds": _positive_int(
+            "JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS", get("JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS"), 3600, maximum=7 * 86400
+        ),
+    }
