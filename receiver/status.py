@@ -58,7 +58,31 @@ def _gate():  # type: ignore[no-untyped-def]
 
 
 def _authenticated() -> bool:
-    return auth.bearer_ok() or auth.logged_in()
+    """A right bearer token or a live session. A wrong bearer token past the throttle's budget
+    raises :class:`Throttled` (answered 429)."""
+    if auth.has_authorization_header():
+        check = auth.bearer_check()
+        if check.throttled:
+            raise Throttled(check.retry_after)
+        if check.ok:
+            return True
+    return auth.logged_in()
+
+
+class Throttled(Exception):
+    """Too many wrong tokens: answered 429 with Retry-After."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+@bp.errorhandler(Throttled)
+def _throttled(exc: Throttled):  # type: ignore[no-untyped-def]
+    response = _message("Too many wrong tokens", "Too many wrong admin tokens lately: try again in "
+                        f"{max(1, exc.retry_after // 60)} minutes.", 429)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _refused():  # type: ignore[no-untyped-def]
@@ -116,42 +140,27 @@ def login():  # type: ignore[no-untyped-def]
     return _page("login.html", csrf_token=auth.csrf_token(), error=None)
 
 
-LOGIN_FAILURES_KEY = "jira-mirror:login-failures:{}"
-LOGIN_FAILURES_MAX = 10
-LOGIN_FAILURES_WINDOW = 300  # seconds
-
-
-def _login_failures(add: bool = False) -> int:
-    """Failed logins from this address in the window (Redis down: 0, the token still decides)."""
-    key = LOGIN_FAILURES_KEY.format(request.remote_addr or "unknown")
-    redis = current_app.extensions["redis"]
-    try:
-        if add:
-            with redis.pipeline() as pipe:
-                pipe.incr(key)
-                pipe.expire(key, LOGIN_FAILURES_WINDOW, nx=True)
-                return int(pipe.execute()[0])
-        return int(redis.get(key) or 0)
-    except Exception:
-        return 0
-
-
 @bp.post("/login")
 def login_post():  # type: ignore[no-untyped-def]
     if not auth.csrf_ok():
         return _page("login.html", 400, csrf_token=auth.csrf_token(),
                      error="The form expired or came from elsewhere; it has been renewed: enter the token again.")
-    if _login_failures() >= LOGIN_FAILURES_MAX:
-        log.warning("login throttled remote=%s", request.remote_addr)
-        return _page("login.html", 429, csrf_token=auth.csrf_token(),
-                     error="Too many wrong tokens from this address: "
-                           f"try again in {LOGIN_FAILURES_WINDOW // 60} minutes.")
-    if not auth.token_matches(request.form.get("token", "")):
-        _login_failures(add=True)
-        log.warning("login refused remote=%s", request.remote_addr)
+    # The token first: the right one always logs in, whatever others tried (receiver.auth).
+    check = auth.check_token(request.form.get("token", ""), path="login")
+    if check.throttled:
+        response = _page("login.html", 429, csrf_token=auth.csrf_token(),
+                         error="Too many wrong tokens lately: wait a few minutes before trying again.")
+        response.headers["Retry-After"] = str(check.retry_after)
+        return response
+    if not check.ok:
         return _page("login.html", 401, csrf_token=auth.csrf_token(), error="Wrong token.")
-    auth.log_in()
-    log.info("login remote=%s", request.remote_addr)
+    try:
+        auth.log_in()
+    except Exception as exc:  # the session record lives in Redis
+        log.warning("login failed: session not recorded error=%s", type(exc).__name__)
+        return _page("login.html", 503, csrf_token=auth.csrf_token(),
+                     error="Redis is unavailable, so no session can be opened; try again shortly.")
+    log.info("login remote=%s", auth.client_address())
     return _back()
 
 

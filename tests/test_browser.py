@@ -27,7 +27,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = procs.ROOT / "artifacts"
-TOKEN = "browser-admin-token"
+TOKEN = "browser-admin-token-long-enough-for-start"
 
 
 @pytest.fixture

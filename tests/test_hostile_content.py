@@ -144,7 +144,7 @@ def test_hostile_text_is_shown_escaped_on_the_status_page(settings, redis_conn, 
     from mirror.issues import utc_now
     from workers import queues
 
-    admin = "status-page-token"
+    admin = "status-page-token-of-at-least-32-chars"
     store.track_projects(settings.site, ["EVIL"], names={"EVIL": HTML + SQL + EMOJI})
     Project.update(last_error="JiraError: " + HTML).where(Project.key == "EVIL").execute()
     SyncRun.create(site=settings.site, project_key="EVIL", kind="full", state="failed", started_at=utc_now(),

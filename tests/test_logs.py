@@ -16,7 +16,7 @@ from tests import factories, procs
 from tests.conftest import SECRET
 from tests.test_users import EMAIL, TOKEN, FakeJira, site_people
 
-ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a"
+ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a-4f3e2d1c0b9a8f7e"
 SUMMARY = "Quarterly numbers leak 5c1d"
 DESCRIPTION = "Confidential body text 9b2e"
 KV_LINE = re.compile(

@@ -95,7 +95,7 @@ def test_every_delivery_outcome_is_counted_with_its_ack_time(app, client, redis_
 def test_metrics_page_needs_no_token_and_shows_no_secret(db, settings, redis_conn):
     from receiver import create_app
 
-    local = dataclasses.replace(settings, admin_token="admin-token-value-123", jira_api_token="jira-token-value-456",
+    local = dataclasses.replace(settings, admin_token="admin-token-value-123-long-enough-for-start", jira_api_token="jira-token-value-456",
                                 jira_email="bot@example.com", jira_base_url="http://127.0.0.1:9")
     client = create_app(local).test_client()
     post(client, factories.delivery(the_issue=factories.issue()))

@@ -16,7 +16,7 @@ from receiver import create_app
 from tests import factories
 from workers.queues import BACKFILL, ISSUES, queue
 
-TOKEN = "s3cret-admin-token"
+TOKEN = "s3cret-admin-token-of-32-characters-or-more"
 HOSTILE = '<script>alert("pwned")</script>'
 
 
@@ -112,16 +112,6 @@ def test_wrong_login_token_is_refused_and_sets_no_session(browser):
     assert browser.get("/").status_code == 302
 
 
-def test_repeated_wrong_tokens_are_throttled_even_with_the_right_one_after(browser):
-    from receiver.status import LOGIN_FAILURES_MAX
-
-    for _ in range(LOGIN_FAILURES_MAX):
-        assert log_in(browser, "guess").status_code == 401
-    response = log_in(browser)  # the right token, too late: the address waits
-    assert response.status_code == 429 and "Too many wrong tokens" in response.get_data(as_text=True)
-    assert browser.get("/").status_code == 302
-
-
 def test_login_without_csrf_is_400(browser):
     browser.get("/login")
     response = browser.post("/login", data={"token": TOKEN})
@@ -155,7 +145,7 @@ def test_a_session_is_valid_on_every_worker_and_dies_with_the_token(admin_settin
     other.set_cookie("jira_mirror_session", cookie.value)
     assert other.get("/").status_code == 200
     # The token changed (deploy with a new ADMIN_TOKEN): the old cookie no longer opens the page.
-    rotated = create_app(dataclasses.replace(admin_settings, admin_token="a-new-token")).test_client()
+    rotated = create_app(dataclasses.replace(admin_settings, admin_token="a-new-token-after-a-deploy-32-characters")).test_client()
     rotated.set_cookie("jira_mirror_session", cookie.value)
     assert rotated.get("/").status_code == 302
 
@@ -362,8 +352,10 @@ def test_retry_of_an_unknown_job_says_so(browser):
 def test_page_renders_when_redis_is_down(admin_settings, db):
     app = create_app(dataclasses.replace(admin_settings, redis_url="redis://127.0.0.1:1/0"))
     client = app.test_client()
-    log_in(client)
-    response = client.get("/")
+    # Sessions live in Redis: none can be opened (503, said plainly); the Bearer header still works.
+    answer = log_in(client)
+    assert answer.status_code == 503 and "Redis is unavailable" in answer.get_data(as_text=True)
+    response = client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and "Redis unavailable" in html and "DEMO" in html
 
