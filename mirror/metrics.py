@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -38,8 +39,17 @@ from redis.client import Pipeline
 log = logging.getLogger(__name__)
 
 PREFIX = "jira-mirror:metrics:"
+# When the last delivery was accepted (Unix time), set in the enqueue's atomic step.
+LAST_ACCEPTED_KEY = PREFIX + "last-accepted-delivery"
+# Refused deliveries by reason, one hash a minute (field: outcome), kept a little over an hour:
+# the status page shows the last hour's (a wrong secret is the commonest set-up mistake).
+REFUSED_KEY = PREFIX + "refused:{}"
+REFUSED_KEEP_SECONDS = 3700
+REFUSAL_OUTCOMES = frozenset({"unauthorized", "invalid", "too_large", "unsupported_media_type", "timeout",
+                              "queue_unavailable", "error"})
 
 __all__ = [
+    "JIRA_RESPONSES", "LAST_ACCEPTED_KEY", "REFUSED_KEY", "count_jira_response", "refusals_since",
     "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
     "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
     "record_delivery", "record_jira_calls", "record_jira_client", "record_job", "add_job",
@@ -97,8 +107,14 @@ JOB_SECONDS = Histogram(
 )
 JIRA_CALLS = Counter("jira_mirror_jira_api_calls_total", "HTTP requests sent to Jira, retries included.")
 JIRA_RATE_LIMITED = Counter("jira_mirror_jira_rate_limited_total", "Jira answers 429 (rate limited).")
+JIRA_RESPONSES = Counter(
+    "jira_mirror_jira_api_responses_total",
+    "Jira calls by the class of their answer: 2xx, 3xx, 4xx, 5xx, or none (no answer: timeout, refused "
+    "connection).",
+    ("status_class",),
+)
 
-COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED)
+COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED, JIRA_RESPONSES)
 HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
 
 DELIVERY_OUTCOMES = frozenset({
@@ -182,6 +198,8 @@ def _apply(pipe: Pipeline, ops: Iterable[tuple[str, str, str, float]]) -> None:
     for command, key, field, amount in ops:
         if command == "hincrby":
             pipe.hincrby(key, field, int(amount))
+            if key.startswith(REFUSED_KEY.format("")):  # a per-minute hash: it expires
+                pipe.expire(key, REFUSED_KEEP_SECONDS)
         else:
             pipe.hincrbyfloat(key, field, float(amount))
 
@@ -240,9 +258,36 @@ def add_delivery(pipe: Pipeline, *, event: Any, outcome: str, seconds: float) ->
 
 
 def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:
-    """Count a delivery (best effort, one round trip); returns whether Redis took it."""
+    """Count a delivery (best effort, one round trip; a refusal also in this minute's hash of
+    refusals by reason); returns whether Redis took it."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+    ops = _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
+    if outcome in REFUSAL_OUTCOMES:
+        ops.append(("hincrby", REFUSED_KEY.format(int(time.time() // 60)), outcome, 1))
+    return _send(connection, ops)
+
+
+def refusals_since(connection: Redis, seconds: int = 3600) -> dict[str, int]:
+    """Deliveries refused in the last ``seconds`` (to the minute), by reason. Raises redis errors."""
+    now = int(time.time() // 60)
+    minutes = range(now - seconds // 60 + 1, now + 1)
+    with connection.pipeline(transaction=False) as pipe:
+        for minute in minutes:
+            pipe.hgetall(REFUSED_KEY.format(minute))
+        answers = pipe.execute()
+    totals: dict[str, int] = {}
+    for answer in answers:
+        for reason, count in answer.items():
+            name = reason.decode() if isinstance(reason, bytes) else str(reason)
+            totals[name] = totals.get(name, 0) + int(count)
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def count_jira_response(status: int) -> None:
+    """Count one Jira call by the class of its answer (``status`` 0: none), in this process; the
+    count goes to Redis with this process's next metrics write (no round trip of its own)."""
+    label = f"{status // 100}xx" if 100 <= status < 600 else "none"
+    _keep_pending(_ops_counter(JIRA_RESPONSES, {"status_class": label}, 1))
 
 
 def _ops_job(queue: str, outcome: str, seconds: float | None) -> list[tuple[str, str, str, float]]:

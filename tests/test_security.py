@@ -80,8 +80,8 @@ def test_the_admin_token_is_compared_with_hmac_compare_digest(settings, db, monk
     assert len(spy.calls) == 2
 
 
-def test_a_replayed_body_is_answered_duplicate_without_a_job_whatever_its_identifier(db, settings, redis_conn,
-                                                                                    tmp_path, drain):
+def test_a_replayed_body_is_answered_duplicate_without_a_job_whatever_its_identifier(
+        db, settings, redis_conn, tmp_path, drain):
     web, url = procs.start_web(settings, tmp_path, workers=2)
     try:
         body, headers = factories.signed(factories.delivery(the_issue=factories.issue(summary="once")), SECRET,

@@ -145,7 +145,8 @@ def test_a_session_is_valid_on_every_worker_and_dies_with_the_token(admin_settin
     other.set_cookie("jira_mirror_session", cookie.value)
     assert other.get("/").status_code == 200
     # The token changed (deploy with a new ADMIN_TOKEN): the old cookie no longer opens the page.
-    rotated = create_app(dataclasses.replace(admin_settings, admin_token="a-new-token-after-a-deploy-32-characters")).test_client()
+    rotated = create_app(dataclasses.replace(admin_settings, admin_token="a-new-token-after-a-deploy-32-characters"))
+    rotated = rotated.test_client()
     rotated.set_cookie("jira_mirror_session", cookie.value)
     assert rotated.get("/").status_code == 302
 
