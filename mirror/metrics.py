@@ -142,10 +142,13 @@ def job_outcome_label(result: Any) -> str:
     """A finished job's ``outcome`` label from its return value (``"applied"``, ``{"outcome": …}``…).
 
     Jobs return outcome words (applied, stale, deleted, already-deleted, refreshed…): a short
-    lower-case word is kept (``-`` read as ``_``); anything else (a key, a number, data) is
-    ``succeeded``, so that a label cannot take arbitrary values.
+    lower-case word is kept (``-`` read as ``_``); a sync handed back on SIGTERM is
+    ``handed_back``; anything else (a key, a number, data) is ``succeeded``, so that a label
+    cannot take arbitrary values.
     """
     if isinstance(result, Mapping):
+        if result.get("handed_back"):  # a sync stopped by SIGTERM and requeued (backfill.jobs)
+            return "handed_back"
         result = result.get("outcome")
     if isinstance(result, str):
         label = result.strip().replace("-", "_")
