@@ -130,6 +130,14 @@ def retry_failed(job_ids: list[str] | None = None, *, all: bool = False) -> list
     return requeued
 
 
+def discard_failed(job_ids: list[str]) -> list[str]:
+    """Delete failed jobs for good; returns their ids. Raises UnknownJobError (nothing deleted)
+    for an id not in a failed registry."""
+    discarded = failed.discard_failed(_redis(), job_ids)
+    log.info("failed jobs discarded count=%d", len(discarded))
+    return discarded
+
+
 # --- the API ---------------------------------------------------------------------------------
 
 

@@ -195,8 +195,8 @@ def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_for
             assert answer.status_code == 400, (forged, answer.status_code)
         assert queue("backfill", redis_conn).count == 0
         # A cross-site form post would carry the cookie (were it not SameSite=Lax) but never the token.
-        ok = session.post(url + "/projects/DEMO/backfill", data={"full": "1", "csrf_token": mine}, timeout=10,
-                          allow_redirects=False)
+        ok = session.post(url + "/projects/DEMO/backfill", data={"full": "1", "confirm": "1", "csrf_token": mine},
+                          timeout=10, allow_redirects=False)
         assert ok.status_code == 303 and queue("backfill", redis_conn).count == 1
     finally:
         web.terminate()
