@@ -130,7 +130,7 @@ def page():  # type: ignore[no-untyped-def]
     backfill_queue = report["queues"].get("backfill") or {}
     busy = busy or bool(backfill_queue.get("queued") or backfill_queue.get("started"))
     for project in report["projects"]:
-        project.update(percent=None, eta_seconds=None, next_run_at=None)
+        project.update(percent=None, eta_seconds=None, next_run_at=None, no_clock=False)
     if "redis" not in report["errors"]:
         _add_schedule(settings, redis, report)
     return _page(
@@ -148,6 +148,8 @@ def page():  # type: ignore[no-untyped-def]
 # The clock's mark of a project's last scheduled incremental (backfill.schedule.LAST_KEY), read
 # here without importing the backfill package; a full sync is due a day after the last one.
 CLOCK_LAST_KEY = "jira-mirror:clock:last-incremental:{site}:{key}"
+# Set by every tick of the clock (backfill.schedule.TICK_KEY) for under a minute: the clock lives.
+CLOCK_TICK_KEY = "jira-mirror:clock:tick:{site}"
 FULL_EVERY = dt.timedelta(days=1)
 HISTORY_LENGTH = 10
 # Refused deliveries by outcome, as an operator reads them.
@@ -195,9 +197,10 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
     now = report["collected_at"]
     active = [p for p in report["projects"] if p["active"]]
     try:
+        clock = bool(redis.exists(CLOCK_TICK_KEY.format(site=settings.site)))
         marks = redis.mget([CLOCK_LAST_KEY.format(site=settings.site, key=p["key"]) for p in active]) if active else []
     except Exception:
-        marks = [None] * len(active)
+        clock, marks = True, [None] * len(active)
     for project, mark in zip(active, marks):
         progress = project.get("progress") or {}
         seen, estimate, elapsed = progress.get("seen"), progress.get("estimate"), progress.get("elapsed")
@@ -208,13 +211,16 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
             if seen and isinstance(elapsed, (int, float)) and seen < estimate:
                 project["eta_seconds"] = elapsed * (estimate - seen) / seen
         project["next_run_at"] = None
-        if project["state"] in BUSY_STATES:
+        project["no_clock"] = not clock
+        if project["state"] in BUSY_STATES or not clock:
             continue
         full_sync = project.get("last_full_sync_at")
         due = [full_sync + FULL_EVERY if full_sync else now]
         if mark is not None:
             due.append(dt.datetime.fromtimestamp(float(mark), dt.timezone.utc)
                        + dt.timedelta(seconds=settings.sync_interval_seconds))
+        elif project.get("sync_cursor") is not None:
+            due.append(now)  # no incremental yet since the clock started: at its next tick
         project["next_run_at"] = max(now, min(due))
 
 

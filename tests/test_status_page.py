@@ -407,12 +407,14 @@ def test_run_history_lag_next_run_and_a_running_syncs_eta(admin_settings, browse
                        started_at=started, finished_at=started + dt.timedelta(seconds=30), issues_seen=1000 + n,
                        issues_written=n, api_calls=3 + n)
     Project.update(last_full_sync_at=now - dt.timedelta(hours=1)).where(Project.key == "DEMO").execute()
+    log_in(browser)
+    assert "no clock running" in browser.get("/").get_data(as_text=True)
+    redis_conn.set(f"jira-mirror:clock:tick:{site}", "1", ex=30)  # the clock lives
     redis_conn.set(f"jira-mirror:clock:last-incremental:{site}:DEMO", (now - dt.timedelta(seconds=60)).timestamp())
     store.track_projects(site, ["OPS"])
     Project.update(sync_state="running").where(Project.key == "OPS").execute()
     redis_conn.hset(f"jira-mirror:sync-progress:{site}:OPS", mapping={
         "phase": '"reading"', "kind": '"full"', "seen": "2500", "estimate": "10000", "elapsed": "60"})
-    log_in(browser)
     html = browser.get("/").get_data(as_text=True)
     demo = html[html.index('id="project-DEMO"'):html.index('id="project-OPS"')]
     # Lag: since the last successful sync (4m 30s ago), not since the newest change (3 days).

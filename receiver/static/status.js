@@ -47,7 +47,11 @@
   }
 
   function refresh() {
-    if (busy()) { schedule(); return Promise.resolve(false); }
+    if (busy()) {
+      root.setAttribute("data-paused", String((parseInt(root.getAttribute("data-paused"), 10) || 0) + 1));
+      schedule();
+      return Promise.resolve(false);
+    }
     return fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) { return response.ok ? response.text() : ""; })
       .then(function (html) { return html ? replaceParts(html) : false; })
