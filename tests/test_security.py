@@ -171,7 +171,8 @@ def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_for
             for bad in ({"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"},
                         {"Authorization": f"bearer {ADMIN.upper()}"}, {"Authorization": f"Bearer {ADMIN} x"}):
                 answer = call(url + path, headers=bad, timeout=10, allow_redirects=False, **kwargs)
-                assert answer.status_code in (401, 302), (path, bad, answer.status_code)
+                # 429 once this address has used up its budget of wrong tokens (receiver.auth)
+                assert answer.status_code in (401, 302, 429), (path, bad, answer.status_code)
             for name in ("token", "access_token", "admin_token"):
                 answer = call(url + path + f"?{name}={ADMIN}", headers=right, timeout=10, allow_redirects=False,
                               **kwargs)
