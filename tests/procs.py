@@ -33,7 +33,7 @@ def env_for(settings: Any, **extra: str) -> dict[str, str]:
 
 def jira_mirror(*args: str) -> list[str]:
     exe = BIN / "jira-mirror"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "cli", *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "jira_mirror_cli", *args]
 
 
 class Proc:

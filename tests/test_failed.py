@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from rq.registry import FailedJobRegistry
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import logs
 from mirror.models import Issue
 from tests import factories, procs

@@ -64,6 +64,6 @@ def main() -> None:
 
 
 # The commands live in one module per subject; importing them registers them on `main`.
-from cli import backfill, core  # noqa: E402,F401
-from cli import status  # noqa: E402,F401
-from cli import ops  # noqa: E402,F401
+from jira_mirror_cli import backfill, core  # noqa: E402,F401
+from jira_mirror_cli import status  # noqa: E402,F401
+from jira_mirror_cli import ops  # noqa: E402,F401

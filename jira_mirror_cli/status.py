@@ -8,7 +8,7 @@ from typing import Any
 import click
 from redis import Redis
 
-from cli import fail_cleanly, main, settings_from_env
+from jira_mirror_cli import fail_cleanly, main, settings_from_env
 from mirror.db import init_database
 from workers import status as ops_status
 

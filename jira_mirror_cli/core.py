@@ -6,7 +6,7 @@ import sys
 import click
 import peewee as pw
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
 from mirror import schema, store
 from mirror.db import init_database
 from mirror.models import Issue, Project
@@ -71,7 +71,7 @@ def projects_list(remote: bool) -> None:
 def projects_track(keys: tuple[str, ...]) -> None:
     """Start mirroring projects; a full backfill is enqueued at once so each starts consistent."""
     from backfill.jobs import enqueue_sync
-    from cli.backfill import redis_for
+    from jira_mirror_cli.backfill import redis_for
 
     wanted = project_keys(keys)
     settings = settings_from_env()

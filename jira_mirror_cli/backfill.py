@@ -7,7 +7,7 @@ import time
 import click
 from redis import Redis
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
 from mirror.db import init_database
 from mirror.jira import JiraError
 from mirror.models import Project

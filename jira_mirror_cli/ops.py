@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import click
 from redis import Redis
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
 from mirror import metrics, users
 from mirror.db import init_database
 from mirror.models import Issue
