@@ -1,8 +1,10 @@
 """gunicorn settings, from the environment (Heroku style)."""
 import os
 
+from mirror.settings import Settings
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = Settings.from_env().web_concurrency  # validated: a bad value (or setting) stops here, named
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # Jira wants an answer within a second or two; a request stuck longer than this is killed.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
