@@ -100,6 +100,7 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append(f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
                    f"{hooks['written_last_hour']} issue(s) written in the last hour; signatures {hooks['signatures']}")
+    out.append(f"Redis     {report['redis']['url']}, TLS {report['redis']['tls']}")
     people = report.get("assignees")
     if people is not None:
         why = people["unmatched_by_reason"]
