@@ -39,10 +39,10 @@ def jira_mirror(*args: str) -> list[str]:
 class Proc:
     """A child process with its output in a file, stopped (SIGTERM, then SIGKILL) on close."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, *, cwd: Path = ROOT):
         self.log_path = log
         self._log = open(log, "wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
     def output(self) -> str:
