@@ -33,3 +33,20 @@ def test_one_set_of_timeouts_and_tls_options():
     assert kwargs["ssl_cert_reqs"] == ssl.CERT_NONE and kwargs["ssl_check_hostname"] is False
     verified = redis_for(Settings(redis_url="rediss://127.0.0.1:1/0")).connection_pool.connection_kwargs
     assert verified.get("ssl_cert_reqs", "required") not in (ssl.CERT_NONE, "none")
+
+
+def test_status_report_and_page_say_which_redis_and_tls_mode(settings, db, redis_conn):
+    import dataclasses
+
+    from receiver import create_app
+    from workers import status
+
+    heroku = dataclasses.replace(settings, redis_url="rediss://:a-redis-password@h.example.com:25580",
+                                 redis_tls_verify=False, redis_tls_verify_source="Heroku (DYNO set)")
+    report = status.collect(heroku, redis_conn, jira=False)  # the connection is the test's own
+    assert report["redis"] == {"url": "rediss://***@h.example.com:25580", "tls": "unverified (Heroku (DYNO set))"}
+    app = create_app(dataclasses.replace(settings, admin_token="page-token-123"))
+    page = app.test_client().get("/", headers={"Authorization": "Bearer page-token-123"})
+    assert page.status_code == 200
+    assert 'id="redis-connection">Redis redis://127.0.0.1:6379/' in page.get_data(as_text=True)
+    assert "TLS: none" in page.get_data(as_text=True)
