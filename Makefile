@@ -36,4 +36,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build dist
