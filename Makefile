@@ -18,7 +18,10 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/python scripts/dev.py
 
+# Starts Redis (and PostgreSQL for TEST_DATABASE_URL) when installed but not running, installs
+# Debian's chromium for the browser test when root, else says what to run (scripts/testenv.py).
 test: install
+	$(BIN)/python scripts/testenv.py
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -33,4 +36,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build dist

@@ -1,8 +1,10 @@
 """gunicorn settings, from the environment (Heroku style)."""
 import os
 
+from mirror.settings import Settings
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = Settings.from_env().web_concurrency  # validated: a bad value (or setting) stops here, named
 # Threads per worker (gthread). A client that trickles its request (one header byte every few
 # seconds: slow loris) holds the thread reading it; with one thread per worker, WEB_CONCURRENCY
 # such clients stopped every delivery. Sixteen threads a worker keep deliveries answered behind

@@ -22,6 +22,7 @@ from backfill.sync import Progress, SyncError, SyncStats, run_project_sync
 from mirror import metrics, shutdown
 from mirror.db import database
 from mirror.jira import JiraClient
+from mirror.redis_connection import redis_for
 from mirror.settings import Settings
 from workers.queues import BACKFILL, queue
 
@@ -215,7 +216,7 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
     if settings.site != site:
         raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
     job = get_current_job()
-    connection = job.connection if job else Redis.from_url(settings.redis_url)
+    connection = job.connection if job else redis_for(settings)
     try:
         return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
     except (SyncBusyError, SyncError) as exc:

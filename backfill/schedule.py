@@ -21,6 +21,7 @@ from backfill.jobs import enqueue_scheduled_sync, enqueue_users_sync
 from mirror.db import database
 from mirror.issues import utc_now
 from mirror.models import Project
+from mirror.redis_connection import log_connection, redis_for
 from mirror.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def run(settings: Settings) -> int:
     from mirror.db import init_database
 
     init_database(settings.database_url)
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    connection = redis_for(settings)
+    log_connection(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -229,7 +229,7 @@ def start_gunicorn(app: str, env: dict[str, str], log_dir: Path, *, probe: str =
 
 def jira_mirror(*args: str) -> list[str]:
     exe = BIN / "jira-mirror"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "cli", *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "jira_mirror_cli", *args]
 
 
 # --- payloads ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -256,6 +257,9 @@ class JiraClient:
 
     ``stats`` counts calls (see :class:`JiraStats`); ``on_request(path_template, status, seconds)``
     is called after every HTTP attempt, status 0 when no answer arrived (refused, timeout, reset).
+    ``on_retry(attempt, max_attempts, wait, cause)`` is called before each wait (a CLI shows
+    "retry k/n in N s"). ``fail_fast``: a refused connection raises at once instead of being
+    retried (an interactive command against a closed port should not wait minutes).
 
     Raises :class:`JiraConfigError` when the base URL or credentials are missing or unusable.
     """
@@ -277,6 +281,8 @@ class JiraClient:
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = DEFAULT_USER_AGENT,
         on_request: RequestHook | None = None,
+        on_retry: Callable[[int, int, float, str], None] | None = None,
+        fail_fast: bool = False,
     ) -> None:
         base_url, email, api_token = _blank(base_url), _blank(email), _blank(api_token)
         oauth_token, cloud_id = _blank(oauth_token), _blank(cloud_id)
@@ -332,6 +338,8 @@ class JiraClient:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.on_request = on_request
+        self.on_retry = on_retry
+        self.fail_fast = fail_fast
         self.stats = JiraStats()
         self._sleep = sleep
         self._tz: ZoneInfo | None = None
@@ -617,8 +625,10 @@ class JiraClient:
                     raise JiraError(
                         f"{method} {path}: TLS error: {_short(exc)}", method=method, path=path
                     ) from exc
-                cause = f"{type(exc).__name__}: {_short(exc)}"
+                cause = f"{type(exc).__name__}: {_transport_text(exc)}"
                 last_exc = exc
+                if self.fail_fast and _refused(exc):
+                    raise self._unavailable(method, path, None, cause, attempt, waited, "connection refused", exc)
             except requests.RequestException as exc:
                 self._report(template, 0, started)
                 raise JiraError(
@@ -662,6 +672,8 @@ class JiraClient:
                 attempt,
             )
             self.stats._add(retries=1)
+            if self.on_retry is not None:
+                self.on_retry(attempt, self.max_attempts - 1, wait, cause)
             self._sleep(wait)
             waited += wait
 
@@ -856,6 +868,31 @@ def _error_for(method: str, path: str, response: requests.Response) -> JiraError
             status=status,
         )
     return JiraError(f"{where}: HTTP {status}{suffix}", method=method, path=path, status=status)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Nothing listens at the address (ECONNREFUSED), as opposed to a slow or flaky network."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Connection refused" in str(exc) or "[Errno 111]" in str(exc)
+
+
+def _transport_text(exc: BaseException) -> str:
+    """urllib3's many-line text reduced to its cause: ``Connection refused (127.0.0.1:8081)``."""
+    text = str(exc)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    host = re.search(r"host='([^']*)', port=(\d+)", text)
+    where = f" ({host.group(1)}:{host.group(2)})" if host else ""
+    if match:
+        return match.group(1).strip().rstrip(".") + where
+    if "timed out" in text.lower():
+        return "timed out" + where
+    return _short(exc)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

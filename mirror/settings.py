@@ -18,6 +18,8 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 MIN_ADMIN_TOKEN_LENGTH = 32
 
 _PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("kv", "json")
 
 
 class SettingsError(ValueError):
@@ -78,6 +80,25 @@ def _url(name: str, raw: str | None, schemes: tuple[str, ...], default: str | No
     return value
 
 
+def _choice(name: str, raw: str | None, choices: tuple[str, ...], default: str) -> str:
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _refuse_sqlite_on_heroku(database_url: str, dyno: str | None) -> None:
+    """Heroku dynos have their own ephemeral file systems: with SQLite each dyno (web, worker,
+    clock…) would silently mirror into its own file, lost at the next restart."""
+    if dyno and database_url.startswith("sqlite:"):
+        raise SettingsError(
+            f"DATABASE_URL is {database_url!r} on Heroku (DYNO={dyno}): each dyno would get its own SQLite "
+            "file, lost on restart. Attach Postgres (heroku addons:create heroku-postgresql), which sets DATABASE_URL"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -102,6 +123,14 @@ class Settings:
     # How often a worker proves it is alive while it runs a job; a job whose worker missed three
     # beats (SIGKILL, OOM, a dyno stopped hard) is retried (workers.worker.MirrorWorker).
     worker_heartbeat_seconds: int = 10
+    # rediss:// only: verify the server's certificate. Heroku Redis serves a self-signed one and
+    # Heroku's guidance is to connect without verifying it, so the default is off on a dyno
+    # (DYNO set) and on elsewhere; REDIS_TLS_VERIFY=0/1 overrides (mirror.redis_connection).
+    redis_tls_verify: bool = True
+    redis_tls_verify_source: str = "default"
+    web_concurrency: int = 2
+    log_level: str = "info"
+    log_format: str = "kv"
     # Hardening (issue 11). A signed body seen again within this window is a replay, answered
     # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (JIRA.md), so an hour.
     replay_window_seconds: int = 3600
@@ -153,6 +182,12 @@ class Settings:
             missing = "JIRA_API_TOKEN" if token is None else "JIRA_EMAIL"
             raise SettingsError(f"{missing} is required when the other of JIRA_EMAIL/JIRA_API_TOKEN is set")
         secrets = tuple(s.strip() for s in (get("JIRA_WEBHOOK_SECRET") or "").split(",") if s.strip())
+        dyno = get("DYNO")
+        _refuse_sqlite_on_heroku(database_url or DEFAULT_DATABASE_URL, dyno)
+        if get("REDIS_TLS_VERIFY") is not None:
+            tls_verify, tls_source = _truthy("REDIS_TLS_VERIFY", get("REDIS_TLS_VERIFY")), "REDIS_TLS_VERIFY"
+        else:
+            tls_verify, tls_source = dyno is None, ("Heroku (DYNO set)" if dyno else "default")
         return cls(
             database_url=database_url or DEFAULT_DATABASE_URL,
             redis_url=redis_url or DEFAULT_REDIS_URL,
@@ -177,6 +212,11 @@ class Settings:
             worker_heartbeat_seconds=_positive_int(
                 "WORKER_HEARTBEAT_SECONDS", get("WORKER_HEARTBEAT_SECONDS"), 10, maximum=300
             ),
+            redis_tls_verify=tls_verify,
+            redis_tls_verify_source=tls_source,
+            web_concurrency=_positive_int("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), 2, maximum=64),
+            log_level=_choice("LOG_LEVEL", get("LOG_LEVEL"), LOG_LEVELS, "info"),
+            log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), LOG_FORMATS, "kv"),
             **_hardening(get),
         )
 

@@ -7,13 +7,13 @@ from flask import Flask
 
 from mirror import logs
 from mirror.db import init_database
+from mirror.redis_connection import log_connection, redis_for
 from mirror.settings import MIN_ADMIN_TOKEN_LENGTH, Settings, SettingsError
 from receiver import admin, auth, errors, health, status, webhooks
 from receiver import metrics as metrics_page
 from receiver.capacity import RedisCapacity
 from receiver.projects import TrackedProjects
 from workers.queues import ISSUES, queue
-from workers.worker import redis_connection
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["settings"] = settings
     logs.redact_settings(settings)  # a safety net: no secret value is ever printed in a log line
     init_database(settings.database_url)
-    redis = redis_connection(settings.redis_url)
     # Short socket timeouts: a Redis that does not answer becomes a quick 503, and Jira redelivers.
-    redis.connection_pool.connection_kwargs.update(socket_timeout=2, socket_connect_timeout=1)
+    redis = redis_for(settings, socket_timeout=2, socket_connect_timeout=1)
+    log_connection(settings)
     app.extensions["redis"] = redis
     app.extensions["issues_queue"] = queue(ISSUES, redis)
     app.extensions["capacity"] = RedisCapacity(redis)

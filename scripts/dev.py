@@ -32,18 +32,20 @@ def say(message: str) -> None:
     print(f"[run] {message}", flush=True)
 
 
-def redis_answers(url: str) -> bool:
-    from redis import Redis
+def redis_answers(env: dict[str, str]) -> bool:
+    """Redis answers at the environment's REDIS_URL (TLS verified as the processes will)."""
+    from mirror.redis_connection import redis_for
+    from mirror.settings import Settings
 
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(redis_for(Settings.from_env(env), socket_connect_timeout=1).ping())
     except Exception:
         return False
 
 
 def ensure_redis(env: dict[str, str], children: list[subprocess.Popen]) -> None:
     url = env.setdefault("REDIS_URL", "redis://localhost:6379/0")
-    if redis_answers(url):
+    if redis_answers(env):
         say(f"Redis answers at {url}")
         return
     parsed = urlparse(url)
@@ -59,7 +61,7 @@ def ensure_redis(env: dict[str, str], children: list[subprocess.Popen]) -> None:
     children.append(subprocess.Popen([exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                      stdout=subprocess.DEVNULL))
     for _ in range(50):
-        if redis_answers(url):
+        if redis_answers(env):
             return
         time.sleep(0.1)
     say("redis-server did not start")
@@ -86,7 +88,8 @@ def start_simulator(env: dict[str, str], children: list[subprocess.Popen]) -> No
         "JIRA_PROJECTS": env.get("JIRA_PROJECTS") or "DEMO",
     })
     env.setdefault("SYNC_INTERVAL_SECONDS", "60")
-    argv = [str(BIN / "jira-mirror"), "simulate", "--port", port,
+    # `python -m jira_mirror_cli` from the checkout: the simulator is a development tool, not in the package.
+    argv = [sys.executable, "-m", "jira_mirror_cli", "simulate", "--port", port,
             "--projects", env.get("SIMULATOR_PROJECTS", "DEMO:10000,OPS:300"),
             "--tz", env.get("SIMULATOR_TZ", "Asia/Kolkata"),
             "--webhook-url", f"http://127.0.0.1:{env['PORT']}/webhooks/jira", "--webhook-secret", secret,
@@ -110,6 +113,27 @@ def start_simulator(env: dict[str, str], children: list[subprocess.Popen]) -> No
     sys.exit(1)
 
 
+# What a second terminal needs to see this run's mirror (`jira-mirror status`, `projects list`…):
+# the site comes from JIRA_BASE_URL, so without it the CLI would look at another site's rows.
+SHARED = ("DATABASE_URL", "REDIS_URL", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_PROJECTS")
+
+
+def second_terminal(env: dict[str, str], parent: dict[str, str], *, simulated: bool) -> list[str]:
+    """Lines to paste into another terminal: the variables this run set or defaulted. A real
+    site's API token is never printed (it is in the user's own environment already); the
+    simulator's is not a secret. ADMIN_TOKEN is read from its file, never printed."""
+    names = [n for n in SHARED if env.get(n) and env.get(n) != parent.get(n)]
+    if not simulated:
+        names = [n for n in names if n != "JIRA_API_TOKEN"]
+    lines = [f"cd {shlex.quote(str(ROOT))}"]
+    if names:
+        lines.append("export " + " ".join(f"{n}={shlex.quote(env[n])}" for n in names))
+    if env.get("ADMIN_TOKEN") and env.get("ADMIN_TOKEN") != parent.get("ADMIN_TOKEN"):
+        lines.append("export ADMIN_TOKEN=$(cat .dev-admin-token)")
+    lines.append(f"export PATH={shlex.quote(str(BIN))}:$PATH   # then: jira-mirror status")
+    return lines
+
+
 def pump(name: str, colour: str, stream) -> None:  # type: ignore[no-untyped-def]
     for raw in iter(stream.readline, b""):
         sys.stdout.write(f"{colour}{name:>8} |{RESET} {raw.decode(errors='replace')}")
@@ -120,11 +144,13 @@ def main() -> int:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PORT", "8000")
+    env.setdefault("DATABASE_URL", "sqlite:///jira-mirror.db")  # relative to the checkout: said below
     env.setdefault("PYTHONUNBUFFERED", "1")
     children: list[subprocess.Popen] = []
     try:
         ensure_redis(env, children)
-        if not env.get("JIRA_BASE_URL"):
+        simulated = not env.get("JIRA_BASE_URL")
+        if simulated:
             start_simulator(env, children)
         if not env.get("ADMIN_TOKEN"):
             # A token for this run, in a file only this user can read: never printed.
@@ -145,6 +171,9 @@ def main() -> int:
             threading.Thread(target=pump, args=(name, COLOURS[i % len(COLOURS)], child.stdout), daemon=True).start()
         say(f"web on http://localhost:{env['PORT']}  (status page: /, webhooks: POST /webhooks/jira)"
             " — Ctrl-C stops everything")
+        say("in a second terminal, this run's environment:")
+        for line in second_terminal(env, dict(os.environ), simulated=simulated):
+            print(f"    {line}", flush=True)
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
         say("a process exited; stopping the others")

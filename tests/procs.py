@@ -33,16 +33,16 @@ def env_for(settings: Any, **extra: str) -> dict[str, str]:
 
 def jira_mirror(*args: str) -> list[str]:
     exe = BIN / "jira-mirror"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "cli", *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "jira_mirror_cli", *args]
 
 
 class Proc:
     """A child process with its output in a file, stopped (SIGTERM, then SIGKILL) on close."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, *, cwd: Path = ROOT):
         self.log_path = log
         self._log = open(log, "wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
     def output(self) -> str:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from backfill import jobs
 from backfill.schedule import Clock
-from cli import main
+from jira_mirror_cli import main
 from mirror.models import Project, SyncRun
 from tests import procs
 from tests.conftest import SIM_EMAIL, SIM_TOKEN

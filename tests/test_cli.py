@@ -2,7 +2,7 @@
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from jira_mirror_cli import main
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import logs, store
 from mirror.issues import to_row
 from mirror.models import Issue
@@ -73,7 +73,7 @@ def test_export_filters_by_project_and_can_include_deleted(runner, settings):
 
 
 def test_export_pages_by_id_without_gaps_or_repeats(runner, settings, monkeypatch):
-    from cli import ops
+    from jira_mirror_cli import ops
 
     monkeypatch.setattr(ops, "EXPORT_BATCH", 7)
     store.upsert_issues([to_row(settings.site, factories.issue(str(10000 + i), f"DEMO-{i}", updated=T0),

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from rq.registry import FailedJobRegistry
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import logs
 from mirror.models import Issue
 from tests import factories, procs
@@ -45,7 +45,7 @@ def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(runne
     assert listed.exit_code == 0, listed.output
     assert job_id in listed.output and "upsert_issue DEMO-1" in listed.output
     assert "OperationalError" in listed.output and "Traceback" not in listed.output
-    [entry] = [json.loads(line) for line in runner.invoke(main, ["failed", "list", "--json"]).output.splitlines()]
+    [entry] = json.loads(runner.invoke(main, ["failed", "list", "--json"]).output)
     assert entry["id"] == job_id and entry["queue"] == "issues" and entry["function"] == "workers.jobs.upsert_issue"
     assert entry["failed_at"].endswith("Z") and "OperationalError" in entry["error"]
     assert "\n" not in entry["error"]

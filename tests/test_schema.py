@@ -4,7 +4,7 @@ import datetime as dt
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import db as mirror_db
 from mirror import schema
 from mirror.models import MODELS, Issue, Project

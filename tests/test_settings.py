@@ -76,6 +76,11 @@ def test_secrets_are_not_in_repr():
         ("PORT", "70000"),
         ("JIRA_WEBHOOK_ALLOW_UNSIGNED", "maybe"),
         ("JIRA_CLOUD_ID", "not a cloud id!"),
+        ("WEB_CONCURRENCY", "two"),
+        ("WEB_CONCURRENCY", "0"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_FORMAT", "xml"),
+        ("REDIS_TLS_VERIFY", "perhaps"),
     ],
 )
 def test_malformed_value_names_the_variable(name, value):
@@ -86,3 +91,28 @@ def test_malformed_value_names_the_variable(name, value):
 def test_email_without_token_is_an_error():
     with pytest.raises(SettingsError, match="JIRA_API_TOKEN"):
         Settings.from_env({"JIRA_EMAIL": "a@b.c"})
+
+
+def test_web_concurrency_and_logging_are_read():
+    s = Settings.from_env({"WEB_CONCURRENCY": "4", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"})
+    assert (s.web_concurrency, s.log_level, s.log_format) == (4, "debug", "json")
+    assert (Settings.from_env({}).web_concurrency, Settings.from_env({}).log_format) == (2, "kv")
+
+
+def test_redis_tls_is_verified_unless_on_heroku_or_turned_off():
+    assert Settings.from_env({}).redis_tls_verify is True
+    heroku = Settings.from_env({"DYNO": "web.1", "DATABASE_URL": "postgres://u@db/x"})
+    assert heroku.redis_tls_verify is False and heroku.redis_tls_verify_source == "Heroku (DYNO set)"
+    off = Settings.from_env({"REDIS_TLS_VERIFY": "0"})
+    assert off.redis_tls_verify is False and off.redis_tls_verify_source == "REDIS_TLS_VERIFY"
+    forced = Settings.from_env({"DYNO": "web.1", "DATABASE_URL": "postgres://u@db/x", "REDIS_TLS_VERIFY": "1"})
+    assert forced.redis_tls_verify is True
+
+
+@pytest.mark.parametrize("database_url", [None, "sqlite:///jira-mirror.db", "sqlite:////tmp/x.db"])
+def test_sqlite_on_heroku_is_refused(database_url):
+    env = {"DYNO": "worker.1"}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    with pytest.raises(SettingsError, match="DATABASE_URL .* on Heroku"):
+        Settings.from_env(env)

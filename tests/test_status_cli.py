@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import store
 from mirror.issues import to_row, utc_now
 from mirror.models import Project, SyncRun
@@ -300,6 +300,6 @@ def test_status_reports_assignees_matched_to_members(settings, db, redis_conn, t
     people = collect(settings, redis_conn, jira=False)["assignees"]
     assert (people["assignees"], people["matched"], people["unmatched"]) == (3, 1, 2)
     assert people["unmatched_by_reason"] == {"unknown_user": 1, "hidden_email": 1, "no_member": 0}
-    from cli.status import render
+    from jira_mirror_cli.status import render
 
     assert "Assignees 3: 1 matched to members, 2 unmatched" in render(collect(settings, redis_conn, jira=False))

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import logs, metrics, store, users
 from mirror.issues import to_row
 from mirror.jira import JiraAuthError, JiraClient

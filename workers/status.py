@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from typing import Any, Callable, TypeVar
 
 import peewee as pw
@@ -25,6 +26,7 @@ from rq.serializers import JSONSerializer
 from mirror.db import database, init_database
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
+from mirror.redis_connection import redacted_url, tls_mode
 from mirror.settings import Settings
 from mirror.users import match_report
 from workers.queues import BACKFILL, ISSUES, queue
@@ -60,6 +62,8 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
         "errors": parts.errors,
         "jira": _jira(settings, connection if redis_ok else None, now, ask=jira),
         "webhooks": _webhook_settings(settings),
+        # Which Redis, and whether its TLS certificate is verified (never the password).
+        "redis": {"url": redacted_url(settings.redis_url), "tls": tls_mode(settings)},
         "projects": [],
         "queues": {},
         "workers": [],
@@ -140,7 +144,8 @@ class _Parts:
 def _describe(part: str, exc: Exception) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    if part == "database" and ("no such table" in first or "does not exist" in first):
+    # `relation "x" does not exist`, not `role "x" does not exist` (a refused login).
+    if part == "database" and ("no such table" in first or re.search(r'relation "[^"]*" does not exist', first)):
         return f"the schema is missing ({first}): run `jira-mirror db upgrade`"
     if part == "redis":
         return f"{type(exc).__name__}: {first}" if first != type(exc).__name__ else first

@@ -42,6 +42,7 @@ from rq.worker import WorkerStatus
 from mirror import logs, metrics, shutdown, store
 from mirror.issues import project_key_of
 from mirror.db import init_database
+from mirror.redis_connection import log_connection, redis_for
 from mirror.settings import Settings
 from workers.queues import ISSUES, queue
 
@@ -411,13 +412,13 @@ def _project_of(job: Job) -> str | None:
         return None
 
 
-def redis_connection(url: str) -> Redis:
-    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+def redis_connection(settings: Settings) -> Redis:
+    return redis_for(settings)
 
 
 def build_worker(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *,
                  connection: Redis | None = None) -> MirrorWorker:
-    connection = connection or redis_connection(settings.redis_url)
+    connection = connection or redis_connection(settings)
     return MirrorWorker(
         [queue(name, connection) for name in queue_names],
         connection=connection,
@@ -436,6 +437,7 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
     if settings.jira_projects:
         with db.connection_context():
             store.track_projects(settings.site, settings.jira_projects)
+    log_connection(settings)
     log.info("worker start queues=%s", ",".join(queue_names))
     pause = 0.5  # between restarts that fail at once (Redis refusing writes: full); doubles to 30 s
     while True:
@@ -491,7 +493,7 @@ def _wait_for_redis(settings: Settings, *, longest: float = 30.0) -> bool:
     delay = 0.5
     while not shutdown.requested.wait(delay):
         try:
-            connection = redis_connection(settings.redis_url)
+            connection = redis_connection(settings)
             connection.ping()
             connection.close()
             return True

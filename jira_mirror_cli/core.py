@@ -6,7 +6,8 @@ import sys
 import click
 import peewee as pw
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
+                             settings_from_env)
 from mirror import schema, store
 from mirror.db import init_database
 from mirror.models import Issue, Project
@@ -71,11 +72,10 @@ def projects_list(remote: bool) -> None:
 def projects_track(keys: tuple[str, ...]) -> None:
     """Start mirroring projects; a full backfill is enqueued at once so each starts consistent."""
     from backfill.jobs import enqueue_sync
-    from cli.backfill import redis_for
 
     wanted = project_keys(keys)
     settings = settings_from_env()
-    connection = redis_for(settings) if settings.jira_configured else None  # checked before anything changes
+    connection = connect_redis(settings) if settings.jira_configured else None  # checked before anything changes
     database = init_database(settings.database_url)
     with database.connection_context():
         started = store.track_projects(settings.site, wanted)
@@ -90,7 +90,7 @@ def projects_track(keys: tuple[str, ...]) -> None:
 
 
 def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
-    from mirror.jira import JiraClient, JiraError
+    from mirror.jira import JiraError
 
     if not settings.jira_configured:
         raise click.ClickException("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN")
@@ -98,7 +98,7 @@ def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
     with database.connection_context():
         local = {p.key: p.is_active for p in Project.select().where(Project.site == settings.site)}
     try:
-        with JiraClient.from_settings(settings) as client:
+        with jira_client(settings) as client:
             remote = list(client.iter_projects())
     except JiraError as exc:
         raise click.ClickException(f"Jira: {exc}") from None

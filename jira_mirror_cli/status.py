@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import click
-from redis import Redis
 
-from cli import fail_cleanly, main, settings_from_env
+from jira_mirror_cli import fail_cleanly, main, settings_from_env
 from mirror.db import init_database
+from mirror.redis_connection import redis_for
 from workers import status as ops_status
 
 
@@ -19,11 +19,12 @@ from workers import status as ops_status
 def status(as_json: bool) -> None:
     """Tracked projects, counts, cursors, last runs, queue depths, workers and failed jobs.
 
-    Exits 1 when the database or Redis cannot be read (after printing what could be).
+    Exits 1 when the database or Redis cannot be read, or Jira refuses or cannot be reached
+    (after printing what could be).
     """
     settings = settings_from_env()
     init_database(settings.database_url)
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    connection = redis_for(settings)
     try:
         report = ops_status.collect(settings, connection)
     finally:
@@ -34,6 +35,9 @@ def status(as_json: bool) -> None:
         click.echo(render(report))
     labels = {"database": "the database is unavailable", "redis": "Redis is unreachable"}
     problems = [f"{labels.get(part, part)}: {text}" for part, text in report["errors"].items()]
+    jira = report["jira"]
+    if jira["configured"] and not jira["ok"]:  # a 401, a refused connection: the mirror cannot sync
+        problems.append(f"Jira: {jira['error']}")
     if problems:
         raise click.ClickException("; ".join(problems))
 
@@ -96,6 +100,7 @@ def render(report: dict[str, Any]) -> str:
     else:
         out.append(f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
                    f"{hooks['written_last_hour']} issue(s) written in the last hour; signatures {hooks['signatures']}")
+    out.append(f"Redis     {report['redis']['url']}, TLS {report['redis']['tls']}")
     people = report.get("assignees")
     if people is not None:
         why = people["unmatched_by_reason"]

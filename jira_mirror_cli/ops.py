@@ -8,13 +8,13 @@ import sys
 from typing import Any, Iterator, Sequence
 
 import click
-from redis import Redis
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
+                             settings_from_env)
 from mirror import metrics, users
 from mirror.db import init_database
+from mirror.redis_connection import redis_for
 from mirror.models import Issue
-from mirror.settings import Settings
 
 EXPORT_BATCH = 1000
 LISTED_UNMATCHED = 50
@@ -25,13 +25,6 @@ EXPORT_COLUMNS = (
     Issue.issue_type, Issue.priority, Issue.assignee_account_id, Issue.reporter_account_id, Issue.labels,
     Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at,
 )
-
-
-def redis_for(settings: Settings, *, connect_timeout: float = 3) -> Redis:
-    """A connection that answered a PING (a RedisError otherwise, which ``fail_cleanly`` words)."""
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=connect_timeout, socket_timeout=10)
-    connection.ping()
-    return connection
 
 
 # --- issues export ----------------------------------------------------------------------------
@@ -129,16 +122,15 @@ def failed() -> None:
 
 
 @failed.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of the jobs ([] when there are none).")
 @fail_cleanly
 def failed_list(as_json: bool) -> None:
     """Failed jobs: id, queue, function, description, when, last line of the error."""
     from workers.failed import list_failed
 
-    jobs = list_failed(redis_for(settings_from_env()))
+    jobs = list_failed(connect_redis(settings_from_env()))
     if as_json:
-        for job in jobs:
-            click.echo(json.dumps(job, ensure_ascii=False))
+        click.echo(json.dumps(jobs, ensure_ascii=False, indent=2, default=str))
         return
     if not jobs:
         click.echo("no failed jobs")
@@ -160,7 +152,7 @@ def failed_retry(job_ids: tuple[str, ...], all_: bool) -> None:
 
     if bool(job_ids) == all_:
         raise click.UsageError("name the jobs to retry (JOB_ID…) or give --all, not both")
-    connection = redis_for(settings_from_env())
+    connection = connect_redis(settings_from_env())
     try:
         retried = retry_failed(connection, job_ids=list(job_ids), all=all_)
     except UnknownJobError as exc:
@@ -182,19 +174,18 @@ def users_group() -> None:
 @fail_cleanly
 def users_sync() -> None:
     """Mirror Jira's users (account id, name, e-mail when visible, active, type)."""
-    from mirror.jira import JiraClient, JiraError
+    from mirror.jira import JiraError
 
     settings = settings_from_env()
     configure_logging(stream=sys.stderr)
     database = init_database(settings.database_url)
     try:
-        with JiraClient.from_settings(settings) as client, database.connection_context():
+        with jira_client(settings) as client, database.connection_context():
             try:
                 counts = users.sync_users(client, settings.site)
             finally:
                 # Best effort, and quick when Redis is away: the counts are metrics, not the work.
-                metrics.record_jira_client(Redis.from_url(settings.redis_url, socket_connect_timeout=1,
-                                                          socket_timeout=2), client)
+                metrics.record_jira_client(redis_for(settings, socket_connect_timeout=1, socket_timeout=2), client)
     except JiraError as exc:
         raise click.ClickException(f"Jira: {exc}") from None
     click.echo(f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "

@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
-from redis import Redis
 
-from cli import configure_logging, fail_cleanly, main, project_keys, settings_from_env
+from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
+                             settings_from_env)
+from mirror import shutdown
 from mirror.db import init_database
 from mirror.jira import JiraError
 from mirror.models import Project
 from mirror.settings import Settings
-
-
-def redis_for(settings: Settings) -> Redis:
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
-    connection.ping()
-    return connection
 
 
 class ProgressLine:
@@ -84,7 +80,7 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
 
     settings = settings_from_env()
     wanted = _tracked(settings, project_keys(keys), all_)
-    connection = redis_for(settings)
+    connection = connect_redis(settings)
     if not inline:
         for key in wanted:
             job_id = jobs.enqueue_sync(connection, site=settings.site, project_key=key, full=full)
@@ -95,7 +91,10 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
     failed = 0
     for key in wanted:
         try:
-            result = jobs.run_sync(settings, connection, project_key=key, full=full, progress=ProgressLine(key))
+            with jira_client(settings, pool_size=max(16, settings.backfill_concurrency * 2),
+                             sleep=shutdown.interruptible_sleep) as client:
+                result = jobs.run_sync(settings, connection, project_key=key, full=full, progress=ProgressLine(key),
+                                       client=client)
         except jobs.SyncBusyError as exc:
             click.echo(f"{key}: {exc}", err=True)
             failed += 1
@@ -124,6 +123,24 @@ def schedule() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def simulate(args: tuple[str, ...]) -> None:
     """Serve a simulated Jira Cloud site (for demos and tests); --help for its options."""
-    from simulator import main as simulator_main
+    sys.exit(load_simulator().main(list(args)))
 
-    sys.exit(simulator_main(list(args)))
+
+def load_simulator():  # type: ignore[no-untyped-def]
+    """The bundled Jira simulator, from the repository checkout this CLI runs from.
+
+    The simulator is a development tool: it is not in the installed package (a generic
+    top-level ``simulator`` in site-packages could clash with other software). It is found next
+    to this package in a checkout (``make run``, an editable install, the container image).
+    Raises ClickException when this is an installed copy without the checkout.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "simulator" / "__init__.py").is_file():
+        if str(checkout) not in sys.path:
+            sys.path.insert(0, str(checkout))
+        import simulator
+
+        return simulator
+    raise click.ClickException(
+        "the Jira simulator is a development tool, not part of the installed package: "
+        "run `python -m jira_mirror_cli simulate` from a checkout of the jira-mirror repository")

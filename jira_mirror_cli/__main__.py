@@ -1,0 +1,3 @@
+from jira_mirror_cli import main
+
+main()
