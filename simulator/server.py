@@ -373,6 +373,8 @@ class JiraServer:
             return table[rest]
         if rest.startswith("issue/") and rest.count("/") == 1:
             return "issue", self._get_issue, ("GET",)
+        if rest.startswith("project/") and rest.count("/") == 1:
+            return "project", self._get_project, ("GET",)
         return "unknown", None, ()
 
     def _handle(self, method: str, raw_path: str, headers: Any, body: bytes
@@ -716,6 +718,14 @@ class JiraServer:
         selection = FieldSelection(fields, default="*all")
         return _Response(200, issue_v3(version, self.site, self.base_url, self.time_zone,
                                        selection), {})
+
+    def _get_project(self, *, path: str, **_: Any) -> _Response:
+        # GET /rest/api/3/project/{projectIdOrKey}: 404 for a project that is unknown or not visible.
+        ref = path.rstrip("/").rsplit("/", 1)[1]
+        for project in self.site.projects.values():
+            if ref in (project.key, project.id):
+                return _Response(200, project_json(project, self.base_url, full=True), {})
+        raise _ApiError(404, f"No project could be found with key '{ref}'.")
 
     def _myself(self, **_: Any) -> _Response:
         me = self.site.me
