@@ -477,7 +477,20 @@ class JiraClient:
         path = "/rest/api/3/issue/" + quote(str(id_or_key), safe="")
         return self._json_dict("GET", path, template="/rest/api/3/issue/{issueIdOrKey}", params=params)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait as the client waits between retries (interruptible in workers: a SIGTERM ends it)."""
+        self._sleep(seconds)
+
     # --- site, user, projects ---------------------------------------------------------------------
+
+    def get_project(self, id_or_key: str) -> JSONDict:
+        """``GET /rest/api/3/project/{projectIdOrKey}``: ``id``, ``key`` (the current one: a
+        renamed project's former keys keep resolving), ``name``.
+
+        Raises :class:`JiraNotFoundError` when no such project exists or the user may not see it.
+        """
+        path = "/rest/api/3/project/" + quote(str(id_or_key), safe="")
+        return self._json_dict("GET", path, template="/rest/api/3/project/{projectIdOrKey}")
 
     def myself(self) -> JSONDict:
         """``GET /rest/api/3/myself``: the authenticated user (``accountId``, ``timeZone``…)."""
@@ -706,6 +719,18 @@ class JiraClient:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def issue_error_ids(errors: Sequence[JSONDict], asked: Sequence[str], found: set[str]) -> list[str]:
+    """The asked ids or keys of a ``bulkfetch`` that ``issueErrors`` names (by id or key): alive,
+    not returned *this time*; read them again, never take them as deleted. An ``issueErrors``
+    naming none of the missing ones makes them all count as errored (unknown is not absent)."""
+    named = {str(e.get("id")) for e in errors if isinstance(e, dict) and e.get("id") is not None}
+    named |= {str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key") is not None}
+    missing = [i for i in asked if i not in found]
+    if errors and not named & set(missing):
+        return missing
+    return [i for i in missing if i in named]
 
 
 def format_jql_datetime(dt: datetime, tz: ZoneInfo) -> str:
