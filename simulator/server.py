@@ -4,8 +4,8 @@ Endpoints and the Atlassian behaviour each imitates
 (https://developer.atlassian.com/cloud/jira/platform/rest/v3/):
 
 ``GET|POST /rest/api/3/search/jql``
-    Enhanced search (CHANGE-2046). ``on_search_page`` is called before each page is sent. Token paging: ``nextPageToken`` on every page but the last,
-    ``isLast``, no ``total``. GET reads the query string, POST only the JSON body (unknown body
+    Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
+    ``isLast``, no ``total``; ``on_search_page`` is called before each page is sent. GET reads the query string, POST only the JSON body (unknown body
     properties are refused, as measured on real sites). ``reconcileIssues`` (up to 50 ids) are
     matched and shown in their current state despite the lag. ``fields`` defaults to ``id``; ``*all``,
     ``*navigable``, ``-field`` work. ``maxResults`` defaults to 50, must lie in 1..5000 (else
@@ -26,6 +26,8 @@ Endpoints and the Atlassian behaviour each imitates
     Current state; a moved issue's old key still resolves; 404 when deleted or unknown.
 ``GET /rest/api/3/users/search``
     A bare list, ``maxResults`` default 50, at most 1000; 409 above ``slow_user_search_above``.
+``GET /rest/api/3/project/{idOrKey}``
+    A project by id or key (case-sensitive, as the spec says), former keys too; 404 otherwise.
 ``GET /rest/api/3/myself``, ``serverInfo``, ``project/search``, ``field``
     As documented; ``myself.timeZone`` is the ``time_zone`` knob.
 
@@ -60,12 +62,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import itemgetter
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
-from .render import (FieldSelection, field_definitions, format_time, issue_v3, project_json,
-                     user_json, zone)
+from .render import (FieldSelection, field_definitions, format_time, issue_types_json, issue_v3,
+                     project_json, user_json, zone)
 
 __all__ = ["JiraServer", "ROUTES"]
 
@@ -73,8 +75,8 @@ log = logging.getLogger(__name__)
 
 #: Route names used as keys of :attr:`JiraServer.stats` (and of the ``route`` filter of faults).
 ROUTES = ("search/jql", "search/approximate-count", "search", "issue/bulkfetch", "issue",
-          "myself", "serverInfo", "project/search", "users/search", "field", "tenant_info",
-          "unknown")
+          "myself", "serverInfo", "project/search", "project", "users/search", "field",
+          "tenant_info", "unknown")
 
 INVALID_TOKEN = "The provided nextPageToken is invalid or has expired."
 GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
@@ -373,6 +375,8 @@ class JiraServer:
             return table[rest]
         if rest.startswith("issue/") and rest.count("/") == 1:
             return "issue", self._get_issue, ("GET",)
+        if rest.startswith("project/") and rest.count("/") == 1:
+            return "project", self._get_project, ("GET",)
         return "unknown", None, ()
 
     def _handle(self, method: str, raw_path: str, headers: Any, body: bytes
@@ -758,6 +762,7 @@ class JiraServer:
         start = _int_param(query, "startAt", 0, minimum=0)
         limit = min(_int_param(query, "maxResults", 50, minimum=0), 100)
         keys = {k.upper() for value in query.get("keys", []) for k in value.split(",") if k}
+        keys |= {i.strip() for value in query.get("id", []) for i in value.split(",") if i.strip()}
         text = (query.get("query", [""])[-1] or "").lower()
         projects = sorted(self.site.projects.values(), key=lambda p: p.key)
         if keys:
@@ -773,6 +778,22 @@ class JiraServer:
         out.update({"maxResults": limit, "startAt": start, "total": len(projects),
                     "isLast": is_last,
                     "values": [project_json(p, self.base_url, full=True) for p in page]})
+        return _Response(200, out, {})
+
+    def _get_project(self, *, path: str, **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/project/{projectIdOrKey}): "The project ID or project key (case
+        # sensitive)"; 404 "if the project is not found or the user does not have permission to
+        # view it". A former key of a renamed project still resolves (answered with the new key).
+        ref = unquote(path.rstrip("/").rsplit("/", 1)[1])
+        project = self.site.find_project(ref)
+        if project is None or (not ref.isdigit() and ref != ref.upper()):
+            kind = "id" if ref.isdigit() else "key"
+            raise _ApiError(404, f"No project could be found with {kind} '{ref}'.")
+        out = project_json(project, self.base_url, full=True)
+        lead = self.site.me or next(iter(self.site.users.values()), None)
+        out.update({"description": "", "lead": user_json(lead, self.base_url),
+                    "components": [], "issueTypes": issue_types_json(self.base_url),
+                    "assigneeType": "UNASSIGNED", "versions": [], "roles": {}})
         return _Response(200, out, {})
 
     def _users_search(self, *, query: dict[str, list[str]], **_: Any) -> _Response:

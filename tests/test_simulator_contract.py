@@ -194,3 +194,141 @@ def test_on_search_page_runs_between_pages_and_can_change_the_site(
     server.on_search_page = None
     assert len(search_all(http, server, jql, maxResults=25)) == 60
     assert seen == [0, 1, 2]
+
+
+# --- project key renames ----------------------------------------------------------------------
+
+
+def test_rename_project_keeps_the_id_and_renumbers_nothing(
+        http: requests.Session, server: JiraServer, site: Site) -> None:
+    before = {v.id: v for v in site.current("OPS")}
+    project_id = site.projects["OPS"].id
+    site.rename_project("OPS", "RUN")
+    assert "OPS" not in site.projects and site.projects["RUN"].id == project_id
+    after = {v.id: v for v in site.current("RUN")}
+    assert set(after) == set(before)
+    for issue_id, v in after.items():
+        assert v.key == f"RUN-{before[issue_id].num}"
+        # A key change re-indexes the project; it edits no issue (`updated` unchanged).
+        assert v.updated == before[issue_id].updated
+    created = site.create_issue("RUN").issue
+    assert created.num == max(v.num for v in before.values()) + 1
+
+
+def test_renamed_project_old_keys_resolve_in_jql_get_issue_get_project_and_bulkfetch(
+        http: requests.Session, server: JiraServer, site: Site) -> None:
+    ops_5 = site.get("OPS-5")
+    assert ops_5 is not None
+    site.rename_project("OPS", "RUN")
+    run_ids = {v.id for v in site.current("RUN")}
+    for jql in ("project = OPS", "project = RUN", "project in (OPS, ARC)", f"project = {site.projects['RUN'].id}"):
+        got = {i["id"] for i in search_all(http, server, jql, maxResults=100)}
+        assert run_ids <= got, jql
+    issues = search_all(http, server, "project = OPS", fields=["project"], maxResults=100)
+    assert all(i["key"].startswith("RUN-") and i["fields"]["project"]["key"] == "RUN" for i in issues)
+    for clause in ("key = OPS-5", "issuekey = OPS-5", "key in (OPS-5, DEMO-1)", "key = RUN-5"):
+        got = search_all(http, server, f"{clause} AND project = RUN")
+        assert [i["id"] for i in got] == [ops_5.id], clause
+    assert {i["id"] for i in search_all(http, server, "key <= OPS-2")} == set(ids_of(site, "RUN-1", "RUN-2"))
+
+    got = http.get(api(server, "issue/OPS-5"), params={"fields": "project"}).json()
+    assert (got["id"], got["key"], got["fields"]["project"]["key"]) == (ops_5.id, "RUN-5", "RUN")
+    bulk = bulkfetch(http, server, ["OPS-5", "OPS-6"], fields=["summary"])
+    assert [i["key"] for i in bulk["issues"]] == ["RUN-5", "RUN-6"] and bulk["issueErrors"] == []
+
+    for ref in ("OPS", "RUN", site.projects["RUN"].id):
+        project = http.get(api(server, f"project/{ref}"))
+        assert project.status_code == 200, ref
+        assert (project.json()["key"], project.json()["id"]) == ("RUN", site.projects["RUN"].id)
+    keys = [p["key"] for p in http.get(api(server, "project/search")).json()["values"]]
+    assert keys == ["ARC", "DEMO", "RUN"]
+
+
+def test_rename_refuses_bad_and_taken_keys_and_can_go_back(site: Site) -> None:
+    from simulator import SiteError
+
+    site.rename_project("OPS", "RUN")
+    for old, new in (("NOPE", "X2"), ("RUN", "DEMO"), ("RUN", "r"), ("RUN", "9LIVES"), ("DEMO", "OPS")):
+        with pytest.raises(SiteError):
+            site.rename_project(old, new)
+    site.rename_project("RUN", "OPS")  # its own former key may be taken back
+    assert site.get("RUN-3") is not None and site.get("RUN-3") == site.get("OPS-3")
+    assert site.find_project("RUN") == site.projects["OPS"]
+
+
+def test_rename_shows_in_search_after_the_index_lag(
+        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    server.index_lag_seconds = 30
+    clock.advance(60)
+    site.rename_project("OPS", "RUN")
+    clock.advance(1)
+    lagging = search_all(http, server, "project = RUN", maxResults=100)
+    assert len(lagging) == 20 and all(i["key"].startswith("OPS-") for i in lagging)
+    assert http.get(api(server, "issue/OPS-1")).json()["key"] == "RUN-1"  # reads are current
+    clock.advance(30)
+    assert all(i["key"].startswith("RUN-") for i in search_all(http, server, "project = OPS", maxResults=100))
+
+
+def test_get_project_answers_404_with_error_messages_for_an_unknown_or_miscased_key(
+        http: requests.Session, server: JiraServer) -> None:
+    for ref in ("NOPE", "demo", "99999"):
+        r = http.get(api(server, f"project/{ref}"))
+        assert r.status_code == 404, ref
+        assert r.json()["errorMessages"] and r.json()["errors"] == {}
+
+
+# --- moves ------------------------------------------------------------------------------------
+
+
+def test_move_to_any_project_keeps_the_id_and_the_old_key_resolves(
+        http: requests.Session, server: JiraServer, site: Site) -> None:
+    event = site.move_issue("DEMO-7", "ARC")
+    after = event.after
+    assert after is not None and after.key == "ARC-6" and after.project == "ARC" and after.id == event.issue_id
+    assert after.updated > event.before.updated  # type: ignore[union-attr]
+    got = http.get(api(server, "issue/DEMO-7"), params={"fields": "project"}).json()
+    assert (got["id"], got["key"], got["fields"]["project"]["key"]) == (after.id, "ARC-6", "ARC")
+    assert [i["key"] for i in bulkfetch(http, server, ["DEMO-7"])["issues"]] == ["ARC-6"]
+    assert [i["id"] for i in search_all(http, server, "key = DEMO-7")] == [after.id]
+    assert after.id not in {i["id"] for i in search_all(http, server, "project = DEMO", maxResults=100)}
+    # ...and back: a new number in DEMO, both former keys keep resolving.
+    back = site.move_issue("ARC-6", "DEMO").after
+    assert back is not None and back.key == "DEMO-61"
+    assert http.get(api(server, "issue/ARC-6")).json()["key"] == "DEMO-61"
+    assert http.get(api(server, "issue/DEMO-7")).json()["key"] == "DEMO-61"
+
+
+def test_move_webhook_has_the_recorded_shape(site: Site) -> None:
+    import json
+    from pathlib import Path
+
+    from simulator.webhooks import issue_payload
+
+    recorded = json.loads((Path(__file__).parent / "payloads" / "issue_moved.json").read_text())
+    event = site.move_issue("DEMO-7", "OPS")
+    body = issue_payload(event, site, "https://sim.atlassian.net")
+    assert set(recorded) <= set(body)
+    assert (body["webhookEvent"], body["issue_event_type_name"]) == ("jira:issue_updated", "issue_moved")
+    assert body["issue"]["id"] == event.issue_id and body["issue"]["key"] == "OPS-21"
+    assert body["issue"]["fields"]["project"]["key"] == "OPS"
+    assert body["issue"]["self"].endswith(f"/rest/api/2/issue/{event.issue_id}")
+    items = {i["field"]: i for i in body["changelog"]["items"]}
+    assert items["Key"]["fromString"] == "DEMO-7" and items["Key"]["toString"] == "OPS-21"
+    assert items["project"]["from"] == site.projects["DEMO"].id and items["project"]["to"] == site.projects["OPS"].id
+    for field, item in items.items():
+        recorded_item = next(i for i in recorded["changelog"]["items"] if i["field"] == field)
+        assert set(item) == set(recorded_item), field
+
+
+def test_rename_sends_project_updated_and_no_issue_events(site: Site) -> None:
+    from simulator import ProjectEvent
+    from simulator.webhooks import project_payload
+
+    events: list[Any] = []
+    site.subscribe(events.append)
+    site.rename_project("OPS", "RUN")
+    (event,) = events
+    assert isinstance(event, ProjectEvent) and event.before.key == "OPS" and event.after.key == "RUN"
+    body = project_payload(event, site, "https://sim.atlassian.net")
+    assert body["webhookEvent"] == "project_updated"
+    assert body["project"]["id"] == int(site.projects["RUN"].id) and body["project"]["key"] == "RUN"
