@@ -5,8 +5,9 @@ Endpoints and the Atlassian behaviour each imitates
 
 ``GET|POST /rest/api/3/search/jql``
     Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
-    ``isLast``, no ``total``; ``on_search_page`` is called before each page is sent. GET reads the query string, POST only the JSON body (unknown body
-    properties are refused, as measured on real sites). ``reconcileIssues`` (up to 50 ids) are
+    ``isLast``, no ``total``; ``on_search_page`` is called before each page is sent. GET reads
+    the query string, POST only the JSON body (unknown body properties are refused, as measured
+    on real sites). ``reconcileIssues`` (up to 50 ids) are
     matched and shown in their current state despite the lag. ``fields`` defaults to ``id``; ``*all``,
     ``*navigable``, ``-field`` work. ``maxResults`` defaults to 50, must lie in 1..5000 (else
     400), and is silently clamped to 100 unless only ``id``/``key`` are asked for. The JQL is the
