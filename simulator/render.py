@@ -345,7 +345,8 @@ def field_definitions() -> list[dict[str, Any]]:
     }
     for cid, (name, kind, _attr) in CUSTOM_FIELDS.items():
         num = int(cid.rsplit("_", 1)[1])
-        out.append({"id": cid, "key": cid, "name": name, "untranslatedName": name, "custom": True,
+        # FieldDetails (additionalProperties: false) has no untranslatedName: the spec wins.
+        out.append({"id": cid, "key": cid, "name": name, "custom": True,
                     "orderable": True, "navigable": True, "searchable": True,
                     "clauseNames": [f"cf[{num}]", name],
                     "schema": {"type": kind, "custom": custom_types[kind], "customId": num}})

@@ -741,6 +741,7 @@ class JiraServer:
         }, {})
 
     def _server_info(self, **_: Any) -> _Response:
+        # The properties of the spec's ServerInformation (additionalProperties: false).
         return _Response(200, {
             "baseUrl": self.base_url,
             "displayUrl": self.base_url,
@@ -752,7 +753,6 @@ class JiraServer:
             "serverTime": format_time(self._now(), self.time_zone),
             "scmInfo": "simulator",
             "serverTitle": "Jira",
-            "defaultLocale": {"locale": "en_US"},
             "serverTimeZone": "Etc/UTC",
         }, {})
 

@@ -1,5 +1,7 @@
-"""The simulator against Jira's word: the behaviours Atlassian's OpenAPI description documents for
-the endpoints the mirror calls, and the fault knobs that stand for the failures it documents.
+"""The simulator against Jira's word: its answers validated against the response schemas of
+Atlassian's OpenAPI description (vendored in tests/jira_schemas/), the behaviours that
+description documents for the endpoints the mirror calls, and the fault knobs that stand for the
+failures it documents.
 
 Real HTTP against a :class:`JiraServer` on a free port; no other service is needed.
 """
@@ -7,14 +9,112 @@ Real HTTP against a :class:`JiraServer` on a free port; no other service is need
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import requests
 
-from simulator import JiraServer, Site
+from simulator import JiraServer, ProjectEvent, Site, SiteError
+from simulator.webhooks import issue_payload, project_payload
 
 UTC = dt.timezone.utc
+
+SPEC = json.loads((Path(__file__).parent / "jira_schemas" / "jira-platform-v3-subset.json")
+                  .read_text(encoding="utf-8"))
+SCHEMAS: dict[str, Any] = SPEC["components"]["schemas"]
+
+# The spec leaves IssueBean.fields free-form; these are the beans it uses for the same objects
+# elsewhere (e.g. IssueTransition.to is a StatusDetails), checked on the fields that hold them.
+FIELD_SCHEMAS = {"status": "StatusDetails", "project": "ProjectDetails", "issuetype": "IssueTypeDetails",
+                 "assignee": "UserDetails", "reporter": "UserDetails", "creator": "UserDetails",
+                 "priority": "Priority", "resolution": "Resolution"}
+
+_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool,
+                          "integer": int, "number": (int, float)}
+
+
+def violations(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Where ``value`` breaks an OpenAPI 3.0 ``schema`` of the vendored spec (empty: it conforms).
+
+    Checks what the vendored schemas use: ``$ref``, ``allOf``, ``type`` (``nullable`` allows
+    null), ``properties``, ``required``, ``additionalProperties`` (false: no unknown property;
+    a schema: each extra value), ``items``, ``uniqueItems``, ``enum``, ``maxLength``. Formats are
+    not checked (Jira's own date-times are not RFC 3339).
+    """
+    out: list[str] = []
+    _check(value, schema, path, out)
+    return out
+
+
+def _check(value: Any, schema: dict[str, Any], path: str, out: list[str]) -> None:
+    if "$ref" in schema:
+        _check(value, SCHEMAS[schema["$ref"].rsplit("/", 1)[1]], path, out)
+        return
+    for part in schema.get("allOf", ()):
+        _check(value, part, path, out)
+    kind = schema.get("type") or ("object" if "properties" in schema else None)
+    if value is None:
+        if kind is not None and not schema.get("nullable"):
+            out.append(f"{path}: null where {kind} is required")
+        return
+    if kind is not None:
+        expected = _TYPES[kind]
+        if not isinstance(value, expected) or (isinstance(value, bool) and kind in ("integer", "number")):
+            out.append(f"{path}: {type(value).__name__} where {kind} is required")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{path}: {value!r} not in {schema['enum']}")
+    if isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
+        out.append(f"{path}: longer than {schema['maxLength']}")
+    if isinstance(value, list):
+        if schema.get("uniqueItems") and len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
+            out.append(f"{path}: items not unique")
+        for i, item in enumerate(value):
+            _check(item, schema.get("items") or {}, f"{path}[{i}]", out)
+    if isinstance(value, dict):
+        known = schema.get("properties") or {}
+        for name in schema.get("required", ()):
+            if name not in value:
+                out.append(f"{path}: required property {name!r} missing")
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in known:
+                _check(item, known[name], f"{path}.{name}", out)
+            elif extra is False:
+                out.append(f"{path}: property {name!r} is not in the schema")
+            elif isinstance(extra, dict):
+                _check(item, extra, f"{path}.{name}", out)
+
+
+def response_schema(path: str, method: str, status: int) -> dict[str, Any]:
+    """The spec's schema of a response; fails if the spec does not document that status."""
+    responses = SPEC["paths"][path][method]["responses"]
+    assert str(status) in responses, f"{method.upper()} {path} answered {status}, not documented"
+    return responses[str(status)].get("schema") or {"$ref": "#/components/schemas/ErrorCollection"}
+
+
+def conforms(answer: requests.Response, path: str, method: str | None = None) -> Any:
+    """Asserts the answer's status is documented for the call and its body fits the schema."""
+    method = method or answer.request.method.lower()  # type: ignore[union-attr]
+    body = answer.json()
+    problems = violations(body, response_schema(path, method, answer.status_code))
+    for i, issue in enumerate(_issues_of(body)):
+        for name, value in (issue.get("fields") or {}).items():
+            if name in FIELD_SCHEMAS and value is not None:  # an empty field is null
+                problems += violations(value, {"$ref": f"#/components/schemas/{FIELD_SCHEMAS[name]}"},
+                                       f"$.issues[{i}].fields.{name}")
+    assert not problems, f"{method.upper()} {path} ({answer.status_code}):\n" + "\n".join(problems[:20])
+    return body
+
+
+def _issues_of(body: Any) -> list[dict[str, Any]]:
+    if isinstance(body, dict) and isinstance(body.get("issues"), list):
+        return body["issues"]
+    if isinstance(body, dict) and "fields" in body:
+        return [body]
+    return []
 
 
 class FakeClock:
@@ -245,8 +345,6 @@ def test_renamed_project_old_keys_resolve_in_jql_get_issue_get_project_and_bulkf
 
 
 def test_rename_refuses_bad_and_taken_keys_and_can_go_back(site: Site) -> None:
-    from simulator import SiteError
-
     site.rename_project("OPS", "RUN")
     for old, new in (("NOPE", "X2"), ("RUN", "DEMO"), ("RUN", "r"), ("RUN", "9LIVES"), ("DEMO", "OPS")):
         with pytest.raises(SiteError):
@@ -299,11 +397,6 @@ def test_move_to_any_project_keeps_the_id_and_the_old_key_resolves(
 
 
 def test_move_webhook_has_the_recorded_shape(site: Site) -> None:
-    import json
-    from pathlib import Path
-
-    from simulator.webhooks import issue_payload
-
     recorded = json.loads((Path(__file__).parent / "payloads" / "issue_moved.json").read_text())
     event = site.move_issue("DEMO-7", "OPS")
     body = issue_payload(event, site, "https://sim.atlassian.net")
@@ -321,9 +414,6 @@ def test_move_webhook_has_the_recorded_shape(site: Site) -> None:
 
 
 def test_rename_sends_project_updated_and_no_issue_events(site: Site) -> None:
-    from simulator import ProjectEvent
-    from simulator.webhooks import project_payload
-
     events: list[Any] = []
     site.subscribe(events.append)
     site.rename_project("OPS", "RUN")
@@ -332,3 +422,108 @@ def test_rename_sends_project_updated_and_no_issue_events(site: Site) -> None:
     body = project_payload(event, site, "https://sim.atlassian.net")
     assert body["webhookEvent"] == "project_updated"
     assert body["project"]["id"] == int(site.projects["RUN"].id) and body["project"]["key"] == "RUN"
+
+
+# --- every answer the mirror reads, against the spec's schemas ---------------------------------
+
+
+@pytest.fixture
+def lived_in(site: Site, clock: FakeClock) -> Site:
+    """The site after a bit of life: edits, a move, a deletion and a project key rename."""
+    clock.advance(60)
+    site.update_issue("DEMO-2", status="Done", assignee=None, priority=None, labels=["a", "b"])
+    site.move_issue("DEMO-3", "OPS")
+    site.delete_issue("DEMO-4")
+    site.rename_project("ARC", "ARK")
+    return site
+
+
+def test_search_jql_answers_fit_search_and_reconcile_results(
+        http: requests.Session, server: JiraServer, lived_in: Site) -> None:
+    path = "/rest/api/3/search/jql"
+    for fields in (None, ["id"], ["*all"], ["*navigable", "-description"], ["summary", "status", "updated"]):
+        body: dict[str, Any] = {"jql": "project in (DEMO, OPS, ARC) ORDER BY updated ASC", "maxResults": 30}
+        if fields is not None:
+            body["fields"] = fields
+        pages = 0
+        while True:
+            page = conforms(http.post(api(server, "search/jql"), json=body), path)
+            pages += 1
+            assert "total" not in page and isinstance(page["isLast"], bool)
+            if page["isLast"]:
+                assert "nextPageToken" not in page
+                break
+            body["nextPageToken"] = page["nextPageToken"]
+        assert pages == 3
+    got = conforms(http.get(api(server, "search/jql"), params={
+        "jql": "project = DEMO", "fields": "*all", "expand": "changelog,transitions", "maxResults": 5}), path)
+    assert len(got["issues"]) == 5 and "changelog" in got["issues"][0]
+
+
+def test_bulkfetch_and_get_issue_answers_fit_their_schemas(
+        http: requests.Session, server: JiraServer, lived_in: Site) -> None:
+    refs = [v.id for v in lived_in.current()][:60] + ["DEMO-4", "99999"]
+    server.fail_issues(refs[:3], times=1)
+    for fields in (None, ["*all"], ["summary", "project"]):
+        body: dict[str, Any] = {"issueIdsOrKeys": refs}
+        if fields is not None:
+            body["fields"] = fields
+        got = conforms(http.post(api(server, "issue/bulkfetch"), json=body), "/rest/api/3/issue/bulkfetch")
+        assert len(got["issues"]) + len(got["issueErrors"]) == 60
+    for ref in ("DEMO-2", "DEMO-3", "ARC-1"):
+        conforms(http.get(api(server, f"issue/{ref}")), "/rest/api/3/issue/{issueIdOrKey}")
+
+
+def test_other_reads_fit_their_schemas(http: requests.Session, server: JiraServer, lived_in: Site) -> None:
+    count = conforms(http.post(api(server, "search/approximate-count"), json={"jql": "project = DEMO"}),
+                     "/rest/api/3/search/approximate-count")
+    assert count == {"count": 58}
+    users = conforms(http.get(api(server, "users/search"), params={"maxResults": 1000}),
+                     "/rest/api/3/users/search")
+    assert len(users) == len(lived_in.users)
+    page = conforms(http.get(api(server, "project/search"), params={"maxResults": 2}),
+                    "/rest/api/3/project/search")
+    assert page["isLast"] is False and page["nextPage"]
+    conforms(http.get(api(server, "project/search"), params={"startAt": 2}), "/rest/api/3/project/search")
+    for ref in ("DEMO", "ARC", "ARK", lived_in.projects["OPS"].id):
+        conforms(http.get(api(server, f"project/{ref}")), "/rest/api/3/project/{projectIdOrKey}")
+    conforms(http.get(api(server, "myself")), "/rest/api/3/myself")
+    conforms(http.get(api(server, "serverInfo")), "/rest/api/3/serverInfo")
+    fields = conforms(http.get(api(server, "field")), "/rest/api/3/field")
+    assert {f["id"] for f in fields} >= {"summary", "status", "updated", "customfield_10016"}
+
+
+@pytest.mark.parametrize(("method", "call", "spec_path", "status"), [
+    ("post", ("search/jql", {"json": {"jql": "project = NOPE"}}), "/rest/api/3/search/jql", 400),
+    ("post", ("search/jql", {"json": {"jql": "order by key"}}), "/rest/api/3/search/jql", 400),
+    ("post", ("search/jql", {"json": {"jql": "project = DEMO", "nextPageToken": "x"}}),
+     "/rest/api/3/search/jql", 400),
+    ("get", ("search/jql", {"params": {"jql": "project = DEMO", "maxResults": "0"}}), "/rest/api/3/search/jql", 400),
+    ("post", ("search/approximate-count", {"json": {"jql": "summary ~"}}),
+     "/rest/api/3/search/approximate-count", 400),
+    ("post", ("issue/bulkfetch", {"json": {"issueIdsOrKeys": []}}), "/rest/api/3/issue/bulkfetch", 400),
+    ("post", ("issue/bulkfetch", {"json": {"issueIdsOrKeys": [str(i) for i in range(101)]}}),
+     "/rest/api/3/issue/bulkfetch", 400),
+    ("get", ("issue/NOPE-1", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
+    ("get", ("issue/DEMO-4", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
+    ("get", ("project/NOPE", {}), "/rest/api/3/project/{projectIdOrKey}", 404),
+    ("get", ("users/search", {"params": {"maxResults": "lots"}}), "/rest/api/3/users/search", 400),
+    ("get", ("users/search", {"params": {"maxResults": "11"}}), "/rest/api/3/users/search", 409),
+])
+def test_error_answers_are_documented_error_collections(
+        http: requests.Session, server: JiraServer, lived_in: Site, method: str,
+        call: tuple[str, dict[str, Any]], spec_path: str, status: int) -> None:
+    server.slow_user_search_above = 10
+    route, kwargs = call
+    answer = http.request(method.upper(), api(server, route), **kwargs)
+    assert answer.status_code == status, answer.text
+    body = conforms(answer, spec_path, method)
+    assert body["errorMessages"] and all(isinstance(m, str) and m for m in body["errorMessages"])
+
+
+def test_unauthenticated_answers_are_documented_401s(server: JiraServer) -> None:
+    for path, method in (("/rest/api/3/search/jql", "post"), ("/rest/api/3/issue/bulkfetch", "post"),
+                         ("/rest/api/3/myself", "get"), ("/rest/api/3/field", "get")):
+        answer = requests.request(method.upper(), server.url + path, json={}, auth=("bot@example.com", "nope"))
+        assert answer.status_code == 401
+        conforms(answer, path, method)
