@@ -92,8 +92,12 @@ USERS_SEARCH_TIMEOUT = ("The request took longer than 10 seconds and was interru
 RETRIABLE_ISSUE_ERROR = "The issue could not be retrieved in time. Try again later."
 BAD_PAYLOAD = "Invalid request payload. Refer to the REST API documentation and try again."
 
+# The properties of the spec's request beans (additionalProperties: false): anything else is a
+# 400. failFast is a query parameter of GET search/jql only, not in SearchAndReconcileRequestBean.
 _SEARCH_BODY_KEYS = {"jql", "nextPageToken", "maxResults", "fields", "expand", "properties",
-                     "fieldsByKeys", "reconcileIssues", "failFast"}
+                     "fieldsByKeys", "reconcileIssues"}
+_COUNT_BODY_KEYS = {"jql"}  # JQLCountRequestBean
+_BULKFETCH_BODY_KEYS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
 
 
 class _ApiError(Exception):
@@ -641,8 +645,12 @@ class JiraServer:
         end = start + len(page)
         out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
                                                    selection) for v in page]}
-        expand = {x.strip() for value in query.get("expand", [])
-                  for x in value.split(",")} if method == "GET" else set()
+        # expand: a comma-separated string, in the query (GET) or the body (POST) alike.
+        if method == "GET":
+            raw_expand = query.get("expand", [])
+        else:
+            raw_expand = [str(self._json_body(headers, body).get("expand") or "")]
+        expand = {x.strip() for value in raw_expand for x in value.split(",")}
         _expand(out["issues"], expand, all_fields="*all" in str(fields), base_url=self.base_url)
         page_index = int(state.get("p", 1)) if state is not None else 0
         if end < len(versions):
@@ -657,6 +665,8 @@ class JiraServer:
 
     def _approximate_count(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
         data = self._json_body(headers, body)
+        if set(data) - _COUNT_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         jql = data.get("jql")
         if not isinstance(jql, str) or not jql.strip():
             raise _ApiError(400, UNBOUNDED)
@@ -675,6 +685,8 @@ class JiraServer:
         # permission to view" are in neither list; issueErrors holds only issues Jira "can't
         # return ... due to a retriable error or payload constraint" (here: the fault knobs).
         data = self._json_body(headers, body)
+        if set(data) - _BULKFETCH_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         refs = data.get("issueIdsOrKeys")
         if not isinstance(refs, list) or not refs:
             raise _ApiError(400, "issueIdsOrKeys must not be empty.")

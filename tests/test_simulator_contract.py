@@ -527,3 +527,18 @@ def test_unauthenticated_answers_are_documented_401s(server: JiraServer) -> None
         answer = requests.request(method.upper(), server.url + path, json={}, auth=("bot@example.com", "nope"))
         assert answer.status_code == 401
         conforms(answer, path, method)
+
+
+def test_request_bodies_outside_the_spec_beans_are_refused(
+        http: requests.Session, server: JiraServer) -> None:
+    # SearchAndReconcileRequestBean, JQLCountRequestBean and BulkFetchIssueRequestBean are all
+    # additionalProperties: false.
+    for route, body in (("search/jql", {"jql": "project = DEMO", "failFast": True}),
+                        ("search/jql", {"jql": "project = DEMO", "startAt": 50}),
+                        ("search/approximate-count", {"jql": "project = DEMO", "maxResults": 1}),
+                        ("issue/bulkfetch", {"issueIdsOrKeys": ["DEMO-1"], "validateQuery": True})):
+        answer = http.post(api(server, route), json=body)
+        assert answer.status_code == 400, (route, body)
+        assert answer.json()["errorMessages"]
+    page = http.post(api(server, "search/jql"), json={"jql": "key = DEMO-1", "expand": "changelog"}).json()
+    assert page["issues"][0]["changelog"]["histories"] == []
