@@ -144,8 +144,13 @@ class JiraServer:
         page_token_mode: ``"keyset"`` (a token resumes after the last sort key it saw: an issue
             updated while paging ``ORDER BY updated`` shows up again later, nothing is skipped) or
             ``"offset"`` (a token is a position: such an update shifts the rest by one and an issue
-            is skipped, the hazard Atlassian's tokens exist to avoid).
-        page_token_ttl_seconds: tokens older than this are refused as expired (None: never).
+            is skipped). The spec calls the token only a "continuation token" and says nothing of
+            how it behaves when the order shifts under it; keyset stays the default, and a test
+            of shifting page boundaries (a walk that must not skip) uses ``"offset"``, the worse
+            case, with :attr:`on_search_page` to change the site between pages.
+        page_token_ttl_seconds: tokens older than this are refused as expired (None: never). The
+            default is the spec's: "This token will expire in 7 days"
+            (SearchAndReconcileResults.nextPageToken).
         short_page_rate: probability that a search page holds fewer issues than asked (with a
             ``nextPageToken`` all the same).
         issue_error_rate: probability that an issue a bulkfetch found is listed in ``issueErrors``
@@ -166,7 +171,7 @@ class JiraServer:
                  index_lag_seconds: float = 0.0, rate_429: float = 0.0, retry_after: float = 1,
                  latency_ms: float = 0.0, ssl_context: ssl.SSLContext | None = None,
                  seed: int = 0, page_token_mode: str = "keyset",
-                 page_token_ttl_seconds: float | None = None, short_page_rate: float = 0.0,
+                 page_token_ttl_seconds: float | None = 7 * 86400, short_page_rate: float = 0.0,
                  issue_error_rate: float = 0.0, slow_user_search_above: int | None = None,
                  base_url: str | None = None, cloud_id: str | None = None) -> None:
         self.site = site if site is not None else Site.generate({"DEMO": 100}, seed=seed)

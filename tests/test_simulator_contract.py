@@ -542,3 +542,15 @@ def test_request_bodies_outside_the_spec_beans_are_refused(
         assert answer.json()["errorMessages"]
     page = http.post(api(server, "search/jql"), json={"jql": "key = DEMO-1", "expand": "changelog"}).json()
     assert page["issues"][0]["changelog"]["histories"] == []
+
+
+def test_page_tokens_expire_after_seven_days_by_default(
+        http: requests.Session, server: JiraServer, clock: FakeClock) -> None:
+    # SearchAndReconcileResults.nextPageToken: "This token will expire in 7 days."
+    body: dict[str, Any] = {"jql": "project = DEMO", "maxResults": 10}
+    body["nextPageToken"] = http.post(api(server, "search/jql"), json=body).json()["nextPageToken"]
+    clock.advance(7 * 86400 - 60)
+    assert http.post(api(server, "search/jql"), json=body).status_code == 200
+    clock.advance(120)
+    expired = http.post(api(server, "search/jql"), json=body)
+    assert expired.status_code == 400 and expired.json()["errorMessages"]
