@@ -9,6 +9,9 @@ What this imitates ("Webhooks", https://developer.atlassian.com/cloud/jira/platf
   markup, date-times with the actor's offset, empty comment/worklog lists), ``changelog``
   (``id`` and ``items``; present on ``issue_created`` too, absent on deletion),
   ``matchedWebhookIds``.
+* A project key rename (:meth:`Site.rename_project`) sends one ``project_updated`` event with the
+  project as it now is (numeric ``id``, new ``key``), and no issue events: the key change edits
+  no issue.
 * Headers: ``X-Atlassian-Webhook-Identifier`` (unique per delivery, repeated on retries and
   duplicates), ``X-Atlassian-Webhook-Retry`` (the retry count, 0 on the first attempt),
   ``X-Atlassian-Webhook-Flow: Primary``, and for a webhook with a secret
