@@ -4,9 +4,10 @@ Endpoints and the Atlassian behaviour each imitates
 (https://developer.atlassian.com/cloud/jira/platform/rest/v3/):
 
 ``GET|POST /rest/api/3/search/jql``
-    Enhanced search (CHANGE-2046). ``on_search_page`` is called before each page is sent. Token paging: ``nextPageToken`` on every page but the last,
-    ``isLast``, no ``total``. GET reads the query string, POST only the JSON body (unknown body
-    properties are refused, as measured on real sites). ``reconcileIssues`` (up to 50 ids) are
+    Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
+    ``isLast``, no ``total``; ``on_search_page`` is called before each page is sent. GET reads
+    the query string, POST only the JSON body (unknown body properties are refused, as measured
+    on real sites). ``reconcileIssues`` (up to 50 ids) are
     matched and shown in their current state despite the lag. ``fields`` defaults to ``id``; ``*all``,
     ``*navigable``, ``-field`` work. ``maxResults`` defaults to 50, must lie in 1..5000 (else
     400), and is silently clamped to 100 unless only ``id``/``key`` are asked for. The JQL is the
@@ -26,6 +27,8 @@ Endpoints and the Atlassian behaviour each imitates
     Current state; a moved issue's old key still resolves; 404 when deleted or unknown.
 ``GET /rest/api/3/users/search``
     A bare list, ``maxResults`` default 50, at most 1000; 409 above ``slow_user_search_above``.
+``GET /rest/api/3/project/{idOrKey}``
+    A project by id or key (case-sensitive, as the spec says), former keys too; 404 otherwise.
 ``GET /rest/api/3/myself``, ``serverInfo``, ``project/search``, ``field``
     As documented; ``myself.timeZone`` is the ``time_zone`` knob.
 
@@ -60,12 +63,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import itemgetter
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
-from .render import (FieldSelection, field_definitions, format_time, issue_v3, project_json,
-                     user_json, zone)
+from .render import (FieldSelection, field_definitions, format_time, issue_types_json, issue_v3,
+                     project_json, user_json, zone)
 
 __all__ = ["JiraServer", "ROUTES"]
 
@@ -73,8 +76,8 @@ log = logging.getLogger(__name__)
 
 #: Route names used as keys of :attr:`JiraServer.stats` (and of the ``route`` filter of faults).
 ROUTES = ("search/jql", "search/approximate-count", "search", "issue/bulkfetch", "issue",
-          "myself", "serverInfo", "project/search", "users/search", "field", "tenant_info",
-          "unknown")
+          "myself", "serverInfo", "project/search", "project", "users/search", "field",
+          "tenant_info", "unknown")
 
 INVALID_TOKEN = "The provided nextPageToken is invalid or has expired."
 GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
@@ -89,8 +92,12 @@ USERS_SEARCH_TIMEOUT = ("The request took longer than 10 seconds and was interru
 RETRIABLE_ISSUE_ERROR = "The issue could not be retrieved in time. Try again later."
 BAD_PAYLOAD = "Invalid request payload. Refer to the REST API documentation and try again."
 
+# The properties of the spec's request beans (additionalProperties: false): anything else is a
+# 400. failFast is a query parameter of GET search/jql only, not in SearchAndReconcileRequestBean.
 _SEARCH_BODY_KEYS = {"jql", "nextPageToken", "maxResults", "fields", "expand", "properties",
-                     "fieldsByKeys", "reconcileIssues", "failFast"}
+                     "fieldsByKeys", "reconcileIssues"}
+_COUNT_BODY_KEYS = {"jql"}  # JQLCountRequestBean
+_BULKFETCH_BODY_KEYS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
 
 
 class _ApiError(Exception):
@@ -137,8 +144,13 @@ class JiraServer:
         page_token_mode: ``"keyset"`` (a token resumes after the last sort key it saw: an issue
             updated while paging ``ORDER BY updated`` shows up again later, nothing is skipped) or
             ``"offset"`` (a token is a position: such an update shifts the rest by one and an issue
-            is skipped, the hazard Atlassian's tokens exist to avoid).
-        page_token_ttl_seconds: tokens older than this are refused as expired (None: never).
+            is skipped). The spec calls the token only a "continuation token" and says nothing of
+            how it behaves when the order shifts under it; keyset stays the default, and a test
+            of shifting page boundaries (a walk that must not skip) uses ``"offset"``, the worse
+            case, with :attr:`on_search_page` to change the site between pages.
+        page_token_ttl_seconds: tokens older than this are refused as expired (None: never). The
+            default is the spec's: "This token will expire in 7 days"
+            (SearchAndReconcileResults.nextPageToken).
         short_page_rate: probability that a search page holds fewer issues than asked (with a
             ``nextPageToken`` all the same).
         issue_error_rate: probability that an issue a bulkfetch found is listed in ``issueErrors``
@@ -159,7 +171,7 @@ class JiraServer:
                  index_lag_seconds: float = 0.0, rate_429: float = 0.0, retry_after: float = 1,
                  latency_ms: float = 0.0, ssl_context: ssl.SSLContext | None = None,
                  seed: int = 0, page_token_mode: str = "keyset",
-                 page_token_ttl_seconds: float | None = None, short_page_rate: float = 0.0,
+                 page_token_ttl_seconds: float | None = 7 * 86400, short_page_rate: float = 0.0,
                  issue_error_rate: float = 0.0, slow_user_search_above: int | None = None,
                  base_url: str | None = None, cloud_id: str | None = None) -> None:
         self.site = site if site is not None else Site.generate({"DEMO": 100}, seed=seed)
@@ -638,8 +650,12 @@ class JiraServer:
         end = start + len(page)
         out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
                                                    selection) for v in page]}
-        expand = {x.strip() for value in query.get("expand", [])
-                  for x in value.split(",")} if method == "GET" else set()
+        # expand: a comma-separated string, in the query (GET) or the body (POST) alike.
+        if method == "GET":
+            raw_expand = query.get("expand", [])
+        else:
+            raw_expand = [str(self._json_body(headers, body).get("expand") or "")]
+        expand = {x.strip() for value in raw_expand for x in value.split(",")}
         _expand(out["issues"], expand, all_fields="*all" in str(fields), base_url=self.base_url)
         page_index = int(state.get("p", 1)) if state is not None else 0
         if end < len(versions):
@@ -654,6 +670,8 @@ class JiraServer:
 
     def _approximate_count(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
         data = self._json_body(headers, body)
+        if set(data) - _COUNT_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         jql = data.get("jql")
         if not isinstance(jql, str) or not jql.strip():
             raise _ApiError(400, UNBOUNDED)
@@ -672,6 +690,8 @@ class JiraServer:
         # permission to view" are in neither list; issueErrors holds only issues Jira "can't
         # return ... due to a retriable error or payload constraint" (here: the fault knobs).
         data = self._json_body(headers, body)
+        if set(data) - _BULKFETCH_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         refs = data.get("issueIdsOrKeys")
         if not isinstance(refs, list) or not refs:
             raise _ApiError(400, "issueIdsOrKeys must not be empty.")
@@ -746,6 +766,7 @@ class JiraServer:
         }, {})
 
     def _server_info(self, **_: Any) -> _Response:
+        # The properties of the spec's ServerInformation (additionalProperties: false).
         return _Response(200, {
             "baseUrl": self.base_url,
             "displayUrl": self.base_url,
@@ -757,7 +778,6 @@ class JiraServer:
             "serverTime": format_time(self._now(), self.time_zone),
             "scmInfo": "simulator",
             "serverTitle": "Jira",
-            "defaultLocale": {"locale": "en_US"},
             "serverTimeZone": "Etc/UTC",
         }, {})
 
@@ -768,6 +788,7 @@ class JiraServer:
         start = _int_param(query, "startAt", 0, minimum=0)
         limit = min(_int_param(query, "maxResults", 50, minimum=0), 100)
         keys = {k.upper() for value in query.get("keys", []) for k in value.split(",") if k}
+        keys |= {i.strip() for value in query.get("id", []) for i in value.split(",") if i.strip()}
         text = (query.get("query", [""])[-1] or "").lower()
         projects = sorted(self.site.projects.values(), key=lambda p: p.key)
         if keys:
@@ -783,6 +804,22 @@ class JiraServer:
         out.update({"maxResults": limit, "startAt": start, "total": len(projects),
                     "isLast": is_last,
                     "values": [project_json(p, self.base_url, full=True) for p in page]})
+        return _Response(200, out, {})
+
+    def _get_project(self, *, path: str, **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/project/{projectIdOrKey}): "The project ID or project key (case
+        # sensitive)"; 404 "if the project is not found or the user does not have permission to
+        # view it". A former key of a renamed project still resolves (answered with the new key).
+        ref = unquote(path.rstrip("/").rsplit("/", 1)[1])
+        project = self.site.find_project(ref)
+        if project is None or (not ref.isdigit() and ref != ref.upper()):
+            kind = "id" if ref.isdigit() else "key"
+            raise _ApiError(404, f"No project could be found with {kind} '{ref}'.")
+        out = project_json(project, self.base_url, full=True)
+        lead = self.site.me or next(iter(self.site.users.values()), None)
+        out.update({"description": "", "lead": user_json(lead, self.base_url),
+                    "components": [], "issueTypes": issue_types_json(self.base_url),
+                    "assigneeType": "UNASSIGNED", "versions": [], "roles": {}})
         return _Response(200, out, {})
 
     def _users_search(self, *, query: dict[str, list[str]], **_: Any) -> _Response:

@@ -312,7 +312,10 @@ def test_moved_issue_keeps_id_and_old_key_still_resolves(
     assert event.after is not None and event.after.key == "OPS-41"
     got = http.get(f"{server.url}/rest/api/3/issue/DEMO-3", params={"fields": "project"}).json()
     assert got["id"] == event.issue_id and got["key"] == "OPS-41"
-    assert [i["field"] for i in event.items] == ["project", "Key"]
+    # As the recorded move (tests/payloads/issue_moved.json): Workflow and Key without fieldId.
+    assert [(i["field"], i.get("fieldId")) for i in event.items] == [
+        ("project", "project"), ("Workflow", None), ("Key", None)]
+    assert event.items[-1]["fromString"] == "DEMO-3" and event.items[-1]["toString"] == "OPS-41"
 
 
 # --- reads ----------------------------------------------------------------------------------
