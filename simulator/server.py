@@ -739,14 +739,6 @@ class JiraServer:
         return _Response(200, issue_v3(version, self.site, self.base_url, self.time_zone,
                                        selection), {})
 
-    def _get_project(self, *, path: str, **_: Any) -> _Response:
-        # GET /rest/api/3/project/{projectIdOrKey}: 404 for a project that is unknown or not visible.
-        ref = path.rstrip("/").rsplit("/", 1)[1]
-        for project in self.site.projects.values():
-            if ref in (project.key, project.id):
-                return _Response(200, project_json(project, self.base_url, full=True), {})
-        raise _ApiError(404, f"No project could be found with key '{ref}'.")
-
     def _myself(self, **_: Any) -> _Response:
         me = self.site.me
         account = me.account_id if me else "712020:00000000-0000-4000-8000-000000000000"
