@@ -376,6 +376,10 @@ def run_project_sync(
                               state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None)
         log.warning("sync failed project=%s kind=%s error=%s", project_key, kind, message)
         raise exc if isinstance(exc, SyncError) else SyncError(message) from exc
+    if project.key != sync.key and kind == "incremental":
+        # Renamed: every issue has a new key and no new `updated`; only a full read shows them.
+        kind = stats.kind = "full"
+        SyncRun.update(kind=kind).where(SyncRun.id == run.id).execute()
     project_key = sync.key = stats.project_key = project.key
     sync.project_id = project.project_id
     try:

@@ -221,3 +221,28 @@ def test_a_sync_that_finds_nothing_new_rewrites_no_row(db, jira, jira_settings, 
     jira.site.update_issue(changed, summary="one change")
     assert sync(jira_settings, redis_conn)["written"] == 1
     assert row(changed).source == "backfill" and row(changed).synced_at > then
+
+
+# --- 5. renamed project keys -------------------------------------------------------------------------
+
+def test_a_renamed_project_is_followed_by_id_its_issue_keys_and_webhooks(jira, jira_settings, redis_conn, drain):
+    from receiver import create_app
+
+    sync(jira_settings, redis_conn, full=True)
+    project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
+    assert project.project_id == jira.site.projects["DEMO"].id
+    jira.site.rename_project("DEMO", "DEMONEW")
+    result = sync(jira_settings, redis_conn, "DEMO")  # the clock or an operator may still name the old key
+    assert result["kind"] == "full" and result["written"] == 300  # every issue key changed
+    project = Project.get_by_id(project.id)
+    assert (project.key, project.former_keys) == ("DEMONEW", ["DEMO"])
+    assert Issue.select().where(Issue.project_key == "DEMONEW", Issue.key.startswith("DEMONEW-")).count() == 300
+    assert_exact(jira, jira_settings, ("DEMONEW",))
+    worker_jobs.configure(jira_settings)
+    victim = jira.site.current("DEMONEW")[0].id
+    answer = post(create_app(jira_settings).test_client(), jira, jira.site.update_issue(victim, summary="renamed"))
+    assert answer.status_code == 202, answer.get_json()
+    drain()
+    assert row(victim).summary == "renamed" and row(victim).deleted_at is None
+    assert sync(jira_settings, redis_conn, "DEMONEW")["kind"] == "incremental"
+    assert_exact(jira, jira_settings, ("DEMONEW",))
