@@ -55,6 +55,7 @@ DEFAULT_USER_AGENT = "jira-mirror"
 BULKFETCH_MAX = 100  # issue/bulkfetch: "up to 100 issues" for the general request shape
 PROJECT_PAGE_SIZE = 100  # project/search: maxResults is capped at 100
 USER_PAGE_SIZE = 1000  # users/search: maxResults is capped at 1000
+USER_PAGE_MIN = 10  # users/search pages are halved down to this while Jira answers 409 (too slow)
 
 # Statuses retried with backoff. 429 is Jira's rate limit; 5xx are transient on Jira Cloud
 # (Atlassian: "Some transient 5XX errors are accompanied by a Retry-After header"), except 501,
@@ -545,12 +546,22 @@ class JiraClient:
         The endpoint answers a bare list with no total or ``isLast``. Pages of 1000 are asked for
         and paging continues until an empty page: Jira may return fewer than ``maxResults`` on a
         page that is not the last (the user list is filtered and has been capped at 100 per page
-        before, JRACLOUD-72003), so a short page alone does not prove the end.
+        before, JRACLOUD-72003), so a short page alone does not prove the end. A 409 (the
+        request took longer than 10 s) is asked again with half the page, down to
+        ``USER_PAGE_MIN``; raises :class:`JiraError` when even that is too slow.
         """
-        start = 0
+        start, size = 0, USER_PAGE_SIZE
         path = "/rest/api/3/users/search"
         while True:
-            page = self._request("GET", path, path, params={"startAt": start, "maxResults": USER_PAGE_SIZE})
+            try:
+                page = self._request("GET", path, path, params={"startAt": start, "maxResults": size})
+            except JiraError as exc:
+                # 409: "the request took longer than 10 seconds" (JIRA.md): a smaller page is faster.
+                if exc.status != 409 or size <= USER_PAGE_MIN:
+                    raise
+                size = max(USER_PAGE_MIN, size // 2)
+                log.info("jira users/search answered 409 (too slow): retrying with maxResults=%d", size)
+                continue
             if not isinstance(page, list):
                 raise JiraError(f"GET {path}: expected a JSON list", method="GET", path=path)
             yield from page

@@ -246,3 +246,17 @@ def test_a_renamed_project_is_followed_by_id_its_issue_keys_and_webhooks(jira, j
     assert row(victim).summary == "renamed" and row(victim).deleted_at is None
     assert sync(jira_settings, redis_conn, "DEMONEW")["kind"] == "incremental"
     assert_exact(jira, jira_settings, ("DEMONEW",))
+
+
+# --- 6. users/search answers 409 when too slow -----------------------------------------------------
+
+def test_a_slow_user_search_is_asked_again_with_smaller_pages(db, jira, jira_settings):
+    from mirror.users import sync_users
+    from mirror.models import User
+
+    jira.slow_user_search_above = 100  # users/search asking for more than 100 users: 409
+    with JiraClient.from_settings(jira_settings, sleep=fast_sleep) as client:
+        counts = sync_users(client, jira_settings.site)
+    assert counts["seen"] == len(jira.site.users) and counts["seen"] > 0
+    assert User.select().where(User.site == jira_settings.site).count() == len(jira.site.users)
+    assert jira.status_counts[409] >= 1
