@@ -81,6 +81,10 @@ class IssuesUnreadableError(SyncError):
     """Jira kept listing issues in ``issueErrors``: the run fails, nothing is deleted."""
 
 
+class NotTrackedError(SyncError):
+    """The project is not tracked (untracked since the sync was queued): nothing to do."""
+
+
 class ProjectNotFoundError(SyncError):
     """Jira answers 400/404 for the project: it does not exist or cannot be seen. Permanent:
     retrying changes nothing (the project's state says so until it is tracked again)."""
@@ -361,7 +365,7 @@ def run_project_sync(
     """
     project = store.find_project(site, project_key)
     if project is None or not project.is_active:
-        raise SyncError(f"project {project_key} is not tracked")
+        raise NotTrackedError(f"project {project_key} is not tracked")
     kind = "full" if full or project.sync_cursor is None else "incremental"
     run = store.start_sync_run(site, project.key, kind, job_id=job_id)
     sync = ProjectSync(client, site=site, project_key=project.key, project_id=project.project_id,

@@ -203,23 +203,53 @@ def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None 
     return changed
 
 
-def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | None = None) -> list[str]:
-    """Start mirroring the projects; returns the keys that were not tracked before."""
-    names = names or {}
+def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | None = None,
+                   ids: dict[str, str] | None = None) -> list[str]:
+    """Start mirroring the projects; returns the keys that were not tracked before. ``ids``:
+    Jira's id of each key, when known (a project already known by that id is the one tracked,
+    whatever key it was known by). Tracking again clears a "not found" state."""
+    names, ids = names or {}, ids or {}
     started: list[str] = []
     now = utc_now()
     with database.atomic():
         for key in keys:
-            project = Project.get_or_none(Project.site == site, Project.key == key)
+            project_id = ids.get(key)
+            project = (Project.get_or_none(Project.site == site, Project.project_id == project_id) if project_id
+                       else None) or Project.get_or_none(Project.site == site, Project.key == key)
             if project is None:
-                Project.create(site=site, key=key, name=names.get(key), is_active=True, created_at=now)
+                Project.create(site=site, key=key, project_id=project_id, name=names.get(key), is_active=True,
+                               created_at=now)
                 started.append(key)
-            elif not project.is_active or (names.get(key) and project.name != names[key]):
-                if not project.is_active:
-                    started.append(key)
-                Project.update(is_active=True,
-                               name=names.get(key) or project.name).where(Project.id == project.id).execute()
+                continue
+            if not project.is_active:
+                started.append(key)
+            values: dict[str, Any] = {"is_active": True, "name": names.get(key) or project.name}
+            if project.sync_state == "not found":
+                values.update(sync_state="idle", last_error=None)
+            Project.update(**values).where(Project.id == project.id).execute()
+            if project_id and (project.project_id != project_id or project.key != key):
+                identify_project(Project.get_by_id(project.id), project_id=project_id, key=key)
     return started
+
+
+def track_new_projects(site: str, keys: Iterable[str]) -> list[str]:
+    """``JIRA_PROJECTS`` at a deploy or a worker start: track only the keys never seen (no
+    project has them as key or former key), so that a project untracked since stays untracked.
+    Returns the keys tracked now."""
+    seen: set[str] = set()
+    for key, former in Project.select(Project.key, Project.former_keys).where(Project.site == site).tuples():
+        seen.add(key)
+        seen.update(former or [])
+    fresh = [key for key in keys if key not in seen]
+    if fresh:
+        track_projects(site, fresh)
+    for key in keys:
+        if key in fresh:
+            log.info("JIRA_PROJECTS: project tracked project=%s", key)
+        else:
+            log.info("JIRA_PROJECTS: project left as it is (known already; track or untrack it explicitly) project=%s",
+                     key)
+    return fresh
 
 
 def untrack_projects(site: str, keys: Iterable[str]) -> list[str]:
