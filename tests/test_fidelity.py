@@ -26,6 +26,16 @@ def jira_site():  # type: ignore[no-untyped-def]
     return Site.generate({"DEMO": 300, "OPS": 40, "OTHER": 20}, seed=9)
 
 
+@pytest.fixture
+def jira_env(jira_settings, monkeypatch):
+    for name, value in (("DATABASE_URL", jira_settings.database_url), ("REDIS_URL", jira_settings.redis_url),
+                        ("JIRA_BASE_URL", jira_settings.jira_base_url), ("JIRA_EMAIL", jira_settings.jira_email),
+                        ("JIRA_API_TOKEN", jira_settings.jira_api_token)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
+    return jira_settings
+
+
 def fast_sleep(seconds: float) -> None:
     time.sleep(min(seconds, 0.01))
 
@@ -260,3 +270,145 @@ def test_a_slow_user_search_is_asked_again_with_smaller_pages(db, jira, jira_set
     assert counts["seen"] == len(jira.site.users) and counts["seen"] > 0
     assert User.select().where(User.site == jira_settings.site).count() == len(jira.site.users)
     assert jira.status_counts[409] >= 1
+
+
+# --- 8. a second sync queued while one runs ----------------------------------------------------------
+
+def test_a_sync_queued_while_one_runs_keeps_its_progress_and_records_no_error(
+        db, jira, jira_env, redis_conn, drain):
+    jira_settings = jira_env
+    import threading
+
+    sync(jira_settings, redis_conn, full=True)
+    client = JiraClient.from_settings(jira_settings, sleep=fast_sleep)
+    real_bulkfetch, reading, release = client.bulkfetch, threading.Event(), threading.Event()
+
+    def slow_bulkfetch(ids, **kw):
+        reading.set()
+        release.wait(20)
+        return real_bulkfetch(ids, **kw)
+
+    client.bulkfetch = slow_bulkfetch
+    running = threading.Thread(target=sync, args=(jira_settings, redis_conn), kwargs={"full": True, "client": client})
+    running.start()
+    try:
+        assert reading.wait(20)
+        before = jobs.read_progress(redis_conn, jira_settings.site, "DEMO")["phase"]
+        assert before in ("listing", "fetching")
+        queued = jobs.enqueue_sync(redis_conn, site=jira_settings.site, project_key="DEMO", full=False)
+        assert jobs.enqueue_sync(redis_conn, site=jira_settings.site, project_key="DEMO", full=False) == queued
+        assert jobs.read_progress(redis_conn, jira_settings.site, "DEMO")["phase"] == before
+        drain(("backfill",))  # the queued sync finds the lock held: RQ retries it later
+        progress = jobs.read_progress(redis_conn, jira_settings.site, "DEMO")
+        assert progress["phase"] == before and "error" not in progress
+        project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
+        assert project.sync_state == "running" and project.last_error is None
+    finally:
+        release.set()
+        running.join(30)
+    assert Project.get(Project.key == "DEMO", Project.site == jira_settings.site).sync_state == "idle"
+
+
+# --- 9. out-of-range timestamps ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("updated", ["0001-01-01T00:00:00.000+0530", "9999-12-31T23:59:59.999-0800"])
+def test_a_timestamp_out_of_range_in_utc_is_a_400_on_both_loaders(client, redis_conn, updated):
+    from marshmallow import ValidationError
+
+    from receiver import schemas
+    from tests import factories
+
+    delivery = factories.delivery(the_issue=factories.issue())
+    delivery["issue"]["fields"]["updated"] = updated
+    raw, headers = factories.signed(delivery, SECRET)
+    response = client.post("/webhooks/jira", data=raw, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert "Out of range once normalised to UTC" in json_text(response.get_json())
+    assert redis_conn.llen("rq:queue:issues") == 0
+    with pytest.raises(ValidationError, match="Out of range once normalised to UTC"):
+        schemas._WEBHOOK.load(schemas._declared_only(delivery))  # the marshmallow path
+
+
+def json_text(value):
+    import json
+
+    return json.dumps(value)
+
+
+# --- 10. untrack lasts ---------------------------------------------------------------------------
+
+def test_jira_projects_tracks_only_projects_never_seen(settings, db, redis_conn, monkeypatch, caplog):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    runner = CliRunner()
+    assert runner.invoke(main, ["projects", "untrack", "DEMO"]).exit_code == 0
+    monkeypatch.setenv("JIRA_PROJECTS", "DEMO,NEWP")
+    caplog.set_level("INFO", logger="mirror.store")
+    result = runner.invoke(main, ["db", "upgrade"])  # every deploy runs it (Procfile: release)
+    assert result.exit_code == 0, result.output
+    active = {p.key: p.is_active for p in Project.select().where(Project.site == settings.site)}
+    assert active == {"DEMO": False, "NEWP": True}
+    assert "project tracked project=NEWP" in caplog.text and "project=DEMO" in caplog.text
+
+
+# --- 11. unknown project keys --------------------------------------------------------------------
+
+def backfill_jobs(redis_conn):
+    from workers.queues import BACKFILL, queue
+
+    return queue(BACKFILL, redis_conn).get_jobs()
+
+
+def test_an_unknown_key_is_refused_by_the_cli_and_the_admin_api_and_changes_nothing(jira_env, redis_conn):
+    from click.testing import CliRunner
+
+    from cli import main
+    from receiver import create_app
+
+    result = CliRunner().invoke(main, ["projects", "track", "NOPE"])
+    assert result.exit_code != 0 and "Jira has no project NOPE" in result.output
+    token = "t" * 40
+    api = create_app(dataclasses.replace(jira_env, admin_token=token)).test_client()
+    answer = api.post("/admin/projects/NOPE/track", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 404 and "Jira has no project NOPE" in answer.get_json()["error"]
+    assert Project.get_or_none(Project.key == "NOPE") is None and backfill_jobs(redis_conn) == []
+    ok = CliRunner().invoke(main, ["projects", "track", "OPS"])
+    assert ok.exit_code == 0 and "full backfill enqueued" in ok.output
+    ops = Project.get(Project.key == "OPS", Project.site == jira_env.site)
+    assert ops.project_id is not None and ops.is_active
+
+
+def test_a_project_jira_does_not_know_fails_once_and_is_not_queued_again(jira_env, redis_conn, drain):
+    from backfill.schedule import Clock
+
+    store.track_projects(jira_env.site, ["GONE"])  # tracked before keys were checked
+    job_id = jobs.enqueue_sync(redis_conn, site=jira_env.site, project_key="GONE", full=True)
+    assert jobs.enqueue_sync(redis_conn, site=jira_env.site, project_key="GONE", full=False) == job_id
+    drain(("backfill",))
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+    from workers.queues import BACKFILL, queue
+
+    q = queue(BACKFILL, redis_conn)
+    assert job_id in FailedJobRegistry(queue=q).get_job_ids()  # no retry: Jira's 404 is final
+    assert ScheduledJobRegistry(queue=q).get_job_ids() == []
+    gone = Project.get(Project.key == "GONE", Project.site == jira_env.site)
+    assert gone.sync_state == "not found" and "Jira has no project GONE" in gone.last_error
+    Project.update(last_full_sync_at=dt.datetime.utcnow(), sync_cursor=dt.datetime.utcnow()).where(
+        Project.key == "DEMO").execute()
+    assert not any("GONE" in (j.description or "") for j in map(q.fetch_job, Clock(jira_env, redis_conn).tick()))
+
+
+def test_untracking_cancels_the_pending_sync(jira_env, redis_conn):
+    from backfill.projects import untrack_project
+
+    job_id = jobs.enqueue_sync(redis_conn, site=jira_env.site, project_key="DEMO", full=True)
+    assert untrack_project(jira_env, redis_conn, "DEMO")
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    assert Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer).get_status() == "canceled"
+    assert backfill_jobs(redis_conn) == []
