@@ -177,14 +177,15 @@ def test_a_change_during_a_long_full_sync_is_seen_by_the_next_incremental(db, ji
     issues = sorted(jira.site.current("DEMO"), key=lambda v: int(v.id))
     early, late = issues[0].id, issues[-1].id  # in the first and the last chunk of 100
     client = JiraClient.from_settings(settings, sleep=fast_sleep)
-    real_bulkfetch, done = client.bulkfetch, []
+    real_bulkfetch, done, ahead = client.bulkfetch, [], [0.0]
+    jira.site.clock = lambda: time.time() + ahead[0]
 
     def bulkfetch(ids, **kw):
         answer = real_bulkfetch(ids, **kw)
         if early in ids and not done:  # the sync read `early`; it changes, its webhook is lost
             done.append(1)
             jira.site.update_issue(early, summary="changed while the full sync ran")
-            time.sleep(1.5)  # longer than the overlap
+            ahead[0] = 300.0  # the sync goes on for five minutes (far longer than the overlap)
             jira.site.update_issue(late, summary="read later by the same sync")
         return answer
 
@@ -403,10 +404,12 @@ def test_a_project_jira_does_not_know_fails_once_and_is_not_queued_again(jira_en
 
 
 def test_untracking_cancels_the_pending_sync(jira_env, redis_conn):
-    from backfill.projects import untrack_project
+    from click.testing import CliRunner
+
+    from cli import main
 
     job_id = jobs.enqueue_sync(redis_conn, site=jira_env.site, project_key="DEMO", full=True)
-    assert untrack_project(jira_env, redis_conn, "DEMO")
+    assert CliRunner().invoke(main, ["projects", "untrack", "DEMO"]).exit_code == 0
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
