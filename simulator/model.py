@@ -532,12 +532,14 @@ class Site:
     def create_issue(self, project: str, *, actor: str | None = None, **fields: Any) -> ChangeEvent:
         """Creates an issue in ``project`` (random content, overridden by ``fields``).
 
-        ``fields`` take the names of :meth:`update_issue`. Raises :class:`SiteError`.
+        ``project`` is a key, a former key or an id. ``fields`` take the names of
+        :meth:`update_issue`. Raises :class:`SiteError`.
         """
-        key = project.upper()
         with self._lock:
-            if key not in self.projects:
+            found = self.find_project(project)
+            if found is None:
                 raise SiteError(f"unknown project {project}")
+            key = found.key
             actor_id = self._actor(actor)
             since = self._stamp()
             version = self._random_version(self.rng, key, since, since, list(self.users))
