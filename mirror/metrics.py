@@ -249,10 +249,23 @@ LAST_SEEN_KEY = PREFIX + "recent:deliveries:last"
 RECENT_TTL = 2 * 3600
 
 
+# The hot path pays one command a delivery: the minute's TTL is set by a process's first delivery
+# of the minute, "last seen" once a second per outcome (the reader sets the TTLs again).
+_recent_sent: dict[str, int] = {}
+
+
 def _ops_recent(outcome: str, now: float | None = None) -> list[tuple[str, str, str, float]]:
     now = time.time() if now is None else now
-    key = RECENT_KEY.format(minute=int(now // 60))
-    return [("hincrby", key, outcome, 1), ("expire", key, "", RECENT_TTL), ("hset", LAST_SEEN_KEY, outcome, now)]
+    minute = int(now // 60)
+    key = RECENT_KEY.format(minute=minute)
+    ops: list[tuple[str, str, str, float]] = [("hincrby", key, outcome, 1)]
+    if _recent_sent.get("minute") != minute:
+        _recent_sent["minute"] = minute
+        ops.append(("expire", key, "", RECENT_TTL))
+    if _recent_sent.get(outcome) != int(now):
+        _recent_sent[outcome] = int(now)
+        ops.append(("hset", LAST_SEEN_KEY, outcome, now))
+    return ops
 
 
 def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: int = 60
@@ -264,7 +277,9 @@ def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: i
         for m in range(minute - minutes + 1, minute + 1):
             pipe.hgetall(RECENT_KEY.format(minute=m))
         pipe.hgetall(LAST_SEEN_KEY)
-        answers = pipe.execute()
+        for m in range(minute - minutes + 1, minute + 1):  # in case a writer's EXPIRE was lost
+            pipe.expire(RECENT_KEY.format(minute=m), RECENT_TTL)
+        answers = pipe.execute()[:minutes + 1]
     counts: dict[str, int] = {}
     for answer in answers[:-1]:
         for outcome, n in answer.items():
