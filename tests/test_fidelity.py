@@ -415,3 +415,15 @@ def test_untracking_cancels_the_pending_sync(jira_env, redis_conn):
 
     assert Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer).get_status() == "canceled"
     assert backfill_jobs(redis_conn) == []
+
+
+def test_the_track_form_says_when_jira_has_no_such_project(jira_env, redis_conn):
+    from receiver import create_app
+    from tests.test_status_page import TOKEN, log_in, page_csrf
+
+    browser = create_app(dataclasses.replace(jira_env, admin_token=TOKEN)).test_client()
+    log_in(browser)
+    response = browser.post("/projects/track", data={"csrf_token": page_csrf(browser), "key": "nope"})
+    assert response.status_code == 303
+    assert "Jira has no project NOPE" in browser.get("/").get_data(as_text=True)
+    assert Project.get_or_none(Project.key == "NOPE") is None and backfill_jobs(redis_conn) == []
