@@ -5,12 +5,16 @@ Jira facts behind it (JIRA.md, "Search and reads"):
 * ``search/jql`` pages through ``nextPageToken``; pages of ids alone go up to 5000, so a
   project's complete id list costs issues/5000 calls. Details come from ``issue/bulkfetch``
   (current state, 100 a call), fetched in parallel.
-* Search is eventually consistent and never returns deleted issues: ids missing from search
-  are confirmed with ``bulkfetch`` (current) before a row is marked deleted, so an issue too
-  new for the index, or moved to another project, is never wrongly deleted.
-* JQL date literals have minute precision and are read in the *requesting user's* time zone
-  (``myself().timeZone``). The incremental lower bound is the largest ``updated`` written,
-  minus an overlap covering minute truncation, clock skew and index lag, rendered in that zone.
+* Search is eventually consistent and never returns deleted issues: live rows missing from a
+  project's complete id list are read with ``bulkfetch`` (current): found -> written (moved, or
+  too new for the index); absent from that read too -> deleted. ``issueErrors`` (not returned
+  *this time*) are read again and fail the run if they persist: never deleted (invariant 7).
+* An issue read in an untracked project leaves the live mirror (invariant 6); the project is
+  named by its Jira id in JQL, so a renamed key is followed (``GET project`` at each run).
+* The incremental lower bound is the largest ``updated`` written minus an overlap (clock skew,
+  index lag), as a bare number in JQL: epoch milliseconds, exact and free of the user's zone.
+  Each page is a new search from the newest ``updated`` read, so pages that shift while they
+  are read skip nothing. After a full sync the cursor never passes the moment it started.
 
 Every row goes through ``mirror.store``; its guard keeps webhook versions that are newer than
 what a sync read, so a sync running beside live webhooks never rolls a row back.
