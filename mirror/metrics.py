@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -182,6 +183,10 @@ def _apply(pipe: Pipeline, ops: Iterable[tuple[str, str, str, float]]) -> None:
     for command, key, field, amount in ops:
         if command == "hincrby":
             pipe.hincrby(key, field, int(amount))
+        elif command == "hset":
+            pipe.hset(key, field, float(amount))
+        elif command == "expire":
+            pipe.expire(key, int(amount))
         else:
             pipe.hincrbyfloat(key, field, float(amount))
 
@@ -196,7 +201,10 @@ def _take_pending() -> list[tuple[str, str, str, float]]:
 def _keep_pending(ops: Iterable[tuple[str, str, str, float]]) -> None:
     with _pending_lock:
         for command, key, field, amount in ops:
-            _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
+            if command in ("hset", "expire"):  # a value, not an increment: the latest wins
+                _pending[(command, key, field)] = amount
+            else:
+                _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
 
 
 def has_pending() -> bool:
@@ -233,16 +241,63 @@ def flush_pending(connection: Redis) -> bool:
 # --- recording -------------------------------------------------------------------------------
 
 
+# Webhook health (the status page): deliveries per minute by outcome, kept two hours, and when
+# each outcome was last seen. From the receiver's own counts: rows' sources cannot tell, since a
+# sync that finds a row unchanged leaves it as the webhook wrote it (and rows change rarely).
+RECENT_KEY = PREFIX + "recent:deliveries:{minute}"
+LAST_SEEN_KEY = PREFIX + "recent:deliveries:last"
+RECENT_TTL = 2 * 3600
+
+
+# The hot path pays one command a delivery: the minute's TTL is set by a process's first delivery
+# of the minute, "last seen" once a second per outcome (the reader sets the TTLs again).
+_recent_sent: dict[str, int] = {}
+
+
+def _ops_recent(outcome: str, now: float | None = None) -> list[tuple[str, str, str, float]]:
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    key = RECENT_KEY.format(minute=minute)
+    ops: list[tuple[str, str, str, float]] = [("hincrby", key, outcome, 1)]
+    if _recent_sent.get("minute") != minute:
+        _recent_sent["minute"] = minute
+        ops.append(("expire", key, "", RECENT_TTL))
+    if _recent_sent.get(outcome) != int(now):
+        _recent_sent[outcome] = int(now)
+        ops.append(("hset", LAST_SEEN_KEY, outcome, now))
+    return ops
+
+
+def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: int = 60
+                      ) -> tuple[dict[str, int], dict[str, float]]:
+    """Deliveries of the last ``minutes`` by outcome, and when each outcome was last seen (epoch s)."""
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    with connection.pipeline(transaction=False) as pipe:
+        for m in range(minute - minutes + 1, minute + 1):
+            pipe.hgetall(RECENT_KEY.format(minute=m))
+        pipe.hgetall(LAST_SEEN_KEY)
+        for m in range(minute - minutes + 1, minute + 1):  # in case a writer's EXPIRE was lost
+            pipe.expire(RECENT_KEY.format(minute=m), RECENT_TTL)
+        answers = pipe.execute()[:minutes + 1]
+    counts: dict[str, int] = {}
+    for answer in answers[:-1]:
+        for outcome, n in answer.items():
+            counts[outcome.decode()] = counts.get(outcome.decode(), 0) + int(n)
+    return counts, {k.decode(): float(v) for k, v in answers[-1].items()}
+
+
 def add_delivery(pipe: Pipeline, *, event: Any, outcome: str, seconds: float) -> None:
     """Queue a delivery's count and ack time in ``pipe`` (the caller executes it)."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    _apply(pipe, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+    _apply(pipe, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds) + _ops_recent(outcome))
 
 
 def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:
     """Count a delivery (best effort, one round trip); returns whether Redis took it."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
+                 + _ops_recent(outcome))
 
 
 def _ops_job(queue: str, outcome: str, seconds: float | None) -> list[tuple[str, str, str, float]]:
