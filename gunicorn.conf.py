@@ -5,7 +5,11 @@ from mirror.settings import Settings
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = Settings.from_env().web_concurrency  # validated: a bad value (or setting) stops here, named
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# Threads per worker (gthread). A client that trickles its request (one header byte every few
+# seconds: slow loris) holds the thread reading it; with one thread per worker, WEB_CONCURRENCY
+# such clients stopped every delivery. Sixteen threads a worker keep deliveries answered behind
+# dozens of them, and the deadline below frees each such thread after a few seconds.
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Jira wants an answer within a second or two; a request stuck longer than this is killed.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # Heroku gives a process 30 s between SIGTERM and SIGKILL.
@@ -19,13 +23,20 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Several web processes may share a machine (dynos, tests, benchmarks): no shared control socket.
 control_socket_disable = True
 
-# A sync worker reads a request with no time limit: a client that sends its headers and then
-# stalls (slow loris) holds the worker until `timeout` kills it (30 s), and WEB_CONCURRENCY such
-# clients hold every worker, so no delivery gets an answer. A read that waits longer than this
-# for the client's next bytes drops the connection instead (408 if the body stalls). With
-# GUNICORN_THREADS > 1 gunicorn runs gthread workers, which defer idle connections themselves.
+# The client timeout is per read: a client sending a byte every 3 s never trips it. So each
+# request also has a deadline for the whole of it (reading the headers and the body, and the
+# answer): past it, the connection's reading side is shut, the request ends (408 when its body
+# was cut short, which Jira retries) and the thread is free. 15 s: far above a delivery's answer
+# (milliseconds) and the status page's slowest (a Jira check, 8 s at most).
+request_deadline = float(os.environ.get("GUNICORN_REQUEST_DEADLINE", "15"))
+# With one thread (GUNICORN_THREADS=1) the sync worker is used, each read bounded by this.
 client_timeout = float(os.environ.get("GUNICORN_CLIENT_TIMEOUT", "5"))
 
+import socket as _socket  # noqa: E402
+import threading as _threading  # noqa: E402
+import time as _time  # noqa: E402
+
+from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker  # noqa: E402
 from gunicorn.workers.sync import SyncWorker as _SyncWorker  # noqa: E402
 
 
@@ -35,7 +46,46 @@ class ClientTimeoutSyncWorker(_SyncWorker):
         super().handle(listener, client, addr)
 
 
-worker_class = ClientTimeoutSyncWorker if threads == 1 else "gthread"
+class DeadlineThreadWorker(_ThreadWorker):
+    """gunicorn's gthread worker, with a deadline for every request (``request_deadline``): a
+    watchdog thread shuts the reading side of a connection whose request outlives it, so a
+    trickling client frees its thread (its blocked read ends) instead of holding it for ever."""
+
+    def init_process(self):  # type: ignore[no-untyped-def]
+        self._deadlines: dict = {}
+        self._deadlines_lock = _threading.Lock()
+        _threading.Thread(target=self._enforce_deadlines, name="request-deadline", daemon=True).start()
+        super().init_process()
+
+    def handle(self, conn):  # type: ignore[no-untyped-def]
+        with self._deadlines_lock:
+            self._deadlines[conn] = _time.monotonic() + request_deadline
+        try:
+            return super().handle(conn)
+        finally:
+            with self._deadlines_lock:
+                self._deadlines.pop(conn, None)
+
+    def _enforce_deadlines(self):  # type: ignore[no-untyped-def]
+        while True:
+            _time.sleep(0.25)
+            now = _time.monotonic()
+            with self._deadlines_lock:
+                late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    self._deadlines.pop(conn, None)
+            for conn in late:
+                try:
+                    # Reading side only: the blocked read sees the end of the stream, and the
+                    # answer (408 for a body cut short) can still be written.
+                    conn.sock.shutdown(_socket.SHUT_RD)
+                except OSError:
+                    continue  # already closed
+                self.log.warning("request deadline passed deadline_s=%s peer=%s: connection's reading side shut",
+                                 request_deadline, conn.client[0] if isinstance(conn.client, tuple) else "-")
+
+
+worker_class = ClientTimeoutSyncWorker if threads == 1 else DeadlineThreadWorker
 
 # Structured logs (mirror/logs.py): gunicorn's error and access logs and the app's own lines,
 # one key=value (or LOG_FORMAT=json) line per event on stdout, at LOG_LEVEL.

@@ -187,8 +187,12 @@ def read_progress(connection: Redis, site: str, key: str) -> dict[str, Any]:
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
+PROGRESS_LOG_SECONDS = 10.0  # a full sync logs its progress this often, and at each new phase
+
+
 def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, also: Progress | None) -> Progress:
     last = [0.0]
+    logged: list[Any] = [time.monotonic(), None]
 
     def report(stats: SyncStats) -> None:
         shutdown.check()
@@ -197,6 +201,12 @@ def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, als
         if also:
             also(stats)
         now = time.monotonic()
+        if stats.kind == "full" and (now - logged[0] >= PROGRESS_LOG_SECONDS or stats.phase != logged[1]):
+            logged[0], logged[1] = now, stats.phase
+            percent = f"{min(100.0, 100.0 * stats.seen / stats.estimate):.0f}" if stats.estimate else "-"
+            log.info("sync progress project=%s kind=%s phase=%s seen=%d estimate=%s percent=%s api_calls=%d "
+                     "elapsed_s=%.0f", key, stats.kind, stats.phase, stats.seen, stats.estimate or "-", percent,
+                     stats.api_calls, now - stats.started)
         if now - last[0] < 1.0 and stats.phase != "done":
             return
         last[0] = now

@@ -46,7 +46,7 @@ def run_wrk(url: str, bodies_file: Path, *, seconds: float, connections: int, th
             tag: str = "run", timeout: str = "10s") -> dict[str, Any]:
     """``wrk`` for ``seconds`` with the rotating-body script; returns its figures."""
     argv = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", f"--timeout={timeout}",
-            "-s", str(LUA), url + "/webhooks/jira", "--", str(bodies_file), tag]
+            "-s", str(LUA), url + "/webhooks/jira", "--", str(bodies_file), tag, str(threads)]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):

@@ -32,6 +32,8 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
+from mirror import metrics
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -733,6 +735,7 @@ class JiraClient:
     def _report(self, template: str, status: int, started: float) -> None:
         seconds = time.monotonic() - started
         log.debug("jira call path=%s status=%s seconds=%.3f", template, status, seconds)
+        metrics.count_jira_response(status)  # jira_mirror_jira_api_responses_total{status_class}
         if self.on_request is None:
             return
         try:

@@ -7,6 +7,15 @@ Every process (web, worker, CLI) installs the same formatter through :func:`conf
 
 After ``ts``, ``level``, ``logger`` and ``msg`` come the fields bound to the current request or job
 (:func:`bound`: ``delivery``, ``job``, ``queue``, ``project``…) and the ``extra=`` fields of the call.
+In JSON the ``key=value`` pairs of a message (``"sync done project=%s seen=%d"``) become fields of
+their own (whole numbers as numbers), and ``msg`` keeps the words before them, so that a log
+search can filter on ``project`` or ``seen`` whatever wrote the line.
+
+RQ's own lines (five or so per job: dequeued, started, "Job OK", result kept…) are logged at
+warning and above only, unless ``LOG_LEVEL=DEBUG`` (:func:`rq_level`): the worker's one
+``job finished`` line says what they said. A job that failed on a client error Jira answered
+(a 4xx: permissions, a missing project) is an expected failure, logged as one line without a
+traceback (:func:`expected_error`).
 
 What is never logged: secrets, tokens, ``Authorization`` headers, issue bodies and summaries. The
 call sites are written so (ids, keys, outcomes, durations only); as a safety net the values given
@@ -21,6 +30,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from contextlib import contextmanager
@@ -89,12 +99,41 @@ def _timestamp(record: logging.LogRecord) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+# A ``key=`` inside a message: a lower-case name after a space (or at the start).
+_PAIR = re.compile(r"(?:^|(?<=\s))([a-z_][a-z0-9_]*)=")
+_INTEGER = re.compile(r"-?\d{1,18}")
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc", "stack"})
+
+
+def split_pairs(message: str) -> tuple[str, dict[str, Any]]:
+    """``"sync done project=DEMO seen=5"`` -> ``("sync done", {"project": "DEMO", "seen": 5})``: the
+    words before the first ``key=``, and each pair (a value runs to the next `` key=``)."""
+    matches = list(_PAIR.finditer(message))
+    if not matches:
+        return message, {}
+    pairs: dict[str, Any] = {}
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(message)
+        value = message[match.end():end].strip()
+        key = match.group(1)
+        if key in _RESERVED or key in pairs:
+            continue
+        pairs[key] = int(value) if _INTEGER.fullmatch(value) else value
+    text = message[:matches[0].start()].strip()
+    return (text or message), pairs
+
+
+def _fields(formatter: logging.Formatter, record: logging.LogRecord, *, pairs: bool = False) -> dict[str, Any]:
+    message = record.getMessage()
+    found: dict[str, Any] = {}
+    if pairs:
+        message, found = split_pairs(message)
     fields: dict[str, Any] = {
         "ts": _timestamp(record),
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": message,
+        **found,
     }
     for key, value in _context.get().items():
         fields.setdefault(key, value)
@@ -148,7 +187,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the same keys as :class:`KeyValueFormatter`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(self, record), default=str, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(_fields(self, record, pairs=True), default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 def formatter_from_env(fmt: str | None = None) -> logging.Formatter:
@@ -164,6 +203,28 @@ def level_from_env(level: str | int | None = None) -> int:
     name = (level if level is not None else os.environ.get("LOG_LEVEL", "INFO")).strip().upper()
     value = logging.getLevelName(name)
     return value if isinstance(value, int) else logging.INFO
+
+
+def rq_level() -> str:
+    """The level for RQ's own loggers (``Worker.work(logging_level=…)``): warning, or debug when
+    the process logs at debug (see the module docstring)."""
+    return "DEBUG" if logging.getLogger().getEffectiveLevel() <= logging.DEBUG else "WARNING"
+
+
+def expected_error(exc: BaseException | None) -> str | None:
+    """A one-line description of ``exc`` when it is an expected failure (it, or an exception it
+    came from, carries a 4xx ``status``: Jira refused the request for a reason a traceback does
+    not explain better), else None."""
+    seen = 0
+    cause = exc
+    while cause is not None and seen < 10:
+        status = getattr(cause, "status", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            text = (str(exc) or type(exc).__name__).strip().splitlines()
+            return f"{type(exc).__name__}: {text[0] if text else ''}"
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None
 
 
 def quiet_noisy_loggers() -> None:

@@ -39,8 +39,15 @@ from redis.client import Pipeline
 log = logging.getLogger(__name__)
 
 PREFIX = "jira-mirror:metrics:"
+# When the last delivery was accepted (Unix time), set in the enqueue's atomic step.
+LAST_ACCEPTED_KEY = PREFIX + "last-accepted-delivery"
+# The delivery outcomes that are refusals: the status page shows the last hour's by reason (a wrong
+# secret is the commonest set-up mistake), from the per-minute counts of ``recent_deliveries``.
+REFUSAL_OUTCOMES = frozenset({"unauthorized", "invalid", "too_large", "unsupported_media_type", "timeout",
+                              "queue_unavailable", "error"})
 
 __all__ = [
+    "JIRA_RESPONSES", "LAST_ACCEPTED_KEY", "count_jira_response", "refusals_since",
     "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
     "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
     "record_delivery", "record_jira_calls", "record_jira_client", "record_job", "add_job",
@@ -98,8 +105,14 @@ JOB_SECONDS = Histogram(
 )
 JIRA_CALLS = Counter("jira_mirror_jira_api_calls_total", "HTTP requests sent to Jira, retries included.")
 JIRA_RATE_LIMITED = Counter("jira_mirror_jira_rate_limited_total", "Jira answers 429 (rate limited).")
+JIRA_RESPONSES = Counter(
+    "jira_mirror_jira_api_responses_total",
+    "Jira calls by the class of their answer: 2xx, 3xx, 4xx, 5xx, or none (no answer: timeout, refused "
+    "connection).",
+    ("status_class",),
+)
 
-COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED)
+COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED, JIRA_RESPONSES)
 HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
 
 DELIVERY_OUTCOMES = frozenset({
@@ -127,10 +140,13 @@ def job_outcome_label(result: Any) -> str:
     """A finished job's ``outcome`` label from its return value (``"applied"``, ``{"outcome": …}``…).
 
     Jobs return outcome words (applied, stale, deleted, already-deleted, refreshed…): a short
-    lower-case word is kept (``-`` read as ``_``); anything else (a key, a number, data) is
-    ``succeeded``, so that a label cannot take arbitrary values.
+    lower-case word is kept (``-`` read as ``_``); a sync handed back on SIGTERM is
+    ``handed_back``; anything else (a key, a number, data) is ``succeeded``, so that a label
+    cannot take arbitrary values.
     """
     if isinstance(result, Mapping):
+        if result.get("handed_back"):  # a sync stopped by SIGTERM and requeued (backfill.jobs)
+            return "handed_back"
         result = result.get("outcome")
     if isinstance(result, str):
         label = result.strip().replace("-", "_")
@@ -294,10 +310,26 @@ def add_delivery(pipe: Pipeline, *, event: Any, outcome: str, seconds: float) ->
 
 
 def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:
-    """Count a delivery (best effort, one round trip); returns whether Redis took it."""
+    """Count a delivery (best effort, one round trip; a refusal also in this minute's hash of
+    refusals by reason); returns whether Redis took it."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
     return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
                  + _ops_recent(outcome))
+
+
+def refusals_since(connection: Redis, seconds: int = 3600) -> dict[str, int]:
+    """Deliveries refused in the last ``seconds`` (to the minute), by reason, most first: the
+    refusal outcomes of :func:`recent_deliveries`. Raises redis errors."""
+    counts, _last_seen = recent_deliveries(connection, minutes=max(1, seconds // 60))
+    refused = {outcome: n for outcome, n in counts.items() if outcome in REFUSAL_OUTCOMES}
+    return dict(sorted(refused.items(), key=lambda item: -item[1]))
+
+
+def count_jira_response(status: int) -> None:
+    """Count one Jira call by the class of its answer (``status`` 0: none), in this process; the
+    count goes to Redis with this process's next metrics write (no round trip of its own)."""
+    label = f"{status // 100}xx" if 100 <= status < 600 else "none"
+    _keep_pending(_ops_counter(JIRA_RESPONSES, {"status_class": label}, 1))
 
 
 def _ops_job(queue: str, outcome: str, seconds: float | None) -> list[tuple[str, str, str, float]]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 DEFAULT_DATABASE_URL = "sqlite:///jira-mirror.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# The admin token opens the status page and the admin API from anywhere: long enough that
+# guessing it is hopeless (32 characters of token_urlsafe: 192 bits).
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 _PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -128,6 +131,12 @@ class Settings:
     web_concurrency: int = 2
     log_level: str = "info"
     log_format: str = "kv"
+    # Hardening (issue 11). A signed body seen again within this window is a replay, answered
+    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (JIRA.md), so an hour.
+    replay_window_seconds: int = 3600
+    # Proxies whose X-Forwarded-For is believed (the client address of the login throttle), as
+    # gunicorn reads FORWARDED_ALLOW_IPS: addresses or networks, or "*".
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def jira_configured(self) -> bool:
@@ -208,4 +217,22 @@ class Settings:
             web_concurrency=_positive_int("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), 2, maximum=64),
             log_level=_choice("LOG_LEVEL", get("LOG_LEVEL"), LOG_LEVELS, "info"),
             log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), LOG_FORMATS, "kv"),
+            **_hardening(get),
         )
+
+
+def _hardening(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The settings of issue 11 (replays, admin token, proxies), kept apart from the others."""
+    token = get("ADMIN_TOKEN")
+    if token is not None and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise SettingsError(
+            f"ADMIN_TOKEN is {len(token)} characters long: it must have at least {MIN_ADMIN_TOKEN_LENGTH} "
+            "(a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    forwarded = get("FORWARDED_ALLOW_IPS")
+    return {
+        "forwarded_allow_ips": tuple(p.strip() for p in (forwarded or "127.0.0.1").split(",") if p.strip()),
+        "replay_window_seconds": _positive_int(
+            "JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS", get("JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS"), 3600, maximum=7 * 86400
+        ),
+    }

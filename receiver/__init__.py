@@ -8,7 +8,7 @@ from flask import Flask
 from mirror import logs
 from mirror.db import init_database
 from mirror.redis_connection import log_connection, redis_for
-from mirror.settings import Settings
+from mirror.settings import MIN_ADMIN_TOKEN_LENGTH, Settings, SettingsError
 from receiver import admin, auth, errors, health, status, webhooks
 from receiver import metrics as metrics_page
 from receiver.capacity import RedisCapacity
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
+    if settings.admin_token is not None and len(settings.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise SettingsError(f"ADMIN_TOKEN must have at least {MIN_ADMIN_TOKEN_LENGTH} characters")
     app = Flask(__name__)
     # Werkzeug refuses a larger body with 413 before the view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

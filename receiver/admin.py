@@ -123,6 +123,14 @@ def retry_failed(job_ids: list[str] | None = None, *, all: bool = False) -> list
     return requeued
 
 
+def discard_failed(job_ids: list[str]) -> list[str]:
+    """Delete failed jobs for good; returns their ids. Raises UnknownJobError (nothing deleted)
+    for an id not in a failed registry."""
+    discarded = failed.discard_failed(_redis(), job_ids)
+    log.info("failed jobs discarded count=%d", len(discarded))
+    return discarded
+
+
 # --- the API ---------------------------------------------------------------------------------
 
 
@@ -164,7 +172,11 @@ def _require_token() -> None:
     if auth.token_in_query():
         raise ApiError(401, "a token in the query string is refused: send Authorization: Bearer <ADMIN_TOKEN>",
                        headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})
-    if not auth.bearer_ok():
+    check = auth.bearer_check()
+    if check.throttled:
+        raise ApiError(429, "too many wrong admin tokens lately: try again later",
+                       headers={"Retry-After": str(check.retry_after)})
+    if not check.ok:
         given = "wrong" if auth.has_authorization_header() else "missing"
         raise ApiError(401, f"{given} admin token: send Authorization: Bearer <ADMIN_TOKEN>",
                        headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})

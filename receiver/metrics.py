@@ -2,9 +2,13 @@
 
 Counters and histograms live in Redis (``mirror.metrics``), so the answer is the same whichever
 gunicorn worker serves the scrape and includes what worker and backfill processes counted on
-other machines. Gauges are computed here at scrape time: queue depth, scheduled retries and
-failed jobs from RQ's keys, and per tracked project the age of the newest mirrored change and
-the outcome of the last sync from the database. ``jira_mirror_up{dependency}`` says whether
+other machines. Gauges are computed here at scrape time: queue depth, the age of the oldest
+queued job, workers, scheduled retries and failed jobs from RQ's keys; the time of the last
+accepted delivery; and per tracked project, from the database, the time of the last successful
+sync (0 before the first, so that an alert on ``time() - x`` fires for a project that never
+synced), the seconds since then (``sync_lag``: it does not grow for a quiet project that syncs),
+and the outcome, API calls and duration of the last run. ``jira_mirror_build_info`` names the
+version. ``jira_mirror_up{dependency}`` says whether
 Redis and the database answered the scrape; the rest of the page is still served when one of
 them does not. No token is needed (the Prometheus convention) and nothing secret is exposed:
 labels are queue names, project keys, event names and outcomes.
@@ -14,7 +18,9 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import logging
+import platform
 import time
+from importlib import metadata
 from typing import Any, Iterator
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -23,12 +29,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
 from redis.client import Pipeline
+from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from rq.utils import utcparse
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from mirror import metrics as counters
 from mirror.db import database
 from mirror.issues import utc_now
-from mirror.models import Issue, Project, SyncRun
+from mirror.models import Project, SyncRun
 from workers.queues import BACKFILL, ISSUES, queue
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,7 @@ def count_accepted(pipe: Pipeline, delivery: Any) -> None:
     A duplicate or a failed enqueue runs none of it; :func:`delivery_answered` then counts that outcome."""
     counters.add_delivery(pipe, event=delivery.event, outcome="accepted",
                           seconds=time.perf_counter() - delivery.started)
+    pipe.set(counters.LAST_ACCEPTED_KEY, repr(time.time()))
     delivery.counted = True
 
 
@@ -118,6 +128,7 @@ class MirrorCollector:
         except Exception as exc:
             log.warning("metrics: the database does not answer error=%s", type(exc).__name__)
             up["database"] = 0
+        yield _build_info()
         family = GaugeMetricFamily("jira_mirror_up", "1 when the dependency answered this scrape, else 0.",
                                    labels=["dependency"])
         for name in ("database", "redis"):
@@ -133,22 +144,58 @@ class MirrorCollector:
                 # Entries past their expiry score are dead; RQ's cleanup removes them later.
                 pipe.zcount(FailedJobRegistry(queue=q).key, now, "+inf")
                 pipe.zcard(ScheduledJobRegistry(queue=q).key)
+                pipe.lindex(q.key, 0)
+                pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+            pipe.get(counters.LAST_ACCEPTED_KEY)
             answers = pipe.execute()
         depth = GaugeMetricFamily("jira_mirror_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
         failed = GaugeMetricFamily("jira_mirror_failed_jobs",
                                    "Jobs that exhausted their retries (`jira-mirror failed list`).", labels=["queue"])
         scheduled = GaugeMetricFamily("jira_mirror_scheduled_jobs", "Jobs waiting for a retry or a set time.",
                                       labels=["queue"])
+        oldest = GaugeMetricFamily("jira_mirror_oldest_queued_job_age_seconds",
+                                   "Seconds the job at the head of the queue has waited (0: the queue is empty).",
+                                   labels=["queue"])
+        workers = GaugeMetricFamily("jira_mirror_workers", "Workers registered on the queue.", labels=["queue"])
+        heads = {}
         for index, name in enumerate(QUEUES):
-            depth.add_metric([name], answers[3 * index])
-            failed.add_metric([name], answers[3 * index + 1])
-            scheduled.add_metric([name], answers[3 * index + 2])
-        yield from (depth, failed, scheduled)
+            depth.add_metric([name], answers[5 * index])
+            failed.add_metric([name], answers[5 * index + 1])
+            scheduled.add_metric([name], answers[5 * index + 2])
+            workers.add_metric([name], answers[5 * index + 4])
+            if answers[5 * index + 3]:
+                heads[name] = answers[5 * index + 3].decode()
+        enqueued = self._enqueued_at(heads)
+        for name in QUEUES:
+            at = enqueued.get(name)
+            oldest.add_metric([name], max(0.0, now - at) if at is not None else 0.0)
+        last = GaugeMetricFamily("jira_mirror_last_accepted_delivery_timestamp_seconds",
+                                 "When the last webhook delivery was accepted (Unix time; 0: none yet).")
+        last.add_metric([], float(answers[-1] or 0))
+        yield from (depth, failed, scheduled, oldest, workers, last)
+
+    def _enqueued_at(self, heads: dict[str, str]) -> dict[str, float]:
+        """When the jobs at the queues' heads were enqueued (Unix time), by queue."""
+        if not heads:
+            return {}
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in heads.values():
+                pipe.hget(Job.redis_job_namespace_prefix + job_id, "enqueued_at")
+            answers = pipe.execute()
+        out = {}
+        for name, raw in zip(heads, answers):
+            if raw:
+                try:
+                    out[name] = _unix(utcparse(raw.decode()))
+                except ValueError:
+                    continue
+        return out
 
     def _projects(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
             "jira_mirror_sync_lag_seconds",
-            "Seconds since the newest `updated` mirrored for the tracked project (also grows while it is quiet).",
+            "Seconds since the tracked project's last successful sync of any kind (absent before the first; "
+            "a quiet project that syncs stays low).",
             labels=["project"],
         )
         success = GaugeMetricFamily(
@@ -157,7 +204,16 @@ class MirrorCollector:
         )
         succeeded_at = GaugeMetricFamily(
             "jira_mirror_last_successful_sync_timestamp_seconds",
-            "When the project's last successful sync of this kind finished (Unix time).",
+            "When the project's last successful sync of this kind finished (Unix time; 0 before the first, so "
+            "that `time() - x` alerts on a project that never synced).",
+            labels=["project", "kind"],
+        )
+        api_calls = GaugeMetricFamily(
+            "jira_mirror_last_sync_api_calls", "Jira calls made by the project's last finished sync of this kind.",
+            labels=["project", "kind"],
+        )
+        seconds = GaugeMetricFamily(
+            "jira_mirror_last_sync_duration_seconds", "Duration of the project's last finished sync of this kind.",
             labels=["project", "kind"],
         )
         now = utc_now()
@@ -165,26 +221,42 @@ class MirrorCollector:
             keys = [p.key for p in Project.select(Project.key).where(Project.site == self.site, Project.is_active)
                     .order_by(Project.key)]
             for key in keys:
-                # One index probe each: (site, project_key, updated) and (site, project_key, started_at).
-                newest = (Issue.select(Issue.updated).where(Issue.site == self.site, Issue.project_key == key)
-                          .order_by(Issue.updated.desc()).limit(1).scalar())
-                if newest is not None:
-                    lag.add_metric([key], max(0.0, (now - newest).total_seconds()))
+                newest_success = None
                 for kind in SYNC_KINDS:
+                    # One index probe each: (site, project_key, started_at).
                     run = self._last_run(key, kind, ("succeeded", "failed"))
+                    good = run if run is not None and run.state == "succeeded" else (
+                        self._last_run(key, kind, ("succeeded",)) if run is not None else None)
+                    finished = good.finished_at if good is not None else None
+                    succeeded_at.add_metric([key, kind], _unix(finished) if finished is not None else 0.0)
+                    if finished is not None and (newest_success is None or finished > newest_success):
+                        newest_success = finished
                     if run is None:
                         continue
                     success.add_metric([key, kind], 1 if run.state == "succeeded" else 0)
-                    good = run if run.state == "succeeded" else self._last_run(key, kind, ("succeeded",))
-                    if good is not None and good.finished_at is not None:
-                        succeeded_at.add_metric([key, kind], _unix(good.finished_at))
-        yield from (lag, success, succeeded_at)
+                    api_calls.add_metric([key, kind], run.api_calls or 0)
+                    if run.finished_at is not None and run.started_at is not None:
+                        seconds.add_metric([key, kind], max(0.0, (run.finished_at - run.started_at).total_seconds()))
+                if newest_success is not None:
+                    lag.add_metric([key], max(0.0, (now - newest_success).total_seconds()))
+        yield from (lag, success, succeeded_at, api_calls, seconds)
 
     def _last_run(self, key: str, kind: str, states: tuple[str, ...]) -> SyncRun | None:
-        return (SyncRun.select(SyncRun.state, SyncRun.finished_at)
+        return (SyncRun.select(SyncRun.state, SyncRun.started_at, SyncRun.finished_at, SyncRun.api_calls)
                 .where(SyncRun.site == self.site, SyncRun.project_key == key, SyncRun.kind == kind,
                        SyncRun.state.in_(states))
                 .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(1).first())
+
+
+def _build_info() -> Metric:
+    try:
+        version = metadata.version("jira-mirror")
+    except metadata.PackageNotFoundError:  # run from a checkout that was not installed
+        version = "unknown"
+    family = GaugeMetricFamily("jira_mirror_build_info", "Always 1; the labels name the running build.",
+                               labels=["version", "python"])
+    family.add_metric([version, platform.python_version()], 1)
+    return family
 
 
 def _unix(naive_utc: dt.datetime) -> float:

@@ -1,11 +1,15 @@
-"""The status page (``GET /``) and its buttons: server-rendered HTML, no JavaScript.
+"""The status page (``GET /``) and its buttons: server-rendered HTML, and one small script.
 
 Access (see :mod:`receiver.auth`): ``Authorization: Bearer $ADMIN_TOKEN`` or the login form's
 session cookie. Without a login the page redirects to ``/login``; a wrong bearer token is 401; a
 token in the query string is 401 even when right. Every form post carries the session's CSRF
 token (400 and nothing done without it), then redirects back to the page (post/redirect/get),
-with the outcome in a flashed message. The page refreshes itself: every 5 s while a sync is
-queued or running, every 30 s otherwise. Everything shown is escaped by Jinja's autoescape.
+with the outcome in a flashed message. The page refreshes its data itself (``static/status.js``:
+every 5 s while a sync is queued or running, every 30 s otherwise) by fetching the page and
+replacing only its live parts, and not while the operator is typing in a field or reading an
+opened error: what they type is never wiped. Without the script the page is complete, only
+static. A full backfill asks for a confirmation first (a page with the confirming form).
+Everything shown is escaped by Jinja's autoescape.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from typing import Any
 from flask import (Blueprint, Response, current_app, flash, get_flashed_messages, make_response, redirect,
                    render_template, request, url_for)
 
+from mirror import metrics as counters
+from mirror.db import database
+from mirror.models import SyncRun
 from receiver import admin, auth
 from workers import status as ops_status
 from workers.failed import UnknownJobError
@@ -26,9 +33,9 @@ bp = Blueprint("status", __name__)
 FAST_REFRESH, SLOW_REFRESH = 5, 30
 BUSY_STATES = frozenset({"running", "queued", "starting", "retrying"})
 SECURITY_HEADERS = {
-    # No script at all; styles from this origin only; forms post back here only.
-    "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    # Scripts, styles and fetches from this origin only (no inline script); forms post back here only.
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+                                "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -58,7 +65,31 @@ def _gate():  # type: ignore[no-untyped-def]
 
 
 def _authenticated() -> bool:
-    return auth.bearer_ok() or auth.logged_in()
+    """A right bearer token or a live session. A wrong bearer token past the throttle's budget
+    raises :class:`Throttled` (answered 429)."""
+    if auth.has_authorization_header():
+        check = auth.bearer_check()
+        if check.throttled:
+            raise Throttled(check.retry_after)
+        if check.ok:
+            return True
+    return auth.logged_in()
+
+
+class Throttled(Exception):
+    """Too many wrong tokens: answered 429 with Retry-After."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+@bp.errorhandler(Throttled)
+def _throttled(exc: Throttled):  # type: ignore[no-untyped-def]
+    response = _message("Too many wrong tokens", "Too many wrong admin tokens lately: try again in "
+                        f"{max(1, exc.retry_after // 60)} minutes.", 429)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _refused():  # type: ignore[no-untyped-def]
@@ -92,18 +123,105 @@ def _back():  # type: ignore[no-untyped-def]
 def page():  # type: ignore[no-untyped-def]
     if not _authenticated():
         return _refused()
-    report = ops_status.collect(current_app.extensions["settings"], current_app.extensions["redis"])
+    settings = current_app.extensions["settings"]
+    redis = current_app.extensions["redis"]
+    report = ops_status.collect(settings, redis)
     busy = any(p["active"] and p["state"] in BUSY_STATES for p in report["projects"])
     backfill_queue = report["queues"].get("backfill") or {}
     busy = busy or bool(backfill_queue.get("queued") or backfill_queue.get("started"))
+    for project in report["projects"]:
+        project.update(percent=None, eta_seconds=None, next_run_at=None, no_clock=False)
+    if "redis" not in report["errors"]:
+        _add_schedule(settings, redis, report)
     return _page(
         "status.html",
         report=report,
+        refused=_refused_deliveries(redis),
+        history=_run_history(settings.site, report) if "database" not in report["errors"] else {},
         refresh=FAST_REFRESH if busy else SLOW_REFRESH,
         csrf_token=auth.csrf_token(),
         messages=get_flashed_messages(with_categories=True),
         via_session=auth.logged_in(),
     )
+
+
+# The clock's mark of a project's last scheduled incremental (backfill.schedule.LAST_KEY), read
+# here without importing the backfill package; a full sync is due a day after the last one.
+CLOCK_LAST_KEY = "jira-mirror:clock:last-incremental:{site}:{key}"
+# Set by every tick of the clock (backfill.schedule.TICK_KEY) for under a minute: the clock lives.
+CLOCK_TICK_KEY = "jira-mirror:clock:tick:{site}"
+FULL_EVERY = dt.timedelta(days=1)
+HISTORY_LENGTH = 10
+# Refused deliveries by outcome, as an operator reads them.
+REFUSAL_REASONS = {
+    "unauthorized": "signature missing or wrong (check JIRA_WEBHOOK_SECRET against the webhook's secret)",
+    "invalid": "malformed JSON or not a Jira webhook",
+    "too_large": "body over the size limit",
+    "unsupported_media_type": "not sent as application/json",
+    "timeout": "body did not arrive in time",
+    "queue_unavailable": "queue unavailable or full (Jira delivers again)",
+    "error": "internal error",
+}
+
+
+def _refused_deliveries(redis: Any) -> list[dict[str, Any]] | None:
+    """Deliveries refused in the last hour, by reason, most first (None: Redis unavailable)."""
+    try:
+        counts = counters.refusals_since(redis, 3600)
+    except Exception:  # the page says "unknown" rather than fail
+        return None
+    return [{"outcome": outcome, "reason": REFUSAL_REASONS.get(outcome, outcome), "count": count}
+            for outcome, count in counts.items()]
+
+
+def _run_history(site: str, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The last HISTORY_LENGTH runs of each tracked project, newest first (from jira_sync_run)."""
+    history: dict[str, list[dict[str, Any]]] = {}
+    try:
+        with database.connection_context():
+            for project in report["projects"]:
+                if not project["active"]:
+                    continue
+                runs = (SyncRun.select().where(SyncRun.site == site, SyncRun.project_key == project["key"])
+                        .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(HISTORY_LENGTH))
+                history[project["key"]] = [ops_status._run(run) for run in runs]  # type: ignore[misc]
+    except Exception as exc:  # the database blinked after the report: no history this time
+        log.info("run history unavailable error=%s", type(exc).__name__)
+    return history
+
+
+def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
+    """Per active project: when its next scheduled sync is due (``next_run_at``, None while one
+    is queued or running), and for a running sync its percentage and ETA (``percent``,
+    ``eta_seconds``), from the progress it writes (seen of the estimate, at the rate so far)."""
+    now = report["collected_at"]
+    active = [p for p in report["projects"] if p["active"]]
+    try:
+        clock = bool(redis.exists(CLOCK_TICK_KEY.format(site=settings.site)))
+        marks = redis.mget([CLOCK_LAST_KEY.format(site=settings.site, key=p["key"]) for p in active]) if active else []
+    except Exception:
+        clock, marks = True, [None] * len(active)
+    for project, mark in zip(active, marks):
+        progress = project.get("progress") or {}
+        seen, estimate, elapsed = progress.get("seen"), progress.get("estimate"), progress.get("elapsed")
+        project["percent"] = project["eta_seconds"] = None
+        if project["state"] in ("running", "starting") and isinstance(seen, int) and isinstance(estimate, int) \
+                and estimate > 0:
+            project["percent"] = min(100, int(100 * seen / estimate))
+            if seen and isinstance(elapsed, (int, float)) and seen < estimate:
+                project["eta_seconds"] = elapsed * (estimate - seen) / seen
+        project["next_run_at"] = None
+        project["no_clock"] = not clock
+        if project["state"] in BUSY_STATES or not clock:
+            continue
+        full_sync = project.get("last_full_sync_at")
+        due = [full_sync + FULL_EVERY if full_sync else now]
+        if mark is not None:
+            due.append(dt.datetime.fromtimestamp(float(mark), dt.timezone.utc)
+                       + dt.timedelta(seconds=settings.sync_interval_seconds))
+        elif project.get("sync_cursor") is not None:
+            due.append(now)  # no incremental yet since the clock started: at its next tick
+        project["next_run_at"] = max(now, min(due))
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -116,42 +234,27 @@ def login():  # type: ignore[no-untyped-def]
     return _page("login.html", csrf_token=auth.csrf_token(), error=None)
 
 
-LOGIN_FAILURES_KEY = "jira-mirror:login-failures:{}"
-LOGIN_FAILURES_MAX = 10
-LOGIN_FAILURES_WINDOW = 300  # seconds
-
-
-def _login_failures(add: bool = False) -> int:
-    """Failed logins from this address in the window (Redis down: 0, the token still decides)."""
-    key = LOGIN_FAILURES_KEY.format(request.remote_addr or "unknown")
-    redis = current_app.extensions["redis"]
-    try:
-        if add:
-            with redis.pipeline() as pipe:
-                pipe.incr(key)
-                pipe.expire(key, LOGIN_FAILURES_WINDOW, nx=True)
-                return int(pipe.execute()[0])
-        return int(redis.get(key) or 0)
-    except Exception:
-        return 0
-
-
 @bp.post("/login")
 def login_post():  # type: ignore[no-untyped-def]
     if not auth.csrf_ok():
         return _page("login.html", 400, csrf_token=auth.csrf_token(),
                      error="The form expired or came from elsewhere; it has been renewed: enter the token again.")
-    if _login_failures() >= LOGIN_FAILURES_MAX:
-        log.warning("login throttled remote=%s", request.remote_addr)
-        return _page("login.html", 429, csrf_token=auth.csrf_token(),
-                     error="Too many wrong tokens from this address: "
-                           f"try again in {LOGIN_FAILURES_WINDOW // 60} minutes.")
-    if not auth.token_matches(request.form.get("token", "")):
-        _login_failures(add=True)
-        log.warning("login refused remote=%s", request.remote_addr)
+    # The token first: the right one always logs in, whatever others tried (receiver.auth).
+    check = auth.check_token(request.form.get("token", ""), path="login")
+    if check.throttled:
+        response = _page("login.html", 429, csrf_token=auth.csrf_token(),
+                         error="Too many wrong tokens lately: wait a few minutes before trying again.")
+        response.headers["Retry-After"] = str(check.retry_after)
+        return response
+    if not check.ok:
         return _page("login.html", 401, csrf_token=auth.csrf_token(), error="Wrong token.")
-    auth.log_in()
-    log.info("login remote=%s", request.remote_addr)
+    try:
+        auth.log_in()
+    except Exception as exc:  # the session record lives in Redis
+        log.warning("login failed: session not recorded error=%s", type(exc).__name__)
+        return _page("login.html", 503, csrf_token=auth.csrf_token(),
+                     error="Redis is unavailable, so no session can be opened; try again shortly.")
+    log.info("login remote=%s", auth.client_address())
     return _back()
 
 
@@ -207,6 +310,9 @@ def backfill(raw_key: str):  # type: ignore[no-untyped-def]
     if key is None:
         flash("Not a Jira project key.", "error")
         return _back()
+    if full and request.form.get("confirm") != "1":
+        # A full backfill re-reads every issue of the project from Jira: asked for once more.
+        return _page("confirm.html", key=key, csrf_token=auth.csrf_token())
     job_id = _operation(admin.backfill, key, full=full)
     if job_id:
         flash(f"{'Full' if full else 'Incremental'} backfill of {key} queued (job {job_id}).", "ok")
@@ -245,6 +351,21 @@ def retry():  # type: ignore[no-untyped-def]
     return _back()
 
 
+@bp.post("/failed/discard")
+def discard():  # type: ignore[no-untyped-def]
+    refused = _checked_post()
+    if refused is not None:
+        return refused
+    ids = [i for i in request.form.getlist("job_id") if i][:ops_status.LIST_LIMIT]
+    if not ids:
+        flash("No job chosen.", "error")
+        return _back()
+    discarded = _operation(admin.discard_failed, ids)
+    if discarded is not None:
+        flash(f"{len(discarded)} failed job(s) discarded.", "ok")
+    return _back()
+
+
 # --- formatting for the templates ------------------------------------------------------------
 
 
@@ -277,3 +398,20 @@ def duration(seconds: float | int | None) -> str:
 @bp.app_template_filter("utc")
 def utc_text(moment: dt.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "–"
+
+
+@bp.app_template_filter("num")
+def num(value: Any) -> str:
+    """A count with thousands separators (``12,345``); ``–`` for none."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else ("–" if value is None
+                                                                                        else str(value))
+
+
+ERROR_SHORT = 120
+
+
+@bp.app_template_filter("short")
+def short(text: str | None) -> str:
+    """The first line of ``text``, cut to ERROR_SHORT characters (the page shows the rest on demand)."""
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first if len(first) <= ERROR_SHORT else first[:ERROR_SHORT - 1] + "…"

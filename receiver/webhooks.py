@@ -13,6 +13,7 @@ the ones Flask's error handlers give (``receiver.errors``): JSON ``{"error": …
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -273,9 +274,12 @@ class WebhookEndpoint:
             # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
             job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
                                                 before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                                                refresh=refresh)
+                                                refresh=refresh, body_digest=hashlib.sha256(body).hexdigest(),
+                                                replay_window=settings.replay_window_seconds)
         except queues.DuplicateDeliveryError:
-            return _ignored(delivery, "duplicate delivery", outcome="duplicate")
+            # A retry (same identifier) or a replay (same signed body, any identifier) within
+            # Jira's redelivery window: no job, no Jira call.
+            return _ignored(delivery, "duplicate", outcome="duplicate")
         except RedisError as exc:
             log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery.id, event,
                         type(exc).__name__)

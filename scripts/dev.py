@@ -155,7 +155,7 @@ def main() -> int:
         if not env.get("ADMIN_TOKEN"):
             # A token for this run, in a file only this user can read: never printed.
             token_file = ROOT / ".dev-admin-token"
-            env["ADMIN_TOKEN"] = secrets.token_urlsafe(16)
+            env["ADMIN_TOKEN"] = secrets.token_urlsafe(32)  # 43 characters; at least 32 are required
             token_file.write_text(env["ADMIN_TOKEN"] + "\n")
             token_file.chmod(0o600)
             say(f"status page login token (ADMIN_TOKEN) for this run: in {token_file.name}")

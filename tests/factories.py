@@ -9,6 +9,9 @@ from typing import Any
 from receiver.signature import sign
 
 _ids = itertools.count(1)
+# Every delivery built gets its own timestamp (1 ms apart), as Jira's do: the same body twice
+# is a replay, answered 200 duplicate (receiver.webhooks). Pass timestamp= to repeat one.
+_timestamps = itertools.count(1735442483904)
 
 
 def jira_time(moment: dt.datetime, offset: str = "+0530") -> str:
@@ -47,7 +50,7 @@ def issue(issue_id: str = "10001", key: str = "DEMO-1", *, updated: dt.datetime 
 def delivery(event: str = "jira:issue_updated", the_issue: dict[str, Any] | None = None, *,
              timestamp: int | None = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "timestamp": timestamp if timestamp is not None else 1735442483904,
+        "timestamp": timestamp if timestamp is not None else next(_timestamps),
         "webhookEvent": event,
         "issue_event_type_name": {"jira:issue_created": "issue_created", "jira:issue_deleted": "issue_deleted"}.get(
             event, "issue_generic"),

@@ -1,7 +1,9 @@
 """The status page in a real headless Chromium (Debian's `chromium`, driven by Playwright), served by
 real gunicorn, with a real `jira-mirror worker` syncing from the bundled Jira simulator: log in,
-see the project, press "Full backfill", watch it queue and succeed; track a second project with
-the form; see a webhook delivery counted; read it all on a phone-sized screen.
+see the project, press "Full backfill" and confirm it, watch it queue and succeed; read the run
+history and the refused deliveries; type in the track field while the page refreshes its data
+(nothing typed is lost); track a second project with the form; see a webhook delivery counted;
+read it all on a phone-sized screen.
 
 Screenshots land in `artifacts/` (gitignored): `status-page.png` (desktop) and
 `status-page-phone.png`. `docs/status-page.png` is a copy of a good desktop one.
@@ -27,7 +29,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = procs.ROOT / "artifacts"
-TOKEN = "browser-admin-token"
+TOKEN = "browser-admin-token-long-enough-for-start"
 
 
 @pytest.fixture
@@ -106,11 +108,14 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
         assert page.locator("#queue-backfill .queued").inner_text() == "0"
 
         # Full backfill: queued (no backfill worker yet), the page says so and refreshes fast.
+        # It asks for a confirmation first.
         page.locator("#project-DEMO").get_by_role("button", name="Full backfill").click()
+        assert "Full backfill of DEMO?" in page.inner_text("body")
+        page.get_by_role("button", name="Yes, run a full backfill").click()
         assert "Full backfill of DEMO queued" in page.inner_text("body")
         assert page.locator("#project-DEMO .state").inner_text() == "queued"
         assert page.locator("#queue-backfill .queued").inner_text() == "1"
-        assert page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "5"
+        assert page.locator("#live-root").get_attribute("data-refresh") == "5"
 
         # A worker takes the job; the page shows the run's outcome.
         worker = procs.start_worker(settings, tmp_path, "--queue", "backfill", "--queue", "issues", name="worker",
@@ -120,6 +125,30 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
         assert _cell(page, "DEMO", "Issues") == "40" and _cell(page, "DEMO", "Deleted") == "3"
         assert page.locator("#queue-backfill .queued").inner_text() == "0"
         assert "backfill" in page.inner_text("#workers")
+
+        # The run history shows the run; a delivery with a wrong signature shows among the refused.
+        history = page.inner_text("#history-DEMO")
+        assert "full" in history and "succeeded" in history and "40" in history
+        assert "None in the last hour" in page.inner_text("#refused")
+        raw, wrong = factories.signed(factories.delivery(the_issue=factories.issue()), "not-the-secret")
+        assert requests.post(url + "/webhooks/jira", data=raw, headers=wrong, timeout=10).status_code == 401
+
+        # Refreshing never wipes what the operator is typing: while the field holds text (or has
+        # focus) the data waits; once it is empty and left, the data is refreshed in place.
+        page.click("#track-key")
+        page.keyboard.type("OP")
+        page.evaluate("document.getElementById('live-root').setAttribute('data-refresh', '1')")  # rounds every 1 s
+        assert page.evaluate("window.jiraMirrorRefresh()") is False
+        time.sleep(2.5)  # the automatic rounds come, see the typing, and wait
+        assert int(page.locator("#live-root").get_attribute("data-paused")) >= 3
+        assert page.input_value("#track-key") == "OP" and "None in the last hour" in page.inner_text("#refused")
+        page.fill("#track-key", "")
+        page.locator("h1").click()  # focus leaves the field
+        url_before = page.url
+        assert page.evaluate("window.jiraMirrorRefresh()") is True
+        assert page.url == url_before  # parts replaced in place, not a reload
+        refused = page.inner_text("#refused")
+        assert "unauthorized" in refused and "JIRA_WEBHOOK_SECRET" in refused
 
         # Track another project with the form: it is backfilled in full.
         page.fill("#track-key", "ops")

@@ -92,7 +92,8 @@ def test_heroku_build_runs_every_procfile_line_against_heroku_redis(tmp_path: Pa
     redis.start()
     port = free_port()
     env = deploy_env(bin_dir, DYNO="web.1", DATABASE_URL=database_url, REDIS_URL=redis.url, PORT=str(port),
-                     WEB_CONCURRENCY="1", JIRA_WEBHOOK_SECRET="a-webhook-secret", ADMIN_TOKEN="an-admin-token")
+                     WEB_CONCURRENCY="1", JIRA_WEBHOOK_SECRET="a-webhook-secret",
+                     ADMIN_TOKEN="an-admin-token-of-at-least-32-characters")
     lines = procfile()
     assert set(lines) == set(PROCESSES)
     running: dict[str, Proc] = {}
@@ -184,8 +185,8 @@ def test_installed_package_works_from_another_directory(tmp_path: Path, database
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     port = free_port()
-    env = deploy_env(bin_dir, DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL, ADMIN_TOKEN="installed-token-1",
-                     PORT=str(port))
+    env = deploy_env(bin_dir, DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL,
+                     ADMIN_TOKEN="installed-token-1-of-at-least-32-chars", PORT=str(port))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(bin_dir / "jira-mirror"), *args], cwd=elsewhere, env=env, capture_output=True,
@@ -201,7 +202,7 @@ def test_installed_package_works_from_another_directory(tmp_path: Path, database
                env, tmp_path / "web.log", cwd=elsewhere)
     try:
         base = f"http://127.0.0.1:{port}"
-        page = wait_for(base + "/", web, headers={"Authorization": "Bearer installed-token-1"})
+        page = wait_for(base + "/", web, headers={"Authorization": "Bearer installed-token-1-of-at-least-32-chars"})
         assert "Jira connection" in page.text
         login = requests.get(base + "/login", timeout=5)
         links = set(re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text + login.text))

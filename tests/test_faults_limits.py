@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import requests
@@ -74,8 +75,10 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         body, headers = factories.signed(fits, SECRET)
         assert requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=10).status_code == 202
         assert queue(ISSUES, redis_conn).count == 1
-        # The same size chunked (no Content-Length) is read whole and accepted.
-        headers["X-Atlassian-Webhook-Identifier"] = "chunked-fits"
+        # The same size chunked (no Content-Length) is read whole and accepted (another delivery:
+        # the same body again would be a replay).
+        body, headers = factories.signed(factories.delivery(the_issue=factories.issue(description="y" * (CAP - 4000))),
+                                         SECRET, delivery_id="chunked-fits")
         pieces = (body[start:start + 8192] for start in range(0, len(body), 8192))
         assert requests.post(url + "/webhooks/jira", data=pieces, headers=headers, timeout=10).status_code == 202
         assert queue(ISSUES, redis_conn).count == 2
@@ -86,8 +89,9 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
 def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_conn, tmp_path):
     """As many stalled clients as there are web workers (each sent its headers and a little of the
     body, then nothing): before, every delivery waited for gunicorn's 30 s worker timeout; now a
-    stalled read is dropped after GUNICORN_CLIENT_TIMEOUT (5 s) with a 408, which Jira retries."""
-    web, url = procs.start_web(settings, tmp_path, workers=2)
+    stalled request is cut at its deadline (GUNICORN_REQUEST_DEADLINE, 3 s here) with a 408, which
+    Jira retries."""
+    web, url = procs.start_web(settings, tmp_path, workers=2, GUNICORN_REQUEST_DEADLINE="3")
     host, port = _host_port(url)
     stalled = []
     try:
@@ -113,6 +117,66 @@ def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_c
         print(f"\nslow clients: a delivery behind {len(stalled)} stalled connections answered in {waited:.1f}s")
     finally:
         for sock in stalled:
+            sock.close()
+        web.terminate()
+
+
+def test_trickling_clients_do_not_delay_deliveries(db, settings, redis_conn, tmp_path):
+    """Slow loris as the Procfile's web runs (WEB_CONCURRENCY=2): 8 clients each send one header
+    byte every 3 s (so a per-read timeout never trips); valid deliveries are still answered within
+    2 s, and each trickling request is cut at its deadline (5 s here), freeing its thread."""
+    web, url = procs.start_web(settings, tmp_path, workers=2, GUNICORN_REQUEST_DEADLINE="5")
+    host, port = _host_port(url)
+    request = b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" * 4
+    slow = [socket.create_connection((host, port)) for _ in range(8)]
+    dropped: list[float] = []
+    stop = threading.Event()
+
+    def closed(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:  # open, nothing to read
+            return False
+        except OSError:  # reset
+            return True
+
+    def trickle(sock: socket.socket) -> None:
+        started = time.monotonic()
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            for _ in range(12):  # the next byte in 3 s; meanwhile, look whether the server hung up
+                if stop.wait(0.25):
+                    return
+                if closed(sock):
+                    dropped.append(time.monotonic() - started)
+                    return
+        dropped.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=trickle, args=(sock,), daemon=True) for sock in slow]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        waits = []
+        for _ in range(3):  # across 7.5 s: before and after the deadline of the slow requests
+            body, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
+            started = time.monotonic()
+            answer = requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=30)
+            waits.append(time.monotonic() - started)
+            assert answer.status_code == 202
+            time.sleep(2.5)
+        assert max(waits) < 2, f"deliveries waited {waits} behind 8 trickling clients"
+        # Cut at the deadline: the server closed them (a write fails once the close is seen).
+        assert wait_for(lambda: len(dropped) == len(slow), timeout=15), dropped
+        assert all(4 < seconds < 8 for seconds in dropped), dropped  # at the deadline
+        print(f"\nslow loris: deliveries answered in {max(waits):.2f}s at most; slow requests cut after "
+              f"{min(dropped):.0f}-{max(dropped):.0f}s")
+    finally:
+        stop.set()
+        for sock in slow:
             sock.close()
         web.terminate()
 

@@ -16,7 +16,7 @@ from tests import factories, procs
 from tests.conftest import SECRET
 from tests.test_users import EMAIL, TOKEN, FakeJira, site_people
 
-ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a"
+ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a-4f3e2d1c0b9a8f7e"
 SUMMARY = "Quarterly numbers leak 5c1d"
 DESCRIPTION = "Confidential body text 9b2e"
 KV_LINE = re.compile(
@@ -155,3 +155,75 @@ def test_a_failing_job_logs_its_error_but_not_its_arguments(capture, settings, r
     assert "IssueMappingError" in text and "outcome=failed" in text  # RQ's error line and ours
     assert SUMMARY not in text and DESCRIPTION not in text
     assert all(KV_LINE.match(line) for line in text.splitlines())
+
+
+# --- issue 11: fields, quiet RQ, expected errors, sync progress, handed-back syncs ----------
+
+
+def refused_by_jira() -> None:
+    """A job that fails on a 4xx Jira answered (tests below enqueue it by name)."""
+    from mirror.jira import JiraAuthError
+
+    raise JiraAuthError("GET /rest/api/3/project/NOPE: 403 you may not see this project", status=403)
+
+
+def broken() -> None:
+    raise RuntimeError("a bug")
+
+
+def handed_back() -> dict:
+    return {"project": "DEMO", "handed_back": "job-2"}
+
+
+def _run_in_worker(settings, redis_conn, func: str) -> None:  # type: ignore[no-untyped-def]
+    from workers.queues import ISSUES, queue
+    from workers.worker import build_worker
+
+    queue(ISSUES, redis_conn).enqueue(func, retry=None)
+    worker = build_worker(settings, (ISSUES,), connection=redis_conn)
+    worker.work(burst=True, with_scheduler=False, logging_level=logs.rq_level())
+
+
+def test_json_lines_make_key_value_pairs_real_fields(capture):
+    logs.configure("INFO", fmt="json", stream=capture)
+    logging.getLogger("backfill.sync").info("sync done project=%s kind=%s seen=%d error=%s", "DEMO", "full", 1500,
+                                            "JiraError: 503 from Jira")
+    record = json.loads(capture.getvalue())
+    assert record["msg"] == "sync done"
+    assert (record["project"], record["kind"], record["seen"]) == ("DEMO", "full", 1500)
+    assert record["error"] == "JiraError: 503 from Jira"
+    assert logs.split_pairs("job finished") == ("job finished", {})
+
+
+def test_rq_per_job_lines_are_quiet_at_info_and_a_job_is_one_line(capture, settings, redis_conn, db):
+    logs.configure("INFO", stream=capture)
+    _run_in_worker(settings, redis_conn, "tests.test_logs.handed_back")
+    lines = [line for line in capture.getvalue().splitlines() if "logger=rq." in line]
+    assert lines == [], lines  # RQ's "default: ... (id)", "Job OK", "Result is kept..." lines
+    finished = [line for line in capture.getvalue().splitlines() if 'msg="job finished"' in line]
+    # A sync handed back on SIGTERM is logged (and counted) as handed back, not as succeeded.
+    assert len(finished) == 1 and "outcome=handed_back" in finished[0]
+
+
+def test_an_expected_4xx_failure_logs_no_traceback_and_a_bug_does(capture, settings, redis_conn, db):
+    logs.configure("INFO", stream=capture)
+    _run_in_worker(settings, redis_conn, "tests.test_logs.refused_by_jira")
+    text = capture.getvalue()
+    assert "Traceback" not in text
+    assert "JiraAuthError: GET /rest/api/3/project/NOPE: 403 you may not see this project" in text
+    assert "outcome=failed" in text
+    capture.truncate(0)
+    _run_in_worker(settings, redis_conn, "tests.test_logs.broken")
+    assert "Traceback" in capture.getvalue() and "RuntimeError: a bug" in capture.getvalue()
+
+
+def test_a_full_sync_logs_its_progress(capture, jira, jira_settings, redis_conn, monkeypatch):
+    from backfill import jobs
+
+    monkeypatch.setattr(jobs, "PROGRESS_LOG_SECONDS", 0.0)
+    store.track_projects(jira_settings.site, ["OPS"])
+    logs.configure("INFO", stream=capture)
+    jobs.run_sync(jira_settings, redis_conn, project_key="OPS", full=True)
+    progress = [line for line in capture.getvalue().splitlines() if 'msg="sync progress' in line]
+    assert progress and all("project=OPS kind=full" in line for line in progress)
+    assert any("seen=40 estimate=40 percent=100" in line for line in progress), progress

@@ -95,8 +95,9 @@ def test_every_delivery_outcome_is_counted_with_its_ack_time(app, client, redis_
 def test_metrics_page_needs_no_token_and_shows_no_secret(db, settings, redis_conn):
     from receiver import create_app
 
-    local = dataclasses.replace(settings, admin_token="admin-token-value-123", jira_api_token="jira-token-value-456",
-                                jira_email="bot@example.com", jira_base_url="http://127.0.0.1:9")
+    local = dataclasses.replace(settings, admin_token="admin-token-value-123-long-enough-for-start",
+                                jira_api_token="jira-token-value-456", jira_email="bot@example.com",
+                                jira_base_url="http://127.0.0.1:9")
     client = create_app(local).test_client()
     post(client, factories.delivery(the_issue=factories.issue()))
     response = client.get("/metrics")
@@ -168,34 +169,66 @@ def test_job_outcomes_failed_jobs_and_retries_are_counted(client, redis_conn, se
     assert samples[("jira_mirror_queue_depth", (("queue", "issues"),))] == 0
 
 
-def test_sync_lag_and_last_sync_outcome_per_project(client, db, settings):
+def test_sync_gauges_per_project_do_not_grow_for_a_quiet_project(client, db, settings):
     from mirror import store
 
-    store.track_projects(settings.site, ["OPS", "IDLE"])
+    store.track_projects(settings.site, ["OPS"])
     now = utc_now()
+    # DEMO is quiet (its newest change is 5 hours old) but synced 10 minutes ago: not behind.
     row = {"site": settings.site, "issue_id": "1", "key": "DEMO-1", "project_key": "DEMO",
-           "updated": now - dt.timedelta(seconds=120), "synced_at": now, "source": "backfill", "event_ts": 0}
-    Issue.insert_many([row, dict(row, issue_id="2", key="DEMO-2", updated=now - dt.timedelta(hours=5)),
-                       dict(row, issue_id="3", key="OPS-1", project_key="OPS",
-                            updated=now - dt.timedelta(hours=1))]).execute()
+           "updated": now - dt.timedelta(hours=5), "synced_at": now, "source": "backfill", "event_ts": 0}
+    Issue.insert_many([row]).execute()
     run = {"site": settings.site, "project_key": "DEMO", "kind": "full"}
     two_hours_ago = now - dt.timedelta(hours=2)
     SyncRun.create(**run, state="succeeded", started_at=two_hours_ago, finished_at=two_hours_ago)
     SyncRun.create(**dict(run, kind="incremental"), state="succeeded", started_at=now - dt.timedelta(minutes=10),
                    finished_at=now - dt.timedelta(minutes=10))
-    SyncRun.create(**dict(run, kind="incremental"), state="failed", started_at=now - dt.timedelta(minutes=5),
-                   finished_at=now - dt.timedelta(minutes=5), error="boom")
+    SyncRun.create(**dict(run, kind="incremental"), state="failed", started_at=now - dt.timedelta(seconds=330),
+                   finished_at=now - dt.timedelta(minutes=5), error="boom", api_calls=7)
     SyncRun.create(**dict(run, kind="incremental"), state="running", started_at=now)  # not finished: not counted
     samples = scrape(client)
-    assert 119 <= samples[("jira_mirror_sync_lag_seconds", (("project", "DEMO"),))] < 180
-    assert 3599 <= samples[("jira_mirror_sync_lag_seconds", (("project", "OPS"),))] < 3660
-    assert ("jira_mirror_sync_lag_seconds", (("project", "IDLE"),)) not in samples  # nothing mirrored yet
+    assert 599 <= samples[("jira_mirror_sync_lag_seconds", (("project", "DEMO"),))] < 660
+    assert ("jira_mirror_sync_lag_seconds", (("project", "OPS"),)) not in samples  # never synced
     assert samples[("jira_mirror_last_sync_success", (("kind", "full"), ("project", "DEMO")))] == 1
     assert samples[("jira_mirror_last_sync_success", (("kind", "incremental"), ("project", "DEMO")))] == 0
     assert ("jira_mirror_last_sync_success", (("kind", "full"), ("project", "OPS"))) not in samples
     succeeded = samples[("jira_mirror_last_successful_sync_timestamp_seconds",
                          (("kind", "incremental"), ("project", "DEMO")))]
     assert abs(succeeded - (time.time() - 600)) < 60
+    # Present before the first success, as 0: `time() - x > 3600` fires for a project never synced.
+    for kind in ("full", "incremental"):
+        ops = (("kind", kind), ("project", "OPS"))
+        assert samples[("jira_mirror_last_successful_sync_timestamp_seconds", ops)] == 0
+    # The last finished run's API calls and duration.
+    incremental = (("kind", "incremental"), ("project", "DEMO"))
+    assert samples[("jira_mirror_last_sync_api_calls", incremental)] == 7
+    assert abs(samples[("jira_mirror_last_sync_duration_seconds", incremental)] - 30) < 1
+    [build] = [k for k in samples if k[0] == "jira_mirror_build_info"]
+    assert samples[build] == 1 and dict(build[1])["version"] and dict(build[1])["python"]
+
+
+def test_queue_age_workers_last_delivery_and_jira_answers_by_class(client, redis_conn, settings):
+    from rq import Worker
+
+    assert scrape(client)[("jira_mirror_last_accepted_delivery_timestamp_seconds", ())] == 0
+    assert post(client, factories.delivery(the_issue=factories.issue())).status_code == 202
+    time.sleep(1.1)
+    worker = Worker([queues.queue(queues.ISSUES, redis_conn)], connection=redis_conn, name="w-metrics")
+    worker.register_birth()
+    for status in (200, 200, 404, 429, 503, 0):  # as JiraClient reports each call (0: no answer)
+        metrics.count_jira_response(status)
+    samples = scrape(client)
+    assert 1 <= samples[("jira_mirror_oldest_queued_job_age_seconds", (("queue", "issues"),))] < 30
+    assert samples[("jira_mirror_oldest_queued_job_age_seconds", (("queue", "backfill"),))] == 0
+    assert samples[("jira_mirror_workers", (("queue", "issues"),))] == 1
+    assert samples[("jira_mirror_workers", (("queue", "backfill"),))] == 0
+    assert abs(samples[("jira_mirror_last_accepted_delivery_timestamp_seconds", ())] - time.time()) < 30
+    by_class = {dict(k[1])["status_class"]: v for k, v in samples.items()
+                if k[0] == "jira_mirror_jira_api_responses_total"}
+    assert by_class == {"2xx": 2, "4xx": 2, "5xx": 1, "none": 1}
+    assert not any(name.startswith("jira_mirror_sync_lag") and dict(labels).get("project") == "DEMO"
+                   for name, labels in samples)  # DEMO never synced: no lag, whatever its rows
+    worker.register_death()
 
 
 def test_jira_call_counts_from_any_process(client, redis_conn):

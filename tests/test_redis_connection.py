@@ -45,7 +45,7 @@ def test_status_report_and_page_say_which_redis_and_tls_mode(settings, db, redis
                                  redis_tls_verify=False, redis_tls_verify_source="Heroku (DYNO set)")
     report = status.collect(heroku, redis_conn, jira=False)  # the connection is the test's own
     assert report["redis"] == {"url": "rediss://***@h.example.com:25580", "tls": "unverified (Heroku (DYNO set))"}
-    app = create_app(dataclasses.replace(settings, admin_token="page-token-123"))
+    app = create_app(dataclasses.replace(settings, admin_token="page-token-123-of-at-least-32-characters"))
     page = app.test_client().get("/", headers={"Authorization": "Bearer page-token-123"})
     assert page.status_code == 200
     assert 'id="redis-connection">Redis redis://127.0.0.1:6379/' in page.get_data(as_text=True)

@@ -1,6 +1,11 @@
+import os
+import subprocess
+
 import pytest
 
 from mirror.settings import Settings, SettingsError
+from tests import procs
+from tests.conftest import free_port
 
 
 def test_defaults_when_environment_is_empty():
@@ -22,14 +27,31 @@ def test_every_variable_is_read():
         "JIRA_WEBHOOK_SECRET": "old, new",
         "JIRA_WEBHOOK_ALLOW_UNSIGNED": "0",
         "JIRA_PROJECTS": "demo, OPS,DEMO",
-        "ADMIN_TOKEN": "adm",
+        "ADMIN_TOKEN": "adm" * 11,
         "SYNC_INTERVAL_SECONDS": "60",
         "PORT": "5000",
+        "FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1",
+        "JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS": "600",
     })
     assert s.jira_projects == ("DEMO", "OPS")
     assert s.jira_webhook_secrets == ("old", "new")
     assert s.site == "acme.atlassian.net"
-    assert (s.sync_interval_seconds, s.port, s.admin_token) == (60, 5000, "adm")
+    assert (s.sync_interval_seconds, s.port, s.admin_token) == (60, 5000, "adm" * 11)
+    assert s.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1") and s.replay_window_seconds == 600
+
+
+def test_a_short_admin_token_is_refused_at_start_with_a_clear_message(tmp_path):
+    with pytest.raises(SettingsError, match="ADMIN_TOKEN is 31 characters long: it must have at least 32"):
+        Settings.from_env({"ADMIN_TOKEN": "x" * 31})
+    assert Settings.from_env({"ADMIN_TOKEN": "x" * 32}).admin_token == "x" * 32
+    # As the Procfile's web starts it: gunicorn exits, naming the variable, never the token.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JIRA_", "ADMIN_"))}
+    env.update(ADMIN_TOKEN="short-token-0123456789", PORT=str(free_port()), DATABASE_URL=f"sqlite:///{tmp_path}/m.db")
+    done = subprocess.run([str(procs.BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"],
+                          env=env, cwd=procs.ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "ADMIN_TOKEN is 22 characters long" in done.stdout + done.stderr
+    assert "short-token-0123456789" not in done.stdout + done.stderr
 
 
 def test_oauth_cloud_id_builds_the_gateway_url():

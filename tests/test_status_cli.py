@@ -59,7 +59,8 @@ def test_collect_reports_projects_runs_and_lag(settings, db, redis_conn):
     assert demo["issues"] == 3 and demo["deleted"] == 1
     assert demo["last_full"]["state"] == "failed" and demo["last_full"]["error"] == "boom"  # the newest full
     assert demo["last_incremental"]["issues_seen"] == 5 and demo["last_incremental"]["seconds"] == 60.0
-    assert 290 <= demo["lag_seconds"] <= 330  # factories' issues were updated 5 minutes ago
+    # Lag: since the last successful sync (finished 4 minutes ago), not since the newest change.
+    assert 230 <= demo["lag_seconds"] <= 260 and 290 <= (report["collected_at"] - demo["newest_updated"]).seconds
     assert demo["newest_updated"].tzinfo is UTC
 
 

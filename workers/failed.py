@@ -136,3 +136,26 @@ def retry_failed(connection: Redis, job_ids: Iterable[str] | None = None, all: b
         retried.append(job_id)
         log.info("failed job requeued job=%s queue=%s func=%s", job_id, registry.name, job.func_name)
     return retried
+
+
+def discard_failed(connection: Redis, job_ids: Iterable[str]) -> list[str]:
+    """Delete failed jobs for good (a job that can never succeed: the operator has read its error).
+
+    Every id is checked first: one that is not in a failed registry raises
+    :class:`UnknownJobError` and nothing is deleted. Returns the ids deleted. Raises redis errors.
+    """
+    wanted = list(dict.fromkeys(job_ids))
+    where: dict[str, FailedJobRegistry] = {}
+    for registry in _registries(connection):
+        for job_id in registry.get_job_ids():
+            where.setdefault(job_id, registry)
+    unknown = [job_id for job_id in wanted if job_id not in where]
+    if unknown:
+        raise UnknownJobError(unknown)
+    for job_id in wanted:
+        try:
+            where[job_id].remove(job_id, delete_job=True)
+        except NoSuchJobError:  # its data expired already: the dangling entry goes
+            connection.zrem(where[job_id].key, job_id)
+        log.info("failed job discarded job=%s queue=%s", job_id, where[job_id].name)
+    return wanted

@@ -33,6 +33,9 @@ RETRY_INTERVALS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 # A delivery id is remembered for a day: Jira redelivers for up to ~30 minutes (JIRA.md).
 DELIVERY_TTL_SECONDS = 24 * 3600
 DELIVERY_KEY = "jira-mirror:delivery:{}"
+# The SHA-256 of an accepted body, remembered for the replay window (Settings.replay_window_seconds):
+# the same signed body again, whatever its identifier, is a replay (a retry repeats the body too).
+BODY_KEY = "jira-mirror:delivery-body:{}"
 # A finished issue job is deleted at once (the worker counts and logs its outcome); a failed one is
 # kept a month (for `failed list`/`retry`). Kept, each finished job holds ~6 KB of Redis (its hash
 # and RQ's result stream) for the TTL, and expired keys are reclaimed lazily: draining a backlog at
@@ -64,8 +67,14 @@ def seen_delivery(connection: Redis, delivery_id: str | None) -> bool:
     return bool(delivery_id) and bool(connection.exists(delivery_key(delivery_id)))  # type: ignore[arg-type]
 
 
+def body_key(digest: str) -> str:
+    """The Redis key that marks a body (its SHA-256, hex) as accepted within the replay window."""
+    return BODY_KEY.format(digest)
+
+
 class DuplicateDeliveryError(Exception):
-    """The delivery was accepted before (its id is remembered): nothing was enqueued."""
+    """The delivery was accepted before (its id, or its body within the replay window, is
+    remembered): nothing was enqueued."""
 
 
 # Enqueue a delivery's jobs, in RQ's own format, and remember the delivery: one round trip, one
@@ -74,13 +83,17 @@ class DuplicateDeliveryError(Exception):
 # anything of the delivery is written), then the jobs, and the delivery key last, so that a
 # script stopped half-way never marks a delivery whose job is missing (its redelivery is then
 # enqueued, never taken for a duplicate).
-# KEYS: queue list, set of queues, delivery key, job hashes... ARGV: delivery TTL (0: no id), the
-# job template (JSON: RQ's fields common to every job), job count, per job: id, creation time,
-# data, description; then the extra commands (JSON: a list of [name, arguments...]).
+# A remembered body (a replay: the same content under a new identifier) enqueues nothing (-2).
+# KEYS: queue list, set of queues, delivery key, body key, job hashes... ARGV: delivery TTL (0: no
+# id), the job template (JSON: RQ's fields common to every job), job count, per job: id, creation
+# time, data, description; then the extra commands (JSON: a list of [name, arguments...]), then
+# the body TTL (0: no body key).
 _ENQUEUE = """
 local ttl = tonumber(ARGV[1])
 if ttl > 0 and redis.call('exists', KEYS[3]) == 1 then return -1 end
 local jobs = tonumber(ARGV[3])
+local body_ttl = tonumber(ARGV[4 * jobs + 5])
+if body_ttl > 0 and redis.call('exists', KEYS[4]) == 1 then return -2 end
 for _, call in ipairs(cjson.decode(ARGV[4 * jobs + 4])) do
   redis.call(unpack(call))
 end
@@ -91,13 +104,14 @@ for field, value in pairs(cjson.decode(ARGV[2])) do
 end
 for j = 1, jobs do
   local i = 4 * j
-  redis.call('hset', KEYS[3 + j], unpack(template))
-  redis.call('hset', KEYS[3 + j], 'created_at', ARGV[i + 1], 'enqueued_at', ARGV[i + 1], 'data', ARGV[i + 2],
+  redis.call('hset', KEYS[4 + j], unpack(template))
+  redis.call('hset', KEYS[4 + j], 'created_at', ARGV[i + 1], 'enqueued_at', ARGV[i + 1], 'data', ARGV[i + 2],
              'description', ARGV[i + 3])
   redis.call('rpush', KEYS[1], ARGV[i])
 end
 redis.call('sadd', KEYS[2], KEYS[1])
 if ttl > 0 then redis.call('set', KEYS[3], '1', 'EX', ttl) end
+if body_ttl > 0 then redis.call('set', KEYS[4], '1', 'EX', body_ttl) end
 return jobs
 """
 _ENQUEUE_SHA = sha1(_ENQUEUE.encode()).hexdigest()
@@ -173,6 +187,8 @@ def enqueue_issue_jobs(
     delivery_id: str | None,
     before_execute: Callable[[Any], None] | None = None,
     refresh: list[tuple[str, str, int]] | None = None,
+    body_digest: str | None = None,
+    replay_window: int = 0,
 ) -> list[str]:
     """Enqueue ``(function name, kwargs)`` jobs and mark the delivery as seen, atomically.
 
@@ -182,20 +198,23 @@ def enqueue_issue_jobs(
     RQ's worker, registries, ``rq info`` and requeue treat them as any other. ``before_execute(pipe)``
     may add plain commands to the same atomic step (the delivery counter): they run only when the
     jobs are enqueued. ``refresh`` lists (site, issue id, event time) to mark for a coalesced read
-    from Jira (``workers.refresh``).
+    from Jira (``workers.refresh``). ``body_digest`` (the body's SHA-256, hex) is remembered for
+    ``replay_window`` seconds, in the same step.
 
-    Raises DuplicateDeliveryError when ``delivery_id`` was accepted before (nothing is enqueued),
-    and redis errors.
+    Raises DuplicateDeliveryError when ``delivery_id`` was accepted before, or the same body within
+    the replay window (nothing is enqueued), and redis errors.
     """
     connection = issues_queue.connection
     retry = retry_policy()
     created = utcformat(rq_now())
     keys: list[str] = [issues_queue.key, Queue.redis_queues_keys,
-                       delivery_key(delivery_id) if delivery_id else issues_queue.key]
+                       delivery_key(delivery_id) if delivery_id else issues_queue.key,
+                       body_key(body_digest) if body_digest and replay_window > 0 else issues_queue.key]
     templates = {_template(issues_queue, func, retry, JOB_RESULT_TTL, JOB_FAILURE_TTL) for func, _ in jobs}
     if len(templates) > 1:  # one template a call; several job shapes go one call each (never in practice)
         return [job_id for job in jobs for job_id in enqueue_issue_jobs(
-            issues_queue, [job], delivery_id=delivery_id, before_execute=before_execute, refresh=refresh)]
+            issues_queue, [job], delivery_id=delivery_id, before_execute=before_execute, refresh=refresh,
+            body_digest=body_digest, replay_window=replay_window)]
     args: list[Any] = [DELIVERY_TTL_SECONDS if delivery_id else 0, templates.pop() if templates else "{}", len(jobs)]
     ids = []
     for func, kwargs in jobs:
@@ -211,10 +230,13 @@ def enqueue_issue_jobs(
     if before_execute is not None:
         before_execute(extra)
     args.append(json.dumps([[name, *map(_arg, call_args)] for name, call_args in extra.calls]))
+    args.append(replay_window if body_digest and replay_window > 0 else 0)
     try:
         answer = connection.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args)
     except NoScriptError:
         answer = connection.eval(_ENQUEUE, len(keys), *keys, *args)
-    if int(answer) < 0:
+    if int(answer) == -1:
         raise DuplicateDeliveryError(f"delivery {delivery_id} was accepted before")
+    if int(answer) < 0:
+        raise DuplicateDeliveryError(f"the body of delivery {delivery_id} was accepted before (a replay)")
     return ids

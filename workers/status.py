@@ -290,6 +290,11 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
                    .where(Issue.site == site, ~live).group_by(Issue.project_key).tuples())
     newest = dict(Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
                   .where(Issue.site == site).group_by(Issue.project_key).tuples())
+    # Lag is the time since the last successful sync (any kind): a quiet project that syncs is
+    # not behind, however old its newest change.
+    succeeded = dict(SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
+                     .where(SyncRun.site == site, SyncRun.state == "succeeded").group_by(SyncRun.project_key)
+                     .tuples())
 
     # The latest run of each (project, kind): one query, whatever the number of projects.
     latest = (SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
@@ -304,6 +309,7 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     projects = []
     for p in Project.select().where(Project.site == site).order_by(Project.is_active.desc(), Project.key):
         newest_updated = utc(newest.get(p.key))
+        last_success = utc(succeeded.get(p.key))
         projects.append({
             "key": p.key,
             "name": p.name,
@@ -311,7 +317,8 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
             "issues": counts.get(p.key, 0),
             "deleted": deleted.get(p.key, 0),
             "newest_updated": newest_updated,
-            "lag_seconds": max(0, round((now - newest_updated).total_seconds())) if newest_updated else None,
+            "last_success_at": last_success,
+            "lag_seconds": max(0, round((now - last_success).total_seconds())) if last_success else None,
             "sync_state": p.sync_state,
             "state": p.sync_state,  # refined from Redis by _activity: queued, retrying
             "last_error": p.last_error,

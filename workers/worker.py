@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, worker_registration
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import call_exception_handlers
 from rq.registry import clean_registries
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -139,6 +140,15 @@ class MirrorWorker(SimpleWorker):
                 return super().perform_job(job, queue, execution)
         finally:
             self._beat_for(None)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ logs a failed job's traceback; one that failed on a 4xx from Jira (an expected
+        failure: permissions, a missing project) gets one line instead (mirror.logs)."""
+        expected = logs.expected_error(exc_info[1] if len(exc_info) > 1 else None)
+        if expected is None:
+            return super().handle_exception(job, *exc_info)
+        log.warning("job error error=%s", expected)
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         self._beat_for(None)  # the entry is about to go: no beat may bring it back
@@ -434,7 +444,7 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
         worker = build_worker(settings, queue_names)
         began = time.monotonic()
         try:
-            worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+            worker.work(burst=burst, with_scheduler=True, logging_level=logs.rq_level())
             lost = None
         except RedisError as exc:  # RQ quit its loop and could not even say so to Redis
             lost = exc

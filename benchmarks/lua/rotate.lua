@@ -1,6 +1,6 @@
 -- wrk script: POSTs pre-signed Jira deliveries, rotating the bodies, each request with its own
 -- X-Atlassian-Webhook-Identifier (so none is taken for a duplicate). Usage:
---   wrk -s rotate.lua URL -- BODIES_FILE RUN_TAG
+--   wrk -s rotate.lua URL -- BODIES_FILE RUN_TAG [THREADS]
 -- BODIES_FILE: one delivery a line, "<X-Hub-Signature>\t<body>". At the end, prints one line
 -- "WRK_JSON {...}" with requests, duration, status counts, socket errors and latency percentiles (µs).
 
@@ -19,14 +19,18 @@ function init(args)
     bodies[#bodies + 1] = line:sub(tab + 1)
   end
   prefix = (args[2] or "run") .. "-t" .. tostring(tid) .. "-"
-  idx = (tid * 7919) % #bodies
+  -- Each thread sends its own bodies (every nthreads-th), so that no two threads send one body
+  -- at once: the same body within the receiver's replay window is a replay (200 duplicate).
+  nthreads = tonumber(args[3] or "1")
+  idx = tid - nthreads
   counter = 0
   statuses = {}
 end
 
 function request()
   counter = counter + 1
-  idx = idx % #bodies + 1
+  idx = idx + nthreads
+  if idx > #bodies then idx = tid end
   return wrk.format("POST", "/webhooks/jira", {
     ["Content-Type"] = "application/json",
     ["User-Agent"] = "Atlassian Webhook HTTP Client",
