@@ -17,8 +17,11 @@ from typing import Any
 
 from redis import Redis
 from rq import Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
-from backfill.sync import Progress, SyncError, SyncStats, run_project_sync
+from backfill.sync import NotTrackedError, ProjectNotFoundError, Progress, SyncError, SyncStats, run_project_sync
 from mirror import metrics, shutdown
 from mirror.db import database
 from mirror.jira import JiraClient
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "jira-mirror:lock:sync:{site}:{key}"
 PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
-QUEUED_KEY = "jira-mirror:sync-queued:{site}:{key}:{kind}"
+PENDING_KEY = "jira-mirror:sync-pending:{site}:{key}"  # {"job_id", "kind"} of the sync waiting to run
 LOCK_TTL = 60
 SYNC_RETRY_INTERVALS = [5, 10, 20, 40, 80, 160, 320, 640]
 # A job that runs longer is stopped and retried, so a stuck sync cannot hold a backfill worker
@@ -39,6 +42,10 @@ SYNC_TIMEOUT = {"full": 6 * 3600, "incremental": 30 * 60}
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+_FORGET_PENDING = """
+local raw = redis.call('get', KEYS[1])
+if raw and cjson.decode(raw)['job_id'] == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
 """
 _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) else return 0 end
@@ -91,8 +98,22 @@ def sync_retry_policy() -> Retry:
 
 
 def enqueue_sync(connection: Redis, *, site: str, project_key: str, full: bool) -> str:
-    """Enqueue a sync of the project on the ``backfill`` queue; returns the job id."""
+    """Enqueue a sync of the project on the ``backfill`` queue; returns the job id. A project
+    gets one pending (queued, or waiting for a retry) sync at most: when one is pending its id
+    is returned instead, unless a full sync is asked and the pending one is incremental (then
+    that one is cancelled and the full one queued)."""
+    return _enqueue_once(connection, site=site, project_key=project_key, full=full)[0]
+
+
+def _enqueue_once(connection: Redis, *, site: str, project_key: str, full: bool) -> tuple[str, bool]:
+    """(job id, whether it was queued now) for :func:`enqueue_sync`."""
     kind = "full" if full else "incremental"
+    pending = pending_sync(connection, site, project_key)
+    if pending is not None:
+        job, pending_kind = pending
+        if not (full and pending_kind == "incremental"):
+            return job.id, False
+        _cancel(job)
     job = queue(BACKFILL, connection).enqueue_call(
         "backfill.jobs.sync_project",
         kwargs={"site": site, "project_key": project_key, "full": full},
@@ -102,17 +123,52 @@ def enqueue_sync(connection: Redis, *, site: str, project_key: str, full: bool) 
         failure_ttl=30 * 24 * 3600,
         description=f"{kind} sync {project_key}",
     )
-    write_progress(connection, site, project_key, {"phase": "queued", "kind": kind, "job_id": job.id})
-    return job.id
+    connection.set(PENDING_KEY.format(site=site, key=project_key), json.dumps({"job_id": job.id, "kind": kind}),
+                   ex=SYNC_TIMEOUT["full"] * 2)
+    if not connection.exists(LOCK_KEY.format(site=site, key=project_key)):
+        # A running sync's progress stays on show; this one's shows once it starts.
+        write_progress(connection, site, project_key, {"phase": "queued", "kind": kind, "job_id": job.id})
+    return job.id, True
+
+
+def pending_sync(connection: Redis, site: str, key: str) -> tuple[Job, str] | None:
+    """The project's sync that waits to run (queued, scheduled for a retry, deferred), and its kind."""
+    raw = connection.get(PENDING_KEY.format(site=site, key=key))
+    if raw is None:
+        return None
+    marker = json.loads(raw)
+    try:
+        job = Job.fetch(marker["job_id"], connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+    if job.get_status(refresh=False) not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return None
+    return job, marker["kind"]
+
+
+def _cancel(job: Job) -> None:
+    try:
+        job.cancel()
+    except Exception as exc:  # it started meanwhile, or went: nothing left to cancel
+        log.info("sync not cancelled job=%s error=%s", job.id, type(exc).__name__)
+
+
+def cancel_pending_syncs(connection: Redis, *, site: str, project_key: str) -> str | None:
+    """Cancel the project's pending sync (it was untracked); returns the cancelled job's id."""
+    pending = pending_sync(connection, site, project_key)
+    connection.delete(PENDING_KEY.format(site=site, key=project_key))
+    if pending is None:
+        return None
+    _cancel(pending[0])
+    write_progress(connection, site, project_key, {"phase": "cancelled", "job_id": pending[0].id})
+    return pending[0].id
 
 
 def enqueue_scheduled_sync(connection: Redis, *, site: str, project_key: str, full: bool, every: int) -> str | None:
-    """Enqueue unless a scheduled sync of the project is still waiting (a slow or stuck project
-    then gets one pending job, not a pile). Returns the job id, or None when skipped."""
-    marker = QUEUED_KEY.format(site=site, key=project_key, kind="full" if full else "incremental")
-    if not connection.set(marker, "1", nx=True, ex=max(every * 3, 60)):
-        return None
-    return enqueue_sync(connection, site=site, project_key=project_key, full=full)
+    """Enqueue unless a sync of the project is still waiting (a slow or stuck project then gets
+    one pending job, not a pile). Returns the job id, or None when skipped."""
+    job_id, queued = _enqueue_once(connection, site=site, project_key=project_key, full=full)
+    return job_id if queued else None
 
 
 def write_progress(connection: Redis, site: str, key: str, values: dict[str, Any]) -> None:
@@ -195,7 +251,8 @@ def _locked_sync(settings: Settings, connection: Redis, client: JiraClient, *, p
                  job_id: str | None, progress: Progress | None) -> dict[str, Any]:
     site = settings.site
     with SyncLock(connection, site, project_key, ttl=settings.sync_lock_ttl_seconds) as lock:
-        connection.delete(*(QUEUED_KEY.format(site=site, key=project_key, kind=k) for k in ("full", "incremental")))
+        if job_id is not None:  # this job no longer waits: another one may be queued from now on
+            connection.eval(_FORGET_PENDING, 1, PENDING_KEY.format(site=site, key=project_key), job_id)
         with database.connection_context():
             run = run_project_sync(
                 client, site=site, project_key=project_key, full=full, job_id=job_id,
@@ -219,7 +276,16 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
     connection = job.connection if job else redis_for(settings)
     try:
         return run_sync(settings, connection, project_key=project_key, full=full, job_id=job.id if job else None)
-    except (SyncBusyError, SyncError) as exc:
+    except SyncBusyError:
+        # Another sync of the project runs: its progress stays on show; RQ runs this one later.
+        log.info("sync waits project=%s: another sync of it is running", project_key)
+        raise
+    except NotTrackedError as exc:  # untracked since it was queued: nothing to do
+        log.info("sync skipped project=%s: %s", project_key, exc)
+        return {"project": project_key, "skipped": "not tracked"}
+    except SyncError as exc:
+        if isinstance(exc, ProjectNotFoundError) and job is not None:
+            job.retries_left = 0  # permanent: Jira has no such project; a retry changes nothing
         # RQ keeps no error for a failure it will retry: the status page reads it from here.
         write_progress(connection, site, project_key, {"phase": "error", "error": str(exc)[:500],
                                                        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})

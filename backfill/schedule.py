@@ -18,6 +18,7 @@ from typing import Callable
 from redis import Redis
 
 from backfill.jobs import enqueue_scheduled_sync, enqueue_users_sync
+from backfill.sync import NOT_FOUND
 from mirror.db import database
 from mirror.issues import utc_now
 from mirror.models import Project
@@ -64,6 +65,8 @@ class Clock:
 
     def _due(self, project: Project, now: dt.datetime) -> list[str]:
         site, every = self.settings.site, self.interval
+        if project.sync_state == NOT_FOUND:
+            return []  # Jira has no such project: a retry changes nothing (tracking it again resumes)
         if project.last_full_sync_at is None or now - project.last_full_sync_at >= FULL_EVERY:
             job = enqueue_scheduled_sync(self.connection, site=site, project_key=project.key, full=True, every=every)
             if job:
@@ -74,8 +77,8 @@ class Clock:
         if last is not None and now.timestamp() - float(last) < every:
             return []
         job = enqueue_scheduled_sync(self.connection, site=site, project_key=project.key, full=False, every=every)
-        self.connection.set(last_key, now.timestamp(), ex=every * 10)
         if job:
+            self.connection.set(last_key, now.timestamp(), ex=every * 10)
             log.info("scheduled sync project=%s kind=incremental job=%s", project.key, job)
         return [job] if job else []
 

@@ -5,12 +5,16 @@ Jira facts behind it (JIRA.md, "Search and reads"):
 * ``search/jql`` pages through ``nextPageToken``; pages of ids alone go up to 5000, so a
   project's complete id list costs issues/5000 calls. Details come from ``issue/bulkfetch``
   (current state, 100 a call), fetched in parallel.
-* Search is eventually consistent and never returns deleted issues: ids missing from search
-  are confirmed with ``bulkfetch`` (current) before a row is marked deleted, so an issue too
-  new for the index, or moved to another project, is never wrongly deleted.
-* JQL date literals have minute precision and are read in the *requesting user's* time zone
-  (``myself().timeZone``). The incremental lower bound is the largest ``updated`` written,
-  minus an overlap covering minute truncation, clock skew and index lag, rendered in that zone.
+* Search is eventually consistent and never returns deleted issues: live rows missing from a
+  project's complete id list are read with ``bulkfetch`` (current): found -> written (moved, or
+  too new for the index); absent from that read too -> deleted. ``issueErrors`` (not returned
+  *this time*) are read again and fail the run if they persist: never deleted (invariant 7).
+* An issue read in an untracked project leaves the live mirror (invariant 6); the project is
+  named by its Jira id in JQL, so a renamed key is followed (``GET project`` at each run).
+* The incremental lower bound is the largest ``updated`` written minus an overlap (clock skew,
+  index lag), as a bare number in JQL: epoch milliseconds, exact and free of the user's zone.
+  Each page is a new search from the newest ``updated`` read, so pages that shift while they
+  are read skip nothing. After a full sync the cursor never passes the moment it started.
 
 Every row goes through ``mirror.store``; its guard keeps webhook versions that are newer than
 what a sync read, so a sync running beside live webhooks never rolls a row back.
@@ -24,10 +28,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import peewee as pw
+
 from mirror import store
 from mirror.shutdown import ShutdownRequested
-from mirror.issues import ISSUE_FIELDS, epoch_ms, project_key_of, to_row, utc_now
-from mirror.jira import JiraClient, format_jql_datetime
+from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
+from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
 from mirror.models import Issue, Project, SyncRun
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,36 @@ def _quote_key(key: str) -> str:
     return f'"{key}"'
 
 
+# issueErrors (an issue Jira could not return *this time*) are read again, in smaller batches,
+# after these waits; an issue still failing then fails the run: it is never taken as deleted.
+ERROR_RETRY_DELAYS = (1.0, 4.0, 15.0)
+ERROR_RETRY_BATCH = 10
+
+
+class IssuesUnreadableError(SyncError):
+    """Jira kept listing issues in ``issueErrors``: the run fails, nothing is deleted."""
+
+
+class NotTrackedError(SyncError):
+    """The project is not tracked (untracked since the sync was queued): nothing to do."""
+
+
+class ProjectNotFoundError(SyncError):
+    """Jira answers 400/404 for the project: it does not exist or cannot be seen. Permanent:
+    retrying changes nothing (the project's state says so until it is tracked again)."""
+
+
+@dataclass
+class Fetched:
+    """One bulk read: the issues returned, ids in neither list (absent: does not exist or cannot
+    be seen), ids in ``issueErrors`` (alive, not returned this time), and when it was read."""
+
+    issues: list[dict[str, Any]]
+    absent: list[str]
+    errored: list[str]
+    read_at: int
+
+
 class ProjectSync:
     """Syncs one project of one site. Not thread-safe: one instance per run."""
 
@@ -78,16 +114,20 @@ class ProjectSync:
         *,
         site: str,
         project_key: str,
+        project_id: str | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         overlap: dt.timedelta = DEFAULT_OVERLAP,
         progress: Progress | None = None,
+        retry_delays: Sequence[float] = ERROR_RETRY_DELAYS,
     ):
         self.client = client
         self.site = site
         self.key = project_key
+        self.project_id = project_id
         self.concurrency = max(1, concurrency)
         self.overlap = overlap
         self.progress = progress or (lambda stats: None)
+        self.retry_delays = tuple(retry_delays)
         self._calls_before = client.stats.calls
         self._retries_before = client.stats.retries
 
@@ -103,97 +143,145 @@ class ProjectSync:
         self.count_calls(stats)
         self.progress(stats)
 
+    def _project_jql(self) -> str:
+        # By id when known: a renamed key is followed (JIRA.md, "Search and reads").
+        return f"project = {self.project_id}" if self.project_id else f"project = {_quote_key(self.key)}"
+
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
         return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms) for issue in issues]
 
     def _write(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
+        """Write a current read: rows of untracked projects leave the live mirror (invariant 6)."""
         stats.saw(rows)
         if rows:
-            stats.written += store.upsert_issues(rows)
+            stats.written += store.upsert_issues(store.out_of_scope(rows, self._scope()), current=True)
+
+    def _scope(self) -> store.Scope:
+        return store.Scope.of(self.site)
+
+    def _project_rows(self) -> pw.Expression:
+        where = Issue.project_key == self.key
+        if self.project_id:
+            where = where | (Issue.project_id == self.project_id)
+        return (Issue.site == self.site) & where & Issue.deleted_at.is_null()
 
     # -- reads ---------------------------------------------------------------------------------
 
     def _all_ids(self, stats: SyncStats) -> list[str]:
         """The project's complete id list, in pages of 5000 (search: ids only)."""
         ids: list[str] = []
-        jql = f"project = {_quote_key(self.key)} ORDER BY id ASC"
+        jql = f"{self._project_jql()} ORDER BY id ASC"
         for page in self.client.iter_search(jql, fields=("id",), max_results=ID_PAGE):
             ids.extend(str(issue["id"]) for issue in page.get("issues", []))
             self._tick(stats)
         return list(dict.fromkeys(ids))
 
-    def _fetch_in_bulk(self, ids: Sequence[str]) -> Iterator[tuple[list[dict[str, Any]], list[str], int]]:
-        """Yield (issues, ids not found, read time ms) for ``ids`` in chunks of 100, fetched in
-        parallel with at most ``concurrency`` requests in flight (memory stays bounded)."""
-        chunks = [list(ids[i : i + DETAIL_PAGE]) for i in range(0, len(ids), DETAIL_PAGE)]
+    def _fetch(self, chunk: list[str]) -> Fetched:
+        read_at = epoch_ms(utc_now())
+        issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS)
+        found = {str(issue.get("id")) for issue in issues} | {str(issue.get("key")) for issue in issues}
+        errored = issue_error_ids(errors, chunk, found)
+        absent = [i for i in chunk if i not in found and i not in set(errored)]
+        if errored:
+            log.info("bulkfetch issueErrors project=%s count=%d: read again later", self.key, len(errored))
+        return Fetched(issues, absent, errored, read_at)
 
-        def fetch(chunk: list[str]) -> tuple[list[dict[str, Any]], list[str], int]:
-            read_at = epoch_ms(utc_now())
-            issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS)
-            found = {str(issue.get("id")) for issue in issues}
-            missing = [i for i in chunk if i not in found]
-            if errors and not missing:
-                log.warning("bulkfetch errors project=%s count=%d", self.key, len(errors))
-            return issues, missing, read_at
-
+    def _fetch_in_bulk(self, ids: Sequence[str], size: int = DETAIL_PAGE) -> Iterator[Fetched]:
+        """Yield a :class:`Fetched` for ``ids`` in chunks of ``size``, fetched in parallel with at
+        most ``concurrency`` requests in flight (memory stays bounded)."""
+        chunks = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
         pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}")
         try:
-            pending: list[cf.Future[tuple[list[dict[str, Any]], list[str], int]]] = []
+            pending: list[cf.Future[Fetched]] = []
             queue = iter(chunks)
             for chunk in queue:
-                pending.append(pool.submit(fetch, chunk))
+                pending.append(pool.submit(self._fetch, chunk))
                 if len(pending) >= self.concurrency * 2:
                     break
             while pending:
                 result = pending.pop(0).result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.append(pool.submit(fetch, nxt))
+                    pending.append(pool.submit(self._fetch, nxt))
                 yield result
         finally:
             # On an error or a shutdown, do not wait for reads whose results nobody will use.
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _read(self, stats: SyncStats, ids: Sequence[str]) -> list[str]:
+        """Read ``ids`` in bulk and write them; ids Jira could not return this time are read
+        again (smaller batches, growing waits). Returns the absent ids (in neither list).
+
+        Raises IssuesUnreadableError when some are still in ``issueErrors`` after the retries.
+        """
+        absent: list[str] = []
+        errored: list[str] = []
+        for fetched in self._fetch_in_bulk(ids):
+            self._write(stats, self._rows(fetched.issues, fetched.read_at))
+            absent.extend(fetched.absent)
+            errored.extend(fetched.errored)
+            self._tick(stats)
+        for delay in self.retry_delays:
+            if not errored:
+                break
+            self.client.sleep(delay)
+            again, errored = errored, []
+            for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
+                self._write(stats, self._rows(fetched.issues, fetched.read_at))
+                absent.extend(fetched.absent)
+                errored.extend(fetched.errored)
+            self._tick(stats)
+        if errored:
+            raise IssuesUnreadableError(
+                f"Jira could not return {len(errored)} issue(s) after {len(self.retry_delays) + 1} attempts "
+                f"(bulkfetch issueErrors; none was taken as deleted): ids {', '.join(errored[:10])}"
+                + (" …" if len(errored) > 10 else ""))
+        return absent
+
+    def _confirm_absent(self, stats: SyncStats, ids: Sequence[str]) -> list[str]:
+        """A current GET of each id bulkfetch did not return: 404 -> gone (returned), found ->
+        written (moved, or visible again)."""
+        gone: list[str] = []
+        for issue_id in ids:
+            read_at = epoch_ms(utc_now())
+            try:
+                issue = self.client.get_issue(issue_id, fields=ISSUE_FIELDS)
+            except JiraNotFoundError:
+                gone.append(issue_id)
+                continue
+            self._write(stats, self._rows([issue], read_at))
+        return gone
 
     # -- runs ----------------------------------------------------------------------------------
 
     def full(self) -> SyncStats:
         """Every issue of the project, then reconciliation of what the mirror holds beyond it."""
         stats = SyncStats("full", self.key)
+        # The cursor may not pass this moment: an issue changed while the sync ran (after it was
+        # read) must be seen by the next incremental, whatever the sync's length.
         began = utc_now()
-        try:
-            stats.estimate = self.client.approximate_count(f"project = {_quote_key(self.key)}")
-        except Exception as exc:  # an estimate is for progress only
-            log.info("approximate count unavailable project=%s error=%s", self.key, type(exc).__name__)
         self._tick(stats, "listing")
         ids = self._all_ids(stats)
-        if stats.estimate is None:
-            stats.estimate = len(ids)
+        # The listing is exact and fast (5000 ids a call): no approximate count beforehand (a
+        # call saved for GET project, which follows renames).
+        stats.estimate = len(ids)
         self._tick(stats, "fetching")
-        gone: list[str] = []
-        for issues, missing, read_at in self._fetch_in_bulk(ids):
-            self._write(stats, self._rows(issues, read_at))
-            gone.extend(missing)
-            self._tick(stats)
+        # Listed by search, then absent from a current read: confirmed one by one (rare).
+        gone = self._confirm_absent(stats, self._read(stats, ids))
         self._reconcile(stats, set(ids), gone)
         self._advance_cursor(stats, full_sync_at=began)
         self._tick(stats, "done")
         return stats
 
     def _reconcile(self, stats: SyncStats, listed: set[str], gone: list[str]) -> None:
-        """Live rows of this project that search did not list are confirmed with a current read:
-        still there (moved to another project, or too new for the index) -> written; gone ->
-        soft-deleted, as are listed issues that a current read no longer finds."""
+        """Live rows of this project that the complete id list does not have are read again:
+        found (moved to another project, or too new for the index) -> written, out of the live
+        mirror when the project is not tracked; absent from that read too -> soft-deleted (two
+        complete answers agree), as are ``gone`` (confirmed by a 404)."""
         self._tick(stats, "reconciling")
-        extra = [
-            issue_id
-            for (issue_id,) in Issue.select(Issue.issue_id)
-            .where(Issue.site == self.site, Issue.project_key == self.key, Issue.deleted_at.is_null())
-            .tuples()
-            if issue_id not in listed
-        ]
-        for issues, missing, read_at in self._fetch_in_bulk(extra):
-            self._write(stats, self._rows(issues, read_at))
-            gone.extend(missing)
+        extra = [issue_id for (issue_id,) in Issue.select(Issue.issue_id).where(self._project_rows()).tuples()
+                 if issue_id not in listed]
+        gone = gone + self._read(stats, extra)
         if gone:
             stats.deleted += store.mark_deleted(self.site, gone, at=utc_now())
 
@@ -202,20 +290,10 @@ class ProjectSync:
         when Jira counts fewer issues in the project than the mirror holds (a deletion or a
         move, which search cannot show), a reconciliation of ids."""
         stats = SyncStats("incremental", self.key)
-        tz = self.client.time_zone()
-        since = (cursor - self.overlap).replace(tzinfo=dt.timezone.utc)
-        jql = (f"project = {_quote_key(self.key)} AND updated >= {format_jql_datetime(since, tz)} "
-               "ORDER BY updated ASC, id ASC")
         self._tick(stats, "fetching")
-        for page in self.client.iter_search(jql, fields=ISSUE_FIELDS, max_results=DETAIL_PAGE):
-            read_at = epoch_ms(utc_now())
-            issues = [i for i in page.get("issues", []) if self._belongs(i)]
-            self._write(stats, self._rows(issues, read_at))
-            self._tick(stats)
-        in_jira = self.client.approximate_count(f"project = {_quote_key(self.key)}")
-        in_mirror = (Issue.select()
-                     .where(Issue.site == self.site, Issue.project_key == self.key, Issue.deleted_at.is_null())
-                     .count())
+        self._walk_changes(stats, epoch_ms(cursor - self.overlap))
+        in_jira = self.client.approximate_count(self._project_jql())
+        in_mirror = Issue.select().where(self._project_rows()).count()
         if in_mirror != in_jira:
             log.info("counts differ project=%s jira=%d mirror=%d: reconciling ids", self.key, in_jira, in_mirror)
             self._reconcile(stats, set(self._all_ids(stats)), [])
@@ -223,18 +301,49 @@ class ProjectSync:
         self._tick(stats, "done")
         return stats
 
-    def _belongs(self, issue: dict[str, Any]) -> bool:
-        try:
-            return project_key_of(issue) == self.key
-        except ValueError:
-            return False
+    def _walk_changes(self, stats: SyncStats, since_ms: int) -> None:
+        """Every issue updated at or after ``since_ms``, oldest first, robust to pages that shift.
+
+        A page token of ``ORDER BY updated`` can be a position: an issue already read that
+        changes (or moves out, or is deleted) between two page fetches shifts the rest, and an
+        issue is skipped. So each page after the first is a *new* search from the newest
+        ``updated`` read so far (keyset): everything older was on the pages read. A bare number
+        in JQL is epoch milliseconds (JIRA.md), exact and free of the user's time zone. Only a
+        page whose issues all share one millisecond goes on with the token.
+        """
+        lower, token = since_ms, None
+        seen: dict[str, int] = {}
+        while True:
+            jql = f"{self._project_jql()} AND updated >= {lower} ORDER BY updated ASC, id ASC"
+            read_at = epoch_ms(utc_now())
+            page = self.client.search_page(jql, fields=ISSUE_FIELDS, max_results=DETAIL_PAGE,
+                                           next_page_token=token)
+            rows = self._rows(page.get("issues", []), read_at)
+            fresh = [row for row in rows if seen.get(row["issue_id"]) != epoch_ms(row["updated"])]
+            seen.update((row["issue_id"], epoch_ms(row["updated"])) for row in rows)
+            self._write(stats, fresh)
+            self._tick(stats)
+            next_token = page.get("nextPageToken")
+            if page.get("isLast") or not next_token or not rows:
+                return
+            top = max(epoch_ms(row["updated"]) for row in rows)
+            if top > lower:
+                lower, token = top, None
+            elif next_token == token:
+                raise JiraError("POST /rest/api/3/search/jql: Jira repeated the same nextPageToken")
+            else:
+                token = next_token
 
     def _advance_cursor(self, stats: SyncStats, *, full_sync_at: dt.datetime | None = None) -> None:
-        """The cursor only moves forward, and only to an ``updated`` actually read and written."""
+        """The cursor only moves forward, only to an ``updated`` actually read and written, and
+        after a full sync never past the moment it started reading."""
         project = Project.get(Project.site == self.site, Project.key == self.key)
         cursor = project.sync_cursor
-        if stats.newest_updated is not None and (cursor is None or stats.newest_updated > cursor):
-            cursor = stats.newest_updated
+        newest = stats.newest_updated
+        if newest is not None and full_sync_at is not None:
+            newest = min(newest, full_sync_at)
+        if newest is not None and (cursor is None or newest > cursor):
+            cursor = newest
         if cursor is None and full_sync_at is not None:
             cursor = full_sync_at  # an empty project: start from when it was listed
         store.save_sync_state(self.site, self.key, sync_cursor=cursor, last_full_sync_at=full_sync_at)
@@ -255,14 +364,29 @@ def run_project_sync(
 
     Returns the finished SyncRun. Raises SyncError (after recording the failure) when it fails.
     """
-    project = Project.get_or_none(Project.site == site, Project.key == project_key)
+    project = store.find_project(site, project_key)
     if project is None or not project.is_active:
-        raise SyncError(f"project {project_key} is not tracked")
+        raise NotTrackedError(f"project {project_key} is not tracked")
     kind = "full" if full or project.sync_cursor is None else "incremental"
-    run = store.start_sync_run(site, project_key, kind, job_id=job_id)
-    sync = ProjectSync(client, site=site, project_key=project_key, concurrency=concurrency, overlap=overlap,
-                       progress=progress)
-    stats = SyncStats(kind, project_key)
+    run = store.start_sync_run(site, project.key, kind, job_id=job_id)
+    sync = ProjectSync(client, site=site, project_key=project.key, project_id=project.project_id,
+                       concurrency=concurrency, overlap=overlap, progress=progress)
+    stats = SyncStats(kind, project.key)
+    try:
+        project = _identify(client, project)
+    except Exception as exc:
+        sync.count_calls(stats)
+        message = f"{type(exc).__name__}: {exc}"
+        store.finish_sync_run(run, stats_fields(stats), error=message,
+                              state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None)
+        log.warning("sync failed project=%s kind=%s error=%s", project_key, kind, message)
+        raise exc if isinstance(exc, SyncError) else SyncError(message) from exc
+    if project.key != sync.key and kind == "incremental":
+        # Renamed: every issue has a new key and no new `updated`; only a full read shows them.
+        kind = stats.kind = "full"
+        SyncRun.update(kind=kind).where(SyncRun.id == run.id).execute()
+    project_key = sync.key = stats.project_key = project.key
+    sync.project_id = project.project_id
     try:
         stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
     except ShutdownRequested:
@@ -282,6 +406,21 @@ def run_project_sync(
         project_key, kind, stats.seen, stats.written, stats.deleted, stats.api_calls, stats.retries, elapsed,
     )
     return SyncRun.get_by_id(run.id)
+
+
+NOT_FOUND = "not found"  # the project's sync_state when Jira says it has no such project
+
+
+def _identify(client: JiraClient, project: Project) -> Project:
+    """Ask Jira what the project is now (one call; by id once known): learns its id, follows a
+    renamed key. Raises ProjectNotFoundError when Jira answers 404 or 400 for it."""
+    try:
+        info = client.get_project(project.project_id or project.key)
+    except (JiraNotFoundError, JiraBadRequestError) as exc:
+        raise ProjectNotFoundError(f"Jira has no project {project.key} (or this user may not see it): {exc}") from None
+    if not info.get("id") or not info.get("key"):
+        raise SyncError(f"GET project/{project.key}: the answer has no id or key")
+    return store.identify_project(project, project_id=str(info["id"]), key=str(info["key"]), name=info.get("name"))
 
 
 def stats_fields(stats: SyncStats) -> dict[str, Any]:

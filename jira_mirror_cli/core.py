@@ -25,9 +25,9 @@ def db_upgrade() -> None:
     settings = settings_from_env()
     database = init_database(settings.database_url)
     before, after = schema.upgrade(database)
-    if settings.jira_projects:
+    if settings.jira_projects:  # only projects never seen: an untracked one stays untracked
         with database.connection_context():
-            store.track_projects(settings.site, settings.jira_projects)
+            store.track_new_projects(settings.site, settings.jira_projects)
     if before == after:
         click.echo(f"schema is up to date (version {after})")
     else:
@@ -70,23 +70,31 @@ def projects_list(remote: bool) -> None:
 @click.argument("keys", nargs=-1, required=True)
 @fail_cleanly
 def projects_track(keys: tuple[str, ...]) -> None:
-    """Start mirroring projects; a full backfill is enqueued at once so each starts consistent."""
-    from backfill.jobs import enqueue_sync
+    """Start mirroring projects (each checked with Jira first); a full backfill is enqueued at
+    once so each starts consistent."""
+    from backfill.projects import JiraCheckError, QueueUnavailableError, UnknownProjectError, track_project
 
     wanted = project_keys(keys)
     settings = settings_from_env()
     connection = connect_redis(settings) if settings.jira_configured else None  # checked before anything changes
-    database = init_database(settings.database_url)
-    with database.connection_context():
-        started = store.track_projects(settings.site, wanted)
+    init_database(settings.database_url)
+    refused = []
     for key in wanted:
-        line = f"{key}: {'now tracked' if key in started else 'already tracked'}"
-        if key in started and connection is not None:
-            line += (", full backfill enqueued "
-                     f"(job {enqueue_sync(connection, site=settings.site, project_key=key, full=True)})")
-        elif key in started:
+        try:
+            tracked = track_project(settings, connection, key)
+        except (UnknownProjectError, JiraCheckError, QueueUnavailableError) as exc:
+            click.echo(f"{key}: {exc}", err=True)
+            refused.append(key)
+            continue
+        name = key if tracked.key == key else f"{key} (now {tracked.key})"
+        line = f"{name}: {'now tracked' if tracked.newly else 'already tracked'}"
+        if tracked.job_id:
+            line += f", full backfill enqueued (job {tracked.job_id})"
+        elif tracked.newly:
             line += " (Jira is not configured: no backfill until JIRA_BASE_URL and credentials are set)"
         click.echo(line)
+    if refused:
+        raise click.ClickException(f"not tracked: {', '.join(refused)}")
 
 
 def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
@@ -113,13 +121,19 @@ def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
 @fail_cleanly
 def projects_untrack(keys: tuple[str, ...]) -> None:
     """Stop mirroring projects (their rows are kept)."""
+    from backfill.projects import untrack_project
+
     wanted = project_keys(keys)
     settings = settings_from_env()
-    database = init_database(settings.database_url)
-    with database.connection_context():
-        stopped = store.untrack_projects(settings.site, wanted)
+    init_database(settings.database_url)
+    try:
+        connection = connect_redis(settings)  # its pending syncs are cancelled
+    except Exception as exc:  # a sync that runs later finds the project untracked and does nothing
+        click.echo(f"Redis unavailable ({type(exc).__name__}): pending syncs not cancelled", err=True)
+        connection = None
     for key in wanted:
-        click.echo(f"{key}: {'untracked (rows kept)' if key in stopped else 'was not tracked'}")
+        stopped = untrack_project(settings, connection, key)
+        click.echo(f"{key}: {'untracked (rows kept; pending sync cancelled)' if stopped else 'was not tracked'}")
 
 
 @main.command()

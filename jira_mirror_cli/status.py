@@ -96,10 +96,10 @@ def render(report: dict[str, Any]) -> str:
 
     hooks = report["webhooks"]
     if hooks["written_last_hour"] is None:
-        out.append(f"Webhooks  unknown (database unavailable); signatures {hooks['signatures']}")
+        out.append(f"Webhooks  unknown (Redis unavailable); signatures {hooks['signatures']}")
     else:
         out.append(f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
-                   f"{hooks['written_last_hour']} issue(s) written in the last hour; signatures {hooks['signatures']}")
+                   f"{hooks['written_last_hour']} delivery(ies) in the last hour; signatures {hooks['signatures']}")
     out.append(f"Redis     {report['redis']['url']}, TLS {report['redis']['tls']}")
     people = report.get("assignees")
     if people is not None:

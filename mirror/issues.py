@@ -6,8 +6,12 @@ Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530`
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from typing import Any, Mapping
+
+import orjson
 
 # The fields a row is read with from Jira, the same for every source (backfill and webhook
 # refresh): the typed columns come from them and ``fields`` keeps them as Jira returned them.
@@ -41,7 +45,10 @@ def parse_jira_datetime(value: str) -> dt.datetime:
             parsed = dt.datetime.strptime(text, fmt)
         except ValueError:
             continue
-        return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        try:
+            return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+            raise ValueError(f"timestamp out of range once normalised to UTC: {value!r}") from None
     raise ValueError(f"not a Jira timestamp: {value!r}")
 
 
@@ -111,6 +118,32 @@ def project_key_of(issue: Mapping[str, Any]) -> str:
     raise IssueMappingError("the issue names no project (fields.project.key) and its key has none")
 
 
+def project_id_of(issue: Mapping[str, Any]) -> str | None:
+    """The issue's project id (``fields.project.id``), or None when the JSON has none."""
+    fields = issue.get("fields") or {}
+    project = fields.get("project") if isinstance(fields, Mapping) else None
+    value = project.get("id") if isinstance(project, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value[:32] if isinstance(value, str) and value else None
+
+
+# Bookkeeping columns: not what a row shows (a version differing only in them changes nothing).
+_NOT_CONTENT = frozenset({"site", "issue_id", "synced_at", "source", "event_ts", "deleted_at", "deleted_reason",
+                          "content_hash"})
+
+
+def content_hash(row: Mapping[str, Any]) -> str:
+    """A digest of what a row shows (every column but the bookkeeping ones): two versions with
+    the same digest are the same row (CONTRACT.md invariant 8: write only what changed)."""
+    content = {k: v for k, v in row.items() if k not in _NOT_CONTENT}
+    try:  # orjson: fast, but it refuses integers beyond 64 bits; the json module keeps them
+        text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(text, digest_size=20).hexdigest()
+
+
 def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
            synced_at: dt.datetime | None = None) -> dict[str, Any]:
     """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
@@ -140,6 +173,7 @@ def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
         "issue_id": issue_id,
         "key": _clip(_text(key), 300),
         "project_key": _clip(project_key_of(issue), 255),
+        "project_id": project_id_of(issue),
         "summary": _text(fields.get("summary")),
         "status": _clip(_name(status), 255),
         "status_category": _clip(_text(category.get("key")) if isinstance(category, Mapping) else None, 32),
@@ -153,6 +187,7 @@ def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
         "resolved": _optional_time(fields, "resolutiondate"),
         "fields": dict(fields),
         "deleted_at": None,
+        "deleted_reason": None,
         "synced_at": synced_at or utc_now(),
         "source": source,
         "event_ts": int(event_ts),

@@ -58,6 +58,7 @@ DEFAULT_USER_AGENT = "jira-mirror"
 BULKFETCH_MAX = 100  # issue/bulkfetch: "up to 100 issues" for the general request shape
 PROJECT_PAGE_SIZE = 100  # project/search: maxResults is capped at 100
 USER_PAGE_SIZE = 1000  # users/search: maxResults is capped at 1000
+USER_PAGE_MIN = 10  # users/search pages are halved down to this while Jira answers 409 (too slow)
 
 # Statuses retried with backoff. 429 is Jira's rate limit; 5xx are transient on Jira Cloud
 # (Atlassian: "Some transient 5XX errors are accompanied by a Retry-After header"), except 501,
@@ -487,7 +488,20 @@ class JiraClient:
         path = "/rest/api/3/issue/" + quote(str(id_or_key), safe="")
         return self._json_dict("GET", path, template="/rest/api/3/issue/{issueIdOrKey}", params=params)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait as the client waits between retries (interruptible in workers: a SIGTERM ends it)."""
+        self._sleep(seconds)
+
     # --- site, user, projects ---------------------------------------------------------------------
+
+    def get_project(self, id_or_key: str) -> JSONDict:
+        """``GET /rest/api/3/project/{projectIdOrKey}``: ``id``, ``key`` (the current one: a
+        renamed project's former keys keep resolving), ``name``.
+
+        Raises :class:`JiraNotFoundError` when no such project exists or the user may not see it.
+        """
+        path = "/rest/api/3/project/" + quote(str(id_or_key), safe="")
+        return self._json_dict("GET", path, template="/rest/api/3/project/{projectIdOrKey}")
 
     def myself(self) -> JSONDict:
         """``GET /rest/api/3/myself``: the authenticated user (``accountId``, ``timeZone``…)."""
@@ -542,12 +556,22 @@ class JiraClient:
         The endpoint answers a bare list with no total or ``isLast``. Pages of 1000 are asked for
         and paging continues until an empty page: Jira may return fewer than ``maxResults`` on a
         page that is not the last (the user list is filtered and has been capped at 100 per page
-        before, JRACLOUD-72003), so a short page alone does not prove the end.
+        before, JRACLOUD-72003), so a short page alone does not prove the end. A 409 (the
+        request took longer than 10 s) is asked again with half the page, down to
+        ``USER_PAGE_MIN``; raises :class:`JiraError` when even that is too slow.
         """
-        start = 0
+        start, size = 0, USER_PAGE_SIZE
         path = "/rest/api/3/users/search"
         while True:
-            page = self._request("GET", path, path, params={"startAt": start, "maxResults": USER_PAGE_SIZE})
+            try:
+                page = self._request("GET", path, path, params={"startAt": start, "maxResults": size})
+            except JiraError as exc:
+                # 409: "the request took longer than 10 seconds" (JIRA.md): a smaller page is faster.
+                if exc.status != 409 or size <= USER_PAGE_MIN:
+                    raise
+                size = max(USER_PAGE_MIN, size // 2)
+                log.info("jira users/search answered 409 (too slow): retrying with maxResults=%d", size)
+                continue
             if not isinstance(page, list):
                 raise JiraError(f"GET {path}: expected a JSON list", method="GET", path=path)
             yield from page
@@ -721,6 +745,18 @@ class JiraClient:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def issue_error_ids(errors: Sequence[JSONDict], asked: Sequence[str], found: set[str]) -> list[str]:
+    """The asked ids or keys of a ``bulkfetch`` that ``issueErrors`` names (by id or key): alive,
+    not returned *this time*; read them again, never take them as deleted. An ``issueErrors``
+    naming none of the missing ones makes them all count as errored (unknown is not absent)."""
+    named = {str(e.get("id")) for e in errors if isinstance(e, dict) and e.get("id") is not None}
+    named |= {str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key") is not None}
+    missing = [i for i in asked if i not in found]
+    if errors and not named & set(missing):
+        return missing
+    return [i for i in missing if i in named]
 
 
 def format_jql_datetime(dt: datetime, tz: ZoneInfo) -> str:

@@ -41,15 +41,13 @@ log = logging.getLogger(__name__)
 PREFIX = "jira-mirror:metrics:"
 # When the last delivery was accepted (Unix time), set in the enqueue's atomic step.
 LAST_ACCEPTED_KEY = PREFIX + "last-accepted-delivery"
-# Refused deliveries by reason, one hash a minute (field: outcome), kept a little over an hour:
-# the status page shows the last hour's (a wrong secret is the commonest set-up mistake).
-REFUSED_KEY = PREFIX + "refused:{}"
-REFUSED_KEEP_SECONDS = 3700
+# The delivery outcomes that are refusals: the status page shows the last hour's by reason (a wrong
+# secret is the commonest set-up mistake), from the per-minute counts of ``recent_deliveries``.
 REFUSAL_OUTCOMES = frozenset({"unauthorized", "invalid", "too_large", "unsupported_media_type", "timeout",
                               "queue_unavailable", "error"})
 
 __all__ = [
-    "JIRA_RESPONSES", "LAST_ACCEPTED_KEY", "REFUSED_KEY", "count_jira_response", "refusals_since",
+    "JIRA_RESPONSES", "LAST_ACCEPTED_KEY", "count_jira_response", "refusals_since",
     "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
     "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
     "record_delivery", "record_jira_calls", "record_jira_client", "record_job", "add_job",
@@ -201,8 +199,10 @@ def _apply(pipe: Pipeline, ops: Iterable[tuple[str, str, str, float]]) -> None:
     for command, key, field, amount in ops:
         if command == "hincrby":
             pipe.hincrby(key, field, int(amount))
-            if key.startswith(REFUSED_KEY.format("")):  # a per-minute hash: it expires
-                pipe.expire(key, REFUSED_KEEP_SECONDS)
+        elif command == "hset":
+            pipe.hset(key, field, float(amount))
+        elif command == "expire":
+            pipe.expire(key, int(amount))
         else:
             pipe.hincrbyfloat(key, field, float(amount))
 
@@ -217,7 +217,10 @@ def _take_pending() -> list[tuple[str, str, str, float]]:
 def _keep_pending(ops: Iterable[tuple[str, str, str, float]]) -> None:
     with _pending_lock:
         for command, key, field, amount in ops:
-            _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
+            if command in ("hset", "expire"):  # a value, not an increment: the latest wins
+                _pending[(command, key, field)] = amount
+            else:
+                _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
 
 
 def has_pending() -> bool:
@@ -254,36 +257,72 @@ def flush_pending(connection: Redis) -> bool:
 # --- recording -------------------------------------------------------------------------------
 
 
+# Webhook health (the status page): deliveries per minute by outcome, kept two hours, and when
+# each outcome was last seen. From the receiver's own counts: rows' sources cannot tell, since a
+# sync that finds a row unchanged leaves it as the webhook wrote it (and rows change rarely).
+RECENT_KEY = PREFIX + "recent:deliveries:{minute}"
+LAST_SEEN_KEY = PREFIX + "recent:deliveries:last"
+RECENT_TTL = 2 * 3600
+
+
+# The hot path pays one command a delivery: the minute's TTL is set by a process's first delivery
+# of the minute, "last seen" once a second per outcome (the reader sets the TTLs again).
+_recent_sent: dict[str, int] = {}
+
+
+def _ops_recent(outcome: str, now: float | None = None) -> list[tuple[str, str, str, float]]:
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    key = RECENT_KEY.format(minute=minute)
+    ops: list[tuple[str, str, str, float]] = [("hincrby", key, outcome, 1)]
+    if _recent_sent.get("minute") != minute:
+        _recent_sent["minute"] = minute
+        ops.append(("expire", key, "", RECENT_TTL))
+    if _recent_sent.get(outcome) != int(now):
+        _recent_sent[outcome] = int(now)
+        ops.append(("hset", LAST_SEEN_KEY, outcome, now))
+    return ops
+
+
+def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: int = 60
+                      ) -> tuple[dict[str, int], dict[str, float]]:
+    """Deliveries of the last ``minutes`` by outcome, and when each outcome was last seen (epoch s)."""
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    with connection.pipeline(transaction=False) as pipe:
+        for m in range(minute - minutes + 1, minute + 1):
+            pipe.hgetall(RECENT_KEY.format(minute=m))
+        pipe.hgetall(LAST_SEEN_KEY)
+        for m in range(minute - minutes + 1, minute + 1):  # in case a writer's EXPIRE was lost
+            pipe.expire(RECENT_KEY.format(minute=m), RECENT_TTL)
+        answers = pipe.execute()[:minutes + 1]
+    counts: dict[str, int] = {}
+    for answer in answers[:-1]:
+        for outcome, n in answer.items():
+            counts[outcome.decode()] = counts.get(outcome.decode(), 0) + int(n)
+    return counts, {k.decode(): float(v) for k, v in answers[-1].items()}
+
+
 def add_delivery(pipe: Pipeline, *, event: Any, outcome: str, seconds: float) -> None:
     """Queue a delivery's count and ack time in ``pipe`` (the caller executes it)."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    _apply(pipe, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds))
+    _apply(pipe, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds) + _ops_recent(outcome))
 
 
 def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:
     """Count a delivery (best effort, one round trip; a refusal also in this minute's hash of
     refusals by reason); returns whether Redis took it."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    ops = _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
-    if outcome in REFUSAL_OUTCOMES:
-        ops.append(("hincrby", REFUSED_KEY.format(int(time.time() // 60)), outcome, 1))
-    return _send(connection, ops)
+    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
+                 + _ops_recent(outcome))
 
 
 def refusals_since(connection: Redis, seconds: int = 3600) -> dict[str, int]:
-    """Deliveries refused in the last ``seconds`` (to the minute), by reason. Raises redis errors."""
-    now = int(time.time() // 60)
-    minutes = range(now - seconds // 60 + 1, now + 1)
-    with connection.pipeline(transaction=False) as pipe:
-        for minute in minutes:
-            pipe.hgetall(REFUSED_KEY.format(minute))
-        answers = pipe.execute()
-    totals: dict[str, int] = {}
-    for answer in answers:
-        for reason, count in answer.items():
-            name = reason.decode() if isinstance(reason, bytes) else str(reason)
-            totals[name] = totals.get(name, 0) + int(count)
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+    """Deliveries refused in the last ``seconds`` (to the minute), by reason, most first: the
+    refusal outcomes of :func:`recent_deliveries`. Raises redis errors."""
+    counts, _last_seen = recent_deliveries(connection, minutes=max(1, seconds // 60))
+    refused = {outcome: n for outcome, n in counts.items() if outcome in REFUSAL_OUTCOMES}
+    return dict(sorted(refused.items(), key=lambda item: -item[1]))
 
 
 def count_jira_response(status: int) -> None:

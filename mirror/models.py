@@ -76,6 +76,15 @@ class Issue(BaseModel):
     # Tie-breaker for two versions with the same ``updated``: the webhook's ``timestamp``
     # (epoch ms), or the time a backfill read the issue (CONTRACT.md, "Order").
     event_ts = pw.BigIntegerField(default=0)
+    # The Jira id of the issue's project (``fields.project.id``): scope and renames follow it.
+    project_id = pw.CharField(max_length=32, null=True)
+    # Why ``deleted_at`` is set: ``deleted`` (Jira said so: a delete event, a 404, absent from a
+    # complete answer) or ``moved out of scope`` (now in an untracked project). NULL on a live row,
+    # and on rows deleted before the reason was recorded (a current read may clear those).
+    deleted_reason = pw.CharField(max_length=64, null=True)
+    # A digest of what the row shows (key, project, fields): a version that changes nothing is
+    # not written (CONTRACT.md invariant 8).
+    content_hash = pw.CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "jira_issue"
@@ -83,11 +92,14 @@ class Issue(BaseModel):
             (("site", "issue_id"), True),
             (("site", "project_key", "updated"), False),
             (("site", "source", "synced_at"), False),
+            (("site", "project_id"), False),
         )
 
 
 class Project(BaseModel):
     site = pw.CharField(max_length=255)
+    # Jira's id of the project: a renamed key is followed through it (NULL until learnt).
+    project_id = pw.CharField(max_length=32, null=True)
     key = pw.CharField(max_length=255)
     name = pw.CharField(max_length=255, null=True)
     is_active = pw.BooleanField(default=True)
@@ -96,6 +108,8 @@ class Project(BaseModel):
     sync_state = pw.CharField(max_length=32, default="idle")
     last_error = pw.TextField(null=True)
     created_at = pw.DateTimeField(null=True)
+    # Keys the project had before Jira renamed it (JIRA_PROJECTS may still name one).
+    former_keys = JSONField(default=list)
 
     class Meta:
         table_name = "jira_project"

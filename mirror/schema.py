@@ -137,7 +137,22 @@ def _v4(db: pw.Database) -> None:
     migrate(migrator.add_index("jira_issue", ("site", "source", "synced_at"), False))
 
 
-MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3, _v4)
+def _v5(db: pw.Database) -> None:
+    """Fidelity (issue 9): projects keyed on Jira's id (renames followed, former keys kept);
+    issue rows carry their project's id, why they were deleted, and a digest of their content
+    so that a version that changes nothing is not written."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        migrator.add_column("jira_project", "project_id", pw.CharField(max_length=32, null=True)),
+        migrator.add_column("jira_project", "former_keys", JSONField(default=list)),
+        migrator.add_column("jira_issue", "project_id", pw.CharField(max_length=32, null=True)),
+        migrator.add_column("jira_issue", "deleted_reason", pw.CharField(max_length=64, null=True)),
+        migrator.add_column("jira_issue", "content_hash", pw.CharField(max_length=64, null=True)),
+        migrator.add_index("jira_issue", ("site", "project_id"), False),
+    )
+
+
+MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 LATEST = len(MIGRATIONS)
 
 

@@ -8,7 +8,13 @@ workers and replays cannot race:
   ``updated`` with a later event timestamp;
 * a deleted row stays deleted unless a strictly newer ``updated`` arrives (Jira deletions are
   final; a version equal to the deleted one is a late duplicate);
-* a replay (same ``updated``, same timestamp) matches no row and changes nothing.
+* a replay (same ``updated``, same timestamp) matches no row and changes nothing;
+* a version whose content (key, project, fields) and deletion state equal the stored row's is
+  not written at all: ``synced_at`` and ``source`` do not move (invariant 8);
+* a *current read* from Jira (``current=True``: bulkfetch, GET issue) proves the issue exists:
+  it clears a ``deleted_at`` that Jira did not confirm (moved out of scope, or set before the
+  reason was recorded) when it was read after that row was written; a deletion Jira confirmed
+  (reason ``deleted``) is undone only by a strictly newer ``updated``, never by a late event.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import peewee as pw
 
 from mirror.db import database
-from mirror.issues import utc_now
+from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
 log = logging.getLogger(__name__)
@@ -44,46 +50,100 @@ UPSERT_FIELDS = (
     Issue.synced_at,
     Issue.source,
     Issue.event_ts,
+    Issue.project_id,
+    Issue.deleted_reason,
+    Issue.content_hash,
 )
+
+# Why a row left the live mirror (``jira_issue.deleted_reason``).
+DELETED = "deleted"  # Jira said so: a delete event, a 404, absent from a complete answer
+OUT_OF_SCOPE = "moved out of scope"  # its project is not tracked (CONTRACT.md invariant 6)
 
 # Rows per INSERT statement: well under SQLite's 32,766 bound parameters (20 columns a row).
 BATCH = 500
 
 
 def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (site, issue_id), the newest: a statement may not update a row twice."""
+    """One row per (site, issue_id), the newest: a statement may not update a row twice. Each
+    carries its ``content_hash`` and the columns a row may omit."""
     newest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         ident = (row["site"], row["issue_id"])
         held = newest.get(ident)
         if held is None or (row["updated"], row["event_ts"]) > (held["updated"], held["event_ts"]):
             newest[ident] = row
-    return list(newest.values())
+    return [dict(row, content_hash=content_hash(row), deleted_reason=row.get("deleted_reason"),
+                 project_id=row.get("project_id")) for row in newest.values()]
 
 
-def _is_newer() -> pw.Expression:
-    excluded_updated = pw.EXCLUDED.updated
-    return (excluded_updated > Issue.updated) | (
-        (excluded_updated == Issue.updated) & (pw.EXCLUDED.event_ts > Issue.event_ts) & Issue.deleted_at.is_null()
+def _is_newer(current: bool) -> pw.Expression:
+    excluded = pw.EXCLUDED
+    same_version_may_replace = Issue.deleted_at.is_null()
+    if current:  # a current read clears a deletion Jira did not confirm (see the module docstring)
+        same_version_may_replace = same_version_may_replace | Issue.deleted_reason.is_null() | (
+            Issue.deleted_reason != DELETED)
+    return (excluded.updated > Issue.updated) | (
+        (excluded.updated == Issue.updated) & (excluded.event_ts > Issue.event_ts) & same_version_may_replace
     )
 
 
-def _upsert(rows: Sequence[dict[str, Any]]) -> pw.Insert:
+def _changes_something() -> pw.Expression:
+    """The version differs from the stored row: content, or live versus deleted."""
+    excluded = pw.EXCLUDED
+    return (Issue.content_hash.is_null() | (excluded.content_hash != Issue.content_hash)
+            | (excluded.deleted_at.is_null() != Issue.deleted_at.is_null())
+            | (excluded.deleted_reason.is_null() != Issue.deleted_reason.is_null()))
+
+
+def _upsert(rows: Sequence[dict[str, Any]], current: bool) -> pw.Insert:
     return Issue.insert_many(rows).on_conflict(
         conflict_target=[Issue.site, Issue.issue_id],
         preserve=UPSERT_FIELDS,
-        where=_is_newer(),
+        where=_is_newer(current) & _changes_something(),
     )
 
 
-def upsert_issues(rows: Sequence[dict[str, Any]]) -> int:
-    """Insert or update issue rows (from ``issues.to_row``); returns how many rows changed."""
+def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> int:
+    """Insert or update issue rows (from ``issues.to_row``); returns how many rows changed.
+
+    ``current``: the rows are a current read from Jira (module docstring).
+    """
     changed = 0
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            changed += database.execute(_upsert(rows[start : start + BATCH])).rowcount
+            changed += database.execute(_upsert(rows[start : start + BATCH], current)).rowcount
     return changed
+
+
+def out_of_scope(rows: Sequence[dict[str, Any]], scope: "Scope", *, at: dt.datetime | None = None
+                 ) -> list[dict[str, Any]]:
+    """``rows`` with those whose project is not tracked marked deleted, reason ``OUT_OF_SCOPE``
+    (key and project as Jira shows them now): such a row leaves the live mirror (invariant 6)."""
+    at = at or utc_now()
+    return [row if scope.holds(row) else dict(row, deleted_at=at, deleted_reason=OUT_OF_SCOPE) for row in rows]
+
+
+class Scope:
+    """The tracked projects of a site: by Jira id once known (a renamed key is followed), by
+    key for a project whose id is not known yet."""
+
+    def __init__(self, projects: Iterable[tuple[str | None, str]]):
+        projects = list(projects)
+        self.ids = frozenset(pid for pid, _ in projects if pid)
+        self.keys = frozenset(key for _, key in projects)
+        self.keys_without_id = frozenset(key for pid, key in projects if not pid)
+
+    @classmethod
+    def of(cls, site: str) -> "Scope":
+        return cls(Project.select(Project.project_id, Project.key).where(Project.site == site, Project.is_active)
+                   .tuples())
+
+    def holds(self, row: dict[str, Any]) -> bool:
+        project_id, key = row.get("project_id"), row.get("project_key")
+        if project_id:
+            return project_id in self.ids or key in self.keys_without_id
+        return key in self.keys
 
 
 def upsert_issues_changed(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -97,7 +157,7 @@ def upsert_issues_changed(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            query = _upsert(rows[start : start + BATCH]).returning(Issue.site, Issue.issue_id)
+            query = _upsert(rows[start : start + BATCH], False).returning(Issue.site, Issue.issue_id)
             changed.update((site, issue_id) for site, issue_id in database.execute(query).fetchall())
     return changed
 
@@ -112,7 +172,7 @@ def delete_issues(rows: Sequence[dict[str, Any]], *, at: dt.datetime | None = No
     were newly marked deleted.
     """
     at = at or utc_now()
-    tombstones = [dict(row, deleted_at=at, synced_at=at) for row in rows]
+    tombstones = [dict(row, deleted_at=at, synced_at=at, deleted_reason=DELETED) for row in rows]
     by_site: dict[str, list[str]] = {}
     for row in tombstones:
         by_site.setdefault(row["site"], []).append(row["issue_id"])
@@ -125,37 +185,71 @@ def delete_issues(rows: Sequence[dict[str, Any]], *, at: dt.datetime | None = No
 
 def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None = None,
                  source: str = "backfill") -> int:
-    """Soft-delete the given issues (found gone by reconciliation); returns how many changed."""
+    """Soft-delete the given issues, which Jira said are gone (a 404, absent from a complete
+    answer); returns how many changed. A row deleted for another reason gets this one."""
     at = at or utc_now()
     ids = list(dict.fromkeys(issue_ids))
     changed = 0
     with database.atomic():
         for start in range(0, len(ids), BATCH):
             changed += (
-                Issue.update(deleted_at=at, synced_at=at, source=source)
-                .where(Issue.site == site, Issue.issue_id.in_(ids[start : start + BATCH]), Issue.deleted_at.is_null())
+                Issue.update(deleted_at=pw.fn.COALESCE(Issue.deleted_at, at), synced_at=at, source=source,
+                             deleted_reason=DELETED)
+                .where(Issue.site == site, Issue.issue_id.in_(ids[start : start + BATCH]),
+                       Issue.deleted_at.is_null() | Issue.deleted_reason.is_null()
+                       | (Issue.deleted_reason != DELETED))
                 .execute()
             )
     return changed
 
 
-def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | None = None) -> list[str]:
-    """Start mirroring the projects; returns the keys that were not tracked before."""
-    names = names or {}
+def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | None = None,
+                   ids: dict[str, str] | None = None) -> list[str]:
+    """Start mirroring the projects; returns the keys that were not tracked before. ``ids``:
+    Jira's id of each key, when known (a project already known by that id is the one tracked,
+    whatever key it was known by). Tracking again clears a "not found" state."""
+    names, ids = names or {}, ids or {}
     started: list[str] = []
     now = utc_now()
     with database.atomic():
         for key in keys:
-            project = Project.get_or_none(Project.site == site, Project.key == key)
+            project_id = ids.get(key)
+            project = (Project.get_or_none(Project.site == site, Project.project_id == project_id) if project_id
+                       else None) or Project.get_or_none(Project.site == site, Project.key == key)
             if project is None:
-                Project.create(site=site, key=key, name=names.get(key), is_active=True, created_at=now)
+                Project.create(site=site, key=key, project_id=project_id, name=names.get(key), is_active=True,
+                               created_at=now)
                 started.append(key)
-            elif not project.is_active or (names.get(key) and project.name != names[key]):
-                if not project.is_active:
-                    started.append(key)
-                Project.update(is_active=True,
-                               name=names.get(key) or project.name).where(Project.id == project.id).execute()
+                continue
+            if not project.is_active:
+                started.append(key)
+            values: dict[str, Any] = {"is_active": True, "name": names.get(key) or project.name}
+            if project.sync_state == "not found":
+                values.update(sync_state="idle", last_error=None)
+            Project.update(**values).where(Project.id == project.id).execute()
+            if project_id and (project.project_id != project_id or project.key != key):
+                identify_project(Project.get_by_id(project.id), project_id=project_id, key=key)
     return started
+
+
+def track_new_projects(site: str, keys: Iterable[str]) -> list[str]:
+    """``JIRA_PROJECTS`` at a deploy or a worker start: track only the keys never seen (no
+    project has them as key or former key), so that a project untracked since stays untracked.
+    Returns the keys tracked now."""
+    seen: set[str] = set()
+    for key, former in Project.select(Project.key, Project.former_keys).where(Project.site == site).tuples():
+        seen.add(key)
+        seen.update(former or [])
+    fresh = [key for key in keys if key not in seen]
+    if fresh:
+        track_projects(site, fresh)
+    for key in keys:
+        if key in fresh:
+            log.info("JIRA_PROJECTS: project tracked project=%s", key)
+        else:
+            log.info("JIRA_PROJECTS: project left as it is (known already; track or untrack it explicitly) project=%s",
+                     key)
+    return fresh
 
 
 def untrack_projects(site: str, keys: Iterable[str]) -> list[str]:
@@ -168,6 +262,44 @@ def untrack_projects(site: str, keys: Iterable[str]) -> list[str]:
         ]
         Project.update(is_active=False).where(Project.site == site, Project.key.in_(keys)).execute()
     return stopped
+
+
+def find_project(site: str, key: str) -> Project | None:
+    """The project known by ``key``, or by a key it had before Jira renamed it."""
+    project = Project.get_or_none(Project.site == site, Project.key == key)
+    if project is None:
+        for candidate in Project.select().where(Project.site == site):
+            if key in (candidate.former_keys or []):
+                return candidate
+    return project
+
+
+def identify_project(project: Project, *, project_id: str, key: str, name: str | None = None) -> Project:
+    """Record what Jira says the project is (``GET project/{idOrKey}``): its id, and its key when
+    Jira renamed it: the project row, and its issue rows, take the new key and the old one is
+    kept in ``former_keys`` (issue keys change when their issues are read again). Returns the
+    project as it now stands."""
+    values: dict[str, Any] = {}
+    if project.project_id != project_id:
+        values["project_id"] = project_id
+    if name and project.name != name:
+        values["name"] = name
+    old = project.key
+    with database.atomic():
+        if key != old:
+            if Project.get_or_none(Project.site == project.site, Project.key == key) is not None:
+                # The new key is tracked as a project of its own (JIRA_PROJECTS named it): one row
+                # stays, the one the key belongs to; this one is kept under its former key.
+                log.warning("project renamed project=%s to=%s: the new key is already a project", old, key)
+                key = old
+            else:
+                values["key"] = key
+                values["former_keys"] = [k for k in (project.former_keys or []) if k != key] + [old]
+                Issue.update(project_key=key).where(Issue.site == project.site, Issue.project_key == old).execute()
+                log.info("project renamed project=%s to=%s id=%s", old, key, project_id)
+        if values:
+            Project.update(**values).where(Project.id == project.id).execute()
+    return Project.get_by_id(project.id)
 
 
 def tracked_keys(site: str) -> set[str]:
@@ -194,15 +326,18 @@ def start_sync_run(site: str, key: str, kind: str, *, job_id: str | None = None)
     return run
 
 
-def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None = None) -> None:
-    """Record how a run ended, and the project's state and last error with it."""
+def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None = None,
+                    state: str | None = None) -> None:
+    """Record how a run ended, and the project's state (``state``, else idle or failed) and
+    last error with it."""
     now = utc_now()
-    state = "failed" if error else "succeeded"
+    outcome = "failed" if error else "succeeded"
     with database.atomic():
-        SyncRun.update(state=state, finished_at=now, error=error, **counts).where(SyncRun.id == run.id).execute()
-        Project.update(sync_state="failed" if error else "idle", last_error=error).where(
-            Project.site == run.site, Project.key == run.project_key
-        ).execute()
+        SyncRun.update(state=outcome, finished_at=now, error=error, **counts).where(SyncRun.id == run.id).execute()
+        project = find_project(run.site, run.project_key)
+        if project is not None:
+            Project.update(sync_state=state or ("failed" if error else "idle"), last_error=error).where(
+                Project.id == project.id).execute()
 
 
 def upsert_users(rows: Sequence[dict[str, Any]]) -> int:

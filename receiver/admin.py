@@ -6,7 +6,8 @@ operations it shares with the status page's buttons.
 * ``GET /admin/projects``: ``200 {"projects": [...], "errors": {...}}`` with counts, state,
   cursor, last runs and lag (the status report's project list).
 * ``POST /admin/projects/<KEY>/track``: ``201`` when newly tracked, with the ``job_id`` of its
-  full backfill; ``200`` when it already was (nothing enqueued).
+  full backfill; ``200`` when it already was (nothing enqueued); ``404`` when Jira has no such
+  project (nothing changed); ``503`` when Jira or Redis cannot be asked.
 * ``POST /admin/projects/<KEY>/untrack``: ``200`` (the rows are kept).
 
 400 ``{"error": ...}`` for malformed JSON, wrong types, unknown fields or a malformed key; 401 for
@@ -25,6 +26,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from redis import Redis
 from redis.exceptions import RedisError
 
+from backfill.projects import JiraCheckError, QueueUnavailableError, UnknownProjectError
 from mirror import store
 from mirror.db import database
 from mirror.settings import Settings
@@ -44,8 +46,8 @@ class NotTrackedError(LookupError):
     """The project is not tracked (never, or untracked since)."""
 
 
-class QueueUnavailableError(RuntimeError):
-    """Redis cannot take the job."""
+# QueueUnavailableError, UnknownProjectError, JiraCheckError: backfill.projects' own, imported
+# above, so that the page and the API catch what the one tracking function raises.
 
 
 # --- operations (the API and the page's buttons) ---------------------------------------------
@@ -90,36 +92,27 @@ def backfill(key: str, *, full: bool) -> str:
 
 
 def track(key: str) -> tuple[bool, str | None]:
-    """Track the project; a newly tracked one gets a full backfill. Returns (newly tracked,
-    job id). Raises QueueUnavailableError before tracking anything when Redis is down."""
+    """Track the project (checked with Jira first); a newly tracked one gets a full backfill.
+    Returns (newly tracked, job id). Raises UnknownProjectError, JiraCheckError or
+    QueueUnavailableError, having changed nothing (backfill.projects)."""
+    from backfill.projects import track_project  # the sync engine loads only when asked for
+
     try:
-        _redis().ping()  # so that a project is never tracked without its first backfill
-    except RedisError:
-        raise QueueUnavailableError("the queue is unavailable (Redis); nothing was changed") from None
-    site = _settings().site
-    with database.connection_context():
-        started = key in store.track_projects(site, [key])
-    current_app.extensions["tracked"].invalidate()
-    job_id = None
-    if started:
-        try:
-            job_id = _enqueue(key, full=True)
-        except QueueUnavailableError:
-            with database.connection_context():  # undo, so that tracking again enqueues the backfill
-                store.untrack_projects(site, [key])
-            current_app.extensions["tracked"].invalidate()
-            raise QueueUnavailableError("the queue is unavailable (Redis); nothing was changed") from None
-    log.info("project tracked project=%s new=%s job=%s", key, started, job_id)
-    return started, job_id
+        tracked = track_project(_settings(), _redis(), key)
+    finally:
+        current_app.extensions["tracked"].invalidate()
+    return tracked.newly, tracked.job_id
 
 
 def untrack(key: str) -> bool:
-    """Stop mirroring the project (its rows are kept); returns whether it was tracked."""
-    with database.connection_context():
-        stopped = key in store.untrack_projects(_settings().site, [key])
-    current_app.extensions["tracked"].invalidate()
-    log.info("project untracked project=%s was_tracked=%s", key, stopped)
-    return stopped
+    """Stop mirroring the project (its rows are kept), cancel its pending sync; returns whether
+    it was tracked."""
+    from backfill.projects import untrack_project
+
+    try:
+        return untrack_project(_settings(), _redis(), key)
+    finally:
+        current_app.extensions["tracked"].invalidate()
 
 
 def retry_failed(job_ids: list[str] | None = None, *, all: bool = False) -> list[str]:
@@ -242,7 +235,9 @@ def post_track(raw_key: str):  # type: ignore[no-untyped-def]
     key = _key_from_url(raw_key)
     try:
         started, job_id = track(key)
-    except QueueUnavailableError as exc:
+    except UnknownProjectError as exc:
+        raise ApiError(404, str(exc)) from None
+    except (QueueUnavailableError, JiraCheckError) as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": "10"}) from None
     return jsonify({"project": key, "tracked": True, "newly_tracked": started, "job_id": job_id}), (
         201 if started else 200)

@@ -24,14 +24,17 @@ ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 class JiraTimestamp(fields.String):
     """A Jira timestamp string; validated, returned unchanged."""
 
-    default_error_messages = {"invalid_timestamp": "Not a Jira timestamp (e.g. 2024-12-29T08:41:23.904+0530)."}
+    default_error_messages = {
+        "invalid_timestamp": "Not a Jira timestamp (e.g. 2024-12-29T08:41:23.904+0530).",
+        "out_of_range": "Out of range once normalised to UTC (years 1 to 9999).",
+    }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
             parse_jira_date(text)
-        except ValueError:
-            raise self.make_error("invalid_timestamp") from None
+        except ValueError as exc:
+            raise self.make_error("out_of_range" if "out of range" in str(exc) else "invalid_timestamp") from None
         return text
 
 
@@ -205,9 +208,10 @@ def _timestamp(value: Any) -> bool:  # JiraTimestamp
         return False
     if _JIRA_TIME.fullmatch(value):
         try:
-            dt.datetime.fromisoformat(value)
+            # In range once normalised to UTC too (year 1 +0530 is not): the worker normalises it.
+            dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc)
             return True
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
     try:
         parse_jira_date(value)

@@ -273,7 +273,8 @@ def _operation(func, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyp
     """Run an operation; its expected failures become a flashed error (None returned)."""
     try:
         return func(*args, **kwargs)
-    except (admin.NotTrackedError, admin.QueueUnavailableError, UnknownJobError) as exc:
+    except (admin.NotTrackedError, admin.QueueUnavailableError, admin.UnknownProjectError, admin.JiraCheckError,
+            UnknownJobError) as exc:
         flash(str(exc), "error")
     except Exception as exc:  # the database is down, most likely: say so on the page
         log.warning("operation failed op=%s error=%s", func.__name__, type(exc).__name__)

@@ -245,9 +245,14 @@ class WebhookEndpoint:
             return _ignored(delivery, f"event {event} is not mirrored")
 
         issue = loaded["issue"]
-        project_key = delivery.project = issue["fields"]["project"]["key"]
-        tracked = extensions["tracked"].keys()
-        if tracked is not None and project_key not in tracked and not _moved_from_tracked(loaded, tracked):
+        project = issue["fields"]["project"]
+        project_key = delivery.project = project["key"]
+        project_id = project.get("id")
+        projects = extensions["tracked"]
+        if projects.tracks(str(project_id) if project_id is not None else None, project_key) is False \
+                and not _moved_from_tracked(loaded, projects.keys() or frozenset()) \
+                and not projects.mirrors(str(issue["id"])):
+            # Not tracked, and not an issue the mirror holds live (whose move out must be applied).
             return _ignored(delivery, f"project {project_key} is not tracked")
 
         kwargs = {

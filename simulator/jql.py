@@ -364,6 +364,7 @@ def compile_query(query: Query, *, site: Site, tz: str, now_ms: int) -> Compiled
         predicate, resolved = _compile(query.where, site, tz, now_ms)
     order = query.order or (("key", True),)
     ranks = {key: i for i, key in enumerate(sorted(site.projects))}
+    ranks.update({former: ranks[current] for former, current in site.project_keys().items()})
     sort_key = _sort_key(order, ranks)
     return Compiled(predicate, sort_key, (resolved, order, tuple(sorted(ranks))), query.bounded)
 
@@ -395,17 +396,18 @@ def _compile(node: Any, site: Site, tz: str, now_ms: int) -> tuple[Predicate, An
 
 
 def _project_clause(c: _Clause, site: Site) -> tuple[Predicate, Any]:
+    # A renamed project answers to its former keys too, and a version indexed before the rename
+    # still carries a former key: match every key the project ever had.
+    every_key = site.project_keys()
     keys: set[str] = set()
     for value in c.values:
-        match = None
-        for project in site.projects.values():
-            if value.text.upper() == project.key or value.text == project.id \
-                    or value.text.lower() == project.name.lower():
-                match = project.key
-                break
-        if match is None:
+        project = site.find_project(value.text)
+        if project is None:
+            project = next((p for p in site.projects.values()
+                            if value.text.lower() == p.name.lower()), None)
+        if project is None:
             raise JqlError(f"The value '{value.text}' does not exist for the field '{c.name}'.")
-        keys.add(match)
+        keys.update(k for k, current in every_key.items() if current == project.key)
     frozen = frozenset(keys)
     if c.op in ("=", "in"):
         if len(frozen) == 1:
@@ -444,10 +446,12 @@ def _key_clause(c: _Clause, site: Site) -> tuple[Predicate, Any]:
     m = _KEY.match(text)
     if not m:
         raise JqlError(f"The issue key '{text}' for field '{c.name}' is invalid.")
-    project, num = m.group(1).upper(), int(m.group(2))
-    if project not in site.projects:
+    found = site.find_project(m.group(1))
+    if found is None:
         raise JqlError(f"The issue key '{text}' for field '{c.name}' is invalid.")
-    return (lambda v: v.project == project and cmp(v.num, num)), ("issuekey", c.op, project, num)
+    num = int(m.group(2))
+    keys = frozenset(k for k, current in site.project_keys().items() if current == found.key)
+    return (lambda v: v.project in keys and cmp(v.num, num)), ("issuekey", c.op, keys, num)
 
 
 def _date_clause(c: _Clause, tz: str, now_ms: int) -> tuple[Predicate, Any]:

@@ -4,8 +4,10 @@ What this imitates (Jira Cloud platform REST v3, https://developer.atlassian.com
 
 * Issues have a numeric string ``id`` that never changes and a ``key`` ``PROJ-n`` that changes when
   the issue moves to another project ("Move issues", the key takes the target project's next
-  number; the old key keeps resolving to the issue).
-* Every change bumps ``updated`` (millisecond precision) and is recorded with a changelog
+  number; the old key keeps resolving to the issue). A project's key can be renamed: same
+  project id, every issue becomes ``NEW-<same number>``, former keys keep resolving.
+* Every issue change bumps ``updated`` (millisecond precision; a project key rename edits no
+  issue and does not) and is recorded with a changelog
   (``changelog.items`` of ``field``/``from``/``fromString``/``to``/``toString``), which the webhook
   pusher turns into ``jira:issue_*`` events.
 * Search is eventually consistent ("Search results may be delayed" in the search/jql docs; the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ __all__ = [
     "IssueNotFoundError",
     "IssueVersion",
     "Project",
+    "ProjectEvent",
     "Site",
     "SiteError",
     "Status",
@@ -231,6 +235,21 @@ class ChangeEvent:
         return version
 
 
+@dataclass(frozen=True)
+class ProjectEvent:
+    """What a project mutation did, for the webhook pusher.
+
+    ``kind`` is ``project_updated`` (the only one so far: a key rename); ``before`` and ``after``
+    are the project as it was and as it is (same ``id``), ``actor`` the account that made it.
+    """
+
+    kind: str
+    before: Project
+    after: Project
+    actor: str
+    timestamp: int
+
+
 # History of one issue: (time it became current in the site's search index, version or None
 # for a deletion tombstone), oldest first.
 _History = list[tuple[int, "IssueVersion | None"]]
@@ -263,12 +282,14 @@ class Site:
         self._history: dict[str, _History] = {}
         self._by_key: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
+        self._project_aliases: dict[str, str] = {}
         self._next_id = 10001
         self._next_changelog = 10000
         self._mutation_times: list[int] = []
         self._last_since = 0
-        self._listeners: list[Callable[[ChangeEvent], None]] = []
-        self.counts: dict[str, int] = {"created": 0, "updated": 0, "moved": 0, "deleted": 0}
+        self._listeners: list[Callable[[Any], None]] = []
+        self.counts: dict[str, int] = {"created": 0, "updated": 0, "moved": 0, "deleted": 0,
+                                       "project_updated": 0}
 
     # --- time ---------------------------------------------------------------------------
 
@@ -365,17 +386,21 @@ class Site:
 
     # --- listeners ----------------------------------------------------------------------
 
-    def subscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
-        """Calls ``listener(event)`` after every mutation, in the mutating thread."""
+    def subscribe(self, listener: Callable[[Any], None]) -> None:
+        """Calls ``listener(event)`` after every mutation, in the mutating thread.
+
+        ``event`` is a :class:`ChangeEvent` for an issue change, a :class:`ProjectEvent` for a
+        project change (:meth:`rename_project`).
+        """
         with self._lock:
             self._listeners.append(listener)
 
-    def unsubscribe(self, listener: Callable[[ChangeEvent], None]) -> None:
+    def unsubscribe(self, listener: Callable[[Any], None]) -> None:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def _emit(self, event: ChangeEvent) -> ChangeEvent:
+    def _emit(self, event: Any) -> Any:
         with self._lock:
             self.counts[event.kind] += 1
             listeners = list(self._listeners)
@@ -451,6 +476,31 @@ class Site:
     def project_of_key(self, key: str) -> str:
         return key.rsplit("-", 1)[0].upper()
 
+    def find_project(self, id_key_or_former_key: str) -> Project | None:
+        """A project by id, key or former key (keys case-insensitive); ``None`` if unknown.
+
+        Jira keeps a renamed project's former keys resolving ("Jira reserves all previous
+        historical keys", Atlassian KB "Migration of Jira's historical keys for issues and
+        projects"), so an issue version recorded before a rename still finds its project.
+        """
+        ref = str(id_key_or_former_key).strip()
+        with self._lock:
+            upper = ref.upper()
+            key = upper if upper in self.projects else self._project_aliases.get(upper)
+            if key is not None:
+                return self.projects[key]
+            for project in self.projects.values():
+                if project.id == ref:
+                    return project
+            return None
+
+    def project_keys(self) -> dict[str, str]:
+        """Every key a project answers to, current or former, mapped to its current key."""
+        with self._lock:
+            out = {key: key for key in self.projects}
+            out.update(self._project_aliases)
+            return out
+
     # --- mutations ----------------------------------------------------------------------
 
     def _stamp(self) -> int:
@@ -484,12 +534,14 @@ class Site:
     def create_issue(self, project: str, *, actor: str | None = None, **fields: Any) -> ChangeEvent:
         """Creates an issue in ``project`` (random content, overridden by ``fields``).
 
-        ``fields`` take the names of :meth:`update_issue`. Raises :class:`SiteError`.
+        ``project`` is a key, a former key or an id. ``fields`` take the names of
+        :meth:`update_issue`. Raises :class:`SiteError`.
         """
-        key = project.upper()
         with self._lock:
-            if key not in self.projects:
+            found = self.find_project(project)
+            if found is None:
                 raise SiteError(f"unknown project {project}")
+            key = found.key
             actor_id = self._actor(actor)
             since = self._stamp()
             version = self._random_version(self.rng, key, since, since, list(self.users))
@@ -523,7 +575,7 @@ class Site:
             after = dataclasses.replace(after, updated=updated)
             items = tuple(_diff(before, after, self.users, self.projects))
             self._record(before.id, since, after)
-            fields_changed = {i["fieldId"] for i in items}
+            fields_changed = {i.get("fieldId") for i in items}
             if "status" in fields_changed:
                 event_type = "issue_generic"
             elif fields_changed == {"assignee"}:
@@ -539,11 +591,12 @@ class Site:
 
         The old key keeps resolving to the issue (GET, bulkfetch, ``key =`` in JQL), as in Jira.
         """
-        target = to_project.upper()
         with self._lock:
             before = self._live(issue_id)
-            if target not in self.projects:
+            found = self.find_project(to_project)
+            if found is None:
                 raise SiteError(f"unknown project {to_project}")
+            target = found.key
             if target == before.project:
                 raise SiteError(f"{before.key} is already in {target}")
             actor_id = self._actor(actor)
@@ -560,6 +613,51 @@ class Site:
             event = ChangeEvent("moved", "issue_moved", before.id, before, after, actor_id,
                                 after.updated, self._changelog_id(), items)
         return self._emit(event)
+
+    def rename_project(self, old_key: str, new_key: str, *, actor: str | None = None) -> None:
+        """Changes a project's key: same id, every issue becomes ``NEW-<same number>``.
+
+        As in Jira ("Edit a project's details"; Atlassian KB "Migration of Jira's historical keys
+        for issues and projects"): the project id never changes, the old project key and the old
+        issue keys keep resolving (``GET issue``, bulkfetch, ``GET project``, ``project =`` and
+        ``key =`` in JQL) and cannot be taken by another project. A key change re-indexes the
+        project in the background and edits no issue: the issues' ``updated`` stays as it was
+        and no ``jira:issue_*`` event is sent, only a ``project_updated`` one (a
+        :class:`ProjectEvent`). Search shows the new keys once the index catches up (the re-index
+        is subject to the index lag like any change). Raises :class:`SiteError` for an unknown
+        project, a malformed key or a key in use (or reserved by another project).
+        """
+        old, new = old_key.strip().upper(), new_key.strip().upper()
+        if not _PROJECT_KEY.match(new):
+            raise SiteError(f"invalid project key {new_key!r}")
+        with self._lock:
+            if old not in self.projects:
+                raise SiteError(f"unknown project {old_key}")
+            if new in self.projects or self._project_aliases.get(new, old) != old:
+                raise SiteError(f"project key {new} is in use")
+            actor_id = self._actor(actor)
+            before = self.projects.pop(old)
+            after = dataclasses.replace(before, key=new)
+            self.projects[new] = after
+            self._next_num[new] = self._next_num.pop(old)
+            self._project_aliases.pop(new, None)  # taking a former key of its own back
+            for former, current in list(self._project_aliases.items()):
+                if current == old:
+                    self._project_aliases[former] = new
+            self._project_aliases[old] = new
+            since = self._stamp()
+            for history in self._history.values():
+                version = history[-1][1]
+                if version is None or version.project != old:
+                    continue
+                renamed = dataclasses.replace(version, key=f"{new}-{version.num}", project=new)
+                self._record(version.id, since, renamed)
+                self._by_key.pop(version.key, None)
+                self._aliases[version.key] = version.id
+                self._by_key[renamed.key] = version.id
+                self._aliases.pop(renamed.key, None)
+            event = ProjectEvent("project_updated", before, after, actor_id, since)
+        self._emit(event)
 
     def delete_issue(self, issue_id: str, *, actor: str | None = None) -> ChangeEvent:
         """Deletes an issue: GET answers 404 at once, search keeps showing it during the lag."""
@@ -694,6 +792,10 @@ class Site:
         return dataclasses.replace(v, **values)
 
 
+# Jira's default project key format: an uppercase letter, then uppercase letters, digits or
+# underscores, 2 to 10 characters ("Edit a project's details").
+_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{1,9}$")
+
 _STATUS_NAMES = tuple(STATUSES)
 _TYPE_NAMES = tuple(ISSUE_TYPES)
 _PRIORITY_NAMES = tuple(PRIORITIES)
@@ -741,12 +843,20 @@ def _description(rng: random.Random) -> str | None:
 # --- changelog ------------------------------------------------------------------------------
 
 
-def _item(field: str, field_id: str, frm: Any, frm_s: Any, to: Any, to_s: Any,
+def _item(field: str, field_id: str | None, frm: Any, frm_s: Any, to: Any, to_s: Any,
           fieldtype: str = "jira") -> dict[str, Any]:
-    return {"field": field, "fieldtype": fieldtype, "fieldId": field_id,
-            "from": None if frm is None else str(frm),
-            "fromString": None if frm_s is None else str(frm_s),
-            "to": None if to is None else str(to), "toString": None if to_s is None else str(to_s)}
+    item: dict[str, Any] = {"field": field, "fieldtype": fieldtype}
+    if field_id is not None:
+        item["fieldId"] = field_id
+    item.update({"from": None if frm is None else str(frm),
+                 "fromString": None if frm_s is None else str(frm_s),
+                 "to": None if to is None else str(to), "toString": None if to_s is None else str(to_s)})
+    return item
+
+
+def _workflow_id(project: Project) -> str:
+    """The id of a project's workflow (one per project here)."""
+    return str(10120 + int(project.id) - 10000)
 
 
 def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
@@ -758,9 +868,13 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
 
     items: list[dict[str, Any]] = []
     if a.project != b.project:
+        # As the recorded move (tests/payloads/issue_moved.json): project (by id and name), the
+        # project's Workflow, then Key; Workflow and Key items carry no fieldId.
         pa, pb = projects[a.project], projects[b.project]
         items.append(_item("project", "project", pa.id, pa.name, pb.id, pb.name))
-        items.append(_item("Key", "issuekey", None, a.key, None, b.key))
+        items.append(_item("Workflow", None, _workflow_id(pa), f"{pa.key}: Software Workflow",
+                           _workflow_id(pb), f"{pb.key}: Software Workflow"))
+        items.append(_item("Key", None, None, a.key, None, b.key))
     if a.summary != b.summary:
         items.append(_item("summary", "summary", None, a.summary, None, b.summary))
     if a.status != b.status:

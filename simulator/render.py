@@ -16,6 +16,7 @@ visibility settings), so consumers must key users by ``accountId``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from functools import lru_cache
 from typing import Any, Iterable
@@ -31,6 +32,7 @@ __all__ = [
     "adf",
     "field_definitions",
     "format_time",
+    "issue_types_json",
     "issue_v2",
     "issue_v3",
     "project_json",
@@ -139,7 +141,6 @@ def project_json(project: Project, base_url: str, *, api: int = 3,
     if full:
         out.update({"expand": "description,lead,issueTypes,url,projectKeys,permissions,insight",
                     "style": "classic", "isPrivate": False, "properties": {},
-                    "entityId": f"ent-{project.id}",
                     "uuid": f"00000000-0000-4000-8000-{int(project.id):012d}"})
     return out
 
@@ -157,6 +158,11 @@ def _status_json(name: str, base_url: str, api: int) -> dict[str, Any]:
                            "id": cat_id, "key": status.category, "colorName": color,
                            "name": cat_name},
     }
+
+
+def issue_types_json(base_url: str, *, api: int = 3) -> list[dict[str, Any]]:
+    """The issue types of a project (every project of the site has them all)."""
+    return [_issuetype_json(name, base_url, api) for name in ISSUE_TYPES]
 
 
 def _issuetype_json(name: str, base_url: str, api: int) -> dict[str, Any]:
@@ -239,7 +245,11 @@ def _fields(v: IssueVersion, site: Site, base_url: str, tz: str, api: int,
                 "self": f"{base_url}/rest/api/{api}/resolution/10000", "id": "10000",
                 "description": "Work has been completed on this issue.", "name": "Done"}
         elif name == "project":
-            project = site.projects[v.project]
+            # A version indexed before a key rename shows the project as it was indexed.
+            project = site.find_project(v.project)
+            assert project is not None, v.project
+            if project.key != v.project:
+                project = dataclasses.replace(project, key=v.project)
             out[name] = project_json(project, base_url, api=api)
         elif name == "description":
             out[name] = adf(v.description) if api == 3 else wiki(v.description)
@@ -335,7 +345,8 @@ def field_definitions() -> list[dict[str, Any]]:
     }
     for cid, (name, kind, _attr) in CUSTOM_FIELDS.items():
         num = int(cid.rsplit("_", 1)[1])
-        out.append({"id": cid, "key": cid, "name": name, "untranslatedName": name, "custom": True,
+        # FieldDetails (additionalProperties: false) has no untranslatedName: the spec wins.
+        out.append({"id": cid, "key": cid, "name": name, "custom": True,
                     "orderable": True, "navigable": True, "searchable": True,
                     "clauseNames": [f"cf[{num}]", name],
                     "schema": {"type": kind, "custom": custom_types[kind], "customId": num}})

@@ -5,8 +5,9 @@ Endpoints and the Atlassian behaviour each imitates
 
 ``GET|POST /rest/api/3/search/jql``
     Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
-    ``isLast``, no ``total``. GET reads the query string, POST only the JSON body (unknown body
-    properties are refused, as measured on real sites). ``reconcileIssues`` (up to 50 ids) are
+    ``isLast``, no ``total``; ``on_search_page`` is called before each page is sent. GET reads
+    the query string, POST only the JSON body (unknown body properties are refused, as measured
+    on real sites). ``reconcileIssues`` (up to 50 ids) are
     matched and shown in their current state despite the lag. ``fields`` defaults to ``id``; ``*all``,
     ``*navigable``, ``-field`` work. ``maxResults`` defaults to 50, must lie in 1..5000 (else
     400), and is silently clamped to 100 unless only ``id``/``key`` are asked for. The JQL is the
@@ -19,10 +20,16 @@ Endpoints and the Atlassian behaviour each imitates
 ``GET|POST /rest/api/{2,3}/search``
     Removed: ``410 Gone`` with Atlassian's migration message.
 ``POST /rest/api/3/issue/bulkfetch``
-    Up to 100 ids or keys, current state (no lag), unknown/deleted ones in ``issueErrors``.
+    Up to 100 ids or keys (former keys too), current state (no lag), in ascending id order.
+    Unknown and deleted issues are in neither ``issues`` nor ``issueErrors``; ``issueErrors``
+    lists only injected retriable failures (:meth:`JiraServer.fail_issues`, ``issue_error_rate``).
 ``GET /rest/api/3/issue/{idOrKey}``
     Current state; a moved issue's old key still resolves; 404 when deleted or unknown.
-``GET /rest/api/3/myself``, ``serverInfo``, ``project/search``, ``users/search``, ``field``
+``GET /rest/api/3/users/search``
+    A bare list, ``maxResults`` default 50, at most 1000; 409 above ``slow_user_search_above``.
+``GET /rest/api/3/project/{idOrKey}``
+    A project by id or key (case-sensitive, as the spec says), former keys too; 404 otherwise.
+``GET /rest/api/3/myself``, ``serverInfo``, ``project/search``, ``field``
     As documented; ``myself.timeZone`` is the ``time_zone`` knob.
 
 Failure modes, each a knob that can be changed while the server runs: per-request latency,
@@ -55,13 +62,13 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import itemgetter
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
-from .render import (FieldSelection, field_definitions, format_time, issue_v3, project_json,
-                     user_json, zone)
+from .render import (FieldSelection, field_definitions, format_time, issue_types_json, issue_v3,
+                     project_json, user_json, zone)
 
 __all__ = ["JiraServer", "ROUTES"]
 
@@ -69,8 +76,8 @@ log = logging.getLogger(__name__)
 
 #: Route names used as keys of :attr:`JiraServer.stats` (and of the ``route`` filter of faults).
 ROUTES = ("search/jql", "search/approximate-count", "search", "issue/bulkfetch", "issue",
-          "myself", "serverInfo", "project/search", "users/search", "field", "tenant_info",
-          "unknown")
+          "myself", "serverInfo", "project/search", "project", "users/search", "field",
+          "tenant_info", "unknown")
 
 INVALID_TOKEN = "The provided nextPageToken is invalid or has expired."
 GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
@@ -78,10 +85,19 @@ GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/s
 NOT_FOUND_ISSUE = "Issue does not exist or you do not have permission to see it."
 UNAUTHORIZED = "Client must be authenticated to access this resource."
 MAX_RESULTS_RANGE = "The maxResults parameter must be between 1 and 5,000."
+USERS_SEARCH_TIMEOUT = ("The request took longer than 10 seconds and was interrupted. "
+                        "Try again with a smaller maxResults.")
+# No recorded issueErrors entry is public; the spec only says the list is for "a retriable error
+# or payload constraint". The wording is ours, made to read as a transient failure.
+RETRIABLE_ISSUE_ERROR = "The issue could not be retrieved in time. Try again later."
 BAD_PAYLOAD = "Invalid request payload. Refer to the REST API documentation and try again."
 
+# The properties of the spec's request beans (additionalProperties: false): anything else is a
+# 400. failFast is a query parameter of GET search/jql only, not in SearchAndReconcileRequestBean.
 _SEARCH_BODY_KEYS = {"jql", "nextPageToken", "maxResults", "fields", "expand", "properties",
-                     "fieldsByKeys", "reconcileIssues", "failFast"}
+                     "fieldsByKeys", "reconcileIssues"}
+_COUNT_BODY_KEYS = {"jql"}  # JQLCountRequestBean
+_BULKFETCH_BODY_KEYS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
 
 
 class _ApiError(Exception):
@@ -128,12 +144,20 @@ class JiraServer:
         page_token_mode: ``"keyset"`` (a token resumes after the last sort key it saw: an issue
             updated while paging ``ORDER BY updated`` shows up again later, nothing is skipped) or
             ``"offset"`` (a token is a position: such an update shifts the rest by one and an issue
-            is skipped, the hazard Atlassian's tokens exist to avoid).
-        page_token_ttl_seconds: tokens older than this are refused as expired (None: never).
+            is skipped). The spec calls the token only a "continuation token" and says nothing of
+            how it behaves when the order shifts under it; keyset stays the default, and a test
+            of shifting page boundaries (a walk that must not skip) uses ``"offset"``, the worse
+            case, with :attr:`on_search_page` to change the site between pages.
+        page_token_ttl_seconds: tokens older than this are refused as expired (None: never). The
+            default is the spec's: "This token will expire in 7 days"
+            (SearchAndReconcileResults.nextPageToken).
         short_page_rate: probability that a search page holds fewer issues than asked (with a
             ``nextPageToken`` all the same).
-        bulkfetch_reports_missing: list unknown/deleted issues in ``issueErrors`` (Atlassian's
-            docs say they may also be silently left out; set False for that).
+        issue_error_rate: probability that an issue a bulkfetch found is listed in ``issueErrors``
+            instead of ``issues`` (a retriable failure, see :meth:`fail_issues`); seeded dice.
+        slow_user_search_above: a ``users/search`` request asking for more than this many users
+            (``maxResults``, default 50) answers 409 as Jira does when the request takes longer
+            than 10 s; ``None`` (the default): never.
         base_url: the ``baseUrl`` / ``self`` prefix; the served URL by default.
         cloud_id: the cloud id (``/_edge/tenant_info``, ``/ex/jira/{cloudId}`` paths).
 
@@ -147,9 +171,9 @@ class JiraServer:
                  index_lag_seconds: float = 0.0, rate_429: float = 0.0, retry_after: float = 1,
                  latency_ms: float = 0.0, ssl_context: ssl.SSLContext | None = None,
                  seed: int = 0, page_token_mode: str = "keyset",
-                 page_token_ttl_seconds: float | None = None, short_page_rate: float = 0.0,
-                 bulkfetch_reports_missing: bool = True, base_url: str | None = None,
-                 cloud_id: str | None = None) -> None:
+                 page_token_ttl_seconds: float | None = 7 * 86400, short_page_rate: float = 0.0,
+                 issue_error_rate: float = 0.0, slow_user_search_above: int | None = None,
+                 base_url: str | None = None, cloud_id: str | None = None) -> None:
         self.site = site if site is not None else Site.generate({"DEMO": 100}, seed=seed)
         self.host = host
         self.port = port
@@ -165,7 +189,12 @@ class JiraServer:
         self.page_token_mode = page_token_mode
         self.page_token_ttl_seconds = page_token_ttl_seconds
         self.short_page_rate = short_page_rate
-        self.bulkfetch_reports_missing = bulkfetch_reports_missing
+        self.issue_error_rate = issue_error_rate
+        self.slow_user_search_above = slow_user_search_above
+        #: Called as ``on_search_page(page_index)`` after a ``search/jql`` page has been computed
+        #: and before it is sent (``page_index`` counts the pages of one query from 0): a test
+        #: changes the site there to shift the pages that follow.
+        self.on_search_page: Callable[[int], None] | None = None
         self.cloud_id = cloud_id or str(uuid.UUID(int=random.Random(seed).getrandbits(128)))
         self._base_url = base_url
         self._rng = random.Random(seed)
@@ -173,6 +202,7 @@ class JiraServer:
         self._faults: collections.deque[_Fault] = collections.deque()
         self._expire_tokens = 0
         self._short_pages = 0
+        self._failing: dict[str, int] = {}
         self._stats: collections.Counter[str] = collections.Counter()
         self._status_counts: collections.Counter[int] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=10000)
@@ -269,12 +299,29 @@ class JiraServer:
         with self._lock:
             self._short_pages += n
 
+    def fail_issues(self, ids: Iterable[str], times: int = 1) -> None:
+        """Answers these issues (ids or keys) in ``issueErrors`` of the next ``times`` bulkfetches.
+
+        Each listed issue is left out of ``issues`` and listed in ``issueErrors`` (an ``IssueError``
+        of ``id`` and ``errorMessage``) by the next ``times`` ``issue/bulkfetch`` requests that ask
+        for it, by id, key or former key; ``times=-1``: every one, until :meth:`clear_faults`. This
+        is the one way (with :attr:`issue_error_rate`) an issue reaches ``issueErrors``: the spec
+        lists there only issues Jira "can't return ... due to a retriable error or payload
+        constraint" (BulkIssueResults.issueErrors). Raises ValueError for ``times`` 0 or < -1.
+        """
+        if times == 0 or times < -1:
+            raise ValueError("times must be positive, or -1 for always")
+        with self._lock:
+            for ref in ids:
+                self._failing[self._failure_key(str(ref))] = times
+
     def clear_faults(self) -> None:
-        """Forgets pending injected faults (not the rate knobs)."""
+        """Forgets pending injected faults, :meth:`fail_issues` included (not the rate knobs)."""
         with self._lock:
             self._faults.clear()
             self._expire_tokens = 0
             self._short_pages = 0
+            self._failing.clear()
 
     # --- counters -----------------------------------------------------------------------
 
@@ -338,6 +385,8 @@ class JiraServer:
             return table[rest]
         if rest.startswith("issue/") and rest.count("/") == 1:
             return "issue", self._get_issue, ("GET",)
+        if rest.startswith("project/") and rest.count("/") == 1:
+            return "project", self._get_project, ("GET",)
         return "unknown", None, ()
 
     def _handle(self, method: str, raw_path: str, headers: Any, body: bytes
@@ -486,8 +535,9 @@ class JiraServer:
         lag = self.index_lag_seconds
         return now, (now - int(lag * 1000)) if lag and lag > 0 else None
 
-    def _token(self, qhash: str, offset: int, after: tuple[int, ...] | None) -> str:
-        raw = json.dumps({"q": qhash, "o": offset, "a": list(after) if after else None,
+    def _token(self, qhash: str, offset: int, after: tuple[int, ...] | None, page: int) -> str:
+        """A signed token for the page after ``offset`` / sort key ``after``; ``page`` is its index."""
+        raw = json.dumps({"q": qhash, "o": offset, "a": list(after) if after else None, "p": page,
                           "t": self._now(), "n": self._rng.getrandbits(24)},
                          separators=(",", ":")).encode()
         sig = hmac.new(self._token_key, raw, hashlib.sha256).digest()[:10]
@@ -600,18 +650,28 @@ class JiraServer:
         end = start + len(page)
         out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
                                                    selection) for v in page]}
-        expand = {x.strip() for value in query.get("expand", [])
-                  for x in value.split(",")} if method == "GET" else set()
+        # expand: a comma-separated string, in the query (GET) or the body (POST) alike.
+        if method == "GET":
+            raw_expand = query.get("expand", [])
+        else:
+            raw_expand = [str(self._json_body(headers, body).get("expand") or "")]
+        expand = {x.strip() for value in raw_expand for x in value.split(",")}
         _expand(out["issues"], expand, all_fields="*all" in str(fields), base_url=self.base_url)
+        page_index = int(state.get("p", 1)) if state is not None else 0
         if end < len(versions):
-            out["nextPageToken"] = self._token(qhash, end, keys[end - 1] if page else None)
+            out["nextPageToken"] = self._token(qhash, end, keys[end - 1] if page else None, page_index + 1)
             out["isLast"] = False
         else:
             out["isLast"] = True
+        hook = self.on_search_page
+        if hook is not None:
+            hook(page_index)
         return _Response(200, out, {})
 
     def _approximate_count(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
         data = self._json_body(headers, body)
+        if set(data) - _COUNT_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         jql = data.get("jql")
         if not isinstance(jql, str) or not jql.strip():
             raise _ApiError(400, UNBOUNDED)
@@ -624,27 +684,50 @@ class JiraServer:
         return _Response(200, {"count": len(versions)}, {})
 
     def _bulkfetch(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
+        # Spec (POST /rest/api/3/issue/bulkfetch, BulkIssueResults): "Issues will be returned in
+        # ascending id order"; an id or key that does not match gets "a case-insensitive search
+        # and check for moved issues"; issues "which aren't found or that the user doesn't have
+        # permission to view" are in neither list; issueErrors holds only issues Jira "can't
+        # return ... due to a retriable error or payload constraint" (here: the fault knobs).
         data = self._json_body(headers, body)
+        if set(data) - _BULKFETCH_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
         refs = data.get("issueIdsOrKeys")
         if not isinstance(refs, list) or not refs:
             raise _ApiError(400, "issueIdsOrKeys must not be empty.")
         if len(refs) > 100:
             raise _ApiError(400, "The number of issues requested exceeds the limit of 100.")
         selection = FieldSelection(data.get("fields"), default="*navigable")
-        issues: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        seen: set[str] = set()
+        found: dict[str, IssueVersion] = {}
         for ref in refs:
             version = self.site.get(str(ref))
-            if version is None:
-                if self.bulkfetch_reports_missing:
-                    errors.append({"id": str(ref), "errorMessage": NOT_FOUND_ISSUE})
+            if version is not None:
+                found.setdefault(version.id, version)
+        issues: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for issue_id in sorted(found, key=int):
+            if self._issue_fails(issue_id):
+                errors.append({"id": issue_id, "errorMessage": RETRIABLE_ISSUE_ERROR})
                 continue
-            if version.id in seen:
-                continue
-            seen.add(version.id)
-            issues.append(issue_v3(version, self.site, self.base_url, self.time_zone, selection))
+            issues.append(issue_v3(found[issue_id], self.site, self.base_url, self.time_zone, selection))
         return _Response(200, {"issues": issues, "issueErrors": errors}, {})
+
+    def _failure_key(self, ref: str) -> str:
+        """The key of :attr:`_failing` for an issue reference: its id when the site knows it."""
+        return self.site.resolve(ref) or ref.strip().upper()
+
+    def _issue_fails(self, issue_id: str) -> bool:
+        """Whether this bulkfetch lists the issue in ``issueErrors`` (consumes one fail_issues use)."""
+        with self._lock:
+            left = self._failing.get(issue_id)
+            if left is not None:
+                if left > 0:
+                    if left == 1:
+                        del self._failing[issue_id]
+                    else:
+                        self._failing[issue_id] = left - 1
+                return True
+        return bool(self.issue_error_rate) and self._roll(self.issue_error_rate)
 
     def _get_issue(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
         ref = path.rstrip("/").rsplit("/", 1)[1]
@@ -675,6 +758,7 @@ class JiraServer:
         }, {})
 
     def _server_info(self, **_: Any) -> _Response:
+        # The properties of the spec's ServerInformation (additionalProperties: false).
         return _Response(200, {
             "baseUrl": self.base_url,
             "displayUrl": self.base_url,
@@ -686,7 +770,6 @@ class JiraServer:
             "serverTime": format_time(self._now(), self.time_zone),
             "scmInfo": "simulator",
             "serverTitle": "Jira",
-            "defaultLocale": {"locale": "en_US"},
             "serverTimeZone": "Etc/UTC",
         }, {})
 
@@ -697,6 +780,7 @@ class JiraServer:
         start = _int_param(query, "startAt", 0, minimum=0)
         limit = min(_int_param(query, "maxResults", 50, minimum=0), 100)
         keys = {k.upper() for value in query.get("keys", []) for k in value.split(",") if k}
+        keys |= {i.strip() for value in query.get("id", []) for i in value.split(",") if i.strip()}
         text = (query.get("query", [""])[-1] or "").lower()
         projects = sorted(self.site.projects.values(), key=lambda p: p.key)
         if keys:
@@ -714,9 +798,33 @@ class JiraServer:
                     "values": [project_json(p, self.base_url, full=True) for p in page]})
         return _Response(200, out, {})
 
+    def _get_project(self, *, path: str, **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/project/{projectIdOrKey}): "The project ID or project key (case
+        # sensitive)"; 404 "if the project is not found or the user does not have permission to
+        # view it". A former key of a renamed project still resolves (answered with the new key).
+        ref = unquote(path.rstrip("/").rsplit("/", 1)[1])
+        project = self.site.find_project(ref)
+        if project is None or (not ref.isdigit() and ref != ref.upper()):
+            kind = "id" if ref.isdigit() else "key"
+            raise _ApiError(404, f"No project could be found with {kind} '{ref}'.")
+        out = project_json(project, self.base_url, full=True)
+        lead = self.site.me or next(iter(self.site.users.values()), None)
+        out.update({"description": "", "lead": user_json(lead, self.base_url),
+                    "components": [], "issueTypes": issue_types_json(self.base_url),
+                    "assigneeType": "UNASSIGNED", "versions": [], "roles": {}})
+        return _Response(200, out, {})
+
     def _users_search(self, *, query: dict[str, list[str]], **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/users/search): startAt default 0, maxResults default 50 "limited
+        # to 1000"; 409 "if the request takes longer than 10 seconds or is interrupted", which
+        # the slow_user_search_above knob stands for (the spec gives no body; Jira's error
+        # bodies are ErrorCollections).
         start = _int_param(query, "startAt", 0, minimum=0)
-        limit = min(_int_param(query, "maxResults", 50, minimum=0), 1000)
+        asked = _int_param(query, "maxResults", 50, minimum=0)
+        slow = self.slow_user_search_above
+        if slow is not None and asked > slow:
+            raise _ApiError(409, USERS_SEARCH_TIMEOUT)
+        limit = min(asked, 1000)
         users = list(self.site.users.values())[start:start + limit]
         return _Response(200, [user_json(u, self.base_url) for u in users], {})
 

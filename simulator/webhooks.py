@@ -9,6 +9,9 @@ What this imitates ("Webhooks", https://developer.atlassian.com/cloud/jira/platf
   markup, date-times with the actor's offset, empty comment/worklog lists), ``changelog``
   (``id`` and ``items``; present on ``issue_created`` too, absent on deletion),
   ``matchedWebhookIds``.
+* A project key rename (:meth:`Site.rename_project`) sends one ``project_updated`` event with the
+  project as it now is (numeric ``id``, new ``key``), and no issue events: the key change edits
+  no issue.
 * Headers: ``X-Atlassian-Webhook-Identifier`` (unique per delivery, repeated on retries and
   duplicates), ``X-Atlassian-Webhook-Retry`` (the retry count, 0 on the first attempt),
   ``X-Atlassian-Webhook-Flow: Primary``, and for a webhook with a secret
@@ -42,11 +45,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from .model import ChangeEvent, Site
+from .model import ChangeEvent, ProjectEvent, Site
 from .render import format_time, issue_v2, user_json
 
 __all__ = ["NON_ISSUE_KINDS", "PreparedRequest", "WebhookPusher", "issue_payload",
-           "non_issue_payload", "sign"]
+           "non_issue_payload", "project_payload", "sign"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,24 @@ def issue_payload(event: ChangeEvent, site: Site, base_url: str,
     return body
 
 
+def project_payload(event: ProjectEvent, site: Site, base_url: str,
+                    webhook_id: int = 1) -> dict[str, Any]:
+    """The body Jira sends for a project change (``project_updated``): the project as it is now.
+
+    Shaped like the recorded ``project_created`` body (tests/payloads/project_created.json):
+    a numeric ``id``, ``self`` under ``/rest/api/2/``, ``projectLead``, ``assigneeType``; the
+    webhook carries no former key, so a consumer follows renames by the project id.
+    """
+    lead = site.users.get(event.actor)
+    project = event.after
+    return {"timestamp": event.timestamp, "webhookEvent": event.kind,
+            "project": {"self": f"{base_url}/rest/api/2/project/{project.id}", "id": int(project.id),
+                        "key": project.key, "name": project.name,
+                        "projectLead": user_json(lead, base_url, api=2),
+                        "assigneeType": "UNASSIGNED"},
+            "matchedWebhookIds": [webhook_id]}
+
+
 def non_issue_payload(kind: str, site: Site, base_url: str, rng: random.Random,
                       now_ms: int | None = None, webhook_id: int = 1) -> dict[str, Any]:
     """A webhook that is not an issue change, for receivers to ignore. ``kind``: NON_ISSUE_KINDS."""
@@ -110,12 +131,12 @@ def non_issue_payload(kind: str, site: Site, base_url: str, rng: random.Random,
                         "jsdPublic": True},
         }
         if kind == "comment_created" and issue is not None:
+            project = site.projects[issue.project]
             body["issue"] = {"id": issue.id, "self": f"{base_url}/rest/api/2/issue/{issue.id}",
                              "key": issue.key,
                              "fields": {"summary": issue.summary,
-                                        "project": {"id": site.projects[issue.project].id,
-                                                    "key": issue.project,
-                                                    "name": site.projects[issue.project].name}}}
+                                        "project": {"id": project.id, "key": project.key,
+                                                    "name": project.name}}}
     elif kind == "worklog_updated":
         body = {"timestamp": now, "webhookEvent": "worklog_updated",
                 "worklog": {"self": f"{base_url}/rest/api/2/issue/{issue.id if issue else 0}/worklog/{cid}",
@@ -242,12 +263,18 @@ class WebhookPusher:
 
     # --- queueing -----------------------------------------------------------------------
 
-    def push_event(self, event: ChangeEvent) -> None:
-        """Queues the webhooks of one site mutation (site listener)."""
+    def push_event(self, event: ChangeEvent | ProjectEvent) -> None:
+        """Queues the webhooks of one site mutation (site listener): ``jira:issue_*`` for an
+        issue change, ``project_updated`` for a project key rename."""
         if self.site is None:
             raise RuntimeError("WebhookPusher needs a site to render issue events")
         for n, secret in enumerate(self.secrets, start=1):
-            self._enqueue(issue_payload(event, self.site, self.base_url, webhook_id=n), secret)
+            if isinstance(event, ProjectEvent):
+                self._enqueue(project_payload(event, self.site, self.base_url, webhook_id=n), secret)
+            else:
+                self._enqueue(issue_payload(event, self.site, self.base_url, webhook_id=n), secret)
+        if isinstance(event, ProjectEvent):
+            return
         if self.non_issue_rate and self._dice() < self.non_issue_rate:
             self.push_non_issue()
 

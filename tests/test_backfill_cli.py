@@ -76,13 +76,16 @@ def test_clock_enqueues_full_first_then_incrementals_without_piling_up(env, redi
     assert clock.tick() == []  # the full sync is still waiting: no second one
     Project.update(last_full_sync_at=now[0], sync_cursor=now[0]).where(Project.site == env.site).execute()
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
+    assert clock.tick() == []  # an incremental is due, but the full sync still waits: one pending at most
+    full_job = next(j for j in jobs.queue("backfill", redis_conn).get_jobs() if j.description == "full sync DEMO")
+    full_job.cancel()  # as if a worker had taken it
+    redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     jobs_ = clock.tick()
-    assert len(jobs_) == 1 and redis_conn.llen("rq:queue:backfill") == 3  # now an incremental
+    assert len(jobs_) == 1 and redis_conn.llen("rq:queue:backfill") == 2  # now an incremental
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     assert clock.tick() == []  # not yet due
     now[0] += dt.timedelta(days=1, seconds=1)
-    for key in redis_conn.scan_iter("jira-mirror:sync-queued:*"):
-        redis_conn.delete(key)
+    jobs.queue("backfill", redis_conn).fetch_job(jobs_[0]).cancel()
     redis_conn.delete("jira-mirror:clock:tick:" + env.site)
     again = clock.tick()
     assert len(again) == 1

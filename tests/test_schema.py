@@ -71,3 +71,26 @@ def test_a_database_newer_than_the_code_is_refused(env):
         database.execute_sql("INSERT INTO jira_mirror_schema (version, applied_at) VALUES (999, '2030-01-01 00:00:00')")
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code != 0 and "newer than this code" in result.output
+
+
+def test_upgrade_from_version_4_adds_project_ids_deletion_reasons_and_digests(env):
+    database = mirror_db.init_database(env.database_url)
+    assert schema.upgrade(database, target=4) == (0, 4)
+    with database.connection_context():
+        database.execute_sql(
+            "INSERT INTO jira_issue (site, issue_id, key, project_key, summary, labels, updated, fields, synced_at,"
+            " source, event_ts, deleted_at) VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[]',"
+            " '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5, '2025-01-01 00:00:00')")
+        database.execute_sql("INSERT INTO jira_project (site, key, name, is_active, sync_state)"
+                             " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')")
+    result = CliRunner().invoke(main, ["db", "upgrade"])
+    assert result.exit_code == 0 and "from version 4 to" in result.output, result.output
+    with database.connection_context():
+        assert {"project_id", "deleted_reason", "content_hash"} <= _columns(database, "jira_issue")
+        assert {"project_id", "former_keys"} <= _columns(database, "jira_project")
+        row = Issue.get()
+        # A deletion recorded before reasons were: a current read from Jira may clear it.
+        assert (row.summary, row.project_id, row.deleted_reason, row.content_hash) == ("kept", None, None, None)
+        assert row.deleted_at == dt.datetime(2025, 1, 1)
+        project = Project.get()
+        assert (project.key, project.project_id, project.former_keys) == ("DEMO", None, [])

@@ -277,11 +277,10 @@ def test_index_lag_hides_changes_from_search_but_not_from_reads(
     bulk = http.post(f"{base}/issue/bulkfetch",
                      json={"issueIdsOrKeys": [created.id, deleted.id, "DEMO-12"],
                            "fields": ["summary", "project"]}).json()
-    assert [i["id"] for i in bulk["issues"]] == [created.id, moved.id]
-    assert bulk["issues"][1]["key"] == moved.key and moved.key.startswith("OPS-")
-    assert bulk["issues"][1]["fields"]["project"]["key"] == "OPS"
-    assert bulk["issueErrors"] == [{"id": deleted.id, "errorMessage":
-                                    "Issue does not exist or you do not have permission to see it."}]
+    assert [i["id"] for i in bulk["issues"]] == [moved.id, created.id]  # ascending ids
+    assert bulk["issues"][0]["key"] == moved.key and moved.key.startswith("OPS-")
+    assert bulk["issues"][0]["fields"]["project"]["key"] == "OPS"
+    assert bulk["issueErrors"] == []  # a deleted issue is in neither list (BulkIssueResults)
 
     clock.advance(30)
     demo = search_ids(http, server, "project = DEMO")
@@ -313,23 +312,28 @@ def test_moved_issue_keeps_id_and_old_key_still_resolves(
     assert event.after is not None and event.after.key == "OPS-41"
     got = http.get(f"{server.url}/rest/api/3/issue/DEMO-3", params={"fields": "project"}).json()
     assert got["id"] == event.issue_id and got["key"] == "OPS-41"
-    assert [i["field"] for i in event.items] == ["project", "Key"]
+    # As the recorded move (tests/payloads/issue_moved.json): Workflow and Key without fieldId.
+    assert [(i["field"], i.get("fieldId")) for i in event.items] == [
+        ("project", "project"), ("Workflow", None), ("Key", None)]
+    assert event.items[-1]["fromString"] == "DEMO-3" and event.items[-1]["toString"] == "OPS-41"
 
 
 # --- reads ----------------------------------------------------------------------------------
 
 
-def test_bulkfetch_refuses_more_than_100_and_reports_unknown_ids(
+def test_bulkfetch_refuses_more_than_100_and_leaves_unknown_ids_out_of_both_lists(
         http: requests.Session, server: JiraServer, site: Site) -> None:
     url = f"{server.url}/rest/api/3/issue/bulkfetch"
     too_many = http.post(url, json={"issueIdsOrKeys": [str(10001 + i) for i in range(101)]})
     assert too_many.status_code == 400 and too_many.json()["errorMessages"]
     demo_50 = site.get("DEMO-50")
     assert demo_50 is not None
-    r = http.post(url, json={"issueIdsOrKeys": ["DEMO-1", "99999", demo_50.id]}).json()
+    deleted = site.delete_issue("DEMO-2").issue
+    # Asked in descending order, answered in ascending id order; unknown and deleted issues are
+    # in neither `issues` nor `issueErrors` (spec: BulkIssueResults.issueErrors).
+    r = http.post(url, json={"issueIdsOrKeys": [demo_50.id, "99999", deleted.id, "demo-1"]}).json()
     assert [i["key"] for i in r["issues"]] == ["DEMO-1", "DEMO-50"]
-    assert r["issueErrors"] == [{"id": "99999", "errorMessage":
-                                 "Issue does not exist or you do not have permission to see it."}]
+    assert r["issueErrors"] == []
     # Default fields: the navigable ones, description as ADF.
     fields = r["issues"][0]["fields"]
     assert {"summary", "status", "updated", "project"} <= set(fields)
@@ -657,11 +661,13 @@ def test_main_serves_changes_and_pushes_webhooks(receiver: Receiver) -> None:
         code = simulator_main(["--port", "0", "--projects", "DEMO:200,OPS:20", "--tz",
                                "Asia/Kolkata", "--webhook-url", receiver.url, "--webhook-secret",
                                "s3cret", "--changes-per-second", "40", "--duration", "1.0",
-                               "--progress-every", "0.4", "--email", "a@b", "--api-token", "t"])
+                               "--progress-every", "0.4", "--email", "a@b", "--api-token", "t",
+                               "--issue-error-rate", "0.1", "--slow-user-search-above", "100"])
     assert code == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("jira-simulator ready url=http://127.0.0.1:")
     assert "email=a@b" in lines[0] and "api_token=t" in lines[0] and "tz=Asia/Kolkata" in lines[0]
+    assert "issue_error_rate=0.1" in lines[0] and "slow_user_search_above=100" in lines[0]
     assert lines[-1].startswith("jira-simulator stopped")
     assert receiver.requests
     for headers, body in receiver.requests:

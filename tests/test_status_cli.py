@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 import json
 
 import pytest
@@ -64,13 +65,18 @@ def test_collect_reports_projects_runs_and_lag(settings, db, redis_conn):
 
 
 def test_collect_reports_webhook_activity(settings, db, redis_conn):
-    now = utc_now()
-    rows = [to_row(settings.site, factories.issue(str(i), f"DEMO-{i}"), source="webhook", event_ts=i,
-                   synced_at=now - dt.timedelta(minutes=m)) for i, m in ((1, 2), (2, 30), (3, 90))]
-    rows.append(to_row(settings.site, factories.issue("4", "DEMO-4"), source="backfill", event_ts=4, synced_at=now))
-    store.upsert_issues(rows)
+    from mirror import metrics
+
+    now = time.time()
+    metrics.discard_pending()
+    for outcome, ago in (("accepted", 5400), ("ignored", 1800), ("accepted", 120), ("unauthorized", 30)):
+        with redis_conn.pipeline() as pipe:
+            metrics._apply(pipe, metrics._ops_recent(outcome, now - ago))
+            pipe.execute()
+    # Rows a webhook wrote and a sync then left alone (nothing changed) say nothing of webhooks.
+    store.upsert_issues([to_row(settings.site, factories.issue("4", "DEMO-4"), source="backfill", event_ts=4)])
     hooks = ops_status.collect(settings, redis_conn)["webhooks"]
-    assert hooks["written_last_hour"] == 2
+    assert hooks["written_last_hour"] == 2  # valid deliveries: the 90-minute-old one and the refused one left out
     assert 110 <= hooks["seconds_since_last"] <= 130
     assert hooks["signatures"] == "checked" and hooks["refusing_all"] is False
 

@@ -77,7 +77,8 @@ def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = 
         job.connection.zrem(refresh_.PENDING_KEY.format(site=site), str(issue.get("id")))
     row = to_row(site, issue, source=source, event_ts=event_ts)
     with db_session():
-        changed = store.upsert_issues([row])
+        # An issue now in an untracked project leaves the live mirror (CONTRACT.md invariant 6).
+        changed = store.upsert_issues(store.out_of_scope([row], store.Scope.of(site)))
     outcome = "applied" if changed else "stale"
     log.info("upsert key=%s id=%s source=%s outcome=%s", row["key"], row["issue_id"], source, outcome)
     return outcome
@@ -124,7 +125,10 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
         except Exception as exc:  # this job runs alone and fails there, with RQ's retries
             outcomes[n] = exc
     with db_session():
-        changed = store.upsert_issues_changed(list(rows.values())) if rows else set()
+        scopes = {site: store.Scope.of(site) for site in {row["site"] for row in rows.values()}}
+        changed = store.upsert_issues_changed(
+            [scoped for row in rows.values() for scoped in store.out_of_scope([row], scopes[row["site"]])]
+        ) if rows else set()
         for site in {calls[n]["site"] for n in refreshing}:
             counts = refresh_.refresh_pending(connection, client, site, owner=owner)  # type: ignore[arg-type]
             first = True

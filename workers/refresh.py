@@ -29,7 +29,7 @@ from redis import Redis
 
 from mirror import store
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
-from mirror.jira import JiraClient
+from mirror.jira import JiraClient, JiraNotFoundError, issue_error_ids
 
 log = logging.getLogger(__name__)
 
@@ -155,31 +155,69 @@ def gather(connection: Redis, site: str, *, linger: float = LINGER_SECONDS, poll
     return count
 
 
+class IssuesNotReturnedError(RuntimeError):
+    """``bulkfetch`` listed pending issues in ``issueErrors`` (not returned *this time*): they are
+    back in pending and the job fails, so that RQ retries it with backoff (never a deletion)."""
+
+
 def refresh_pending(connection: Redis, client: JiraClient, site: str, *, owner: Owners = None) -> dict[str, int]:
     """Read every pending issue from Jira in bulk and write it; returns counts. ``owner``: the
     RQ job id (see the module docstring).
 
-    Raises what the read or the write raised, after putting the claimed ids back.
+    Only Jira's word deletes (CONTRACT.md invariant 7): an id absent from bulkfetch is read with
+    ``GET issue`` (404: deleted; found: written); an id in ``issueErrors`` is put back. A row
+    whose project is not tracked leaves the live mirror (invariant 6).
+
+    Raises what the read or the write raised, after putting the claimed ids back, and
+    IssuesNotReturnedError (after the rest was written) when Jira did not return some.
     """
     counts = {"fetched": 0, "written": 0, "deleted": 0, "calls": 0}
+    unreturned: list[str] = []
     for _ in range(MAX_BATCHES_PER_JOB):
         gather(connection, site)
         ids = claim(connection, site, owner=owner)
         if not ids:
             break
         try:
-            read_at = epoch_ms(utc_now())
-            issues, _errors = client.bulkfetch(ids, fields=ISSUE_FIELDS)
-            counts["calls"] += 1
-            found = {str(i.get("id")) for i in issues}
-            rows = [to_row(site, issue, source="webhook", event_ts=read_at) for issue in issues]
-            counts["fetched"] += len(rows)
-            counts["written"] += store.upsert_issues(rows) if rows else 0
-            gone = [i for i in ids if i not in found]
-            if gone:  # a current read that does not find an issue: it was deleted
-                counts["deleted"] += store.mark_deleted(site, gone, source="webhook")
+            errored = _refresh(client, site, ids, counts)
         except BaseException:
             release(connection, site, ids, owner=owner)
             raise
-        done(connection, site, ids, owner=owner)
+        done(connection, site, [i for i in ids if i not in errored], owner=owner)
+        if errored:
+            release(connection, site, errored, owner=owner)
+            unreturned.extend(errored)
+            break  # they would be claimed again at once: RQ's retry waits first
+    if unreturned:
+        raise IssuesNotReturnedError(
+            f"Jira could not return {len(unreturned)} issue(s) this time (bulkfetch issueErrors): "
+            f"{', '.join(unreturned[:10])}; they stay pending and are read again")
     return counts
+
+
+def _refresh(client: JiraClient, site: str, ids: list[str], counts: dict[str, int]) -> set[str]:
+    """Read ``ids`` and write what Jira says; returns the ids in ``issueErrors``."""
+    read_at = epoch_ms(utc_now())
+    issues, errors = client.bulkfetch(ids, fields=ISSUE_FIELDS)
+    counts["calls"] += 1
+    found = {str(i.get("id")) for i in issues}
+    errored = set(issue_error_ids(errors, ids, found))
+    rows = [to_row(site, issue, source="webhook", event_ts=read_at) for issue in issues]
+    gone: list[str] = []
+    for issue_id in ids:
+        if issue_id in found or issue_id in errored:
+            continue
+        # Absent from bulkfetch (deleted, or not visible): a GET of the one issue is Jira's word.
+        read_at = epoch_ms(utc_now())
+        counts["calls"] += 1
+        try:
+            rows.append(to_row(site, client.get_issue(issue_id, fields=ISSUE_FIELDS), source="webhook",
+                               event_ts=read_at))
+        except JiraNotFoundError:
+            gone.append(issue_id)
+    counts["fetched"] += len(rows)
+    if rows:
+        counts["written"] += store.upsert_issues(store.out_of_scope(rows, store.Scope.of(site)), current=True)
+    if gone:
+        counts["deleted"] += store.mark_deleted(site, gone, source="webhook")
+    return errored

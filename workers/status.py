@@ -23,6 +23,7 @@ from rq.job import Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from mirror import metrics
 from mirror.db import database, init_database
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
@@ -75,13 +76,14 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
         if database.obj is None:
             init_database(settings.database_url)
         with database.connection_context():
-            report["webhooks"].update(_webhook_activity(settings.site, now))
             report["projects"] = _projects(settings.site, now)
             assignees = match_report(settings.site)
             assignees["unmatched_accounts"] = assignees["unmatched_accounts"][:20]
             report["assignees"] = assignees
 
     parts.run("database", from_database, None)
+    if redis_ok:
+        parts.run("redis", lambda: report["webhooks"].update(_webhook_activity(connection, now)), None)
     if redis_ok:
         for project in report["projects"]:
             parts.run("redis", lambda: project.update(_activity(connection, settings.site, project)), None)
@@ -239,16 +241,21 @@ def _webhook_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _webhook_activity(site: str, now: dt.datetime) -> dict[str, Any]:
-    """From the rows webhooks wrote: the newest ``synced_at``, and how many in the last hour."""
-    by_webhook = (Issue.site == site) & (Issue.source == "webhook")
-    last = utc(Issue.select(pw.fn.MAX(Issue.synced_at)).where(by_webhook).scalar())
-    hour_ago = (now - dt.timedelta(hours=1)).replace(tzinfo=None)
-    written = Issue.select().where(by_webhook & (Issue.synced_at >= hour_ago)).count()
+# Deliveries that came from Jira and were read (a refused signature or body says little of health).
+_VALID_OUTCOMES = ("accepted", "ignored", "duplicate")
+
+
+def _webhook_activity(connection: Redis, now: dt.datetime) -> dict[str, Any]:
+    """From the receiver's delivery counts (mirror.metrics): the last valid delivery, and how
+    many valid ones arrived in the last hour (``written_last_hour`` keeps its name for readers)."""
+    counts, last_seen = metrics.recent_deliveries(connection, now=now.timestamp())
+    seen = [last_seen[o] for o in _VALID_OUTCOMES if o in last_seen]
+    last = dt.datetime.fromtimestamp(max(seen), UTC) if seen else None
     return {
         "last_delivery_at": last,
         "seconds_since_last": round((now - last).total_seconds()) if last else None,
-        "written_last_hour": written,
+        "written_last_hour": sum(counts.get(o, 0) for o in _VALID_OUTCOMES),
+        "deliveries_last_hour": counts,
     }
 
 

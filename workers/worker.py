@@ -434,9 +434,9 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
 
     jobs.configure(settings)
     db = init_database(settings.database_url)
-    if settings.jira_projects:
+    if settings.jira_projects:  # only projects never seen: an untracked one stays untracked
         with db.connection_context():
-            store.track_projects(settings.site, settings.jira_projects)
+            store.track_new_projects(settings.site, settings.jira_projects)
     log_connection(settings)
     log.info("worker start queues=%s", ",".join(queue_names))
     pause = 0.5  # between restarts that fail at once (Redis refusing writes: full); doubles to 30 s
