@@ -105,7 +105,10 @@ def test_the_daily_users_sync_runs_on_the_backfill_worker(env, jira, redis_conn,
 
 def test_clock_process_exits_zero_on_sigterm(env, tmp_path):
     proc = procs.Proc(procs.jira_mirror("schedule"), procs.env_for(env), tmp_path / "clock.log")
-    time.sleep(2)
+    deadline = time.monotonic() + 30  # its handler is installed before it says "clock start" (a loaded machine
+    while "clock start" not in proc.output() and proc.alive() and time.monotonic() < deadline:  # starts slowly)
+        time.sleep(0.1)
+    assert "clock start" in proc.output(), proc.output()
     proc.popen.send_signal(signal.SIGTERM)
     assert proc.popen.wait(30) == 0, proc.output()
     proc.kill()
