@@ -267,8 +267,10 @@ class WebhookEndpoint:
             kwargs["refresh"] = True
             refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
         if isinstance(loaded.get("changelog"), dict) and loaded["changelog"].get("items") \
-                and event != "jira:issue_deleted":
-            # The change's history is written as it arrives (workers.jobs.delivery_changelog).
+                and event == "jira:issue_updated":
+            # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
+            # creation's changelog lists the initial values: Jira's REST changelog has no such
+            # history, so it is not kept (the status view starts an issue at its creation).
             kwargs["changelog"] = {"id": loaded["changelog"].get("id"), "items": loaded["changelog"]["items"]}
             actor = (loaded.get("user") or {}).get("accountId")
             if isinstance(actor, str):
