@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import peewee as pw
 
-from mirror import store
+from backfill.history import EMBEDDED, HistorySync, changed_ids
+from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
@@ -126,6 +127,7 @@ class ProjectSync:
         self.retry_delays = tuple(retry_delays)
         self._calls_before = client.stats.calls
         self._retries_before = client.stats.retries
+        self.history = HistorySync(client, site, concurrency=self.concurrency)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -144,7 +146,8 @@ class ProjectSync:
         return f"project = {self.project_id}" if self.project_id else f"project = {_quote_key(self.key)}"
 
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
-        return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms) for issue in issues]
+        agile = history_store.agile_for(self.site)
+        return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms, agile=agile) for issue in issues]
 
     def _write(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
         """Write a current read: rows of untracked projects leave the live mirror (invariant 6)."""
@@ -174,7 +177,8 @@ class ProjectSync:
 
     def _fetch(self, chunk: list[str]) -> Fetched:
         read_at = epoch_ms(utc_now())
-        issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS)
+        # With the first page of each issue's comments and worklogs (issue 13).
+        issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS + EMBEDDED)
         found = {str(issue.get("id")) for issue in issues} | {str(issue.get("key")) for issue in issues}
         errored = issue_error_ids(errors, chunk, found)
         absent = [i for i in chunk if i not in found and i not in set(errored)]
@@ -214,6 +218,7 @@ class ProjectSync:
         errored: list[str] = []
         for fetched in self._fetch_in_bulk(ids):
             self._write(stats, self._rows(fetched.issues, fetched.read_at))
+            self.history.embedded(fetched.issues, fetched.read_at)
             absent.extend(fetched.absent)
             errored.extend(fetched.errored)
             self._tick(stats)
@@ -224,6 +229,7 @@ class ProjectSync:
             again, errored = errored, []
             for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
                 self._write(stats, self._rows(fetched.issues, fetched.read_at))
+                self.history.embedded(fetched.issues, fetched.read_at)
                 absent.extend(fetched.absent)
                 errored.extend(fetched.errored)
             self._tick(stats)
@@ -260,6 +266,7 @@ class ProjectSync:
             stats.estimate = self.client.approximate_count(self._project_jql())
         except Exception as exc:  # an estimate is for progress only
             log.info("approximate count unavailable project=%s error=%s", self.key, type(exc).__name__)
+        self.history.ensure_fields()
         self._tick(stats, "listing")
         ids = self._all_ids(stats)
         if stats.estimate is None:
@@ -268,6 +275,9 @@ class ProjectSync:
         # Listed by search, then absent from a current read: confirmed one by one (rare).
         gone = self._confirm_absent(stats, self._read(stats, ids))
         self._reconcile(stats, set(ids), gone)
+        self._tick(stats, "changelogs")
+        self.history.changelogs(self._live_ids(ids), tick=lambda: self._tick(stats))
+        self.history.start_worklog_feeds(began)
         self._advance_cursor(stats, full_sync_at=began)
         self._tick(stats, "done")
         return stats
@@ -290,7 +300,11 @@ class ProjectSync:
         move, which search cannot show), a reconciliation of ids."""
         stats = SyncStats("incremental", self.key)
         self._tick(stats, "fetching")
-        self._walk_changes(stats, epoch_ms(cursor - self.overlap))
+        changed: set[str] = set()
+        self._walk_changes(stats, epoch_ms(cursor - self.overlap), changed)
+        # Changelogs of the issues that changed; worklogs site-wide, by Jira's worklog feeds.
+        self.history.changelogs(sorted(changed, key=int))
+        self.history.worklog_feeds(cursor - self.overlap)
         in_jira = self.client.approximate_count(self._project_jql())
         in_mirror = Issue.select().where(self._project_rows()).count()
         if in_mirror != in_jira:
@@ -300,7 +314,10 @@ class ProjectSync:
         self._tick(stats, "done")
         return stats
 
-    def _walk_changes(self, stats: SyncStats, since_ms: int) -> None:
+    def _live_ids(self, ids: Sequence[str]) -> list[str]:
+        return sorted(history_store.live_issue_ids(self.site, ids), key=int)
+
+    def _walk_changes(self, stats: SyncStats, since_ms: int, changed: set[str] | None = None) -> None:
         """Every issue updated at or after ``since_ms``, oldest first, robust to pages that shift.
 
         A page token of ``ORDER BY updated`` can be a position: an issue already read that
@@ -309,18 +326,27 @@ class ProjectSync:
         ``updated`` read so far (keyset): everything older was on the pages read. A bare number
         in JQL is epoch milliseconds (JIRA.md), exact and free of the user's time zone. Only a
         page whose issues all share one millisecond goes on with the token.
+
+        Each issue comes with the first page of its comments; those of issues whose history may
+        be new (``history.changed_ids``) are written, and their ids added to ``changed``.
         """
         lower, token = since_ms, None
         seen: dict[str, int] = {}
         while True:
             jql = f"{self._project_jql()} AND updated >= {lower} ORDER BY updated ASC, id ASC"
             read_at = epoch_ms(utc_now())
-            page = self.client.search_page(jql, fields=ISSUE_FIELDS, max_results=DETAIL_PAGE,
+            page = self.client.search_page(jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE,
                                            next_page_token=token)
             rows = self._rows(page.get("issues", []), read_at)
             fresh = [row for row in rows if seen.get(row["issue_id"]) != epoch_ms(row["updated"])]
             seen.update((row["issue_id"], epoch_ms(row["updated"])) for row in rows)
+            new = set(changed_ids(self.site, fresh))
             self._write(stats, fresh)
+            if new:
+                self.history.embedded([i for i in page.get("issues", []) if str(i.get("id")) in new], read_at,
+                                      worklogs=False)
+                if changed is not None:
+                    changed.update(new)
             self._tick(stats)
             next_token = page.get("nextPageToken")
             if page.get("isLast") or not next_token or not rows:

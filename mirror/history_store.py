@@ -27,7 +27,7 @@ import peewee as pw
 from mirror.activity import agile_fields
 from mirror.db import database, is_postgres
 from mirror.issues import AgileFields, utc_now
-from mirror.models import ChangelogItem, Comment, Field, Issue, Worklog
+from mirror.models import ChangelogItem, Comment, Cursor, Field, Issue, Worklog
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +235,14 @@ def delete_worklogs(site: str, ids: Sequence[tuple[str, str | None]], *, at: dt.
 
 def delete_worklogs_by_id(site: str, ids: Sequence[str], *, at: dt.datetime | None = None,
                           source: str = "backfill") -> int:
-    """Soft-delete worklogs listed by ``worklog/deleted`` (ids only): those the mirror holds
-    are marked; an id never seen gets a tombstone (its issue unknown)."""
+    """Soft-delete worklogs listed by ``worklog/deleted`` (ids only, site-wide): those the mirror
+    holds are marked; the others (other projects' worklogs, mostly) are left alone."""
     at = at or utc_now()
-    known = dict(Worklog.select(Worklog.worklog_id, Worklog.issue_id)
-                 .where(Worklog.site == site, Worklog.worklog_id.in_(list(ids))).tuples()) if ids else {}
-    return _tombstones(Worklog, "worklog_id", site, [(i, known.get(i)) for i in ids], at, source)
+    known: dict[str, str] = {}
+    for batch in _batches(list(ids)):
+        known.update(Worklog.select(Worklog.worklog_id, Worklog.issue_id)
+                     .where(Worklog.site == site, Worklog.worklog_id.in_(list(batch))).tuples())
+    return _tombstones(Worklog, "worklog_id", site, list(known.items()), at, source) if known else 0
 
 
 def reconcile_list(model: type[pw.Model], key: str, site: str, issue_id: str, present: Iterable[str],
@@ -269,3 +271,27 @@ def mirrored_issue(site: str, issue_id: str) -> bool:
     """The mirror holds the issue live (a comment or worklog of it belongs to the mirror)."""
     return Issue.select(Issue.id).where(Issue.site == site, Issue.issue_id == issue_id,
                                         Issue.deleted_at.is_null()).exists()
+
+
+def read_cursor(site: str, name: str) -> int | None:
+    """A site-wide feed position (epoch ms), or None when the feed was never read."""
+    row = Cursor.get_or_none(Cursor.site == site, Cursor.name == name)
+    return int(row.position) if row is not None else None
+
+
+def save_cursor(site: str, name: str, position: int) -> None:
+    """Move a feed position forward (never back: concurrent syncs may save in any order)."""
+    Cursor.insert(site=site, name=name, position=position, updated_at=utc_now()).on_conflict(
+        conflict_target=[Cursor.site, Cursor.name],
+        update={Cursor.position: pw.EXCLUDED.position, Cursor.updated_at: pw.EXCLUDED.updated_at},
+        where=pw.EXCLUDED.position > Cursor.position).execute()
+
+
+def live_issue_ids(site: str, ids: Iterable[str]) -> set[str]:
+    """Those of ``ids`` the mirror holds live."""
+    ids = list(dict.fromkeys(ids))
+    live: set[str] = set()
+    for batch in _batches(ids):
+        live.update(i for (i,) in Issue.select(Issue.issue_id).where(
+            Issue.site == site, Issue.issue_id.in_(list(batch)), Issue.deleted_at.is_null()).tuples())
+    return live

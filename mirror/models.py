@@ -299,6 +299,19 @@ class Worklog(BaseModel):
         )
 
 
+class Cursor(BaseModel):
+    """A site-wide position of a feed (``worklog/updated``, ``worklog/deleted``: epoch ms)."""
+
+    site = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=64)
+    position = pw.BigIntegerField()
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "jira_cursor"
+        indexes = ((("site", "name"), True),)
+
+
 class SchemaVersion(BaseModel):
     version = pw.IntegerField()
     applied_at = UTCDateTimeField()
@@ -308,4 +321,4 @@ class SchemaVersion(BaseModel):
 
 
 MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member, Field, ChangelogItem, Comment,
-                                       Worklog)
+                                       Worklog, Cursor)

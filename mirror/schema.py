@@ -233,7 +233,17 @@ def _v6(db: pw.Database) -> None:
             indexes = ((("site", "worklog_id"), True), (("site", "issue_id"), False),
                        (("site", "author_account_id", "started"), False))
 
-    db.create_tables([Field, ChangelogItem, Comment, Worklog])
+    class Cursor(V6Base):
+        site = pw.CharField(max_length=255)
+        name = pw.CharField(max_length=64)
+        position = pw.BigIntegerField()
+        updated_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_cursor"
+            indexes = ((("site", "name"), True),)
+
+    db.create_tables([Field, ChangelogItem, Comment, Worklog, Cursor])
     migrator = SchemaMigrator.from_database(db)
     migrate(
         migrator.add_column("jira_issue", "parent_id", pw.CharField(max_length=32, null=True)),

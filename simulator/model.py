@@ -919,11 +919,11 @@ class Site:
 
     def _generate_activity(self, rng: random.Random, account_ids: Sequence[str]) -> None:
         # Caller holds the lock. About a third of the issues have comments and a sixth have
-        # worklogs; one in a hundred has more comments (one in two hundred more worklogs) than
+        # worklogs; one in 500 has more comments (one in 1,000 more worklogs) than
         # an issue embeds (EMBEDDED_PAGE), so that the per-issue endpoints are needed.
         for issue_id, v in self._origin.items():
             roll = rng.random()
-            count = 0 if roll < 0.65 else EMBEDDED_PAGE + 5 if roll > 0.99 else rng.randint(1, 3)
+            count = 0 if roll < 0.65 else EMBEDDED_PAGE + 5 if roll > 0.998 else rng.randint(1, 3)
             span = max(1, v.updated - v.created)
             for _ in range(count):
                 self._next_comment += 1
@@ -931,7 +931,7 @@ class Site:
                 self._put_comment(Comment(str(self._next_comment), issue_id, rng.choice(account_ids),
                                           _shared(rng.choice(_SENTENCES)), created, created))
             roll = rng.random()
-            count = 0 if roll < 0.84 else EMBEDDED_PAGE + 3 if roll > 0.995 else rng.randint(1, 2)
+            count = 0 if roll < 0.84 else EMBEDDED_PAGE + 3 if roll > 0.999 else rng.randint(1, 2)
             for _ in range(count):
                 self._next_worklog += 1
                 created = v.created + rng.randrange(span)
