@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee as pw
 
-from mirror.db import database
+from mirror.db import database, is_postgres
 
 
 def scrub_nul(value: Any) -> Any:
@@ -43,8 +43,9 @@ class JSONField(pw.Field):
         return text
 
     def python_value(self, value: Any) -> Any:
-        # psycopg2 already decodes jsonb; SQLite hands back the text.
-        if isinstance(value, (str, bytes)):
+        # psycopg2 already decodes jsonb (a JSON string, such as a webhook's comment body, comes
+        # back as a str); SQLite hands back the text.
+        if isinstance(value, (str, bytes)) and not is_postgres():
             return json.loads(value)
         return value
 
