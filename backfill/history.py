@@ -215,9 +215,9 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def full_sync_floor(issues: int, *, changelog_pages: int | None = None, overflowing: int = 0,
-                    fixed: int = 3) -> tuple[str, int]:
+                    fixed: int = 2) -> tuple[str, int]:
     """The fewest calls a full sync of ``issues`` can make with these endpoints, and the formula:
-    ``fixed`` (GET project, the approximate count, GET field on a first sync) + ids 5000 a page +
+    ``fixed`` (GET project, GET field on a site's first sync) + ids 5000 a page +
     bulkfetch 100 a call + changelogs 1000 issues a call (``changelog_pages`` when a batch holds
     more than 1000 histories) + one call per issue whose embedded comment or worklog page overflowed."""
     id_pages = max(1, -(-issues // 5000))

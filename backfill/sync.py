@@ -262,15 +262,12 @@ class ProjectSync:
         # The cursor may not pass this moment: an issue changed while the sync ran (after it was
         # read) must be seen by the next incremental, whatever the sync's length.
         began = utc_now()
-        try:
-            stats.estimate = self.client.approximate_count(self._project_jql())
-        except Exception as exc:  # an estimate is for progress only
-            log.info("approximate count unavailable project=%s error=%s", self.key, type(exc).__name__)
         self.history.ensure_fields()
         self._tick(stats, "listing")
         ids = self._all_ids(stats)
-        if stats.estimate is None:
-            stats.estimate = len(ids)
+        # The listing is exact and fast (5000 ids a call): no approximate count beforehand (a
+        # call saved for GET project, which follows renames).
+        stats.estimate = len(ids)
         self._tick(stats, "fetching")
         # Listed by search, then absent from a current read: confirmed one by one (rare).
         gone = self._confirm_absent(stats, self._read(stats, ids))

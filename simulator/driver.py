@@ -95,6 +95,7 @@ def run(*, host: str = "127.0.0.1", port: int = 8081, projects: Mapping[str, int
         index_lag: float = 0.0, rate_429: float = 0.0, retry_after: float = 1.0,
         latency_ms: float = 0.0, duplicate_rate: float = 0.0, shuffle: bool = False,
         non_issue_rate: float = 0.0, page_token_mode: str = "keyset",
+        issue_error_rate: float = 0.0, slow_user_search_above: int | None = None,
         tls_cert: str | None = None, tls_key: str | None = None, duration: float | None = None,
         progress_every: float = 10.0, stop_event: threading.Event | None = None,
         out: TextIO | None = None) -> int:
@@ -113,7 +114,8 @@ def run(*, host: str = "127.0.0.1", port: int = 8081, projects: Mapping[str, int
                         oauth_token=oauth_token, time_zone=time_zone,
                         index_lag_seconds=index_lag, rate_429=rate_429, retry_after=retry_after,
                         latency_ms=latency_ms, ssl_context=ctx, seed=seed,
-                        page_token_mode=page_token_mode).start()
+                        page_token_mode=page_token_mode, issue_error_rate=issue_error_rate,
+                        slow_user_search_above=slow_user_search_above).start()
     pusher = None
     if webhook_url:
         pusher = WebhookPusher(webhook_url, list(webhook_secrets) or None, site=site,
@@ -126,7 +128,8 @@ def run(*, host: str = "127.0.0.1", port: int = 8081, projects: Mapping[str, int
           f"projects={','.join(f'{k}:{v}' for k, v in (projects or {'DEMO': 1000}).items())} "
           f"issues={issues} generated_in={time.monotonic() - started:.1f}s "
           f"webhook={webhook_url or '-'} changes_per_second={changes_per_second} "
-          f"index_lag={index_lag} rate_429={rate_429}", file=out, flush=True)
+          f"index_lag={index_lag} rate_429={rate_429} issue_error_rate={issue_error_rate} "
+          f"slow_user_search_above={slow_user_search_above}", file=out, flush=True)
     began = time.monotonic()
     try:
         while True:
@@ -190,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--non-issue-rate", type=float, default=0.0,
                    help="probability of a comment/worklog/project event after each change")
     p.add_argument("--page-token-mode", choices=("keyset", "offset"), default="keyset")
+    p.add_argument("--issue-error-rate", type=float, default=0.0,
+                   help="probability that bulkfetch lists a found issue in issueErrors (retriable)")
+    p.add_argument("--slow-user-search-above", type=int, default=None,
+                   help="users/search answers 409 (too slow) when maxResults is above this")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -222,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    rate_429=args.rate_429, retry_after=args.retry_after,
                    latency_ms=args.latency_ms, duplicate_rate=args.duplicate_rate,
                    shuffle=args.shuffle, non_issue_rate=args.non_issue_rate,
-                   page_token_mode=args.page_token_mode, tls_cert=args.tls_cert,
+                   page_token_mode=args.page_token_mode, issue_error_rate=args.issue_error_rate,
+                   slow_user_search_above=args.slow_user_search_above, tls_cert=args.tls_cert,
                    tls_key=args.tls_key, duration=args.duration,
                    progress_every=args.progress_every, stop_event=stop)
     except OSError as exc:

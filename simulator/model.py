@@ -4,8 +4,10 @@ What this imitates (Jira Cloud platform REST v3, https://developer.atlassian.com
 
 * Issues have a numeric string ``id`` that never changes and a ``key`` ``PROJ-n`` that changes when
   the issue moves to another project ("Move issues", the key takes the target project's next
-  number; the old key keeps resolving to the issue).
-* Every change bumps ``updated`` (millisecond precision) and is recorded with a changelog
+  number; the old key keeps resolving to the issue). A project's key can be renamed: same
+  project id, every issue becomes ``NEW-<same number>``, former keys keep resolving.
+* Every issue change bumps ``updated`` (millisecond precision; a project key rename edits no
+  issue and does not) and is recorded with a changelog
   (``changelog.items`` of ``field``/``from``/``fromString``/``to``/``toString``), which the webhook
   pusher turns into ``jira:issue_*`` events.
 * Search is eventually consistent ("Search results may be delayed" in the search/jql docs; the
@@ -35,9 +37,9 @@ __all__ = [
     "History",
     "Worklog",
     "IssueNotFoundError",
-    "ProjectEvent",
     "IssueVersion",
     "Project",
+    "ProjectEvent",
     "Site",
     "SiteError",
     "Status",
@@ -629,12 +631,14 @@ class Site:
     def create_issue(self, project: str, *, actor: str | None = None, **fields: Any) -> ChangeEvent:
         """Creates an issue in ``project`` (random content, overridden by ``fields``).
 
-        ``fields`` take the names of :meth:`update_issue`. Raises :class:`SiteError`.
+        ``project`` is a key, a former key or an id. ``fields`` take the names of
+        :meth:`update_issue`. Raises :class:`SiteError`.
         """
-        key = project.upper()
         with self._lock:
-            if key not in self.projects:
+            found = self.find_project(project)
+            if found is None:
                 raise SiteError(f"unknown project {project}")
+            key = found.key
             actor_id = self._actor(actor)
             since = self._stamp()
             version = self._random_version(self.rng, key, since, since, list(self.users))

@@ -662,11 +662,13 @@ def test_main_serves_changes_and_pushes_webhooks(receiver: Receiver) -> None:
         code = simulator_main(["--port", "0", "--projects", "DEMO:200,OPS:20", "--tz",
                                "Asia/Kolkata", "--webhook-url", receiver.url, "--webhook-secret",
                                "s3cret", "--changes-per-second", "40", "--duration", "1.0",
-                               "--progress-every", "0.4", "--email", "a@b", "--api-token", "t"])
+                               "--progress-every", "0.4", "--email", "a@b", "--api-token", "t",
+                               "--issue-error-rate", "0.1", "--slow-user-search-above", "100"])
     assert code == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("jira-simulator ready url=http://127.0.0.1:")
     assert "email=a@b" in lines[0] and "api_token=t" in lines[0] and "tz=Asia/Kolkata" in lines[0]
+    assert "issue_error_rate=0.1" in lines[0] and "slow_user_search_above=100" in lines[0]
     assert lines[-1].startswith("jira-simulator stopped")
     assert receiver.requests
     for headers, body in receiver.requests:

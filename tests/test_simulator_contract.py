@@ -313,6 +313,7 @@ def test_rename_project_keeps_the_id_and_renumbers_nothing(
         assert v.updated == before[issue_id].updated
     created = site.create_issue("RUN").issue
     assert created.num == max(v.num for v in before.values()) + 1
+    assert site.create_issue("OPS").issue.key == f"RUN-{created.num + 1}"  # the former key resolves
 
 
 def test_renamed_project_old_keys_resolve_in_jql_get_issue_get_project_and_bulkfetch(
