@@ -89,17 +89,18 @@ class HistorySync:
                 total = page.get("total")
                 if isinstance(total, int) and total > len(items):
                     overflow.append((kind, issue_id, len(items)))
-                    lists.append((kind, issue_id, items))
-                else:
-                    lists.append((kind, issue_id, items))
+                lists.append((kind, issue_id, items))
         more = self._read_overflow(overflow) if overflow else {}
+        complete: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {kind: [] for kind in kinds}
         for kind, issue_id, items in lists:
             if (kind, issue_id) in more:
                 rest = more[(kind, issue_id)]
                 if rest is None:
                     continue  # the issue is gone or unreadable now: its list is not known complete
                 items = items + rest
-            self._write_list(kind, issue_id, items, read_at, read_at_ms)
+            complete[kind].append((issue_id, items))
+        for kind, pairs in complete.items():
+            self._write_lists(kind, pairs, read_at, read_at_ms)
 
     def _read_overflow(self, wanted: list[tuple[str, str, int]]) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
         self.counts.overflow_reads += len(wanted)
@@ -117,26 +118,31 @@ class HistorySync:
             answers = list(pool.map(read, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
-    def _write_list(self, kind: str, issue_id: str, items: list[dict[str, Any]], read_at: dt.datetime,
-                    read_at_ms: int) -> None:
+    def _write_lists(self, kind: str, pairs: list[tuple[str, list[dict[str, Any]]]], read_at: dt.datetime,
+                     read_at_ms: int) -> None:
+        """Write the complete lists of many issues: one upsert, one reconciliation query a batch."""
         mapper = comment_row if kind == "comment" else worklog_row
-        rows = []
-        for item in items:
+        key = f"{kind}_id"
+        rows: list[dict[str, Any]] = []
+        present: dict[str, set[str]] = {}
+        for issue_id, items in pairs:
+            mapped = []
             try:
-                rows.append(mapper(self.site, item, issue_id=issue_id, source="backfill", event_ts=read_at_ms,
-                                   at=read_at))
+                for item in items:
+                    mapped.append(mapper(self.site, item, issue_id=issue_id, source="backfill",
+                                         event_ts=read_at_ms, at=read_at))
             except ValueError as exc:  # one unreadable entry: skipped, and the list is not complete
                 log.warning("%s skipped issue=%s error=%s", kind, issue_id, exc)
-                return
-        key = f"{kind}_id"
+                rows.extend(mapped)
+                continue
+            rows.extend(mapped)
+            present[issue_id] = {r[key] for r in mapped}
         if kind == "comment":
-            self.counts.comments += history_store.upsert_comments(rows)
-            self.counts.deleted += history_store.reconcile_comments(self.site, issue_id, [r[key] for r in rows],
-                                                                    read_at)
+            self.counts.comments += history_store.upsert_comments(rows) if rows else 0
+            self.counts.deleted += history_store.reconcile_comments(self.site, present, read_at)
         else:
-            self.counts.worklogs += history_store.upsert_worklogs(rows)
-            self.counts.deleted += history_store.reconcile_worklogs(self.site, issue_id, [r[key] for r in rows],
-                                                                    read_at)
+            self.counts.worklogs += history_store.upsert_worklogs(rows) if rows else 0
+            self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at)
 
     # -- changelogs -------------------------------------------------------------------------------
 

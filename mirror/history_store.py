@@ -245,26 +245,28 @@ def delete_worklogs_by_id(site: str, ids: Sequence[str], *, at: dt.datetime | No
     return _tombstones(Worklog, "worklog_id", site, list(known.items()), at, source) if known else 0
 
 
-def reconcile_list(model: type[pw.Model], key: str, site: str, issue_id: str, present: Iterable[str],
-                   read_at: dt.datetime) -> int:
-    """The issue's complete list (every page read) holds ``present``: its other live rows,
-    created before the list was read, are gone in Jira (a row created after may be missing from
-    a list read earlier). Returns rows marked deleted."""
-    present = set(present)
-    live = [ident for ident, created in model.select(getattr(model, key), model.created).where(
-        model.site == site, model.issue_id == issue_id, model.deleted_at.is_null()).tuples()
-        if ident not in present and (created is None or created <= read_at)]
-    if not live:
+def reconcile_lists(model: type[pw.Model], key: str, site: str, present: dict[str, set[str]],
+                    read_at: dt.datetime) -> int:
+    """Each issue of ``present`` had its complete list (every page read) holding those ids: its
+    other live rows, created before the list was read, are gone in Jira (a row created after may
+    be missing from a list read earlier). Returns rows marked deleted."""
+    gone: list[tuple[str, str]] = []
+    for batch in _batches(list(present)):
+        for ident, issue_id, created in model.select(getattr(model, key), model.issue_id, model.created).where(
+                model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null()).tuples():
+            if ident not in present[issue_id] and (created is None or created <= read_at):
+                gone.append((ident, issue_id))
+    if not gone:
         return 0
-    return _tombstones(model, key, site, [(ident, issue_id) for ident in live], utc_now(), "backfill")
+    return _tombstones(model, key, site, gone, utc_now(), "backfill")
 
 
-def reconcile_comments(site: str, issue_id: str, present: Iterable[str], read_at: dt.datetime) -> int:
-    return reconcile_list(Comment, "comment_id", site, issue_id, present, read_at)
+def reconcile_comments(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+    return reconcile_lists(Comment, "comment_id", site, present, read_at)
 
 
-def reconcile_worklogs(site: str, issue_id: str, present: Iterable[str], read_at: dt.datetime) -> int:
-    return reconcile_list(Worklog, "worklog_id", site, issue_id, present, read_at)
+def reconcile_worklogs(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+    return reconcile_lists(Worklog, "worklog_id", site, present, read_at)
 
 
 def mirrored_issue(site: str, issue_id: str) -> bool:
