@@ -944,8 +944,9 @@ class Site:
                                           None, created, created))
 
     def random_mutation(self, *, weights: Mapping[str, float] | None = None,
-                        projects: Iterable[str] | None = None) -> ChangeEvent:
-        """One random create / update / move / delete (default weights 25/65/4/6 %)."""
+                        projects: Iterable[str] | None = None) -> ChangeEvent | ActivityEvent:
+        """One random create / update / move / delete (default weights 25/65/4/6 %); with
+        ``comment`` or ``worklog`` weights, a random add, edit or deletion of one of those too."""
         w = dict(weights or {"create": 25, "update": 65, "move": 4, "delete": 6})
         keys = [k.upper() for k in (projects or self.projects)]
         with self._lock:
@@ -970,7 +971,19 @@ class Site:
         if kind == "move":
             assert target is not None
             return self.move_issue(live.id, target)
+        if kind in ("comment", "worklog"):
+            return self._random_activity(kind, live)
         return self.delete_issue(live.id)
+
+    def _random_activity(self, kind: str, live: IssueVersion) -> ActivityEvent:
+        existing = self.comments(live.id) if kind == "comment" else self.worklogs(live.id)
+        roll = self.rng.random()
+        if not existing or roll < 0.5:
+            return self.add_comment(live.id) if kind == "comment" else self.add_worklog(live.id)
+        target = self.rng.choice(existing).id
+        if roll < 0.85:
+            return self.update_comment(target) if kind == "comment" else self.update_worklog(target)
+        return self.delete_comment(target) if kind == "comment" else self.delete_worklog(target)
 
     def _random_live(self, projects: Sequence[str]) -> IssueVersion | None:
         # Caller holds the lock. Sample ids until a live one of the wanted projects turns up.

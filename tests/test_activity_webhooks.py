@@ -134,3 +134,34 @@ def test_an_issue_updates_changelog_is_written_as_it_arrives(client, drain, mirr
     replay["timestamp"] += 5
     deliver(client, drain, replay)
     assert ChangelogItem.select().count() == len(items)
+
+
+def test_random_comment_and_worklog_events_shuffled_and_duplicated_converge_on_jira(client, drain, settings, db):
+    import random
+
+    from mirror import store
+    from mirror.issues import to_row
+    from simulator import Site
+    from simulator.render import FieldSelection, issue_v3
+    from simulator.webhooks import activity_payload
+
+    base = "https://acme.atlassian.net"
+    site = Site.generate({"DEMO": 15}, seed=9, users=5, activity=False)
+    store.upsert_issues([to_row(settings.site, issue_v3(v, site, base, "UTC", FieldSelection("*navigable")),
+                                source="backfill", event_ts=1) for v in site.current("DEMO")])
+    bodies = [activity_payload(site.random_mutation(weights={"comment": 3, "worklog": 2}), site, base)
+              for _ in range(80)]
+    rng = random.Random(4)
+    bodies += rng.sample(bodies, 20)  # at least once
+    rng.shuffle(bodies)  # in any order
+    for n, body in enumerate(bodies):
+        assert post(client, body, delivery_id=f"d-{n}").status_code == 202
+    drain()
+    comments = {c.comment_id: c for c in Comment.select().where(Comment.deleted_at.is_null())}
+    worklogs = {w.worklog_id: w for w in Worklog.select().where(Worklog.deleted_at.is_null())}
+    truth_comments = {c.id: c for v in site.current("DEMO") for c in site.comments(v.id)}
+    truth_worklogs = {w.id: w for v in site.current("DEMO") for w in site.worklogs(v.id)}
+    assert set(comments) == set(truth_comments) and set(worklogs) == set(truth_worklogs)
+    assert all(comments[i].body_text == c.body for i, c in truth_comments.items())
+    assert all(worklogs[i].time_spent_seconds == w.seconds for i, w in truth_worklogs.items())
+    assert Comment.select().where(Comment.deleted_at.is_null(False)).count() > 0  # deletions were in the mix
