@@ -3,8 +3,9 @@
 Jira facts behind it (JIRA.md, "Search and reads"; Atlassian's OpenAPI description):
 
 * ``changelog/bulkfetch`` reads the change histories of up to 1000 issues a request, oldest
-  first, paged by ``nextPageToken`` (1000 histories a page): a project's changelogs cost about
-  issues/1000 calls, plus a page for every 1000 histories beyond the first of a batch.
+  first, paged by ``nextPageToken`` (up to 10,000 histories a page, ``maxResults``): a
+  project's changelogs cost issues/1000 calls, plus a page for every 10,000 histories beyond
+  the first of a batch. A full sync reads them beside the issues.
 * An issue read with ``fields=comment,worklog`` embeds the first page of each
   (``total`` says how many there are): only an issue with more costs calls of its own
   (``GET issue/{id}/comment`` 100 a page, ``/worklog`` 5000 a page).
@@ -61,6 +62,12 @@ class HistorySync:
         self.site = site
         self.concurrency = max(1, concurrency)
         self.counts = HistoryCounts()
+        # Issues whose embedded page did not hold everything, read later all together (a full
+        # sync reads them in parallel at its end rather than one batch of issues at a time).
+        self._deferred: list[tuple[str, str, list[dict[str, Any]], int]] = []
+        self._changelog_pool: cf.ThreadPoolExecutor | None = None
+        self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
+        self._changelog_ids: list[str] = []
 
     def ensure_fields(self) -> None:
         """The site's fields, read once before its first sync (story points and sprints are
@@ -70,10 +77,12 @@ class HistorySync:
 
     # -- comments and worklogs embedded in issues ---------------------------------------------
 
-    def embedded(self, issues: Sequence[dict[str, Any]], read_at_ms: int, *, worklogs: bool = True) -> None:
+    def embedded(self, issues: Sequence[dict[str, Any]], read_at_ms: int, *, worklogs: bool = True,
+                 defer: bool = False) -> None:
         """Write the comments (and worklogs) the issues embed; an issue whose embedded page is
-        not all of them is read in full through its own endpoint (in parallel). Each list read
-        in full makes its issue's other rows, older than the read, deleted."""
+        not all of them is read in full through its own endpoint (in parallel; with ``defer``,
+        at :meth:`flush_overflow`). Each list read in full makes its issue's other rows, older
+        than the read, deleted."""
         read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
         kinds = EMBEDDED if worklogs else ("comment",)
         overflow: list[tuple[str, str, int]] = []
@@ -88,6 +97,9 @@ class HistorySync:
                 items = list(page.get("comments" if kind == "comment" else "worklogs") or [])
                 total = page.get("total")
                 if isinstance(total, int) and total > len(items):
+                    if defer:
+                        self._deferred.append((kind, issue_id, items, read_at_ms))
+                        continue
                     overflow.append((kind, issue_id, len(items)))
                 lists.append((kind, issue_id, items))
         more = self._read_overflow(overflow) if overflow else {}
@@ -102,7 +114,25 @@ class HistorySync:
         for kind, pairs in complete.items():
             self._write_lists(kind, pairs, read_at, read_at_ms)
 
-    def _read_overflow(self, wanted: list[tuple[str, str, int]]) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
+    def flush_overflow(self) -> None:
+        """Read and write the deferred issues' lists in full (``concurrency`` × 2 in flight)."""
+        deferred, self._deferred = self._deferred, []
+        if not deferred:
+            return
+        more = self._read_overflow([(kind, issue_id, len(items)) for kind, issue_id, items, _ in deferred],
+                                   parallel=self.concurrency * 2)
+        by_time: dict[int, dict[str, list[tuple[str, list[dict[str, Any]]]]]] = {}
+        for kind, issue_id, items, read_at_ms in deferred:
+            rest = more.get((kind, issue_id))
+            if rest is not None:
+                by_time.setdefault(read_at_ms, {}).setdefault(kind, []).append((issue_id, items + rest))
+        for read_at_ms, kinds in by_time.items():
+            read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
+            for kind, pairs in kinds.items():
+                self._write_lists(kind, pairs, read_at, read_at_ms)
+
+    def _read_overflow(self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
+                       ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
         self.counts.overflow_reads += len(wanted)
 
         def read(job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
@@ -114,7 +144,7 @@ class HistorySync:
             except JiraNotFoundError:
                 return None
 
-        with cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix="history") as pool:
+        with cf.ThreadPoolExecutor(parallel or self.concurrency, thread_name_prefix="history") as pool:
             answers = list(pool.map(read, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
@@ -145,6 +175,44 @@ class HistorySync:
             self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at)
 
     # -- changelogs -------------------------------------------------------------------------------
+
+    def start_changelogs(self, ids: Sequence[str], *, parallel: int = 2) -> None:
+        """Begin reading the issues' changelogs (1000 issues a request) beside the issue reads:
+        :meth:`write_changelogs_ready` writes what has arrived, :meth:`finish_changelogs` the rest."""
+        chunks = [list(ids[i : i + CHANGELOG_BULK_MAX]) for i in range(0, len(ids), CHANGELOG_BULK_MAX)]
+        self._changelog_ids = list(ids)
+        if not chunks:
+            return
+        self._changelog_pool = cf.ThreadPoolExecutor(parallel, thread_name_prefix="changelog")
+        self._changelog_reads = [self._changelog_pool.submit(self._read_changelog, chunk) for chunk in chunks]
+
+    def _read_changelog(self, chunk: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for page in self.client.iter_changelog_pages(chunk):
+            rows.extend(bulk_changelog_rows(self.site, page))
+        return rows
+
+    def write_changelogs_ready(self, *, wait: bool = False) -> None:
+        """Write the changelog reads that have finished (all of them, with ``wait``); raises what a
+        read raised."""
+        while self._changelog_reads and (wait or self._changelog_reads[0].done()):
+            rows = self._changelog_reads.pop(0).result()
+            self.counts.changelog_items += history_store.upsert_changelog(rows)
+
+    def finish_changelogs(self, live: Sequence[str]) -> None:
+        """Every changelog written; then ``status_changed_at`` of the ``live`` issues (their rows
+        exist now)."""
+        try:
+            self.write_changelogs_ready(wait=True)
+        finally:
+            self.close()
+        history_store.refresh_status_changed(self.site, live)
+
+    def close(self) -> None:
+        if self._changelog_pool is not None:
+            self._changelog_pool.shutdown(wait=False, cancel_futures=True)
+            self._changelog_pool = None
+        self._changelog_reads = []
 
     def changelogs(self, ids: Sequence[str], *, tick: Callable[[], None] | None = None) -> int:
         """Every change history of the issues (``changelog/bulkfetch``, 1000 issues a request,
@@ -225,7 +293,7 @@ def full_sync_floor(issues: int, *, changelog_pages: int | None = None, overflow
     """The fewest calls a full sync of ``issues`` can make with these endpoints, and the formula:
     ``fixed`` (GET project, GET field on a site's first sync) + ids 5000 a page +
     bulkfetch 100 a call + changelogs 1000 issues a call (``changelog_pages`` when a batch holds
-    more than 1000 histories) + one call per issue whose embedded comment or worklog page overflowed."""
+    more than 10,000 histories) + one call per issue whose embedded comment or worklog page overflowed."""
     id_pages = max(1, -(-issues // 5000))
     details = -(-issues // 100)
     batches = -(-issues // CHANGELOG_BULK_MAX)

@@ -218,7 +218,8 @@ class ProjectSync:
         errored: list[str] = []
         for fetched in self._fetch_in_bulk(ids):
             self._write(stats, self._rows(fetched.issues, fetched.read_at))
-            self.history.embedded(fetched.issues, fetched.read_at)
+            self.history.embedded(fetched.issues, fetched.read_at, defer=True)
+            self.history.write_changelogs_ready()
             absent.extend(fetched.absent)
             errored.extend(fetched.errored)
             self._tick(stats)
@@ -229,7 +230,7 @@ class ProjectSync:
             again, errored = errored, []
             for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
                 self._write(stats, self._rows(fetched.issues, fetched.read_at))
-                self.history.embedded(fetched.issues, fetched.read_at)
+                self.history.embedded(fetched.issues, fetched.read_at, defer=True)
                 absent.extend(fetched.absent)
                 errored.extend(fetched.errored)
             self._tick(stats)
@@ -269,11 +270,18 @@ class ProjectSync:
         # call saved for GET project, which follows renames).
         stats.estimate = len(ids)
         self._tick(stats, "fetching")
-        # Listed by search, then absent from a current read: confirmed one by one (rare).
-        gone = self._confirm_absent(stats, self._read(stats, ids))
-        self._reconcile(stats, set(ids), gone)
-        self._tick(stats, "changelogs")
-        self.history.changelogs(self._live_ids(ids), tick=lambda: self._tick(stats))
+        # Changelogs are read beside the issues (1000 issues a call), comments and worklogs come
+        # embedded in them; only issues with more than the embedded page are read on their own.
+        self.history.start_changelogs(ids)
+        try:
+            # Listed by search, then absent from a current read: confirmed one by one (rare).
+            gone = self._confirm_absent(stats, self._read(stats, ids))
+            self._reconcile(stats, set(ids), gone)
+            self._tick(stats, "changelogs")
+            self.history.flush_overflow()
+            self.history.finish_changelogs(self._live_ids(ids))
+        finally:
+            self.history.close()
         self.history.start_worklog_feeds(began)
         self._advance_cursor(stats, full_sync_at=began)
         self._tick(stats, "done")
@@ -307,6 +315,7 @@ class ProjectSync:
         if in_mirror != in_jira:
             log.info("counts differ project=%s jira=%d mirror=%d: reconciling ids", self.key, in_jira, in_mirror)
             self._reconcile(stats, set(self._all_ids(stats)), [])
+        self.history.flush_overflow()  # issues a reconciliation read with more comments than embedded
         self._advance_cursor(stats)
         self._tick(stats, "done")
         return stats

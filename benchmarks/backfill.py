@@ -199,13 +199,14 @@ def call_floor(site: Any, project: str = "DEMO") -> tuple[str, int]:
     """The floor of a full sync's calls on the simulated site, and its formula: changelog pages
     and overflowing embedded pages counted on the site itself."""
     from backfill.history import full_sync_floor
+    from mirror.jira import CHANGELOG_PAGE
     from simulator.model import EMBEDDED_PAGE
 
     ids = sorted((v.id for v in site.current(project)), key=int)
     pages = 0
     for start in range(0, len(ids), 1000):
         histories = sum(len(site.changelog(i)) for i in ids[start:start + 1000])
-        pages += max(1, -(-histories // 1000))
+        pages += max(1, -(-histories // CHANGELOG_PAGE))
     overflowing = sum((len(site.comments(i)) > EMBEDDED_PAGE) + (len(site.worklogs(i)) > EMBEDDED_PAGE) for i in ids)
     return full_sync_floor(len(ids), changelog_pages=pages, overflowing=overflowing)
 

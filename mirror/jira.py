@@ -55,7 +55,7 @@ DEFAULT_USER_AGENT = "jira-mirror"
 BULKFETCH_MAX = 100  # issue/bulkfetch: "up to 100 issues" for the general request shape
 PROJECT_PAGE_SIZE = 100  # project/search: maxResults is capped at 100
 CHANGELOG_BULK_MAX = 1000  # changelog/bulkfetch, worklog/list, comment/list: 1000 ids a request
-CHANGELOG_PAGE = 1000  # changelog/bulkfetch: maxResults default 1000 histories a page (spec, up to 10000)
+CHANGELOG_PAGE = 10000  # changelog/bulkfetch: histories a page (spec: default 1000, at most 10000)
 USER_PAGE_SIZE = 1000  # users/search: maxResults is capped at 1000
 USER_PAGE_MIN = 10  # users/search pages are halved down to this while Jira answers 409 (too slow)
 

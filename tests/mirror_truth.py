@@ -94,12 +94,13 @@ def history_differences(site, projects: list[str], *, site_name: str) -> list[st
 def full_sync_calls(site, project: str) -> tuple[str, int]:  # type: ignore[no-untyped-def]
     """The call floor of a full sync of ``project`` on the simulator's site (backfill.history)."""
     from backfill.history import full_sync_floor
+    from mirror.jira import CHANGELOG_PAGE
     from simulator.model import EMBEDDED_PAGE
 
     ids = sorted((v.id for v in site.current(project)), key=int)
     pages = 0
     for start in range(0, len(ids), 1000):
         histories = sum(len(site.changelog(i)) for i in ids[start:start + 1000])
-        pages += max(1, -(-histories // 1000))
+        pages += max(1, -(-histories // CHANGELOG_PAGE))
     overflowing = sum((len(site.comments(i)) > EMBEDDED_PAGE) + (len(site.worklogs(i)) > EMBEDDED_PAGE) for i in ids)
     return full_sync_floor(len(ids), changelog_pages=pages, overflowing=overflowing)
