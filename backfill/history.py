@@ -19,6 +19,7 @@ listed by ``worklog/deleted``; never because a call failed or a page was cut.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import datetime as dt
 import logging
@@ -29,6 +30,7 @@ from mirror import history_store
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
+from mirror.db import database
 from mirror.models import Field
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,23 @@ class HistoryCounts:
     worklogs: int = 0
     deleted: int = 0
     overflow_reads: int = 0  # issues whose embedded page did not hold everything
+
+
+# History writes queued for the writer thread before the reader waits for the oldest.
+WRITES_IN_FLIGHT = 4
+# Issues whose comment/worklog lists are written in one transaction.
+BUFFERED_LISTS = 1000
+
+
+def _on_own_connection(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life)."""
+    database.connect(reuse_if_open=True)
+    return fn(*args)
+
+
+def _close_own_connection() -> None:
+    if not database.is_closed():
+        database.close()
 
 
 def refresh_fields(client: JiraClient, site: str) -> int:
@@ -68,6 +87,29 @@ class HistorySync:
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
         self._changelog_ids: list[str] = []
+        # History rows are written by a thread of their own, on its own connection, while the
+        # run goes on reading and writing issues: the database's time overlaps the rest.
+        self._writer: cf.ThreadPoolExecutor | None = None
+        self._writes: collections.deque[cf.Future[None]] = collections.deque()
+        self._buffer: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]] = []
+        self._buffered = 0
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the writer thread, in order; at most WRITES_IN_FLIGHT queued (memory
+        stays bounded). Raises what an earlier write raised."""
+        if self._writer is None:
+            self._writer = cf.ThreadPoolExecutor(1, thread_name_prefix="history-writer")
+        self._writes.append(self._writer.submit(_on_own_connection, fn, *args))
+        while self._writes and (len(self._writes) > WRITES_IN_FLIGHT or self._writes[0].done()):
+            self._writes.popleft().result()
+
+    def wait_writes(self) -> None:
+        """Every buffered and queued write done; raises what one raised."""
+        self.write_buffer()
+        while self._writes:
+            self._writes.popleft().result()
 
     def ensure_fields(self) -> None:
         """The site's fields, read once before its first sync (story points and sprints are
@@ -83,7 +125,6 @@ class HistorySync:
         not all of them is read in full through its own endpoint (in parallel; with ``defer``,
         at :meth:`flush_overflow`). Each list read in full makes its issue's other rows, older
         than the read, deleted."""
-        read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
         kinds = EMBEDDED if worklogs else ("comment",)
         overflow: list[tuple[str, str, int]] = []
         lists: list[tuple[str, str, list[dict[str, Any]]]] = []
@@ -112,7 +153,23 @@ class HistorySync:
                 items = items + rest
             complete[kind].append((issue_id, items))
         for kind, pairs in complete.items():
-            self._write_lists(kind, pairs, read_at, read_at_ms)
+            self._buffer.append((kind, read_at_ms, pairs))
+            self._buffered += len(pairs)
+        if self._buffered >= BUFFERED_LISTS:
+            self.write_buffer()
+
+    def write_buffer(self) -> None:
+        """Hand the buffered lists to the writer: one transaction for them all (a commit per
+        batch of issues costs more than the rows)."""
+        if self._buffer:
+            self._write(self._write_batch, self._buffer)
+            self._buffer, self._buffered = [], 0
+
+    def _write_batch(self, batch: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]]) -> None:
+        with database.atomic():
+            for kind, read_at_ms, pairs in batch:
+                read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
+                self._write_lists(kind, pairs, read_at, read_at_ms)
 
     def flush_overflow(self) -> None:
         """Read and write the deferred issues' lists in full (``concurrency`` × 2 in flight)."""
@@ -127,9 +184,9 @@ class HistorySync:
             if rest is not None:
                 by_time.setdefault(read_at_ms, {}).setdefault(kind, []).append((issue_id, items + rest))
         for read_at_ms, kinds in by_time.items():
-            read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
             for kind, pairs in kinds.items():
-                self._write_lists(kind, pairs, read_at, read_at_ms)
+                self._buffer.append((kind, read_at_ms, pairs))
+        self.write_buffer()
 
     def _read_overflow(self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
                        ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
@@ -196,23 +253,32 @@ class HistorySync:
         """Write the changelog reads that have finished (all of them, with ``wait``); raises what a
         read raised."""
         while self._changelog_reads and (wait or self._changelog_reads[0].done()):
-            rows = self._changelog_reads.pop(0).result()
-            self.counts.changelog_items += history_store.upsert_changelog(rows)
+            self._write(self._write_changelog, self._changelog_reads.pop(0).result())
+
+    def _write_changelog(self, rows: list[dict[str, Any]]) -> None:
+        self.counts.changelog_items += history_store.upsert_changelog(rows)
 
     def finish_changelogs(self, live: Sequence[str]) -> None:
         """Every changelog written; then ``status_changed_at`` of the ``live`` issues (their rows
         exist now)."""
         try:
             self.write_changelogs_ready(wait=True)
+            self.wait_writes()
         finally:
             self.close()
         history_store.refresh_status_changed(self.site, live)
 
     def close(self) -> None:
+        """Stop the reads in flight; let the writes queued finish (their rows are good ones)."""
         if self._changelog_pool is not None:
             self._changelog_pool.shutdown(wait=False, cancel_futures=True)
             self._changelog_pool = None
         self._changelog_reads = []
+        if self._writer is not None:
+            self._writer.submit(_close_own_connection)
+            self._writer.shutdown(wait=True)
+            self._writer = None
+            self._writes.clear()
 
     def changelogs(self, ids: Sequence[str], *, tick: Callable[[], None] | None = None) -> int:
         """Every change history of the issues (``changelog/bulkfetch``, 1000 issues a request,

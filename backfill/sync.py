@@ -188,22 +188,24 @@ class ProjectSync:
 
     def _fetch_in_bulk(self, ids: Sequence[str], size: int = DETAIL_PAGE) -> Iterator[Fetched]:
         """Yield a :class:`Fetched` for ``ids`` in chunks of ``size``, fetched in parallel with at
-        most ``concurrency`` requests in flight (memory stays bounded)."""
+        most ``concurrency`` × 2 requests queued (memory stays bounded), each as soon as it is
+        read: a chunk waiting out a 429 holds up no other (writes are order-safe)."""
         chunks = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
         pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}")
         try:
-            pending: list[cf.Future[Fetched]] = []
+            pending: set[cf.Future[Fetched]] = set()
             queue = iter(chunks)
             for chunk in queue:
-                pending.append(pool.submit(self._fetch, chunk))
+                pending.add(pool.submit(self._fetch, chunk))
                 if len(pending) >= self.concurrency * 2:
                     break
             while pending:
-                result = pending.pop(0).result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.append(pool.submit(self._fetch, nxt))
-                yield result
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(self._fetch, nxt))
+                    yield future.result()
         finally:
             # On an error or a shutdown, do not wait for reads whose results nobody will use.
             pool.shutdown(wait=False, cancel_futures=True)
@@ -316,6 +318,10 @@ class ProjectSync:
             log.info("counts differ project=%s jira=%d mirror=%d: reconciling ids", self.key, in_jira, in_mirror)
             self._reconcile(stats, set(self._all_ids(stats)), [])
         self.history.flush_overflow()  # issues a reconciliation read with more comments than embedded
+        try:
+            self.history.wait_writes()
+        finally:
+            self.history.close()
         self._advance_cursor(stats)
         self._tick(stats, "done")
         return stats
@@ -419,7 +425,10 @@ def run_project_sync(
     project_key = sync.key = stats.project_key = project.key
     sync.project_id = project.project_id
     try:
-        stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+        try:
+            stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+        finally:
+            sync.history.close()  # its writer thread and connection end with the run
     except ShutdownRequested:
         sync.count_calls(stats)
         store.finish_sync_run(run, stats_fields(stats), error="interrupted by shutdown; handed back to the queue")
