@@ -24,7 +24,7 @@ import concurrent.futures as cf
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mirror import history_store
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
@@ -86,7 +86,8 @@ class HistorySync:
         self._deferred: list[tuple[str, str, list[dict[str, Any]], int]] = []
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
-        self._changelog_ids: list[str] = []
+        self._changelog_chunks: Iterator[list[str]] = iter(())
+        self._changelog_ahead = 0
         # History rows are written by a thread of their own, on its own connection, while the
         # run goes on reading and writing issues: the database's time overlaps the rest.
         self._writer: cf.ThreadPoolExecutor | None = None
@@ -235,13 +236,22 @@ class HistorySync:
 
     def start_changelogs(self, ids: Sequence[str], *, parallel: int = 2) -> None:
         """Begin reading the issues' changelogs (1000 issues a request) beside the issue reads:
-        :meth:`write_changelogs_ready` writes what has arrived, :meth:`finish_changelogs` the rest."""
+        :meth:`write_changelogs_ready` writes what has arrived, :meth:`finish_changelogs` the rest.
+        At most ``parallel`` × 2 batches are read ahead of the writes (memory stays bounded)."""
         chunks = [list(ids[i : i + CHANGELOG_BULK_MAX]) for i in range(0, len(ids), CHANGELOG_BULK_MAX)]
-        self._changelog_ids = list(ids)
         if not chunks:
             return
+        self._changelog_chunks = iter(chunks)
+        self._changelog_ahead = parallel * 2
         self._changelog_pool = cf.ThreadPoolExecutor(parallel, thread_name_prefix="changelog")
-        self._changelog_reads = [self._changelog_pool.submit(self._read_changelog, chunk) for chunk in chunks]
+        self._top_up_changelogs()
+
+    def _top_up_changelogs(self) -> None:
+        while self._changelog_pool is not None and len(self._changelog_reads) < self._changelog_ahead:
+            chunk = next(self._changelog_chunks, None)
+            if chunk is None:
+                return
+            self._changelog_reads.append(self._changelog_pool.submit(self._read_changelog, chunk))
 
     def _read_changelog(self, chunk: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -254,6 +264,7 @@ class HistorySync:
         read raised."""
         while self._changelog_reads and (wait or self._changelog_reads[0].done()):
             self._write(self._write_changelog, self._changelog_reads.pop(0).result())
+            self._top_up_changelogs()
 
     def _write_changelog(self, rows: list[dict[str, Any]]) -> None:
         self.counts.changelog_items += history_store.upsert_changelog(rows)
