@@ -173,7 +173,7 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
 class Delivery:
     """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
 
-    __slots__ = ("id", "started", "event", "project", "outcome", "counted")
+    __slots__ = ("id", "started", "event", "project", "outcome", "counted", "body")
 
     def __init__(self, delivery_id: str | None):
         self.id = delivery_id
@@ -182,6 +182,7 @@ class Delivery:
         self.project: str | None = None
         self.outcome: str | None = None
         self.counted = False
+        self.body = b""  # the raw body once read: its digest is the replay key (receiver.queues)
 
 
 StartResponse = Callable[..., Any]
@@ -233,7 +234,7 @@ class WebhookEndpoint:
         settings: Settings = extensions["settings"]
         if environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower() != _JSON:
             raise ApiError(415, "a Jira webhook is sent as application/json")
-        body = _read_body(environ, settings.max_body_bytes)
+        body = delivery.body = _read_body(environ, settings.max_body_bytes)
         _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
         try:
             loaded = load_delivery(_parse(body))
@@ -296,6 +297,7 @@ class WebhookEndpoint:
         """Enqueue the delivery's job (with its refresh mark) and answer 202; 503 when the queue
         cannot take it, 200 for a duplicate delivery."""
         extensions, event = self.extensions, delivery.event
+        settings: Settings = extensions["settings"]
         if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
             log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
             raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
@@ -304,7 +306,7 @@ class WebhookEndpoint:
             # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
             job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
                                                 before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                                                refresh=refresh, body_digest=hashlib.sha256(body).hexdigest(),
+                                                refresh=refresh, body_digest=hashlib.sha256(delivery.body).hexdigest(),
                                                 replay_window=settings.replay_window_seconds)
         except queues.DuplicateDeliveryError:
             # A retry (same identifier) or a replay (same signed body, any identifier) within

@@ -154,8 +154,11 @@ def test_random_comment_and_worklog_events_shuffled_and_duplicated_converge_on_j
     rng = random.Random(4)
     bodies += rng.sample(bodies, 20)  # at least once
     rng.shuffle(bodies)  # in any order
+    sent: set[int] = set()
     for n, body in enumerate(bodies):
-        assert post(client, body, delivery_id=f"d-{n}").status_code == 202
+        # A copy of a body already sent is a replay (receiver.webhooks): 200 duplicate, no job.
+        assert post(client, body, delivery_id=f"d-{n}").status_code == (200 if id(body) in sent else 202)
+        sent.add(id(body))
     drain()
     comments = {c.comment_id: c for c in Comment.select().where(Comment.deleted_at.is_null())}
     worklogs = {w.worklog_id: w for w in Worklog.select().where(Worklog.deleted_at.is_null())}
