@@ -254,9 +254,10 @@ class ProjectSync:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def full(self) -> SyncStats:
-        """Every issue of the project, then reconciliation of what the mirror holds beyond it."""
-        stats = SyncStats("full", self.key)
+    def full(self, stats: SyncStats) -> SyncStats:
+        """Every issue of the project, then reconciliation of what the mirror holds beyond it.
+
+        Counts into ``stats`` (the caller's, so that a failed run records what it did)."""
         # The cursor may not pass this moment: an issue changed while the sync ran (after it was
         # read) must be seen by the next incremental, whatever the sync's length.
         began = utc_now()
@@ -285,11 +286,10 @@ class ProjectSync:
         if gone:
             stats.deleted += store.mark_deleted(self.site, gone, at=utc_now())
 
-    def incremental(self, cursor: dt.datetime) -> SyncStats:
+    def incremental(self, stats: SyncStats, cursor: dt.datetime) -> SyncStats:
         """Issues updated since ``cursor`` (naive UTC) minus the overlap, oldest first; then,
         when Jira counts fewer issues in the project than the mirror holds (a deletion or a
-        move, which search cannot show), a reconciliation of ids."""
-        stats = SyncStats("incremental", self.key)
+        move, which search cannot show), a reconciliation of ids. Counts into ``stats``."""
         self._tick(stats, "fetching")
         self._walk_changes(stats, epoch_ms(cursor - self.overlap))
         in_jira = self.client.approximate_count(self._project_jql())
@@ -388,7 +388,11 @@ def run_project_sync(
     project_key = sync.key = stats.project_key = project.key
     sync.project_id = project.project_id
     try:
-        stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+        # The run counts into this one SyncStats: a failure below records what was done before it.
+        if kind == "full":
+            sync.full(stats)
+        else:
+            sync.incremental(stats, project.sync_cursor)
     except ShutdownRequested:
         sync.count_calls(stats)
         store.finish_sync_run(run, stats_fields(stats), error="interrupted by shutdown; handed back to the queue")

@@ -125,6 +125,16 @@ def test_a_failing_sync_is_recorded_and_shows_its_error(db, jira, jira_settings,
     assert SyncRun.get().state == "failed"
 
 
+def test_a_sync_failing_midway_records_what_it_did_before_the_failure(db, jira, jira_settings, redis_conn):
+    # One issue stays in issueErrors: the run fails after reading the other 1499 (no waits: sleep is a no-op).
+    jira.fail_issues(["DEMO-7"], times=-1)
+    with pytest.raises(SyncError, match="IssuesUnreadableError"):
+        sync(jira_settings, redis_conn, full=True, sleep=lambda seconds: None)
+    run = SyncRun.get()
+    assert run.state == "failed" and "IssuesUnreadableError" in run.error
+    assert run.issues_seen == 1499 and run.issues_written == 1499 and run.api_calls > 15
+
+
 def test_two_syncs_of_one_project_run_one_at_a_time(db, jira, jira_settings, redis_conn):
     jira.latency_ms = 20
     outcomes: list[object] = []
