@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
-                             settings_from_env)
+from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
+                                    settings_from_env)
 from mirror import shutdown
 from mirror.db import init_database
 from mirror.jira import JiraError
@@ -67,7 +67,7 @@ def _tracked(settings: Settings, keys: list[str], all_: bool) -> list[str]:
     return keys
 
 
-@main.command()
+@click.command()
 @click.argument("keys", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every tracked project.")
 @click.option("--full", is_flag=True, help="Every issue, and reconcile deletions (default: incremental).")
@@ -109,7 +109,7 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @fail_cleanly
 def schedule() -> None:
     """Run the clock: incremental syncs every SYNC_INTERVAL_SECONDS, a full sync daily."""
@@ -119,7 +119,7 @@ def schedule() -> None:
     sys.exit(run(settings_from_env()))
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def simulate(args: tuple[str, ...]) -> None:
     """Serve a simulated Jira Cloud site (for demos and tests); --help for its options."""

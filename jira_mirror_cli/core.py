@@ -6,14 +6,14 @@ import sys
 import click
 import peewee as pw
 
-from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
-                             settings_from_env)
+from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
+                                    settings_from_env)
 from mirror import schema, store
 from mirror.db import init_database
 from mirror.models import Issue, Project
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """The database schema."""
 
@@ -34,7 +34,7 @@ def db_upgrade() -> None:
         click.echo(f"schema upgraded from version {before} to {after}")
 
 
-@main.group()
+@click.group()
 def projects() -> None:
     """Tracked projects."""
 
@@ -136,7 +136,7 @@ def projects_untrack(keys: tuple[str, ...]) -> None:
         click.echo(f"{key}: {'untracked (rows kept; pending sync cancelled)' if stopped else 'was not tracked'}")
 
 
-@main.command()
+@click.command()
 @click.option("--queue", "queue_names", multiple=True, default=("issues",), show_default=True,
               type=click.Choice(["issues", "backfill"]), help="Queue(s) to work on.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")

@@ -9,8 +9,8 @@ from typing import Any, Iterator, Sequence
 
 import click
 
-from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
-                             settings_from_env)
+from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
+                                    settings_from_env)
 from mirror import metrics, users
 from mirror.db import init_database
 from mirror.redis_connection import redis_for
@@ -76,7 +76,7 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
         last = rows[-1][0]
 
 
-@main.group()
+@click.group()
 def issues() -> None:
     """Mirrored issues."""
 
@@ -116,7 +116,7 @@ def issues_export(projects: tuple[str, ...], include_deleted: bool) -> None:
 # --- failed jobs ------------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def failed() -> None:
     """Jobs that exhausted their retries."""
 
@@ -165,7 +165,7 @@ def failed_retry(job_ids: tuple[str, ...], all_: bool) -> None:
 # --- users and members ------------------------------------------------------------------------
 
 
-@main.group("users")
+@click.group("users")
 def users_group() -> None:
     """Jira users and how they match the team's members."""
 
@@ -219,7 +219,7 @@ def users_match(as_json: bool) -> None:
         click.echo("unknown users: run `jira-mirror users sync`")
 
 
-@main.group()
+@click.group()
 def members() -> None:
     """The team's member list."""
 

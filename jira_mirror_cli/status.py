@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from jira_mirror_cli import fail_cleanly, main, settings_from_env
+from jira_mirror_cli.common import fail_cleanly, settings_from_env
 from mirror.db import init_database
 from mirror.redis_connection import redis_for
 from workers import status as ops_status
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (datetimes ISO-8601 UTC).")
 @fail_cleanly
 def status(as_json: bool) -> None:

@@ -12,7 +12,8 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 
-from jira_mirror_cli import database_message, main
+from jira_mirror_cli import main
+from jira_mirror_cli.common import database_message
 from tests.conftest import free_port
 
 
