@@ -53,7 +53,3 @@ def init_database(url: str) -> pw.Database:
     db = open_database(url)
     database.initialize(db)
     return db
-
-
-def is_postgres() -> bool:
-    return isinstance(database.obj, pw.PostgresqlDatabase)

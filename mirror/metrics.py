@@ -115,10 +115,6 @@ JIRA_RESPONSES = Counter(
 COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED, JIRA_RESPONSES)
 HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
 
-DELIVERY_OUTCOMES = frozenset({
-    "accepted", "ignored", "duplicate", "unauthorized", "invalid", "too_large", "unsupported_media_type",
-    "queue_unavailable", "error",
-})
 _OUTCOME = re.compile(r"^[a-z][a-z_]{1,23}$")
 
 # Event names are an open set chosen by the sender (JIRA.md): keep Jira's families, fold the

@@ -63,10 +63,6 @@ def delivery_key(delivery_id: str) -> str:
     return DELIVERY_KEY.format(delivery_id)
 
 
-def seen_delivery(connection: Redis, delivery_id: str | None) -> bool:
-    return bool(delivery_id) and bool(connection.exists(delivery_key(delivery_id)))  # type: ignore[arg-type]
-
-
 def body_key(digest: str) -> str:
     """The Redis key that marks a body (its SHA-256, hex) as accepted within the replay window."""
     return BODY_KEY.format(digest)
