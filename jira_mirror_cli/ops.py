@@ -1,7 +1,6 @@
 """Operator commands: ``issues export``, ``failed list|retry``, ``users sync|match``, ``members import``."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ from jira_mirror_cli.common import (configure_logging, connect_redis, fail_clean
                                     settings_from_env)
 from mirror import metrics, users
 from mirror.db import init_database
+from mirror.issues import utc_iso
 from mirror.redis_connection import redis_for
 from mirror.models import Issue
 
@@ -28,13 +28,6 @@ EXPORT_COLUMNS = (
 
 
 # --- issues export ----------------------------------------------------------------------------
-
-
-def utc_iso(moment: dt.datetime | None) -> str | None:
-    """A stored (naive UTC) timestamp as ISO-8601 with ``Z``, to the millisecond."""
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted: bool = False,

@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 import orjson
 
@@ -68,6 +68,25 @@ def epoch_ms(moment: dt.datetime) -> int:
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@overload
+def utc_iso(moment: dt.datetime, *, timespec: str = ...) -> str: ...
+@overload
+def utc_iso(moment: None, *, timespec: str = ...) -> None: ...
+@overload
+def utc_iso(moment: dt.datetime | None, *, timespec: str = ...) -> str | None: ...
+
+
+def utc_iso(moment: dt.datetime | None, *, timespec: str = "milliseconds") -> str | None:
+    """A datetime as ISO-8601 UTC with ``Z`` (``2025-05-01T08:00:00.000Z``); naive values are UTC
+    (as the database stores them), None stays None. The one formatter of times for people and
+    programs: exports, logs, the status report. ``timespec`` as ``datetime.isoformat``'s."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec=timespec) + "Z"
 
 
 def _text(value: Any) -> str | None:

@@ -36,6 +36,8 @@ import threading
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
+from mirror.issues import utc_iso
+
 __all__ = [
     "JsonFormatter", "KeyValueFormatter", "bind", "bound", "configure", "formatter_from_env", "gunicorn_logconfig",
     "redact", "redact_settings", "unbind", "unconfigure",
@@ -95,8 +97,7 @@ def unbind(token: contextvars.Token[dict[str, Any]]) -> None:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return utc_iso(dt.datetime.fromtimestamp(record.created, dt.timezone.utc))
 
 
 # A ``key=`` inside a message: a lower-case name after a space (or at the start).

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.issues import IssueMappingError, parse_jira_datetime, to_row
+from mirror.issues import IssueMappingError, parse_jira_datetime, to_row, utc_iso
 from tests import factories
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -67,3 +67,11 @@ def test_to_row_refuses_missing_updated():
     del issue["fields"]["updated"]
     with pytest.raises(IssueMappingError, match="updated"):
         to_row("s", issue, source="webhook", event_ts=1)
+
+
+def test_utc_iso_writes_naive_and_aware_times_as_utc_with_z():
+    naive = dt.datetime(2025, 5, 1, 8, 0, 0, 123456)
+    aware = naive.replace(tzinfo=dt.timezone.utc).astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert utc_iso(naive) == utc_iso(aware) == "2025-05-01T08:00:00.123Z"
+    assert utc_iso(naive, timespec="seconds") == "2025-05-01T08:00:00Z"
+    assert utc_iso(None) is None

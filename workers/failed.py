@@ -7,7 +7,6 @@ coming back), and the job should ride that out like a fresh one.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any, Iterable
 
@@ -17,6 +16,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from mirror.issues import utc_iso
 from workers.queues import BACKFILL, ISSUES, queue
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,6 @@ def _last_line(text: str | None) -> str | None:
     return line if len(line) <= ERROR_LINE_LIMIT else line[: ERROR_LINE_LIMIT - 1] + "…"
 
 
-def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return moment.isoformat(timespec="seconds") + "Z"
-
-
 def _describe(registry: FailedJobRegistry, job_id: str, job: Job | None) -> dict[str, Any]:
     if job is None:
         return {"id": job_id, "queue": registry.name, "function": None, "description": None,
@@ -78,7 +70,7 @@ def _describe(registry: FailedJobRegistry, job_id: str, job: Job | None) -> dict
         "queue": registry.name,
         "function": job.func_name,
         "description": job.description,
-        "failed_at": _iso(job.ended_at),
+        "failed_at": utc_iso(job.ended_at, timespec="seconds"),
         "error": error,
     }
 

@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 
 from mirror import metrics
 from mirror.db import database, init_database
+from mirror.issues import utc_iso
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
 from mirror.redis_connection import redacted_url, tls_mode
@@ -105,7 +106,7 @@ def jsonable(value: Any) -> Any:
 
 
 def iso(moment: dt.datetime) -> str:
-    return utc(moment).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+    return utc_iso(moment, timespec="auto")
 
 
 def utc(value: Any) -> dt.datetime | None:
