@@ -119,7 +119,7 @@ def failed() -> None:
 @fail_cleanly
 def failed_list(as_json: bool) -> None:
     """Failed jobs: id, queue, function, description, when, last line of the error."""
-    from workers.failed import list_failed
+    from workers.status import list_failed
 
     jobs = list_failed(connect_redis(settings_from_env()))
     if as_json:

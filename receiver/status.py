@@ -22,7 +22,6 @@ from flask import (Blueprint, Response, current_app, flash, get_flashed_messages
 
 from mirror import metrics as counters
 from mirror.db import database
-from mirror.models import SyncRun
 from receiver import admin, auth
 from workers import status as ops_status
 from workers.failed import UnknownJobError
@@ -175,19 +174,14 @@ def _refused_deliveries(redis: Any) -> list[dict[str, Any]] | None:
 
 
 def _run_history(site: str, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The last HISTORY_LENGTH runs of each tracked project, newest first (from jira_sync_run)."""
-    history: dict[str, list[dict[str, Any]]] = {}
+    """The last HISTORY_LENGTH runs of each tracked project, newest first (the read model's)."""
+    keys = [project["key"] for project in report["projects"] if project["active"]]
     try:
         with database.connection_context():
-            for project in report["projects"]:
-                if not project["active"]:
-                    continue
-                runs = (SyncRun.select().where(SyncRun.site == site, SyncRun.project_key == project["key"])
-                        .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(HISTORY_LENGTH))
-                history[project["key"]] = [ops_status._run(run) for run in runs]  # type: ignore[misc]
+            return ops_status.run_history(site, keys, HISTORY_LENGTH)
     except Exception as exc:  # the database blinked after the report: no history this time
         log.info("run history unavailable error=%s", type(exc).__name__)
-    return history
+        return {}
 
 
 def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:

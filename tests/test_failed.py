@@ -12,6 +12,7 @@ from mirror.models import Issue
 from tests import factories, procs
 from tests.conftest import free_port
 from workers import failed, queues
+from workers import status as ops_status
 
 
 @pytest.fixture
@@ -71,17 +72,17 @@ def test_retry_by_id_across_queues_and_unknown_ids(runner, settings, redis_conn,
             description=f"bad on {name}")
         ids.append(job.id)
     drain((queues.ISSUES, queues.BACKFILL))
-    listed = failed.list_failed(redis_conn)
+    listed = ops_status.list_failed(redis_conn)
     assert {(j["id"], j["queue"]) for j in listed} == {(ids[0], "issues"), (ids[1], "backfill")}
     assert all("IssueMappingError" in j["error"] for j in listed)
 
     unknown = runner.invoke(main, ["failed", "retry", ids[1], "no-such-job"])
     assert unknown.exit_code == 1 and "no-such-job" in unknown.output and "nothing was retried" in unknown.output
-    assert len(failed.list_failed(redis_conn)) == 2  # all or nothing
+    assert len(ops_status.list_failed(redis_conn)) == 2  # all or nothing
 
     assert failed.retry_failed(redis_conn, [ids[1]]) == [ids[1]]
     assert redis_conn.llen("rq:queue:backfill") == 1
-    assert [j["id"] for j in failed.list_failed(redis_conn)] == [ids[0]]
+    assert [j["id"] for j in ops_status.list_failed(redis_conn)] == [ids[0]]
     with pytest.raises(ValueError):
         failed.retry_failed(redis_conn)
 

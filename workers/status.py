@@ -1,5 +1,12 @@
-"""Everything an operator looks at, gathered in one dict: the status page (``GET /``), the
-admin API's project list and ``jira-mirror status [--json]`` all read :func:`collect`.
+"""The operator read model: everything an operator looks at, in one module. The status page
+(``GET /``), the admin API's project list and ``jira-mirror status [--json]`` all read
+:func:`collect`; the page's run history reads :func:`run_history`; ``jira-mirror failed list``
+reads :func:`list_failed`, which describes a failed job as the report does (one describer).
+Acting on failed jobs (retry, discard) is ``workers.failed``'s.
+
+It lives in ``workers`` because it reads RQ's queues and registries, which ``workers`` owns
+(CONTRACT.md, Layout); ``mirror`` may not import ``workers`` (the import rule), and ``receiver``
+and the CLI may. Its database half reads only (``mirror.models``); it never writes.
 
 It never raises. The database, Redis and Jira are each asked separately; a part that fails is
 named in ``report["errors"]`` (``database``, ``redis``) or in ``report["jira"]["error"]``, and
@@ -14,7 +21,7 @@ import hashlib
 import json
 import logging
 import re
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 import peewee as pw
 from redis import Redis
@@ -120,10 +127,23 @@ def utc(value: Any) -> dt.datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+ERROR_LINE_LIMIT = 300
+
+
 def last_line(text: str | None) -> str | None:
-    """The last non-blank line of a traceback: the exception and its message."""
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
+    """The exception of a traceback on one line (``ExcType: message``, a multi-line message
+    joined), shortened to ERROR_LINE_LIMIT; the last non-empty line of anything else."""
+    if not text or not text.strip():
+        return None
+    lines = text.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    # Past the last frame come its source lines (indented), then the exception at column 0.
+    start = next((i for i, line in enumerate(tail) if line and not line[0].isspace()), None)
+    if start is None:
+        start = len(tail) - 1
+    line = " ".join(part.strip() for part in tail[start:] if part.strip())
+    return line if len(line) <= ERROR_LINE_LIMIT else line[: ERROR_LINE_LIMIT - 1] + "…"
 
 
 class _Parts:
@@ -263,7 +283,27 @@ def _webhook_activity(connection: Redis, now: dt.datetime) -> dict[str, Any]:
 # --- projects --------------------------------------------------------------------------------
 
 
-def _run(run: SyncRun | None) -> dict[str, Any] | None:
+def run_history(site: str, keys: list[str], length: int) -> dict[str, list[dict[str, Any]]]:
+    """The last ``length`` sync runs of each project in ``keys``, newest first (from jira_sync_run),
+    as :func:`run_summary` describes them. Needs a database connection; raises peewee errors."""
+    history = {}
+    for key in keys:
+        runs = (SyncRun.select().where(SyncRun.site == site, SyncRun.project_key == key)
+                .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(length))
+        history[key] = [run_summary(run) for run in runs]
+    return history
+
+
+@overload
+def run_summary(run: SyncRun) -> dict[str, Any]: ...
+@overload
+def run_summary(run: None) -> None: ...
+@overload
+def run_summary(run: SyncRun | None) -> dict[str, Any] | None: ...
+
+
+def run_summary(run: SyncRun | None) -> dict[str, Any] | None:
+    """One sync run for an operator: kind, state, times (aware UTC), duration, counts, error."""
     if run is None:
         return None
     started, finished = utc(run.started_at), utc(run.finished_at)
@@ -325,8 +365,8 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
             "last_error": p.last_error,
             "sync_cursor": utc(p.sync_cursor),
             "last_full_sync_at": utc(p.last_full_sync_at),
-            "last_incremental": _run(runs.get((p.key, "incremental"))),
-            "last_full": _run(runs.get((p.key, "full"))),
+            "last_incremental": run_summary(runs.get((p.key, "incremental"))),
+            "last_full": run_summary(runs.get((p.key, "full"))),
             "progress": None,
             "job": None,
         })
@@ -435,7 +475,23 @@ def _failed(connection: Redis) -> dict[str, Any]:
     return {"count": count, "jobs": jobs[:LIST_LIMIT]}
 
 
+def list_failed(connection: Redis) -> list[dict[str, Any]]:
+    """Every failed job of the ``issues`` and ``backfill`` queues, oldest failure first, as
+    ``jira-mirror failed list`` shows them: ``{id, queue, function, description, failed_at
+    (ISO-8601 UTC, seconds), error (last line)}``. Raises redis errors."""
+    jobs = []
+    for name in QUEUE_NAMES:
+        ids = FailedJobRegistry(queue=queue(name, connection)).get_job_ids()
+        fetched = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if ids else []
+        jobs.extend(_failed_job(name, job_id, job) for job_id, job in zip(ids, fetched))
+    listed = [{"id": j["id"], "queue": j["queue"], "function": j["function"], "description": j["description"],
+               "failed_at": utc_iso(j["ended_at"], timespec="seconds"), "error": j["error"]} for j in jobs]
+    listed.sort(key=lambda item: (item["failed_at"] or "", item["id"]))
+    return listed
+
+
 def _failed_job(queue_name: str, job_id: str, job: Job | None) -> dict[str, Any]:
+    """A failed job described for an operator (the report's entry; list_failed's, reshaped)."""
     entry: dict[str, Any] = {"id": job_id, "queue": queue_name, "function": None, "description": None,
                              "error": None, "ended_at": None, "enqueued_at": None}
     if job is None:
@@ -445,7 +501,10 @@ def _failed_job(queue_name: str, job_id: str, job: Job | None) -> dict[str, Any]
         entry["function"] = job.func_name
     except Exception:  # written with another serializer: still listed, and retryable
         entry["function"] = "(unreadable)"
-    result = job.latest_result()
+    try:
+        result = job.latest_result()
+    except Exception:  # an unreadable result still lists the job
+        result = None
     entry.update(
         description=job.description,
         error=last_line(getattr(result, "exc_string", None)) if result else None,
