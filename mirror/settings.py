@@ -17,7 +17,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # guessing it is hopeless (32 characters of token_urlsafe: 192 bits).
 MIN_ADMIN_TOKEN_LENGTH = 32
 
-_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
+# A Jira project key, as this product accepts it everywhere (settings, CLI, admin API, webhooks):
+# the one pattern, capped so that a key fits the database's key columns.
+PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("kv", "json")
 
@@ -58,7 +60,7 @@ def parse_project_keys(raw: str | None, *, name: str = "JIRA_PROJECTS") -> tuple
         key = part.strip().upper()
         if not key:
             continue
-        if not _PROJECT_KEY.match(key):
+        if not PROJECT_KEY.match(key):
             raise SettingsError(
                 f"{name}: {part.strip()!r} is not a Jira project key "
                 "(a letter, then letters, digits or underscores)"

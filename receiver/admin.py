@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -29,7 +28,7 @@ from redis.exceptions import RedisError
 from backfill.projects import JiraCheckError, QueueUnavailableError, UnknownProjectError
 from mirror import store
 from mirror.db import database
-from mirror.settings import Settings
+from mirror.settings import PROJECT_KEY, Settings
 from receiver import auth
 from receiver.errors import ApiError
 from workers import failed
@@ -38,7 +37,6 @@ from workers import status as ops_status
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 DISABLED = "the admin surface is disabled: set ADMIN_TOKEN to enable it"
 
 

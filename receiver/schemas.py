@@ -15,9 +15,9 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from mirror.issues import parse_jira_date
+from mirror.settings import PROJECT_KEY  # the one project-key pattern (capped)
 
 ISSUE_EVENTS = frozenset({"jira:issue_created", "jira:issue_updated", "jira:issue_deleted"})
-PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 
 

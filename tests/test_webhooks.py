@@ -166,6 +166,16 @@ def test_malformed_bodies_are_400_with_json_error(client, redis_conn, data, frag
     assert_nothing_written(redis_conn)
 
 
+def test_a_project_key_longer_than_any_accepted_elsewhere_is_400(client, redis_conn):
+    # One project-key pattern (mirror.settings.PROJECT_KEY) for settings, CLI, admin API and webhooks.
+    issue = factories.issue()
+    issue["fields"]["project"]["key"] = "A" * 256
+    raw, headers = factories.signed(factories.delivery(the_issue=issue), SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 400 and "error" in response.get_json()
+    assert_nothing_written(redis_conn)
+
+
 def test_deep_nesting_inside_an_object_is_400(client, redis_conn):
     data = b'{"webhookEvent": "jira:issue_updated", "timestamp": 1, "issue": ' + b'{"a":' * 50000 + b"1" + b"}" * 50001
     response = _raw(client, data)
