@@ -90,6 +90,27 @@ def db(settings: Settings):  # type: ignore[no-untyped-def]
     database.close()
 
 
+# What a CLI test must not inherit from the environment it runs in.
+CLI_UNSET = ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "JIRA_CLOUD_ID",
+             "ADMIN_TOKEN", "JIRA_WEBHOOK_SECRET", "DYNO", "REDIS_TLS_VERIFY")
+
+
+@pytest.fixture
+def runner(settings: Settings, db, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A click CliRunner whose commands see the test database and Redis and nothing of Jira
+    (a test sets JIRA_* itself); the log handler a command installs is removed afterwards."""
+    from click.testing import CliRunner
+
+    from mirror import logs
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    for name in CLI_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    yield CliRunner()
+    logs.unconfigure()
+
+
 @pytest.fixture
 def app(settings: Settings, db):  # type: ignore[no-untyped-def]
     from receiver import create_app

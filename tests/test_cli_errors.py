@@ -10,20 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
 from jira_mirror_cli.common import database_message
 from tests.conftest import free_port
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    for name in ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "DYNO", "REDIS_TLS_VERIFY"):
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
 
 
 def use_jira(monkeypatch, base_url: str, token: str = "sim-token") -> None:  # type: ignore[no-untyped-def]

@@ -5,11 +5,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
-from mirror import logs, store
+from mirror import store
 from mirror.issues import to_row
 from mirror.models import Issue
 from tests import factories, procs
@@ -18,16 +16,6 @@ FIELDS = {"issue_id", "key", "project_key", "summary", "status", "status_categor
           "assignee_account_id", "reporter_account_id", "labels", "created", "updated", "resolved", "deleted",
           "deleted_at"}
 T0 = dt.datetime(2025, 6, 1, 12, 0, 0)
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    monkeypatch.delenv("JIRA_BASE_URL", raising=False)
-    yield CliRunner()
-    logs.unconfigure()  # the command installed its log handler in this process
 
 
 def rows_of(output: str) -> list[dict]:

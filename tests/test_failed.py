@@ -3,25 +3,14 @@ and once the cause is fixed `jira-mirror failed retry` brings it back and it suc
 import json
 
 import pytest
-from click.testing import CliRunner
 from rq.registry import FailedJobRegistry
 
 from jira_mirror_cli import main
-from mirror import logs
 from mirror.models import Issue
 from tests import factories, procs
 from tests.conftest import free_port
 from workers import failed, queues
 from workers import status as ops_status
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    yield CliRunner()
-    logs.unconfigure()
 
 
 def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(runner, settings, redis_conn, tmp_path,

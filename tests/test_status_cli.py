@@ -8,8 +8,6 @@ import datetime as dt
 import time
 import json
 
-import pytest
-from click.testing import CliRunner
 from redis import Redis
 
 from jira_mirror_cli import main
@@ -22,16 +20,6 @@ from workers import status as ops_status
 from workers.queues import BACKFILL, ISSUES, queue
 
 UTC = dt.timezone.utc
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    for name in ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "ADMIN_TOKEN",
-                 "JIRA_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
 
 
 def _runs(site: str) -> None:

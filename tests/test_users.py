@@ -7,10 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
-from mirror import logs, metrics, store, users
+from mirror import metrics, store, users
 from mirror.issues import to_row
 from mirror.jira import JiraAuthError, JiraClient
 from mirror.models import Member, User
@@ -111,13 +110,10 @@ def jira():
 
 
 @pytest.fixture
-def runner(settings, db, jira, monkeypatch):
-    for name, value in {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-                        "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN}.items():
+def jira_env(jira, monkeypatch):
+    """The CLI's commands (conftest's ``runner``) talk to the simulated site."""
+    for name, value in {"JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    yield CliRunner()
-    logs.unconfigure()
 
 
 def test_sync_users_mirrors_every_page_with_hidden_emails_and_inactive_users(db, settings, jira):
@@ -222,7 +218,7 @@ def test_match_report_counts_distinct_live_assignees(db, settings, jira, tmp_pat
     assert (report["members"], report["users"]) == (3, 229)
 
 
-def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp_path):
+def test_cli_users_sync_import_and_match(runner, jira_env, settings, jira, redis_conn, tmp_path):
     jira.rate_limit_next = 1  # one 429: retried, and counted in the metrics
     synced = runner.invoke(main, ["users", "sync"])
     assert synced.exit_code == 0, synced.output
@@ -249,7 +245,7 @@ def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp
     assert as_json["matched"] == 1 and as_json["unmatched"] == 2
 
 
-def test_cli_users_errors_are_messages(runner, jira, tmp_path, monkeypatch):
+def test_cli_users_errors_are_messages(runner, jira_env, jira, tmp_path, monkeypatch):
     bad = tmp_path / "bad.csv"
     bad.write_text("email\nnope\n")
     malformed = runner.invoke(main, ["members", "import", str(bad)])
