@@ -3,6 +3,9 @@
 A key is checked with Jira first (``GET /rest/api/3/project/{projectIdOrKey}``): an unknown one
 is refused and nothing changes; a known one is tracked by its Jira id (a renamed key is then
 followed) and gets its full backfill at once. Untracking cancels the project's pending sync.
+:func:`queue_backfill` queues a sync of a tracked project. Every function raises the errors
+below, with the same words, whoever calls it; the callers only map them to a 4xx/5xx, a flash
+message or a CLI exit.
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ class JiraCheckError(RuntimeError):
 
 class QueueUnavailableError(RuntimeError):
     """Redis cannot take the job."""
+
+
+class NotTrackedError(LookupError):
+    """The project is not tracked (never, or untracked since)."""
 
 
 @dataclass
@@ -114,3 +121,21 @@ def untrack_project(settings: Settings, connection: Redis | None, key: str) -> b
             log.warning("pending sync not cancelled project=%s error=%s", key, type(exc).__name__)
     log.info("project untracked project=%s was_tracked=%s cancelled=%s", key, stopped, cancelled)
     return stopped
+
+
+def queue_backfill(settings: Settings, connection: Redis, key: str, *, full: bool) -> str:
+    """Queue a sync of the tracked project ``key`` on the ``backfill`` queue; returns the job id
+    (the one already waiting, if any). Raises NotTrackedError or QueueUnavailableError."""
+    from backfill.jobs import enqueue_sync  # the sync engine loads only when asked for
+
+    with database.connection_context():
+        tracked = key in store.tracked_keys(settings.site)
+    if not tracked:
+        raise NotTrackedError(f"project {key} is not tracked")
+    try:
+        job_id = enqueue_sync(connection, site=settings.site, project_key=key, full=full)
+    except RedisError as exc:
+        log.warning("backfill not enqueued project=%s error=%s", key, type(exc).__name__)
+        raise QueueUnavailableError("the queue is unavailable (Redis); try again") from None
+    log.info("backfill enqueued project=%s full=%s job=%s", key, full, job_id)
+    return job_id

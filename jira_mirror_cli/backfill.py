@@ -76,6 +76,7 @@ def _tracked(settings: Settings, keys: list[str], all_: bool) -> list[str]:
 def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> None:
     """Sync projects from Jira (enqueued on the `backfill` queue unless --inline)."""
     from backfill import jobs
+    from backfill.projects import NotTrackedError, QueueUnavailableError, queue_backfill
     from backfill.sync import SyncError
 
     settings = settings_from_env()
@@ -83,7 +84,10 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
     connection = connect_redis(settings)
     if not inline:
         for key in wanted:
-            job_id = jobs.enqueue_sync(connection, site=settings.site, project_key=key, full=full)
+            try:
+                job_id = queue_backfill(settings, connection, key, full=full)
+            except (NotTrackedError, QueueUnavailableError) as exc:
+                raise click.ClickException(str(exc)) from None
             click.echo(f"{key}: {'full' if full else 'incremental'} sync enqueued (job {job_id})")
         return
     if not settings.jira_configured:

@@ -23,11 +23,9 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from redis import Redis
-from redis.exceptions import RedisError
 
-from backfill.projects import JiraCheckError, QueueUnavailableError, UnknownProjectError
-from mirror import store
-from mirror.db import database
+from backfill.projects import (JiraCheckError, NotTrackedError, QueueUnavailableError, UnknownProjectError,
+                               queue_backfill)
 from mirror.settings import PROJECT_KEY, Settings
 from receiver import auth
 from receiver.errors import ApiError
@@ -40,12 +38,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 DISABLED = "the admin surface is disabled: set ADMIN_TOKEN to enable it"
 
 
-class NotTrackedError(LookupError):
-    """The project is not tracked (never, or untracked since)."""
-
-
-# QueueUnavailableError, UnknownProjectError, JiraCheckError: backfill.projects' own, imported
-# above, so that the page and the API catch what the one tracking function raises.
+# NotTrackedError, QueueUnavailableError, UnknownProjectError, JiraCheckError: backfill.projects'
+# own, imported above, so that the page and the API catch what the one tracking service raises.
 
 
 # --- operations (the API and the page's buttons) ---------------------------------------------
@@ -67,26 +61,10 @@ def normalise_key(raw: Any) -> str | None:
     return key if PROJECT_KEY.match(key) else None
 
 
-def _enqueue(key: str, *, full: bool) -> str:
-    from backfill.jobs import enqueue_sync  # the sync engine loads only when asked for
-
-    try:
-        return enqueue_sync(_redis(), site=_settings().site, project_key=key, full=full)
-    except RedisError as exc:
-        log.warning("backfill not enqueued project=%s error=%s", key, type(exc).__name__)
-        raise QueueUnavailableError("the queue is unavailable (Redis); try again") from None
-
-
 def backfill(key: str, *, full: bool) -> str:
     """Enqueue a sync of a tracked project; returns the job id. Raises NotTrackedError,
-    QueueUnavailableError."""
-    with database.connection_context():
-        tracked = key in store.tracked_keys(_settings().site)
-    if not tracked:
-        raise NotTrackedError(f"project {key} is not tracked")
-    job_id = _enqueue(key, full=full)
-    log.info("backfill enqueued project=%s full=%s job=%s", key, full, job_id)
-    return job_id
+    QueueUnavailableError (backfill.projects.queue_backfill)."""
+    return queue_backfill(_settings(), _redis(), key, full=full)
 
 
 def track(key: str) -> tuple[bool, str | None]:
