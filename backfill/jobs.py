@@ -184,7 +184,7 @@ def write_progress(connection: Redis, site: str, key: str, values: dict[str, Any
 
 def read_progress(connection: Redis, site: str, key: str) -> dict[str, Any]:
     raw = connection.hgetall(PROGRESS_KEY.format(site=site, key=key))
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
+    return {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in raw.items()}
 
 
 PROGRESS_LOG_SECONDS = 10.0  # a full sync logs its progress this often, and at each new phase

@@ -32,6 +32,7 @@ import peewee as pw
 
 from mirror import store
 from mirror.shutdown import ShutdownRequested
+from mirror.db import tuples
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
 from mirror.models import Issue, Project, SyncRun
@@ -280,7 +281,7 @@ class ProjectSync:
         mirror when the project is not tracked; absent from that read too -> soft-deleted (two
         complete answers agree), as are ``gone`` (confirmed by a 404)."""
         self._tick(stats, "reconciling")
-        extra = [issue_id for (issue_id,) in Issue.select(Issue.issue_id).where(self._project_rows()).tuples()
+        extra = [issue_id for (issue_id,) in tuples(Issue.select(Issue.issue_id).where(self._project_rows()))
                  if issue_id not in listed]
         gone = gone + self._read(stats, extra)
         if gone:
@@ -392,6 +393,7 @@ def run_project_sync(
         if kind == "full":
             sync.full(stats)
         else:
+            assert project.sync_cursor is not None  # "incremental" is chosen only when there is one
             sync.incremental(stats, project.sync_cursor)
     except ShutdownRequested:
         sync.count_calls(stats)

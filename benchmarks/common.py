@@ -91,7 +91,7 @@ def median(values: Iterable[float]) -> float:
 # --- services ------------------------------------------------------------------------------------
 
 
-def redis_client(url: str = REDIS_URL):  # type: ignore[no-untyped-def]
+def redis_client(url: str = REDIS_URL):
     from redis import Redis
 
     conn = Redis.from_url(url)

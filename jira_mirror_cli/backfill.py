@@ -19,12 +19,12 @@ from mirror.settings import Settings
 class ProgressLine:
     """One line of progress: issues done / estimate, rate, ETA; rewritten in place on a TTY."""
 
-    def __init__(self, key: str, stream=None):  # type: ignore[no-untyped-def]
+    def __init__(self, key: str, stream=None):
         self.key, self.stream = key, stream or sys.stderr
         self.tty = self.stream.isatty()
         self.last = 0.0
 
-    def __call__(self, stats) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, stats) -> None:
         now = time.monotonic()
         if now - self.last < (0.2 if self.tty else 5.0) and stats.phase != "done":
             return
@@ -130,7 +130,7 @@ def simulate(args: tuple[str, ...]) -> None:
     sys.exit(load_simulator().main(list(args)))
 
 
-def load_simulator():  # type: ignore[no-untyped-def]
+def load_simulator():
     """The bundled Jira simulator, from the repository checkout this CLI runs from.
 
     The simulator is a development tool: it is not in the installed package (a generic

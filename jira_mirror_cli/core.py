@@ -9,7 +9,7 @@ import peewee as pw
 from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
                                     settings_from_env)
 from mirror import schema, store
-from mirror.db import init_database
+from mirror.db import init_database, tuples
 from mirror.models import Issue, Project
 
 
@@ -50,12 +50,11 @@ def projects_list(remote: bool) -> None:
         return
     database = init_database(settings.database_url)
     with database.connection_context():
-        counts = dict(
+        counts = dict(tuples(
             Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
             .where(Issue.site == settings.site, Issue.deleted_at.is_null())
             .group_by(Issue.project_key)
-            .tuples()
-        )
+        ))
         rows = list(Project.select().where(Project.site == settings.site).order_by(Project.key))
     if not rows:
         click.echo("no projects tracked: jira-mirror projects track KEY")
@@ -97,7 +96,7 @@ def projects_track(keys: tuple[str, ...]) -> None:
         raise click.ClickException(f"not tracked: {', '.join(refused)}")
 
 
-def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
+def _list_remote(settings) -> None:
     from mirror.jira import JiraError
 
     if not settings.jira_configured:

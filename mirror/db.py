@@ -6,6 +6,7 @@ the CLI can share one file); PostgreSQL is the production database.
 from __future__ import annotations
 
 import os
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -46,6 +47,12 @@ def open_database(url: str) -> pw.Database:
     if scheme in ("postgres", "postgresql"):
         return connect_url(url, field_types=FIELD_TYPES["postgres"])
     raise DatabaseURLError(f"DATABASE_URL: unsupported scheme {scheme!r} (sqlite, postgres, postgresql)")
+
+
+def tuples(query: Any) -> Iterator[tuple[Any, ...]]:
+    """The rows of a peewee query as tuples: ``query.tuples()``, typed as what it yields (peewee's
+    own annotations say model instances)."""
+    return iter(query.tuples())
 
 
 def init_database(url: str) -> pw.Database:

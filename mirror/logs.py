@@ -235,7 +235,7 @@ def quiet_noisy_loggers() -> None:
             logger.setLevel(floor)
 
 
-class StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StandardStreamHandler(logging.StreamHandler):
     """Writes to ``sys.stdout`` or ``sys.stderr`` as they are when a record is emitted, not when
     the handler was made (so a replaced stream, as in click's test runner, is never written
     after it is closed)."""
@@ -244,9 +244,9 @@ class StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._stream_name = name
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
-        return getattr(sys, self._stream_name)  # type: ignore[no-any-return]
+        return getattr(sys, self._stream_name)
 
     @stream.setter
     def stream(self, value: IO[str]) -> None:

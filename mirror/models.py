@@ -48,6 +48,9 @@ class JSONField(pw.Field):
 
 
 class BaseModel(pw.Model):
+    # peewee adds this auto-increment primary key itself; declared so that the type checker knows it.
+    id: Any
+
     class Meta:
         database = database
         legacy_table_names = False

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
-from mirror.db import database
+from mirror.db import database, tuples
 from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
@@ -136,8 +136,8 @@ class Scope:
 
     @classmethod
     def of(cls, site: str) -> "Scope":
-        return cls(Project.select(Project.project_id, Project.key).where(Project.site == site, Project.is_active)
-                   .tuples())
+        return cls(tuples(Project.select(Project.project_id, Project.key).where(Project.site == site,
+                                                                                Project.is_active)))
 
     def holds(self, row: dict[str, Any]) -> bool:
         project_id, key = row.get("project_id"), row.get("project_key")
@@ -237,7 +237,7 @@ def track_new_projects(site: str, keys: Iterable[str]) -> list[str]:
     project has them as key or former key), so that a project untracked since stays untracked.
     Returns the keys tracked now."""
     seen: set[str] = set()
-    for key, former in Project.select(Project.key, Project.former_keys).where(Project.site == site).tuples():
+    for key, former in tuples(Project.select(Project.key, Project.former_keys).where(Project.site == site)):
         seen.add(key)
         seen.update(former or [])
     fresh = [key for key in keys if key not in seen]

@@ -159,7 +159,7 @@ def _require_token() -> None:
 
 
 @bp.after_request
-def _no_store(response):  # type: ignore[no-untyped-def]
+def _no_store(response):
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -181,7 +181,7 @@ def _key_from_url(raw: str) -> str:
 
 
 @bp.post("/backfill")
-def post_backfill():  # type: ignore[no-untyped-def]
+def post_backfill():
     body = _json_body()
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object: {"project": "KEY", "full": true}')
@@ -199,7 +199,7 @@ def post_backfill():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/projects")
-def get_projects():  # type: ignore[no-untyped-def]
+def get_projects():
     report = ops_status.collect(_settings(), _redis(), jira=False)
     if "database" in report["errors"]:
         raise ApiError(503, f"the database is unavailable: {report['errors']['database']}")
@@ -207,7 +207,7 @@ def get_projects():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/track")
-def post_track(raw_key: str):  # type: ignore[no-untyped-def]
+def post_track(raw_key: str):
     key = _key_from_url(raw_key)
     try:
         started, job_id = track(key)
@@ -220,7 +220,7 @@ def post_track(raw_key: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/untrack")
-def post_untrack(raw_key: str):  # type: ignore[no-untyped-def]
+def post_untrack(raw_key: str):
     key = _key_from_url(raw_key)
     was_tracked = untrack(key)
     return jsonify({"project": key, "tracked": False, "was_tracked": was_tracked}), 200

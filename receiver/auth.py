@@ -232,6 +232,8 @@ def _session_alive() -> bool:
     except Exception:  # no Redis, no session: fail closed
         log.warning("session not checked: redis unavailable")
         return False
+    if isinstance(recorded, str):  # a connection built with decode_responses
+        recorded = recorded.encode()
     return recorded is not None and hmac.compare_digest(recorded, _fingerprint().encode())
 
 

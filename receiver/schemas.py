@@ -97,7 +97,7 @@ class IssueSchema(_Open):
     id = IssueId(required=True)
     key = fields.String(required=True, validate=validate.Regexp(ISSUE_KEY, error="Not a Jira issue key."))
     self = fields.String(allow_none=True)
-    fields = fields.Nested(IssueFieldsSchema, required=True)
+    fields = fields.Nested(IssueFieldsSchema, required=True)  # type: ignore[assignment]  # Jira names it so
 
 
 class ChangelogItemSchema(_Open):

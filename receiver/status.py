@@ -53,7 +53,7 @@ def _message(title: str, text: str, status: int, *, login_link: bool = False) ->
 
 
 @bp.before_request
-def _gate():  # type: ignore[no-untyped-def]
+def _gate():
     """Disabled surface and query-string tokens, before anything else is looked at."""
     if not auth.admin_token():
         return _message("Admin surface disabled", admin.DISABLED, 404)
@@ -84,14 +84,14 @@ class Throttled(Exception):
 
 
 @bp.errorhandler(Throttled)
-def _throttled(exc: Throttled):  # type: ignore[no-untyped-def]
+def _throttled(exc: Throttled):
     response = _message("Too many wrong tokens", "Too many wrong admin tokens lately: try again in "
                         f"{max(1, exc.retry_after // 60)} minutes.", 429)
     response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 
-def _refused():  # type: ignore[no-untyped-def]
+def _refused():
     """A wrong bearer token is told so; a browser without a session goes to the login form."""
     if auth.has_authorization_header():
         return _message("Wrong token", "The Authorization header does not carry the admin token.", 401,
@@ -99,7 +99,7 @@ def _refused():  # type: ignore[no-untyped-def]
     return redirect(url_for("status.login"), 303 if request.method == "POST" else 302)
 
 
-def _checked_post():  # type: ignore[no-untyped-def]
+def _checked_post():
     """None when the post may proceed; otherwise the answer (login redirect, or 400 bad CSRF)."""
     if not _authenticated():
         return _refused()
@@ -111,7 +111,7 @@ def _checked_post():  # type: ignore[no-untyped-def]
     return None
 
 
-def _back():  # type: ignore[no-untyped-def]
+def _back():
     return redirect(url_for("status.page"), 303)
 
 
@@ -119,7 +119,7 @@ def _back():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/")
-def page():  # type: ignore[no-untyped-def]
+def page():
     if not _authenticated():
         return _refused()
     settings = current_app.extensions["settings"]
@@ -222,14 +222,14 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
 
 
 @bp.get("/login")
-def login():  # type: ignore[no-untyped-def]
+def login():
     if auth.logged_in():
         return redirect(url_for("status.page"))
     return _page("login.html", csrf_token=auth.csrf_token(), error=None)
 
 
 @bp.post("/login")
-def login_post():  # type: ignore[no-untyped-def]
+def login_post():
     if not auth.csrf_ok():
         return _page("login.html", 400, csrf_token=auth.csrf_token(),
                      error="The form expired or came from elsewhere; it has been renewed: enter the token again.")
@@ -253,7 +253,7 @@ def login_post():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     if auth.logged_in() and not auth.csrf_ok():
         return _message("Form refused", "The form's CSRF token is missing or wrong; you are still logged in.", 400)
     auth.log_out()
@@ -263,7 +263,7 @@ def logout():  # type: ignore[no-untyped-def]
 # --- buttons ---------------------------------------------------------------------------------
 
 
-def _operation(func, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
+def _operation(func, *args: Any, **kwargs: Any) -> Any:
     """Run an operation; its expected failures become a flashed error (None returned)."""
     try:
         return func(*args, **kwargs)
@@ -278,7 +278,7 @@ def _operation(func, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyp
 
 
 @bp.post("/projects/track")
-def track():  # type: ignore[no-untyped-def]
+def track():
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -295,7 +295,7 @@ def track():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/backfill")
-def backfill(raw_key: str):  # type: ignore[no-untyped-def]
+def backfill(raw_key: str):
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -314,7 +314,7 @@ def backfill(raw_key: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/untrack")
-def untrack(raw_key: str):  # type: ignore[no-untyped-def]
+def untrack(raw_key: str):
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -329,7 +329,7 @@ def untrack(raw_key: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/failed/retry")
-def retry():  # type: ignore[no-untyped-def]
+def retry():
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -346,7 +346,7 @@ def retry():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/failed/discard")
-def discard():  # type: ignore[no-untyped-def]
+def discard():
     refused = _checked_post()
     if refused is not None:
         return refused

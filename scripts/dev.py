@@ -134,7 +134,7 @@ def second_terminal(env: dict[str, str], parent: dict[str, str], *, simulated: b
     return lines
 
 
-def pump(name: str, colour: str, stream) -> None:  # type: ignore[no-untyped-def]
+def pump(name: str, colour: str, stream) -> None:
     for raw in iter(stream.readline, b""):
         sys.stdout.write(f"{colour}{name:>8} |{RESET} {raw.decode(errors='replace')}")
         sys.stdout.flush()

@@ -44,7 +44,7 @@ def redis_answers(host: str, port: int) -> bool:
         return False
 
 
-def wait(check, seconds: float = 10) -> bool:  # type: ignore[no-untyped-def]
+def wait(check, seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():

@@ -312,8 +312,8 @@ def parse_date(text: str, *, tz: str, now_ms: int, field: str = "updated") -> in
     if m:
         total = sum(int(n) * _UNIT_MS[u.lower()] for n, u in _PERIOD_PART.findall(m.group(2)))
         # Minute precision, like every JQL date: "now" is the start of the current minute.
-        minute = now_ms - now_ms % 60_000
-        return minute - total if m.group(1) == "-" else minute + total
+        this_minute = now_ms - now_ms % 60_000
+        return this_minute - total if m.group(1) == "-" else this_minute + total
     m = _DATE.match(s)
     if m:
         year, _sep, month, day, hour, minute = m.groups()
@@ -478,12 +478,12 @@ def _sort_key(order: Sequence[tuple[str, bool]], ranks: dict[str, int]) -> SortK
             getters.append(_attr_getter(name, sign))
         elif name == "id":
             has_id = True
-            getters.append(lambda v, s=sign: s * int(v.id))
+            getters.append(_signed(lambda v: int(v.id), sign))
         elif name == "project":
-            getters.append(lambda v, s=sign: s * ranks.get(v.project, -1))
+            getters.append(_signed(lambda v: ranks.get(v.project, -1), sign))
         else:  # key: project (by key) then number, as Jira sorts keys
-            getters.append(lambda v, s=sign: s * ranks.get(v.project, -1))
-            getters.append(lambda v, s=sign: s * v.num)
+            getters.append(_signed(lambda v: ranks.get(v.project, -1), sign))
+            getters.append(_signed(lambda v: v.num, sign))
     if not has_id:
         getters.append(lambda v: int(v.id))
     # Unrolled for the usual lengths: this runs once per matching issue per uncached search.
@@ -494,6 +494,11 @@ def _sort_key(order: Sequence[tuple[str, bool]], ranks: dict[str, int]) -> SortK
         g1, g2, g3 = getters
         return lambda v: (g1(v), g2(v), g3(v))
     return lambda v: tuple([g(v) for g in getters])
+
+
+def _signed(getter: Callable[[IssueVersion], int], sign: int) -> Callable[[IssueVersion], int]:
+    """``getter`` times ``sign`` (-1 sorts descending)."""
+    return lambda version: sign * getter(version)
 
 
 def _attr_getter(name: str, sign: int) -> Callable[[IssueVersion], int]:

@@ -436,7 +436,7 @@ class Site:
         """The current versions of all live issues (of one project if given)."""
         with self._lock:
             out = [h[-1][1] for h in self._history.values() if h[-1][1] is not None]
-        return [v for v in out if project is None or v.project == project]  # type: ignore[union-attr]
+        return [v for v in out if project is None or v.project == project]
 
     def history(self, issue_id: str) -> list[tuple[int, IssueVersion | None]]:
         """Every kept version of an issue with the time (ms) it became current."""
@@ -864,7 +864,7 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
     """Jira changelog items for the difference between two versions of an issue."""
 
     def user_name(account_id: str | None) -> str | None:
-        return users[account_id].display_name if account_id in users else None
+        return users[account_id].display_name if account_id is not None and account_id in users else None
 
     items: list[dict[str, Any]] = []
     if a.project != b.project:

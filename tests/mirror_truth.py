@@ -12,7 +12,7 @@ def _utc(ms: int | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).replace(tzinfo=None)
 
 
-def differences(site, projects: list[str], *, site_name: str) -> list[str]:  # type: ignore[no-untyped-def]
+def differences(site, projects: list[str], *, site_name: str) -> list[str]:
     """Human-readable differences between the simulator and the mirror for ``projects``
     (empty when they are equal): every live issue present and equal, every other row deleted."""
     truth = {v.id: v for project in projects for v in site.current(project)}

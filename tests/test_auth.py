@@ -10,12 +10,12 @@ from tests.test_status_page import TOKEN, csrf_of, log_in
 
 
 @pytest.fixture
-def app(settings, db):  # type: ignore[no-untyped-def]
+def app(settings, db):
     return create_app(dataclasses.replace(settings, admin_token=TOKEN))
 
 
 @pytest.fixture
-def fast_throttle(monkeypatch):  # type: ignore[no-untyped-def]
+def fast_throttle(monkeypatch):
     monkeypatch.setattr(auth, "SLOW_DOWN_SECONDS", 0.3)
 
 
@@ -25,17 +25,17 @@ def _from(address: str) -> dict[str, str]:
     return {"X-Forwarded-For": address}
 
 
-def _login(client, token: str, address: str):  # type: ignore[no-untyped-def]
+def _login(client, token: str, address: str):
     form = client.get("/login", headers=_from(address))
     return client.post("/login", headers=_from(address),
                        data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token})
 
 
-def _api(client, token: str, address: str):  # type: ignore[no-untyped-def]
+def _api(client, token: str, address: str):
     return client.get("/admin/projects", headers={"Authorization": f"Bearer {token}", **_from(address)})
 
 
-def _timed(call):  # type: ignore[no-untyped-def]
+def _timed(call):
     started = time.monotonic()
     answer = call()
     return answer, time.monotonic() - started

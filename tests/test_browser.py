@@ -33,7 +33,7 @@ TOKEN = "browser-admin-token-long-enough-for-start"
 
 
 @pytest.fixture
-def jira_site():  # type: ignore[no-untyped-def]
+def jira_site():
     """A small simulated site (overrides conftest's): a full sync takes a moment."""
     from simulator import Site
 
@@ -41,7 +41,7 @@ def jira_site():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def chromium():  # type: ignore[no-untyped-def]
+def chromium():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
     from playwright.sync_api import sync_playwright
@@ -54,16 +54,16 @@ def chromium():  # type: ignore[no-untyped-def]
             browser.close()
 
 
-def _jira_env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _jira_env(settings) -> dict[str, str]:
     return {"ADMIN_TOKEN": TOKEN, "JIRA_BASE_URL": settings.jira_base_url, "JIRA_EMAIL": settings.jira_email,
             "JIRA_API_TOKEN": settings.jira_api_token}
 
 
-def _cell(page, key: str, label: str) -> str:  # type: ignore[no-untyped-def]
+def _cell(page, key: str, label: str) -> str:
     return page.locator(f'#project-{key} td[data-label="{label}"]').inner_text().strip()
 
 
-def _wait_for_full_sync(page, key: str, worker, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_full_sync(page, key: str, worker, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page.reload()

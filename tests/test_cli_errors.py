@@ -16,7 +16,7 @@ from jira_mirror_cli.common import database_message
 from tests.conftest import free_port
 
 
-def use_jira(monkeypatch, base_url: str, token: str = "sim-token") -> None:  # type: ignore[no-untyped-def]
+def use_jira(monkeypatch, base_url: str, token: str = "sim-token") -> None:
     monkeypatch.setenv("JIRA_BASE_URL", base_url)
     monkeypatch.setenv("JIRA_EMAIL", "sim@example.com")
     monkeypatch.setenv("JIRA_API_TOKEN", token)

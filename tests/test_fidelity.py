@@ -19,7 +19,7 @@ from workers import refresh
 
 
 @pytest.fixture
-def jira_site():  # type: ignore[no-untyped-def]
+def jira_site():
     """Small projects keep these tests fast: DEMO (tracked), OPS and OTHER (not tracked)."""
     from simulator import Site
 

@@ -175,7 +175,7 @@ def handed_back() -> dict:
     return {"project": "DEMO", "handed_back": "job-2"}
 
 
-def _run_in_worker(settings, redis_conn, func: str) -> None:  # type: ignore[no-untyped-def]
+def _run_in_worker(settings, redis_conn, func: str) -> None:
     from workers.queues import ISSUES, queue
     from workers.worker import build_worker
 

@@ -10,7 +10,7 @@ from tests.mirror_truth import differences
 from workers import jobs, refresh
 
 
-def signed_request(jira, event):  # type: ignore[no-untyped-def]
+def signed_request(jira, event):
     """The delivery Jira would send for a simulator mutation: (body, headers)."""
     from simulator.webhooks import issue_payload, sign
 

@@ -43,7 +43,7 @@ class TlsRedisServer:
         self.stop()
         raise RuntimeError("the TLS redis-server did not start (is redis-server built with TLS?)")
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         """A client that trusts this server's own certificate (the test's view, not the app's)."""
         from redis import Redis
 

@@ -173,7 +173,7 @@ def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError
-        return JSONSerializer.dumps(value)  # type: ignore[no-any-return]
+        return JSONSerializer.dumps(value)
 
 
 def enqueue_issue_jobs(

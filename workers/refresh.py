@@ -185,7 +185,7 @@ def refresh_pending(connection: Redis, client: JiraClient, site: str, *, owner: 
             raise
         done(connection, site, [i for i in ids if i not in errored], owner=owner)
         if errored:
-            release(connection, site, errored, owner=owner)
+            release(connection, site, sorted(errored), owner=owner)
             unreturned.extend(errored)
             break  # they would be claimed again at once: RQ's retry waits first
     if unreturned:

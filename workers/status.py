@@ -31,7 +31,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegi
 from rq.serializers import JSONSerializer
 
 from mirror import metrics
-from mirror.db import database, init_database
+from mirror.db import database, init_database, tuples
 from mirror.issues import utc_iso
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
@@ -95,8 +95,10 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
     if redis_ok:
         for project in report["projects"]:
             parts.run("redis", lambda: project.update(_activity(connection, settings.site, project)), None)
-        report["queues"] = parts.run("redis", lambda: _queues(connection, now), {})
-        report["workers"] = parts.run("redis", lambda: _workers(connection), [])
+        no_queues: dict[str, dict[str, Any]] = {}
+        no_workers: list[dict[str, Any]] = []
+        report["queues"] = parts.run("redis", lambda: _queues(connection, now), no_queues)
+        report["workers"] = parts.run("redis", lambda: _workers(connection), no_workers)
         report["failed"] = parts.run("redis", lambda: _failed(connection), report["failed"])
     return report
 
@@ -325,17 +327,17 @@ def run_summary(run: SyncRun | None) -> dict[str, Any] | None:
 
 def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     live = Issue.deleted_at.is_null()
-    counts = dict(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                  .where(Issue.site == site, live).group_by(Issue.project_key).tuples())
-    deleted = dict(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                   .where(Issue.site == site, ~live).group_by(Issue.project_key).tuples())
-    newest = dict(Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
-                  .where(Issue.site == site).group_by(Issue.project_key).tuples())
+    counts = dict(tuples(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+                         .where(Issue.site == site, live).group_by(Issue.project_key)))
+    deleted = dict(tuples(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+                          .where(Issue.site == site, ~live).group_by(Issue.project_key)))
+    newest = dict(tuples(Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
+                         .where(Issue.site == site).group_by(Issue.project_key)))
     # Lag is the time since the last successful sync (any kind): a quiet project that syncs is
     # not behind, however old its newest change.
-    succeeded = dict(SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
-                     .where(SyncRun.site == site, SyncRun.state == "succeeded").group_by(SyncRun.project_key)
-                     .tuples())
+    succeeded = dict(tuples(SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
+                            .where(SyncRun.site == site, SyncRun.state == "succeeded")
+                            .group_by(SyncRun.project_key)))
 
     # The latest run of each (project, kind): one query, whatever the number of projects.
     latest = (SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
@@ -379,7 +381,7 @@ def _activity(connection: Redis, site: str, project: dict[str, Any]) -> dict[str
     progress = {}
     for k, v in raw.items():
         try:
-            progress[k.decode()] = json.loads(v)
+            progress[k.decode() if isinstance(k, bytes) else k] = json.loads(v)
         except ValueError:
             continue
     out: dict[str, Any] = {"progress": progress or None}
@@ -479,7 +481,7 @@ def list_failed(connection: Redis) -> list[dict[str, Any]]:
     """Every failed job of the ``issues`` and ``backfill`` queues, oldest failure first, as
     ``jira-mirror failed list`` shows them: ``{id, queue, function, description, failed_at
     (ISO-8601 UTC, seconds), error (last line)}``. Raises redis errors."""
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for name in QUEUE_NAMES:
         ids = FailedJobRegistry(queue=queue(name, connection)).get_job_ids()
         fetched = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if ids else []

@@ -189,7 +189,7 @@ class MirrorWorker(SimpleWorker):
                 rq_queue.intermediate_queue.cleanup(self, rq_queue)
             finally:
                 rq_queue.release_maintenance_lock()
-        self.last_cleaned_at = rq_now()
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # RQ annotates it None
 
     # --- batches -------------------------------------------------------------------------------
     # A webhook job is one small upsert: run one at a time, RQ's bookkeeping (about ten Redis
