@@ -1,6 +1,6 @@
 """The JQL sync engine: full sync with reconciliation, and incremental sync.
 
-Jira facts behind it (JIRA.md, "Search and reads"):
+Jira facts behind it (docs/jira.md, "Search and reads"):
 
 * ``search/jql`` pages through ``nextPageToken``; pages of ids alone go up to 5000, so a
   project's complete id list costs issues/5000 calls. Details come from ``issue/bulkfetch``
@@ -145,7 +145,7 @@ class ProjectSync:
         self.progress(stats)
 
     def _project_jql(self) -> str:
-        # By id when known: a renamed key is followed (JIRA.md, "Search and reads").
+        # By id when known: a renamed key is followed (docs/jira.md, "Search and reads").
         return f"project = {self.project_id}" if self.project_id else f"project = {_quote_key(self.key)}"
 
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
@@ -309,7 +309,7 @@ class ProjectSync:
         changes (or moves out, or is deleted) between two page fetches shifts the rest, and an
         issue is skipped. So each page after the first is a *new* search from the newest
         ``updated`` read so far (keyset): everything older was on the pages read. A bare number
-        in JQL is epoch milliseconds (JIRA.md), exact and free of the user's time zone. Only a
+        in JQL is epoch milliseconds (docs/jira.md), exact and free of the user's time zone. Only a
         page whose issues all share one millisecond goes on with the token.
         """
         lower, token = since_ms, None

@@ -1,4 +1,4 @@
-"""The ``jira-mirror`` command line (CONTRACT.md, "CLI").
+"""The ``jira-mirror`` command line (docs/contract.md, "CLI").
 
 The commands live in one module per subject (``core``, ``backfill``, ``status``, ``ops``), as plain
 click commands; they import only ``jira_mirror_cli.common``, never this package's ``main``, so no

@@ -1,6 +1,6 @@
 """Mapping a Jira issue (REST JSON) to a ``jira_issue`` row: pure, no I/O.
 
-Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, JIRA.md,
+Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, docs/jira.md,
 "Webhooks"); every timestamp is normalised here to naive UTC, the form the table stores.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ _NOT_CONTENT = frozenset({"site", "issue_id", "synced_at", "source", "event_ts",
 
 def content_hash(row: Mapping[str, Any]) -> str:
     """A digest of what a row shows (every column but the bookkeeping ones): two versions with
-    the same digest are the same row (CONTRACT.md invariant 8: write only what changed)."""
+    the same digest are the same row (docs/contract.md invariant 8: write only what changed)."""
     content = {k: v for k, v in row.items() if k not in _NOT_CONTENT}
     try:  # orjson: fast, but it refuses integers beyond 64 bits; the json module keeps them
         text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)

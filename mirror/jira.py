@@ -4,12 +4,9 @@ Every method is a read (``POST`` search and bulkfetch included), so every call i
 Errors form a flat hierarchy under :class:`JiraError`; messages carry the method and path of the
 request, never the credentials.
 
-Atlassian references behind the choices below:
-
-* search: https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-search/
-* rate limiting: https://developer.atlassian.com/cloud/jira/platform/rate-limiting/
-* auth: https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/ and
-  https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/
+The Jira facts behind the choices below (from Atlassian's REST v3 description and pages) are in
+docs/jira.md: search and bulk fetch in "Search and reads", rate limiting, API-token and OAuth 2.0
+(3LO) auth in "Rate limits and auth".
 """
 from __future__ import annotations
 
@@ -566,7 +563,7 @@ class JiraClient:
             try:
                 page = self._request("GET", path, path, params={"startAt": start, "maxResults": size})
             except JiraError as exc:
-                # 409: "the request took longer than 10 seconds" (JIRA.md): a smaller page is faster.
+                # 409: "the request took longer than 10 seconds" (docs/jira.md): a smaller page is faster.
                 if exc.status != 409 or size <= USER_PAGE_MIN:
                     raise
                 size = max(USER_PAGE_MIN, size // 2)

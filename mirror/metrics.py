@@ -117,7 +117,7 @@ HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
 
 _OUTCOME = re.compile(r"^[a-z][a-z_]{1,23}$")
 
-# Event names are an open set chosen by the sender (JIRA.md): keep Jira's families, fold the
+# Event names are an open set chosen by the sender (docs/jira.md): keep Jira's families, fold the
 # rest into "other", so that a label cannot grow without bound.
 _EVENT = re.compile(
     r"^(jira:)?(issue|comment|worklog|attachment|issuelink|project|version|user|sprint|board|option|"

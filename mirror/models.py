@@ -1,4 +1,4 @@
-"""Tables, fields only. The schema is a public interface (CONTRACT.md, "Schema").
+"""Tables, fields only. The schema is a public interface (docs/contract.md, "Schema").
 
 Timestamps are stored as naive UTC (``timestamp without time zone`` on PostgreSQL).
 """
@@ -77,7 +77,7 @@ class Issue(BaseModel):
     synced_at = pw.DateTimeField()
     source = pw.CharField(max_length=16)
     # Tie-breaker for two versions with the same ``updated``: the webhook's ``timestamp``
-    # (epoch ms), or the time a backfill read the issue (CONTRACT.md, "Order").
+    # (epoch ms), or the time a backfill read the issue (docs/contract.md, "Order").
     event_ts = pw.BigIntegerField(default=0)
     # The Jira id of the issue's project (``fields.project.id``): scope and renames follow it.
     project_id = pw.CharField(max_length=32, null=True)
@@ -86,7 +86,7 @@ class Issue(BaseModel):
     # and on rows deleted before the reason was recorded (a current read may clear those).
     deleted_reason = pw.CharField(max_length=64, null=True)
     # A digest of what the row shows (key, project, fields): a version that changes nothing is
-    # not written (CONTRACT.md invariant 8).
+    # not written (docs/contract.md invariant 8).
     content_hash = pw.CharField(max_length=64, null=True)
 
     class Meta:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _v1(db: pw.Database) -> None:
-    """The first schema: the two tables of CONTRACT.md, exactly its columns."""
+    """The first schema: the two tables of docs/contract.md, exactly its columns."""
 
     class V1Base(pw.Model):
         class Meta:

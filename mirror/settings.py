@@ -1,4 +1,4 @@
-"""Configuration, read from the environment only (CONTRACT.md, "Configuration").
+"""Configuration, read from the environment only (docs/contract.md, "Configuration").
 
 ``Settings.from_env()`` is the one reader of ``os.environ``; tests build ``Settings(...)``
 directly. A malformed value raises :class:`SettingsError` naming the variable.
@@ -134,7 +134,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "kv"
     # Hardening (issue 11). A signed body seen again within this window is a replay, answered
-    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (JIRA.md), so an hour.
+    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (docs/jira.md), so an hour.
     replay_window_seconds: int = 3600
     # Proxies whose X-Forwarded-For is believed (the client address of the login throttle), as
     # gunicorn reads FORWARDED_ALLOW_IPS: addresses or networks, or "*".

@@ -1,6 +1,6 @@
 """The one write path: every issue and project row goes through here, whoever sends it.
 
-Order and idempotence are decided by the database in the upsert's ``WHERE`` (CONTRACT.md,
+Order and idempotence are decided by the database in the upsert's ``WHERE`` (docs/contract.md,
 "What always holds" 2 and 3), never by a read-then-write in Python, so that concurrent
 workers and replays cannot race:
 
@@ -57,7 +57,7 @@ UPSERT_FIELDS = (
 
 # Why a row left the live mirror (``jira_issue.deleted_reason``).
 DELETED = "deleted"  # Jira said so: a delete event, a 404, absent from a complete answer
-OUT_OF_SCOPE = "moved out of scope"  # its project is not tracked (CONTRACT.md invariant 6)
+OUT_OF_SCOPE = "moved out of scope"  # its project is not tracked (docs/contract.md invariant 6)
 
 # Rows per INSERT statement: well under SQLite's 32,766 bound parameters (20 columns a row).
 BATCH = 500

@@ -2,7 +2,7 @@
 
 * :func:`sync_users` mirrors ``GET /rest/api/3/users/search`` into ``jira_user``. Users are keyed
   by ``accountId``: ``emailAddress`` is absent whenever the user's privacy settings hide it
-  (JIRA.md, "Other reads"), so it is stored when visible and NULL otherwise.
+  (docs/jira.md, "Other reads"), so it is stored when visible and NULL otherwise.
 * :func:`import_members` loads the team's own list (CSV ``email,name,external_id``) into
   ``jira_member``, all or nothing.
 * :func:`match_report` says how many distinct assignees of live issues are matched to a member

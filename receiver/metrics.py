@@ -45,7 +45,7 @@ bp = Blueprint("metrics", __name__)
 
 QUEUES = (ISSUES, BACKFILL)
 SYNC_KINDS = ("full", "incremental")
-# The answer of a refused delivery, by status (CONTRACT.md, "HTTP").
+# The answer of a refused delivery, by status (docs/contract.md, "HTTP").
 OUTCOME_BY_STATUS = {
     202: "accepted",
     200: "ignored",

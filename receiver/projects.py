@@ -1,6 +1,6 @@
 """Which projects are tracked, as the receiver sees them.
 
-The receiver must keep accepting deliveries while the database is down (CONTRACT.md: nothing
+The receiver must keep accepting deliveries while the database is down (docs/contract.md: nothing
 accepted is lost, and the queue, not the database, is what a 202 promises). So the set is
 read from the database at most every ``ttl`` seconds, the last answer is kept when the
 database fails, and when it has never answered the delivery is accepted (``None``: unknown)

@@ -9,8 +9,8 @@ Supported (field names and keywords case-insensitive)::
     AND, OR, NOT, parentheses
     ORDER BY updated|created|key|issuekey|id|project [ASC|DESC], ...
 
-Date values, as documented in "JQL fields: Created/Updated"
-(https://support.atlassian.com/jira-software-cloud/docs/jql-fields/):
+Date values, as Atlassian's "JQL fields: Created/Updated" documents them (docs/jira.md, "Search
+and reads"):
 
 * ``"yyyy/MM/dd HH:mm"``, ``"yyyy-MM-dd HH:mm"``, ``"yyyy/MM/dd"``, ``"yyyy-MM-dd"``: read in the
   **requesting user's profile time zone** (``timeZone`` of ``GET /rest/api/3/myself``), at minute

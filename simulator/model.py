@@ -1,6 +1,6 @@
 """The in-memory state of one simulated Jira Cloud site.
 
-What this imitates (Jira Cloud platform REST v3, https://developer.atlassian.com/cloud/jira/platform/):
+What this imitates (Jira Cloud platform REST v3; docs/jira.md has the facts, from Atlassian's description):
 
 * Issues have a numeric string ``id`` that never changes and a ``key`` ``PROJ-n`` that changes when
   the issue moves to another project ("Move issues", the key takes the target project's next

@@ -6,7 +6,7 @@ Two shapes, as Jira Cloud produces them:
   ``description`` is an Atlassian Document Format document, ``self`` links under
   ``/rest/api/3/``, date-times rendered in the *requesting user's* time zone, e.g.
   ``2024-12-29T00:41:23.904-0800``.
-* Webhooks (REST v2 style, https://developer.atlassian.com/server/jira/platform/webhooks/):
+* Webhooks (REST v2 style; docs/jira.md, "Webhooks"):
   ``description`` is a wiki-markup string, ``self`` links under ``/rest/api/2/``, date-times with
   the *actor's* offset (``2024-12-29T14:11:23.904+0530``), and ``comment`` / ``worklog`` lists empty.
 

@@ -1,7 +1,7 @@
 """An HTTP server that answers like Jira Cloud's REST API v3, over a :class:`~simulator.model.Site`.
 
-Endpoints and the Atlassian behaviour each imitates
-(https://developer.atlassian.com/cloud/jira/platform/rest/v3/):
+Endpoints and the Atlassian behaviour each imitates (docs/jira.md; Atlassian's REST v3 OpenAPI
+description):
 
 ``GET|POST /rest/api/3/search/jql``
     Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
@@ -34,7 +34,7 @@ Endpoints and the Atlassian behaviour each imitates
 
 Failure modes, each a knob that can be changed while the server runs: per-request latency,
 random 429s carrying ``Retry-After`` / ``X-RateLimit-Reset`` / ``RateLimit-Reason``
-("Rate limiting", https://developer.atlassian.com/cloud/jira/platform/rate-limiting/), bursts of
+(docs/jira.md, "Rate limits and auth"), bursts of
 500/502/503 (some with ``Retry-After``), expired page tokens, short pages and a connection reset
 in the middle of a response. Auth: Basic ``email:api_token`` and/or Bearer ``oauth_token``;
 otherwise 401 JSON. OAuth-style paths ``/ex/jira/{cloudId}/rest/...`` are served too.

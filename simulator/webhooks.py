@@ -1,6 +1,6 @@
 """Pushes webhooks the way Jira Cloud delivers them.
 
-What this imitates ("Webhooks", https://developer.atlassian.com/cloud/jira/platform/webhooks/):
+What this imitates (docs/jira.md, "Webhooks"):
 
 * Body: ``timestamp`` (epoch ms), ``webhookEvent`` (``jira:issue_created`` / ``_updated`` /
   ``_deleted``), ``issue_event_type_name`` (``issue_created``, ``issue_updated``,

@@ -15,7 +15,7 @@ def test_every_subcommand_is_registered_once_from_the_one_list():
     names = [command.name for command in COMMANDS]
     assert len(names) == len(set(names))
     assert set(main.commands) == set(names)
-    # CONTRACT.md's commands (and the development ones) are all there.
+    # docs/contract.md's commands (and the development ones) are all there.
     assert {"db", "projects", "backfill", "status", "issues", "failed", "worker", "schedule"} <= set(names)
 
 

@@ -1,4 +1,4 @@
-"""Deployments as users do them (CONTRACT.md, "Layout"): a Heroku build (only
+"""Deployments as users do them (docs/contract.md, "Layout"): a Heroku build (only
 ``pip install -r requirements.txt``, then the Procfile's lines from the repository root) against
 Heroku Redis (TLS, self-signed); the installed package (``pip install .``) used from another
 directory; the Heroku button's app.json; the container's files.

@@ -1,4 +1,4 @@
-"""CONTRACT.md's import rule, read from the source with ``ast`` (docs/contract.md, "Layout").
+"""The import rule of docs/contract.md ("Layout"), read from the source with ``ast``.
 
 What this enforces, for every import statement in the product's packages, at module level or
 inside a function (a local import is still an import):

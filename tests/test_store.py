@@ -1,4 +1,4 @@
-"""The one write path on the real database: order, idempotence, deletes (CONTRACT.md 2 and 3)."""
+"""The one write path on the real database: order, idempotence, deletes (docs/contract.md 2 and 3)."""
 import datetime as dt
 import random
 

@@ -1,4 +1,4 @@
-"""POST /webhooks/jira against real Redis and a real database (CONTRACT.md, "HTTP")."""
+"""POST /webhooks/jira against real Redis and a real database (docs/contract.md, "HTTP")."""
 import json
 from pathlib import Path
 

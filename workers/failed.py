@@ -2,7 +2,7 @@
 (Listing and describing them is the operator read model's, ``workers.status.list_failed``.)
 
 They wait in RQ's ``FailedJobRegistry`` of each queue (kept 30 days, ``failure_ttl``) until an
-operator fixes the cause and runs ``jira-mirror failed retry`` (CONTRACT.md, "What always holds"
+operator fixes the cause and runs ``jira-mirror failed retry`` (docs/contract.md, "What always holds"
 4). A retried job gets its retry allowance back: the cause may still be healing (a database
 coming back), and the job should ride that out like a fresh one.
 """

@@ -5,7 +5,7 @@ reads :func:`list_failed`, which describes a failed job as the report does (one 
 Acting on failed jobs (retry, discard) is ``workers.failed``'s.
 
 It lives in ``workers`` because it reads RQ's queues and registries, which ``workers`` owns
-(CONTRACT.md, Layout); ``mirror`` may not import ``workers`` (the import rule), and ``receiver``
+(docs/contract.md, Layout); ``mirror`` may not import ``workers`` (the import rule), and ``receiver``
 and the CLI may. Its database half reads only (``mirror.models``); it never writes.
 
 It never raises. The database, Redis and Jira are each asked separately; a part that fails is
