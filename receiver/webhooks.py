@@ -32,7 +32,7 @@ from receiver import metrics
 from receiver.errors import ApiError
 from receiver.schemas import ISSUE_EVENTS, load_delivery
 from receiver.signature import SignatureError, verify
-from workers import queues
+from workers import activity, queues
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
 class Delivery:
     """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
 
-    __slots__ = ("id", "started", "event", "project", "outcome", "counted")
+    __slots__ = ("id", "started", "event", "project", "outcome", "counted", "digest")
 
     def __init__(self, delivery_id: str | None):
         self.id = delivery_id
@@ -182,6 +182,7 @@ class Delivery:
         self.project: str | None = None
         self.outcome: str | None = None
         self.counted = False
+        self.digest: str | None = None  # the body's SHA-256 (hex): a replay of it is a duplicate
 
 
 StartResponse = Callable[..., Any]
@@ -235,12 +236,15 @@ class WebhookEndpoint:
             raise ApiError(415, "a Jira webhook is sent as application/json")
         body = _read_body(environ, settings.max_body_bytes)
         _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
+        delivery.digest = hashlib.sha256(body).hexdigest()
         try:
             loaded = load_delivery(_parse(body))
         except ValidationError as exc:
             raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
 
         event = delivery.event = loaded["webhook_event"]
+        if event in activity.EVENTS:
+            return self.receive_activity(loaded, delivery, settings)
         if event not in ISSUE_EVENTS:
             return _ignored(delivery, f"event {event} is not mirrored")
 
@@ -265,7 +269,35 @@ class WebhookEndpoint:
             # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
             kwargs["refresh"] = True
             refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
-        job = (JOB_FOR_EVENT[event], kwargs)
+        if isinstance(loaded.get("changelog"), dict) and loaded["changelog"].get("items") \
+                and event == "jira:issue_updated":
+            # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
+            # creation's changelog lists the initial values: Jira's REST changelog has no such
+            # history, so it is not kept (the status view starts an issue at its creation).
+            kwargs["changelog"] = {"id": loaded["changelog"].get("id"), "items": loaded["changelog"]["items"]}
+            actor = (loaded.get("user") or {}).get("accountId")
+            if isinstance(actor, str):
+                kwargs["actor"] = actor
+        return self.enqueue(delivery, (JOB_FOR_EVENT[event], kwargs), refresh, issue["key"])
+
+    def receive_activity(self, loaded: dict[str, Any], delivery: Delivery, settings: Settings
+                         ) -> tuple[int, Any, dict[str, str]]:
+        """A comment or worklog delivery (``workers.activity``): 202 with its job, 200 when it
+        names an untracked project, 400 when it lacks its comment/worklog or their ids."""
+        try:
+            job, project_key, project_id = activity.job_for_delivery(settings.site, loaded)
+        except activity.ActivityPayloadError as exc:
+            raise ApiError(400, f"payload does not match a Jira {delivery.event} webhook: {exc}") from None
+        delivery.project = project_key
+        if project_key is not None and self.extensions["tracked"].tracks(project_id, project_key) is False:
+            return _ignored(delivery, f"project {project_key} is not tracked")
+        return self.enqueue(delivery, job, None, f"{job[1]['event'].split('_')[0]}:{job[1]['entity'].get('id')}")
+
+    def enqueue(self, delivery: Delivery, job: tuple[str, dict[str, Any]], refresh: list[tuple[str, str, int]] | None,
+                label: str) -> tuple[int, Any, dict[str, str]]:
+        """Enqueue the delivery's job (with its refresh mark) and answer 202; 503 when the queue
+        cannot take it, 200 for a duplicate delivery."""
+        extensions, event = self.extensions, delivery.event
         if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
             log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
             raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
@@ -274,8 +306,8 @@ class WebhookEndpoint:
             # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
             job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
                                                 before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                                                refresh=refresh, body_digest=hashlib.sha256(body).hexdigest(),
-                                                replay_window=settings.replay_window_seconds)
+                                                refresh=refresh, body_digest=delivery.digest,
+                                                replay_window=extensions["settings"].replay_window_seconds)
         except queues.DuplicateDeliveryError:
             # A retry (same identifier) or a replay (same signed body, any identifier) within
             # Jira's redelivery window: no job, no Jira call.
@@ -287,7 +319,7 @@ class WebhookEndpoint:
                            headers={"Retry-After": "10"}) from None
         # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
         # and the job ids; the binding ends with the delivery.
-        logs.bind(key=issue["key"], jobs=",".join(job_ids))
+        logs.bind(key=label, jobs=",".join(job_ids))
         return 202, {"enqueued": len(job_ids)}, {}
 
 

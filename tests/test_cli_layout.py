@@ -16,7 +16,8 @@ def test_every_subcommand_is_registered_once_from_the_one_list():
     assert len(names) == len(set(names))
     assert set(main.commands) == set(names)
     # docs/contract.md's commands (and the development ones) are all there.
-    assert {"db", "projects", "backfill", "status", "issues", "failed", "worker", "schedule"} <= set(names)
+    assert {"db", "projects", "backfill", "status", "issues", "changelog", "comments", "worklogs", "failed", "worker",
+            "schedule"} <= set(names)
 
 
 def test_no_command_module_imports_the_package_itself():

@@ -9,11 +9,13 @@ from typing import Any, Iterator
 import peewee as pw
 from rq import get_current_job
 
-from mirror import shutdown, store
+from mirror import history_store, shutdown, store
+from mirror.activity import ActivityMappingError, changelog_rows
 from mirror.db import database
-from mirror.issues import to_row
+from mirror.issues import AgileFields, parse_jira_datetime, to_row
 from mirror.jira import JiraClient
 from mirror.settings import Settings
+from workers import activity
 from workers import refresh as refresh_
 
 log = logging.getLogger(__name__)
@@ -57,28 +59,54 @@ def jira_client() -> JiraClient | None:
     return _client
 
 
+def _agile(site: str) -> AgileFields:
+    return history_store.agile_for(site)
+
+
+def delivery_changelog(site: str, issue_id: str, changelog: Any, event_ts: int, actor: str | None
+                       ) -> list[dict[str, Any]]:
+    """The changelog rows a ``jira:issue_*`` delivery carries (its history id and items); the
+    history's time is the delivery's (Jira sends none), corrected when a sync reads the history."""
+    if not isinstance(changelog, dict) or not changelog.get("id") or not changelog.get("items"):
+        return []
+    created = parse_jira_datetime(_iso_ms(event_ts))
+    return changelog_rows(site, issue_id, changelog, created=created, author_account_id=actor)
+
+
+def _iso_ms(event_ts: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(event_ts / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook",
-                 refresh: bool = False) -> str:
+                 refresh: bool = False, changelog: dict[str, Any] | None = None, actor: str | None = None) -> str:
     """Write the issue's version unless the mirror holds a newer one; returns the outcome.
 
     With ``refresh`` (the receiver marked the issue pending), the current state is read from
-    Jira in bulk with every other pending issue instead (``workers.refresh``).
+    Jira in bulk with every other pending issue instead (``workers.refresh``). The delivery's
+    ``changelog`` (history id and items) is written as it arrived, either way.
     """
+    history = delivery_changelog(site, str(issue.get("id")), changelog, event_ts, actor)
     client = jira_client() if refresh else None
     job = get_current_job() if refresh else None
     if client is not None and job is not None:
         with db_session():
             counts = refresh_.refresh_pending(job.connection, client, site, owner=job.id)
+            if history:
+                history_store.write_changelog(history)
         outcome = "refreshed" if counts["calls"] else "coalesced"
         log.info("refresh key=%s id=%s outcome=%s calls=%d written=%d deleted=%d", issue.get("key"), issue.get("id"),
                  outcome, counts["calls"], counts["written"], counts["deleted"])
         return outcome
     if job is not None:  # marked pending, but this worker cannot read Jira: the delivery's copy
         job.connection.zrem(refresh_.PENDING_KEY.format(site=site), str(issue.get("id")))
-    row = to_row(site, issue, source=source, event_ts=event_ts)
     with db_session():
+        row = to_row(site, issue, source=source, event_ts=event_ts, agile=_agile(site))
         # An issue now in an untracked project leaves the live mirror (CONTRACT.md invariant 6).
         changed = store.upsert_issues(store.out_of_scope([row], store.Scope.of(site)))
+        if history:
+            history_store.write_changelog(history)
     outcome = "applied" if changed else "stale"
     log.info("upsert key=%s id=%s source=%s outcome=%s", row["key"], row["issue_id"], source, outcome)
     return outcome
@@ -87,12 +115,15 @@ def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = 
 # --- many jobs at once (workers.worker.MirrorWorker takes the queue in batches) -----------------
 
 UPSERT_ISSUE = "workers.jobs.upsert_issue"
-_UPSERT_ARGUMENTS = frozenset({"site", "issue", "event_ts", "source", "refresh"})
+_UPSERT_ARGUMENTS = frozenset({"site", "issue", "event_ts", "source", "refresh", "changelog", "actor"})
 
 
 def runs_together(func_name: str | None, args: Any, kwargs: Any) -> bool:
     """Whether a job can run in a batch with others (:func:`upsert_issues_together`): an
-    ``upsert_issue`` called as the receiver enqueues it. Any other job runs alone."""
+    ``upsert_issue`` or a comment/worklog job (``workers.activity``) called as the receiver
+    enqueues it. Any other job runs alone."""
+    if func_name == activity.APPLY:
+        return not args and activity.runs_together(kwargs)
     return (func_name == UPSERT_ISSUE and not args and isinstance(kwargs, dict)
             and {"site", "issue", "event_ts"} <= set(kwargs) <= _UPSERT_ARGUMENTS)
 
@@ -113,7 +144,20 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
     rows: dict[int, dict[str, Any]] = {}
     pending_done: dict[str, list[str]] = {}
     refreshing = []
+    history: list[dict[str, Any]] = []
+    activities = [n for n, call in enumerate(calls) if "entity" in call]
+    is_activity = set(activities)
+    with db_session():
+        agile = {site: _agile(site) for site in {call["site"] for call in calls}}
     for n, call in enumerate(calls):
+        if n in is_activity:
+            continue
+        try:
+            history.extend(delivery_changelog(call["site"], str((call["issue"] or {}).get("id")),
+                                              call.get("changelog"), call["event_ts"], call.get("actor")))
+        except Exception as exc:  # this job runs alone and fails there, with RQ's retries
+            outcomes[n] = exc
+            continue
         if call.get("refresh") and client is not None:
             refreshing.append(n)
             continue
@@ -121,7 +165,7 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
             pending_done.setdefault(call["site"], []).append(str((call["issue"] or {}).get("id")))
         try:
             rows[n] = to_row(call["site"], call["issue"], source=call.get("source", "webhook"),
-                             event_ts=call["event_ts"])
+                             event_ts=call["event_ts"], agile=agile[call["site"]])
         except Exception as exc:  # this job runs alone and fails there, with RQ's retries
             outcomes[n] = exc
     with db_session():
@@ -136,6 +180,16 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
                 if calls[n]["site"] == site:
                     outcomes[n] = "refreshed" if counts["calls"] and first else "coalesced"
                     first = False
+        if history:
+            history_store.write_changelog(history)
+        if activities:
+            try:
+                with database.atomic():
+                    applied = activity.apply_together([calls[n] for n in activities])
+            except (ActivityMappingError, KeyError, TypeError, ValueError) as exc:  # each runs alone, fails there
+                applied = [exc] * len(activities)  # type: ignore[list-item]
+            for n, outcome in zip(activities, applied):
+                outcomes[n] = outcome
     for site, ids in pending_done.items():
         connection.zrem(refresh_.PENDING_KEY.format(site=site), *ids)
     newest: dict[tuple[str, str], int] = {}
@@ -146,11 +200,12 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
             newest[ident] = n
     for n, row in rows.items():
         ident = (row["site"], row["issue_id"])
-        outcomes[n] = "applied" if newest[ident] == n and ident in changed else "stale"
+        if not isinstance(outcomes[n], Exception):
+            outcomes[n] = "applied" if newest[ident] == n and ident in changed else "stale"
     return outcomes  # type: ignore[return-value]
 
 
-def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook") -> str:
+def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook", **_: Any) -> str:
     """Soft-delete the issue (a tombstone when the mirror never saw it)."""
     row = to_row(site, issue, source=source, event_ts=event_ts)
     with db_session():
