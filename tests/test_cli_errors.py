@@ -62,7 +62,8 @@ def test_unreachable_redis_names_the_url_without_its_password_and_the_cause(runn
 @pytest.mark.parametrize("text, expected", [
     ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not exist',
      "the database refused the login"),
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed for user "u"',
+    ('connection to server at "127.0.0.1", port 5432 failed: '
+     'FATAL:  password authentication failed for user "u"',
      "the database refused the login"),
     ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nope" does not exist',
      "the database refused the login"),
