@@ -7,6 +7,7 @@ followed) and gets its full backfill at once. Untracking cancels the project's p
 below, with the same words, whoever calls it; the callers only map them to a 4xx/5xx, a flash
 message or a CLI exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,9 @@ def check_project(client: JiraClient, key: str) -> dict[str, Any]:
     try:
         info = client.get_project(key)
     except (JiraNotFoundError, JiraBadRequestError):
-        raise UnknownProjectError(f"Jira has no project {key} (or this user may not see it); nothing was changed") \
-            from None
+        raise UnknownProjectError(
+            f"Jira has no project {key} (or this user may not see it); nothing was changed"
+        ) from None
     except JiraError as exc:
         raise JiraCheckError(f"Jira could not be asked about {key}: {exc}; nothing was changed") from None
     if not info.get("id") or not info.get("key"):
@@ -64,8 +66,9 @@ def check_project(client: JiraClient, key: str) -> dict[str, Any]:
     return info
 
 
-def track_project(settings: Settings, connection: Redis | None, key: str, *,
-                  client: JiraClient | None = None) -> Tracked:
+def track_project(
+    settings: Settings, connection: Redis | None, key: str, *, client: JiraClient | None = None
+) -> Tracked:
     """Track ``key`` and queue its first (full) backfill on ``connection`` (None: queue none).
 
     With Jira configured the key is checked first. Raises UnknownProjectError, JiraCheckError or
@@ -89,8 +92,9 @@ def track_project(settings: Settings, connection: Redis | None, key: str, *,
         except RedisError:
             raise QueueUnavailableError("the queue is unavailable (Redis); nothing was changed") from None
     with database.connection_context():
-        newly = key in store.track_projects(settings.site, [key], ids={key: project_id} if project_id else None,
-                                            names={key: name} if name else None)
+        newly = key in store.track_projects(
+            settings.site, [key], ids={key: project_id} if project_id else None, names={key: name} if name else None
+        )
     job_id = None
     if newly and connection is not None:
         try:

@@ -19,6 +19,7 @@ Jira facts behind it (docs/jira.md, "Search and reads"):
 Every row goes through ``mirror.store``; its guard keeps webhook versions that are newer than
 what a sync read, so a sync running beside live webhooks never rolls a row back.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -245,7 +246,8 @@ class ProjectSync:
             raise IssuesUnreadableError(
                 f"Jira could not return {len(errored)} issue(s) after {len(self.retry_delays) + 1} attempts "
                 f"(bulkfetch issueErrors; none was taken as deleted): ids {', '.join(errored[:10])}"
-                + (" …" if len(errored) > 10 else ""))
+                + (" …" if len(errored) > 10 else "")
+            )
         return absent
 
     def _confirm_absent(self, stats: SyncStats, ids: Sequence[str]) -> list[str]:
@@ -301,8 +303,11 @@ class ProjectSync:
         mirror when the project is not tracked; absent from that read too -> soft-deleted (two
         complete answers agree), as are ``gone`` (confirmed by a 404)."""
         self._tick(stats, "reconciling")
-        extra = [issue_id for (issue_id,) in tuples(Issue.select(Issue.issue_id).where(self._project_rows()))
-                 if issue_id not in listed]
+        extra = [
+            issue_id
+            for (issue_id,) in tuples(Issue.select(Issue.issue_id).where(self._project_rows()))
+            if issue_id not in listed
+        ]
         gone = gone + self._read(stats, extra)
         if gone:
             stats.deleted += store.mark_deleted(self.site, gone, at=utc_now())
@@ -352,16 +357,18 @@ class ProjectSync:
         while True:
             jql = f"{self._project_jql()} AND updated >= {lower} ORDER BY updated ASC, id ASC"
             read_at = epoch_ms(utc_now())
-            page = self.client.search_page(jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE,
-                                           next_page_token=token)
+            page = self.client.search_page(
+                jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE, next_page_token=token
+            )
             rows = self._rows(page.get("issues", []), read_at)
             fresh = [row for row in rows if seen.get(row["issue_id"]) != epoch_ms(row["updated"])]
             seen.update((row["issue_id"], epoch_ms(row["updated"])) for row in rows)
             new = set(changed_ids(self.site, fresh))
             self._write(stats, fresh)
             if new:
-                self.history.embedded([i for i in page.get("issues", []) if str(i.get("id")) in new], read_at,
-                                      worklogs=False)
+                self.history.embedded(
+                    [i for i in page.get("issues", []) if str(i.get("id")) in new], read_at, worklogs=False
+                )
                 if changed is not None:
                     changed.update(new)
             self._tick(stats)
@@ -411,16 +418,24 @@ def run_project_sync(
         raise NotTrackedError(f"project {project_key} is not tracked")
     kind = "full" if full or project.sync_cursor is None else "incremental"
     run = store.start_sync_run(site, project.key, kind, job_id=job_id)
-    sync = ProjectSync(client, site=site, project_key=project.key, project_id=project.project_id,
-                       concurrency=concurrency, overlap=overlap, progress=progress)
+    sync = ProjectSync(
+        client,
+        site=site,
+        project_key=project.key,
+        project_id=project.project_id,
+        concurrency=concurrency,
+        overlap=overlap,
+        progress=progress,
+    )
     stats = SyncStats(kind, project.key)
     try:
         project = _identify(client, project)
     except Exception as exc:
         sync.count_calls(stats)
         message = f"{type(exc).__name__}: {exc}"
-        store.finish_sync_run(run, stats_fields(stats), error=message,
-                              state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None)
+        store.finish_sync_run(
+            run, stats_fields(stats), error=message, state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None
+        )
         log.warning("sync failed project=%s kind=%s error=%s", project_key, kind, message)
         raise exc if isinstance(exc, SyncError) else SyncError(message) from exc
     if project.key != sync.key and kind == "incremental":
@@ -453,7 +468,14 @@ def run_project_sync(
     elapsed = time.monotonic() - stats.started
     log.info(
         "sync done project=%s kind=%s seen=%d written=%d deleted=%d api_calls=%d retries=%d seconds=%.1f",
-        project_key, kind, stats.seen, stats.written, stats.deleted, stats.api_calls, stats.retries, elapsed,
+        project_key,
+        kind,
+        stats.seen,
+        stats.written,
+        stats.deleted,
+        stats.api_calls,
+        stats.retries,
+        elapsed,
     )
     return SyncRun.get_by_id(run.id)
 

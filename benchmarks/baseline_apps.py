@@ -5,6 +5,7 @@
 
 Both answer the same small JSON body as the receiver's 202 (``{"enqueued": 1}``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable

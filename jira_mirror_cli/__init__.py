@@ -4,6 +4,7 @@ The commands live in one module per subject (``core``, ``backfill``, ``status``,
 click commands; they import only ``jira_mirror_cli.common``, never this package's ``main``, so no
 module imports the package back. ``COMMANDS`` below is the one list of the subcommands.
 """
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """Backfill commands: ``backfill``, ``schedule``, ``projects list --remote``, ``simulate``."""
+
 from __future__ import annotations
 
 import sys
@@ -7,8 +8,14 @@ from pathlib import Path
 
 import click
 
-from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
-                                    settings_from_env)
+from jira_mirror_cli.common import (
+    configure_logging,
+    connect_redis,
+    fail_cleanly,
+    jira_client,
+    project_keys,
+    settings_from_env,
+)
 from mirror import shutdown
 from mirror.db import init_database
 from mirror.jira import JiraError
@@ -38,11 +45,15 @@ class ProgressLine:
             bar = "#" * filled + "-" * (width - filled)
             left = max(stats.estimate - stats.seen, 0)
             eta = f"ETA {left / rate:,.0f}s" if rate > 0 and left else "ETA -"
-            text = (f"{self.key} {stats.kind:<11} {stats.phase:<11} [{bar}] {stats.seen:,}/{stats.estimate:,} "
-                    f"({pct:3.0f}%) {rate:,.0f} issues/s {eta} api={stats.api_calls}")
+            text = (
+                f"{self.key} {stats.kind:<11} {stats.phase:<11} [{bar}] {stats.seen:,}/{stats.estimate:,} "
+                f"({pct:3.0f}%) {rate:,.0f} issues/s {eta} api={stats.api_calls}"
+            )
         else:
-            text = (f"{self.key} {stats.kind:<11} {stats.phase:<11} {stats.seen:,} issues "
-                    f"{rate:,.0f}/s api={stats.api_calls}")
+            text = (
+                f"{self.key} {stats.kind:<11} {stats.phase:<11} {stats.seen:,} issues "
+                f"{rate:,.0f}/s api={stats.api_calls}"
+            )
         if self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if stats.phase == "done" else ""))
         else:
@@ -53,8 +64,10 @@ class ProgressLine:
 def _tracked(settings: Settings, keys: list[str], all_: bool) -> list[str]:
     database = init_database(settings.database_url)
     with database.connection_context():
-        tracked = [p.key for p in Project.select().where(Project.site == settings.site, Project.is_active)
-                   .order_by(Project.key)]
+        tracked = [
+            p.key
+            for p in Project.select().where(Project.site == settings.site, Project.is_active).order_by(Project.key)
+        ]
     if all_:
         if not tracked:
             raise click.ClickException("no project is tracked: jira-mirror projects track KEY")
@@ -95,10 +108,12 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
     failed = 0
     for key in wanted:
         try:
-            with jira_client(settings, pool_size=max(16, settings.backfill_concurrency * 2),
-                             sleep=shutdown.interruptible_sleep) as client:
-                result = jobs.run_sync(settings, connection, project_key=key, full=full, progress=ProgressLine(key),
-                                       client=client)
+            with jira_client(
+                settings, pool_size=max(16, settings.backfill_concurrency * 2), sleep=shutdown.interruptible_sleep
+            ) as client:
+                result = jobs.run_sync(
+                    settings, connection, project_key=key, full=full, progress=ProgressLine(key), client=client
+                )
         except jobs.SyncBusyError as exc:
             click.echo(f"{key}: {exc}", err=True)
             failed += 1
@@ -107,8 +122,10 @@ def backfill(keys: tuple[str, ...], all_: bool, full: bool, inline: bool) -> Non
             click.echo(f"{key}: sync failed: {exc}", err=True)
             failed += 1
             continue
-        click.echo(f"{key}: {result['kind']} sync done: {result['seen']:,} seen, {result['written']:,} written, "
-                   f"{result['deleted']:,} deleted, {result['api_calls']} API calls, {result['retries']} retries")
+        click.echo(
+            f"{key}: {result['kind']} sync done: {result['seen']:,} seen, {result['written']:,} written, "
+            f"{result['deleted']:,} deleted, {result['api_calls']} API calls, {result['retries']} retries"
+        )
     if failed:
         sys.exit(1)
 
@@ -147,4 +164,5 @@ def load_simulator():
         return simulator
     raise click.ClickException(
         "the Jira simulator is a development tool, not part of the installed package: "
-        "run `python -m jira_mirror_cli simulate` from a checkout of the jira-mirror repository")
+        "run `python -m jira_mirror_cli simulate` from a checkout of the jira-mirror repository"
+    )

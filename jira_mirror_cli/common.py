@@ -4,6 +4,7 @@ Every command reads the environment through ``Settings.from_env()``; a bad setti
 unreachable database or Redis is a one-line message and a non-zero exit, never a traceback.
 This module imports no command module and not the package's ``main``: the commands import it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,10 @@ def database_message(exc: Exception) -> str:
 
 
 # psycopg2's texts for a server that answers but will not let this user in.
-_LOGIN_REFUSED = re.compile(r"password authentication failed|role \S+ does not exist|database \S+ does not exist|"
-                            r"no pg_hba\.conf entry|no password supplied|permission denied for database")
+_LOGIN_REFUSED = re.compile(
+    r"password authentication failed|role \S+ does not exist|database \S+ does not exist|"
+    r"no pg_hba\.conf entry|no password supplied|permission denied for database"
+)
 
 
 def redis_message(exc: Exception) -> str:
@@ -72,8 +75,10 @@ def redis_message(exc: Exception) -> str:
         cause = cause.replace(password, "***")
     message = f"Redis is unreachable{where}: {type(exc).__name__}: {cause}"
     if "CERTIFICATE_VERIFY_FAILED" in cause:
-        message += (" (the server's TLS certificate is not trusted: Heroku Redis is connected to without "
-                    "verification when DYNO is set; elsewhere REDIS_TLS_VERIFY=0 accepts a self-signed certificate)")
+        message += (
+            " (the server's TLS certificate is not trusted: Heroku Redis is connected to without "
+            "verification when DYNO is set; elsewhere REDIS_TLS_VERIFY=0 accepts a self-signed certificate)"
+        )
     return message
 
 

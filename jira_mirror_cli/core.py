@@ -1,4 +1,5 @@
 """Core commands: the schema, tracked projects, the worker."""
+
 from __future__ import annotations
 
 import sys
@@ -6,8 +7,14 @@ import sys
 import click
 import peewee as pw
 
-from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
-                                    settings_from_env)
+from jira_mirror_cli.common import (
+    configure_logging,
+    connect_redis,
+    fail_cleanly,
+    jira_client,
+    project_keys,
+    settings_from_env,
+)
 from mirror import schema, store
 from mirror.db import init_database, tuples
 from mirror.models import Issue, Project
@@ -50,11 +57,13 @@ def projects_list(remote: bool) -> None:
         return
     database = init_database(settings.database_url)
     with database.connection_context():
-        counts = dict(tuples(
-            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-            .where(Issue.site == settings.site, Issue.deleted_at.is_null())
-            .group_by(Issue.project_key)
-        ))
+        counts = dict(
+            tuples(
+                Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+                .where(Issue.site == settings.site, Issue.deleted_at.is_null())
+                .group_by(Issue.project_key)
+            )
+        )
         rows = list(Project.select().where(Project.site == settings.site).order_by(Project.key))
     if not rows:
         click.echo("no projects tracked: jira-mirror projects track KEY")
@@ -136,8 +145,15 @@ def projects_untrack(keys: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.option("--queue", "queue_names", multiple=True, default=("issues",), show_default=True,
-              type=click.Choice(["issues", "backfill"]), help="Queue(s) to work on.")
+@click.option(
+    "--queue",
+    "queue_names",
+    multiple=True,
+    default=("issues",),
+    show_default=True,
+    type=click.Choice(["issues", "backfill"]),
+    help="Queue(s) to work on.",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @fail_cleanly
 def worker(queue_names: tuple[str, ...], burst: bool) -> None:

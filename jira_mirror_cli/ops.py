@@ -1,4 +1,5 @@
 """Operator commands: ``issues export``, ``failed list|retry``, ``users sync|match``, ``members import``."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,8 +10,14 @@ from typing import Any, Iterator, Sequence
 
 import click
 
-from jira_mirror_cli.common import (configure_logging, connect_redis, fail_cleanly, jira_client, project_keys,
-                                    settings_from_env)
+from jira_mirror_cli.common import (
+    configure_logging,
+    connect_redis,
+    fail_cleanly,
+    jira_client,
+    project_keys,
+    settings_from_env,
+)
 from mirror import metrics, users
 from mirror.db import init_database
 from mirror.issues import utc_iso
@@ -22,18 +29,37 @@ LISTED_UNMATCHED = 50
 
 # The columns an export reads: never ``fields`` (the raw JSON, the bulk of a row).
 EXPORT_COLUMNS = (
-    Issue.id, Issue.issue_id, Issue.key, Issue.project_key, Issue.summary, Issue.status, Issue.status_category,
-    Issue.issue_type, Issue.priority, Issue.assignee_account_id, Issue.reporter_account_id, Issue.labels,
-    Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at, Issue.parent_id, Issue.resolution, Issue.due_date,
-    Issue.story_points, Issue.sprint_ids, Issue.status_changed_at,
+    Issue.id,
+    Issue.issue_id,
+    Issue.key,
+    Issue.project_key,
+    Issue.summary,
+    Issue.status,
+    Issue.status_category,
+    Issue.issue_type,
+    Issue.priority,
+    Issue.assignee_account_id,
+    Issue.reporter_account_id,
+    Issue.labels,
+    Issue.created,
+    Issue.updated,
+    Issue.resolved,
+    Issue.deleted_at,
+    Issue.parent_id,
+    Issue.resolution,
+    Issue.due_date,
+    Issue.story_points,
+    Issue.sprint_ids,
+    Issue.status_changed_at,
 )
 
 
 # --- issues export ----------------------------------------------------------------------------
 
 
-def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted: bool = False,
-                     batch: int = EXPORT_BATCH) -> Iterator[dict[str, Any]]:
+def iter_export_rows(
+    site: str, projects: Sequence[str] = (), *, include_deleted: bool = False, batch: int = EXPORT_BATCH
+) -> Iterator[dict[str, Any]]:
     """Issues in id order, one dict each, read in keyset pages (``WHERE id > last ORDER BY id
     LIMIT batch``): memory stays constant whatever the table's size, and no page is skipped or
     repeated while other processes write (a row written behind the cursor shows up in the next
@@ -48,9 +74,30 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
         rows = list(query.order_by(Issue.id).limit(batch).tuples().iterator())
         if not rows:
             return
-        for (_, issue_id, key, project_key, summary, status, category, issue_type, priority, assignee, reporter,
-             labels, created, updated, resolved, deleted_at, parent_id, resolution, due_date, story_points,
-             sprint_ids, status_changed_at) in rows:
+        for (
+            _,
+            issue_id,
+            key,
+            project_key,
+            summary,
+            status,
+            category,
+            issue_type,
+            priority,
+            assignee,
+            reporter,
+            labels,
+            created,
+            updated,
+            resolved,
+            deleted_at,
+            parent_id,
+            resolution,
+            due_date,
+            story_points,
+            sprint_ids,
+            status_changed_at,
+        ) in rows:
             yield {
                 "issue_id": issue_id,
                 "key": key,
@@ -202,8 +249,10 @@ def failed_list(as_json: bool) -> None:
         click.echo("no failed jobs")
         return
     for job in jobs:
-        click.echo(f"{job['id']}  {job['queue']}  {job['failed_at'] or '-'}  {job['function'] or '-'}  "
-                   f"{job['description'] or ''}".rstrip())
+        click.echo(
+            f"{job['id']}  {job['queue']}  {job['failed_at'] or '-'}  {job['function'] or '-'}  "
+            f"{job['description'] or ''}".rstrip()
+        )
         click.echo(f"    {job['error'] or '(no error recorded)'}")
     click.echo(f"{len(jobs)} failed job(s): jira-mirror failed retry JOB_ID… or --all")
 
@@ -254,8 +303,10 @@ def users_sync() -> None:
                 metrics.record_jira_client(redis_for(settings, socket_connect_timeout=1, socket_timeout=2), client)
     except JiraError as exc:
         raise click.ClickException(f"Jira: {exc}") from None
-    click.echo(f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
-               f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped")
+    click.echo(
+        f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
+        f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped"
+    )
 
 
 @users_group.command("match")
@@ -273,8 +324,10 @@ def users_match(as_json: bool) -> None:
     reasons = report["unmatched_by_reason"]
     click.echo(f"assignees of live issues: {report['assignees']}")
     click.echo(f"  matched:   {report['matched']} ({report['matched_inactive']} inactive in Jira)")
-    click.echo(f"  unmatched: {report['unmatched']} (unknown user {reasons['unknown_user']}, "
-               f"hidden e-mail {reasons['hidden_email']}, no member {reasons['no_member']})")
+    click.echo(
+        f"  unmatched: {report['unmatched']} (unknown user {reasons['unknown_user']}, "
+        f"hidden e-mail {reasons['hidden_email']}, no member {reasons['no_member']})"
+    )
     click.echo(f"members: {report['members']}, Jira users: {report['users']}")
     unmatched = report["unmatched_accounts"]
     for account in unmatched[:LISTED_UNMATCHED]:

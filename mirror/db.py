@@ -3,6 +3,7 @@
 SQLite is the embedded default (WAL, a busy timeout, so that the web process, workers and
 the CLI can share one file); PostgreSQL is the production database.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def open_database(url: str) -> pw.Database:
     """A peewee Database for ``url`` (not yet connected)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not path:
             raise DatabaseURLError("DATABASE_URL: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
         if path != ":memory:":

@@ -3,6 +3,7 @@
 Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, docs/jira.md,
 "Webhooks"); every timestamp is normalised here to naive UTC, the form the table stores.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -225,8 +226,19 @@ def typed_columns(fields: Mapping[str, Any], agile: AgileFields | None) -> dict[
 
 
 # Bookkeeping columns: not what a row shows (a version differing only in them changes nothing).
-_NOT_CONTENT = frozenset({"site", "issue_id", "synced_at", "source", "event_ts", "deleted_at", "deleted_reason",
-                          "content_hash", "status_changed_at"})
+_NOT_CONTENT = frozenset(
+    {
+        "site",
+        "issue_id",
+        "synced_at",
+        "source",
+        "event_ts",
+        "deleted_at",
+        "deleted_reason",
+        "content_hash",
+        "status_changed_at",
+    }
+)
 
 
 def content_hash(row: Mapping[str, Any]) -> str:
@@ -245,8 +257,15 @@ def content_hash(row: Mapping[str, Any]) -> str:
 _OWN_TABLES = ("comment", "worklog")
 
 
-def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
-           synced_at: dt.datetime | None = None, agile: AgileFields | None = None) -> dict[str, Any]:
+def to_row(
+    site: str,
+    issue: Mapping[str, Any],
+    *,
+    source: str,
+    event_ts: int,
+    synced_at: dt.datetime | None = None,
+    agile: AgileFields | None = None,
+) -> dict[str, Any]:
     """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
 
     ``fields`` is kept as received (less comments and worklogs); the typed columns are derived

@@ -8,6 +8,7 @@ The Jira facts behind the choices below (from Atlassian's REST v3 description an
 docs/jira.md: search and bulk fetch in "Search and reads", rate limiting, API-token and OAuth 2.0
 (3LO) auth in "Rate limits and auth".
 """
+
 from __future__ import annotations
 
 import base64
@@ -489,8 +490,9 @@ class JiraClient:
 
     # --- history and activity ----------------------------------------------------------------
 
-    def changelog_page(self, ids_or_keys: Sequence[str], *, next_page_token: str | None = None,
-                       max_results: int = CHANGELOG_PAGE) -> JSONDict:
+    def changelog_page(
+        self, ids_or_keys: Sequence[str], *, next_page_token: str | None = None, max_results: int = CHANGELOG_PAGE
+    ) -> JSONDict:
         """One page of ``POST /rest/api/3/changelog/bulkfetch``: the change histories of up to
         1000 issues, oldest first (``issueChangeLogs``, ``nextPageToken`` absent on the last).
         Raises ``ValueError`` for more than 1000 ids and the :class:`JiraError` subclasses."""
@@ -513,8 +515,11 @@ class JiraClient:
             if not next_token:
                 return
             if next_token == token:
-                raise JiraError("POST /rest/api/3/changelog/bulkfetch: Jira repeated the same nextPageToken",
-                                method="POST", path="/rest/api/3/changelog/bulkfetch")
+                raise JiraError(
+                    "POST /rest/api/3/changelog/bulkfetch: Jira repeated the same nextPageToken",
+                    method="POST",
+                    path="/rest/api/3/changelog/bulkfetch",
+                )
             token = next_token
 
     def _offset_pages(self, path: str, template: str, key: str, size: int, start: int) -> list[JSONDict]:
@@ -564,11 +569,13 @@ class JiraClient:
         wanted = [int(i) for i in ids]
         if not wanted or len(wanted) > CHANGELOG_BULK_MAX:
             raise ValueError(f"worklog/list takes 1 to {CHANGELOG_BULK_MAX} ids, got {len(wanted)}")
-        answer = self._request("POST", "/rest/api/3/worklog/list", "/rest/api/3/worklog/list",
-                               json_body={"ids": wanted})
+        answer = self._request(
+            "POST", "/rest/api/3/worklog/list", "/rest/api/3/worklog/list", json_body={"ids": wanted}
+        )
         if not isinstance(answer, list):
-            raise JiraError("POST /rest/api/3/worklog/list: expected a JSON list", method="POST",
-                            path="/rest/api/3/worklog/list")
+            raise JiraError(
+                "POST /rest/api/3/worklog/list: expected a JSON list", method="POST", path="/rest/api/3/worklog/list"
+            )
         return answer
 
     def fields(self) -> list[JSONDict]:
@@ -729,16 +736,12 @@ class JiraClient:
             try:
                 # stream=False: the body is read here, so a connection reset mid-body raises
                 # ChunkedEncodingError/ConnectionError inside this try and is retried.
-                response = self._session.request(
-                    method, url, params=params, json=json_body, timeout=self.timeout
-                )
+                response = self._session.request(method, url, params=params, json=json_body, timeout=self.timeout)
             except _TRANSPORT_ERRORS as exc:
                 self._report(template, 0, started)
                 if isinstance(exc, requests.exceptions.SSLError):
                     # A certificate problem does not heal by retrying.
-                    raise JiraError(
-                        f"{method} {path}: TLS error: {_short(exc)}", method=method, path=path
-                    ) from exc
+                    raise JiraError(f"{method} {path}: TLS error: {_short(exc)}", method=method, path=path) from exc
                 cause = f"{type(exc).__name__}: {_transport_text(exc)}"
                 last_exc = exc
                 if self.fail_fast and _refused(exc):
@@ -976,9 +979,7 @@ def _error_for(method: str, path: str, response: requests.Response) -> JiraError
         if response.headers.get("X-Seraph-LoginReason", "").startswith("AUTHENTICATION_DENIED"):
             # Jira asks for a CAPTCHA after repeated failed logins; only a browser login clears it.
             hint = "Jira wants a CAPTCHA after failed logins: log in once in a browser"
-        return JiraAuthError(
-            f"{where}: HTTP 403 forbidden: {hint}{suffix}", method=method, path=path, status=status
-        )
+        return JiraAuthError(f"{where}: HTTP 403 forbidden: {hint}{suffix}", method=method, path=path, status=status)
     if status == 404:
         return JiraNotFoundError(
             f"{where}: HTTP 404 not found (missing, or not visible to this user){suffix}",

@@ -22,6 +22,7 @@ call sites are written so (ids, keys, outcomes, durations only); as a safety net
 to :func:`redact` are masked in every line, and peewee's query log (its parameters are issue
 bodies) stays off whatever the level.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,17 @@ from typing import IO, Any, Iterator
 from mirror.issues import utc_iso
 
 __all__ = [
-    "JsonFormatter", "KeyValueFormatter", "bind", "bound", "configure", "formatter_from_env", "gunicorn_logconfig",
-    "redact", "redact_settings", "unbind", "unconfigure",
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "bind",
+    "bound",
+    "configure",
+    "formatter_from_env",
+    "gunicorn_logconfig",
+    "redact",
+    "redact_settings",
+    "unbind",
+    "unconfigure",
 ]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -115,12 +125,12 @@ def split_pairs(message: str) -> tuple[str, dict[str, Any]]:
     pairs: dict[str, Any] = {}
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(message)
-        value = message[match.end():end].strip()
+        value = message[match.end() : end].strip()
         key = match.group(1)
         if key in _RESERVED or key in pairs:
             continue
         pairs[key] = int(value) if _INTEGER.fullmatch(value) else value
-    text = message[:matches[0].start()].strip()
+    text = message[: matches[0].start()].strip()
     return (text or message), pairs
 
 

@@ -3,6 +3,7 @@
 Timestamps are UTC: ``timestamptz`` on PostgreSQL (schema version 7), naive UTC ISO-8601 text on
 SQLite. Python code handles them as naive UTC datetimes (:class:`UTCDateTimeField`).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -324,5 +325,15 @@ class SchemaVersion(BaseModel):
         table_name = "jira_mirror_schema"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member, Field, ChangelogItem, Comment,
-                                       Worklog, Cursor)
+MODELS: tuple[type[BaseModel], ...] = (
+    Issue,
+    Project,
+    SyncRun,
+    User,
+    Member,
+    Field,
+    ChangelogItem,
+    Comment,
+    Worklog,
+    Cursor,
+)

@@ -7,6 +7,7 @@ certificate, and Heroku's guidance is to connect without verifying it (docs/cont
 unless ``REDIS_TLS_VERIFY=0``. :func:`describe` says which mode is in use, for a log line and
 the status page, without the password.
 """
+
 from __future__ import annotations
 
 import logging

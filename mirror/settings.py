@@ -3,6 +3,7 @@
 ``Settings.from_env()`` is the one reader of ``os.environ``; tests build ``Settings(...)``
 directly. A malformed value raises :class:`SettingsError` naming the variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,7 @@ def parse_project_keys(raw: str | None, *, name: str = "JIRA_PROJECTS") -> tuple
             continue
         if not PROJECT_KEY.match(key):
             raise SettingsError(
-                f"{name}: {part.strip()!r} is not a Jira project key "
-                "(a letter, then letters, digits or underscores)"
+                f"{name}: {part.strip()!r} is not a Jira project key (a letter, then letters, digits or underscores)"
             )
         if key not in keys:
             keys.append(key)
@@ -205,8 +205,9 @@ class Settings:
             sync_interval_seconds=_positive_int("SYNC_INTERVAL_SECONDS", get("SYNC_INTERVAL_SECONDS"), 300),
             sync_overlap_seconds=_positive_int("SYNC_OVERLAP_SECONDS", get("SYNC_OVERLAP_SECONDS"), 600),
             backfill_concurrency=_positive_int("BACKFILL_CONCURRENCY", get("BACKFILL_CONCURRENCY"), 4, maximum=64),
-            sync_lock_ttl_seconds=_positive_int("SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60,
-                                                maximum=3600),
+            sync_lock_ttl_seconds=_positive_int(
+                "SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60, maximum=3600
+            ),
             port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
             max_body_bytes=_positive_int(
                 "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024

@@ -14,6 +14,7 @@ operations it shares with the status page's buttons.
 a missing or wrong token, or a token in the query string; 404 when ``ADMIN_TOKEN`` is not set;
 503 when Redis cannot take the job. No cookie is read here, so no CSRF token is needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ from flask import Blueprint, current_app, jsonify, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from redis import Redis
 
-from backfill.projects import (JiraCheckError, NotTrackedError, QueueUnavailableError, UnknownProjectError,
-                               queue_backfill)
+from backfill.projects import (
+    JiraCheckError,
+    NotTrackedError,
+    QueueUnavailableError,
+    UnknownProjectError,
+    queue_backfill,
+)
 from mirror.settings import PROJECT_KEY, Settings
 from receiver import auth
 from receiver.errors import ApiError
@@ -146,16 +152,23 @@ def _require_token() -> None:
     if not auth.admin_token():
         raise ApiError(404, DISABLED)
     if auth.token_in_query():
-        raise ApiError(401, "a token in the query string is refused: send Authorization: Bearer <ADMIN_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})
+        raise ApiError(
+            401,
+            "a token in the query string is refused: send Authorization: Bearer <ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'},
+        )
     check = auth.bearer_check()
     if check.throttled:
-        raise ApiError(429, "too many wrong admin tokens lately: try again later",
-                       headers={"Retry-After": str(check.retry_after)})
+        raise ApiError(
+            429, "too many wrong admin tokens lately: try again later", headers={"Retry-After": str(check.retry_after)}
+        )
     if not check.ok:
         given = "wrong" if auth.has_authorization_header() else "missing"
-        raise ApiError(401, f"{given} admin token: send Authorization: Bearer <ADMIN_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})
+        raise ApiError(
+            401,
+            f"{given} admin token: send Authorization: Bearer <ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'},
+        )
 
 
 @bp.after_request
@@ -216,7 +229,8 @@ def post_track(raw_key: str):
     except (QueueUnavailableError, JiraCheckError) as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": "10"}) from None
     return jsonify({"project": key, "tracked": True, "newly_tracked": started, "job_id": job_id}), (
-        201 if started else 200)
+        201 if started else 200
+    )
 
 
 @bp.post("/projects/<raw_key>/untrack")

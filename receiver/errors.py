@@ -1,4 +1,5 @@
 """All error mapping in one place: every error leaves as JSON ``{"error": ...}``."""
+
 from __future__ import annotations
 
 import logging

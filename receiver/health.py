@@ -1,4 +1,5 @@
 """``/healthz`` (the process lives) and ``/readyz`` (the database and Redis answer)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify

@@ -4,6 +4,7 @@ Jira Cloud signs admin webhooks that have a secret with ``X-Hub-Signature: sha25
 HMAC-SHA256 of the raw body (docs/jira.md, "Webhooks"; Atlassian: "Securing admin webhooks").
 It is checked on the raw bytes, before anything parses them.
 """
+
 from __future__ import annotations
 
 import hashlib

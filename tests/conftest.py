@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis and a real database (SQLite file, or PostgreSQL when
 ``TEST_DATABASE_URL`` names one). Only Jira is faked. A missing Redis or PostgreSQL fails the
 run: it is never skipped."""
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,18 @@ def db(settings: Settings):
 
 
 # What a CLI test must not inherit from the environment it runs in.
-CLI_UNSET = ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "JIRA_CLOUD_ID",
-             "ADMIN_TOKEN", "JIRA_WEBHOOK_SECRET", "DYNO", "REDIS_TLS_VERIFY")
+CLI_UNSET = (
+    "JIRA_PROJECTS",
+    "JIRA_BASE_URL",
+    "JIRA_EMAIL",
+    "JIRA_API_TOKEN",
+    "JIRA_OAUTH_TOKEN",
+    "JIRA_CLOUD_ID",
+    "ADMIN_TOKEN",
+    "JIRA_WEBHOOK_SECRET",
+    "DYNO",
+    "REDIS_TLS_VERIFY",
+)
 
 
 @pytest.fixture

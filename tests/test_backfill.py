@@ -1,4 +1,5 @@
 """The sync engine against the bundled Jira simulator, real Redis and the real database."""
+
 import dataclasses
 import threading
 import time
@@ -43,8 +44,9 @@ def test_first_sync_of_a_project_is_full_even_when_incremental_is_asked(db, jira
 
 
 @pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Kolkata", "Pacific/Kiritimati", "America/St_Johns"])
-def test_incremental_after_creates_updates_deletes_and_moves_equals_the_truth(db, jira, jira_settings, redis_conn,
-                                                                              zone):
+def test_incremental_after_creates_updates_deletes_and_moves_equals_the_truth(
+    db, jira, jira_settings, redis_conn, zone
+):
     store.track_projects(jira_settings.site, ["OPS"])
     jira.time_zone = zone
     sync(jira_settings, redis_conn, full=True)

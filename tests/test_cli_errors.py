@@ -1,5 +1,6 @@
 """CLI and configuration errors a new user meets (issue 10, item 7): each a one-line message and a
 non-zero exit, saying what is wrong and where, never a secret."""
+
 from __future__ import annotations
 
 import json
@@ -59,24 +60,35 @@ def test_unreachable_redis_names_the_url_without_its_password_and_the_cause(runn
     assert "hunter2-secret" not in result.output
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not exist',
-     "the database refused the login"),
-    ('connection to server at "127.0.0.1", port 5432 failed: '
-     'FATAL:  password authentication failed for user "u"',
-     "the database refused the login"),
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nope" does not exist',
-     "the database refused the login"),
-    ('relation "jira_project" does not exist\nLINE 1: SELECT ...', "the schema is missing"),
-    ("no such table: jira_project", "the schema is missing"),
-    ('connection to server at "127.0.0.1", port 1 failed: Connection refused', "the database is unreachable"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not exist',
+            "the database refused the login",
+        ),
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: '
+            'FATAL:  password authentication failed for user "u"',
+            "the database refused the login",
+        ),
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nope" does not exist',
+            "the database refused the login",
+        ),
+        ('relation "jira_project" does not exist\nLINE 1: SELECT ...', "the schema is missing"),
+        ("no such table: jira_project", "the schema is missing"),
+        ('connection to server at "127.0.0.1", port 1 failed: Connection refused', "the database is unreachable"),
+    ],
+)
 def test_database_errors_are_told_apart(text, expected):
     assert database_message(Exception(text)).startswith(expected)
 
 
-@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL", "").startswith("postgres"),
-                    reason="needs the PostgreSQL server of TEST_DATABASE_URL (runs in the PostgreSQL pass)")
+@pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL", "").startswith("postgres"),
+    reason="needs the PostgreSQL server of TEST_DATABASE_URL (runs in the PostgreSQL pass)",
+)
 def test_db_upgrade_against_a_refused_postgres_login_says_so(runner, monkeypatch):
     from urllib.parse import urlsplit
 

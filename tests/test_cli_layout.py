@@ -1,4 +1,5 @@
 """The CLI package's shape: one explicit list of subcommands, and no module importing the package back."""
+
 import ast
 import subprocess
 import sys
@@ -16,8 +17,19 @@ def test_every_subcommand_is_registered_once_from_the_one_list():
     assert len(names) == len(set(names))
     assert set(main.commands) == set(names)
     # docs/contract.md's commands (and the development ones) are all there.
-    assert {"db", "projects", "backfill", "status", "issues", "changelog", "comments", "worklogs", "failed", "worker",
-            "schedule"} <= set(names)
+    assert {
+        "db",
+        "projects",
+        "backfill",
+        "status",
+        "issues",
+        "changelog",
+        "comments",
+        "worklogs",
+        "failed",
+        "worker",
+        "schedule",
+    } <= set(names)
 
 
 def test_no_command_module_imports_the_package_itself():
@@ -35,9 +47,15 @@ def test_no_command_module_imports_the_package_itself():
 
 def test_each_cli_module_imports_alone():
     # One fresh interpreter per module (a cycle shows only in the first import), started side by side.
-    procs = {name: subprocess.Popen([sys.executable, "-c", f"import jira_mirror_cli.{name}"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in MODULES}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import jira_mirror_cli.{name}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in MODULES
+    }
     for name, proc in procs.items():
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, f"jira_mirror_cli.{name}: {stderr[-2000:]}"

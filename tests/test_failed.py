@@ -1,5 +1,6 @@
 """Failed jobs: a job that exhausted its retries while the database was unreachable is listed,
 and once the cause is fixed `jira-mirror failed retry` brings it back and it succeeds."""
+
 import json
 
 import pytest
@@ -13,13 +14,15 @@ from workers import failed, queues
 from workers import status as ops_status
 
 
-def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(runner, settings, redis_conn, tmp_path,
-                                                                           drain, monkeypatch):
+def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(
+    runner, settings, redis_conn, tmp_path, drain, monkeypatch
+):
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])  # stored in the job: the worker process uses it too
     q = queues.queue(queues.ISSUES, redis_conn)
     issue = factories.issue("10001", "DEMO-1", summary="written after the outage")
     [job_id] = queues.enqueue_issue_jobs(
-        q, [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})], delivery_id=None)
+        q, [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})], delivery_id=None
+    )
 
     # A real worker whose database does not answer: nothing listens on that port.
     dead = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
@@ -57,8 +60,10 @@ def test_retry_by_id_across_queues_and_unknown_ids(runner, settings, redis_conn,
     ids = []
     for name in (queues.ISSUES, queues.BACKFILL):
         job = queues.queue(name, redis_conn).enqueue_call(
-            "workers.jobs.upsert_issue", kwargs={"site": settings.site, "issue": bad, "event_ts": 1},
-            description=f"bad on {name}")
+            "workers.jobs.upsert_issue",
+            kwargs={"site": settings.site, "issue": bad, "event_ts": 1},
+            description=f"bad on {name}",
+        )
         ids.append(job.id)
     drain((queues.ISSUES, queues.BACKFILL))
     listed = ops_status.list_failed(redis_conn)

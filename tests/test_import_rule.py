@@ -14,6 +14,7 @@ inside a function (a local import is still an import):
    workers) or on ``self`` (a receiver method, whose own calls are checked);
    from ``backfill`` it imports only that service.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,8 +24,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("mirror", "receiver", "workers", "backfill", "jira_mirror_cli")
 STORE_READS = frozenset({"Scope", "tracked_keys", "find_project", "out_of_scope"})
-WRITE_METHODS = ("insert", "insert_many", "insert_from", "update", "delete", "delete_by_id", "delete_instance",
-                 "replace", "replace_many", "create", "save", "get_or_create")
+WRITE_METHODS = (
+    "insert",
+    "insert_many",
+    "insert_from",
+    "update",
+    "delete",
+    "delete_by_id",
+    "delete_instance",
+    "replace",
+    "replace_many",
+    "create",
+    "save",
+    "get_or_create",
+)
 
 
 @dataclass
@@ -43,8 +56,14 @@ def _imports(path: Path) -> list[Imported]:
             for alias in node.names:
                 out.append(Imported(where, alias.name, ("",), {alias.asname or alias.name.split(".")[0]: alias.name}))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.append(Imported(where, node.module, tuple(a.name for a in node.names),
-                                {a.asname or a.name: a.name for a in node.names}))
+            out.append(
+                Imported(
+                    where,
+                    node.module,
+                    tuple(a.name for a in node.names),
+                    {a.asname or a.name: a.name for a in node.names},
+                )
+            )
     return out
 
 
@@ -68,8 +87,11 @@ def _all_imported(package: str, root: Path = ROOT) -> list[tuple[Imported, str]]
 
 
 def mirror_violations(root: Path = ROOT) -> list[str]:
-    return [f"{imp.where} {target}" for imp, target in _all_imported("mirror", root)
-            if _top(target) in ("receiver", "workers", "backfill", "jira_mirror_cli")]
+    return [
+        f"{imp.where} {target}"
+        for imp, target in _all_imported("mirror", root)
+        if _top(target) in ("receiver", "workers", "backfill", "jira_mirror_cli")
+    ]
 
 
 def test_mirror_imports_none_of_the_packages_above_it():
@@ -93,8 +115,12 @@ def receiver_write_violations(root: Path = ROOT) -> list[str]:
     for path in _files("receiver", root):
         tree = ast.parse(path.read_text())
         imports = _imports(path)
-        store_aliases = {local for imp in imports for local, name in imp.aliases.items()
-                         if (imp.module, name) in (("mirror", "store"), ("mirror.store", ""))}
+        store_aliases = {
+            local
+            for imp in imports
+            for local, name in imp.aliases.items()
+            if (imp.module, name) in (("mirror", "store"), ("mirror.store", ""))
+        }
         models = {local for imp in imports if imp.module == "mirror.models" for local in imp.aliases}
         for imp in imports:
             if imp.module == "mirror.store":
@@ -116,17 +142,25 @@ def receiver_enqueue_violations(root: Path = ROOT) -> list[str]:
     bad = []
     for path in _files("receiver", root):
         imports = _imports(path)
-        through = {local for imp in imports for local, name in imp.aliases.items()
-                   if _top(imp.module) == "workers" or imp.module == "backfill.projects"
-                   or (imp.module, name) in (("workers", "queues"), ("backfill", "projects"))}
+        through = {
+            local
+            for imp in imports
+            for local, name in imp.aliases.items()
+            if _top(imp.module) == "workers"
+            or imp.module == "backfill.projects"
+            or (imp.module, name) in (("workers", "queues"), ("backfill", "projects"))
+        }
         for imp in imports:
             targets = [f"{imp.module}.{n}" if n else imp.module for n in imp.names]
             bad += [f"{imp.where} {t}" for t in targets if t in ("rq.Queue", "rq.queue", "rq.queue.Queue")]
             if _top(imp.module) == "backfill" and imp.module != "backfill.projects" and imp.names != ("projects",):
                 bad.append(f"{imp.where} {imp.module}")
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr.startswith("enqueue")):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("enqueue")
+            ):
                 owner = node.func.value
                 # self.enqueue(...): a method of the receiver's own; the call inside it is checked too.
                 if not (isinstance(owner, ast.Name) and owner.id in through | {"self"}):
@@ -147,8 +181,12 @@ def test_the_checks_find_each_kind_of_violation(tmp_path):
     (tmp_path / "receiver").mkdir()
     (tmp_path / "receiver" / "bad.py").write_text(
         "from mirror import store\nfrom mirror.models import Issue\nfrom rq import Queue\nfrom backfill import jobs\n"
-        "def f(q):\n    store.upsert_issues([])\n    Issue.insert_many([]).execute()\n    q.enqueue('x')\n")
+        "def f(q):\n    store.upsert_issues([])\n    Issue.insert_many([]).execute()\n    q.enqueue('x')\n"
+    )
     assert mirror_violations(tmp_path) == ["mirror/bad.py:2 workers.queues"]
     assert sorted(receiver_write_violations(tmp_path)) == ["bad.py:6 store.upsert_issues", "bad.py:7 Issue.insert_many"]
     assert sorted(receiver_enqueue_violations(tmp_path)) == [
-        "bad.py:8 .enqueue(...)", "receiver/bad.py:3 rq.Queue", "receiver/bad.py:4 backfill"]
+        "bad.py:8 .enqueue(...)",
+        "receiver/bad.py:3 rq.Queue",
+        "receiver/bad.py:4 backfill",
+    ]

@@ -58,12 +58,24 @@ def test_to_row_reads_story_points_and_sprints_by_the_sites_field_ids():
 
 def test_agile_fields_are_found_by_schema_type_then_by_name():
     fields = [
-        {"id": "customfield_10016", "name": "Story point estimate", "custom": True,
-         "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10016}},
-        {"id": "customfield_10028", "name": "Story Points", "custom": True,
-         "schema": {"type": "number", "custom": "com.atlassian.jira.plugin.system.customfieldtypes:float"}},
-        {"id": "customfield_10104", "name": "Sprint", "custom": True,
-         "schema": {"type": "array", "items": "json", "custom": "com.pyxis.greenhopper.jira:gh-sprint"}},
+        {
+            "id": "customfield_10016",
+            "name": "Story point estimate",
+            "custom": True,
+            "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10016},
+        },
+        {
+            "id": "customfield_10028",
+            "name": "Story Points",
+            "custom": True,
+            "schema": {"type": "number", "custom": "com.atlassian.jira.plugin.system.customfieldtypes:float"},
+        },
+        {
+            "id": "customfield_10104",
+            "name": "Sprint",
+            "custom": True,
+            "schema": {"type": "array", "items": "json", "custom": "com.pyxis.greenhopper.jira:gh-sprint"},
+        },
     ]
     assert agile_fields(fields) == AgileFields("customfield_10016", "customfield_10104")
     assert agile_fields(fields[1:2]) == AgileFields("customfield_10028", None)

@@ -6,6 +6,7 @@ operator fixes the cause and runs ``jira-mirror failed retry`` (docs/contract.md
 4). A retried job gets its retry allowance back: the cause may still be healing (a database
 coming back), and the job should ride that out like a fresh one.
 """
+
 from __future__ import annotations
 
 import logging

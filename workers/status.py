@@ -14,6 +14,7 @@ the parts that answered are still reported. Lists are bounded (``LIST_LIMIT`` ne
 page stays cheap whatever piles up. Datetimes are timezone-aware UTC; :func:`jsonable` turns
 the report into JSON-ready values (ISO-8601 with ``Z``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -184,8 +185,11 @@ def _jira(settings: Settings, connection: Redis | None, now: dt.datetime, *, ask
     info: dict[str, Any] = {
         "site": settings.site,
         "base_url": settings.jira_api_base_url,
-        "auth": "api token" if settings.jira_email and settings.jira_api_token
-        else "oauth" if settings.jira_oauth_token else None,
+        "auth": "api token"
+        if settings.jira_email and settings.jira_api_token
+        else "oauth"
+        if settings.jira_oauth_token
+        else None,
         "configured": settings.jira_configured,
         "ok": False,
         "error": None,
@@ -196,8 +200,10 @@ def _jira(settings: Settings, connection: Redis | None, now: dt.datetime, *, ask
         "cached": False,
     }
     if not info["configured"]:
-        info["error"] = ("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN "
-                         "(or JIRA_OAUTH_TOKEN with JIRA_CLOUD_ID)")
+        info["error"] = (
+            "Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN "
+            "(or JIRA_OAUTH_TOKEN with JIRA_CLOUD_ID)"
+        )
         return info
     if not ask:
         return info
@@ -240,8 +246,10 @@ def _ask_myself(settings: Settings, now: dt.datetime) -> dict[str, Any]:
 
 def _credentials_fingerprint(settings: Settings) -> str:
     """Changes with the site or the credentials, so a fix shows at once; reveals nothing of them."""
-    material = "\0".join(str(v) for v in (settings.jira_api_base_url, settings.jira_email, settings.jira_api_token,
-                                          settings.jira_oauth_token))
+    material = "\0".join(
+        str(v)
+        for v in (settings.jira_api_base_url, settings.jira_email, settings.jira_api_token, settings.jira_oauth_token)
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -290,8 +298,12 @@ def run_history(site: str, keys: list[str], length: int) -> dict[str, list[dict[
     as :func:`run_summary` describes them. Needs a database connection; raises peewee errors."""
     history = {}
     for key in keys:
-        runs = (SyncRun.select().where(SyncRun.site == site, SyncRun.project_key == key)
-                .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(length))
+        runs = (
+            SyncRun.select()
+            .where(SyncRun.site == site, SyncRun.project_key == key)
+            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .limit(length)
+        )
         history[key] = [run_summary(run) for run in runs]
     return history
 
@@ -327,25 +339,58 @@ def run_summary(run: SyncRun | None) -> dict[str, Any] | None:
 
 def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     live = Issue.deleted_at.is_null()
-    counts = dict(tuples(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                         .where(Issue.site == site, live).group_by(Issue.project_key)))
-    deleted = dict(tuples(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                          .where(Issue.site == site, ~live).group_by(Issue.project_key)))
-    newest = dict(tuples(Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
-                         .where(Issue.site == site).group_by(Issue.project_key)))
+    counts = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+            .where(Issue.site == site, live)
+            .group_by(Issue.project_key)
+        )
+    )
+    deleted = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+            .where(Issue.site == site, ~live)
+            .group_by(Issue.project_key)
+        )
+    )
+    newest = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
+            .where(Issue.site == site)
+            .group_by(Issue.project_key)
+        )
+    )
     # Lag is the time since the last successful sync (any kind): a quiet project that syncs is
     # not behind, however old its newest change.
-    succeeded = dict(tuples(SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
-                            .where(SyncRun.site == site, SyncRun.state == "succeeded")
-                            .group_by(SyncRun.project_key)))
+    succeeded = dict(
+        tuples(
+            SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
+            .where(SyncRun.site == site, SyncRun.state == "succeeded")
+            .group_by(SyncRun.project_key)
+        )
+    )
 
     # The latest run of each (project, kind): one query, whatever the number of projects.
-    latest = (SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
-              .where(SyncRun.site == site).group_by(SyncRun.project_key, SyncRun.kind).alias("latest"))
+    latest = (
+        SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
+        .where(SyncRun.site == site)
+        .group_by(SyncRun.project_key, SyncRun.kind)
+        .alias("latest")
+    )
     runs: dict[tuple[str, str], SyncRun] = {}
-    query = (SyncRun.select().join(latest, on=(
-        (SyncRun.project_key == latest.c.project_key) & (SyncRun.kind == latest.c.kind)
-        & (SyncRun.started_at == latest.c.newest))).where(SyncRun.site == site).order_by(SyncRun.id))
+    query = (
+        SyncRun.select()
+        .join(
+            latest,
+            on=(
+                (SyncRun.project_key == latest.c.project_key)
+                & (SyncRun.kind == latest.c.kind)
+                & (SyncRun.started_at == latest.c.newest)
+            ),
+        )
+        .where(SyncRun.site == site)
+        .order_by(SyncRun.id)
+    )
     for run in query:
         runs[(run.project_key, run.kind)] = run  # ties: the later id wins
 
@@ -353,25 +398,27 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     for p in Project.select().where(Project.site == site).order_by(Project.is_active.desc(), Project.key):
         newest_updated = utc(newest.get(p.key))
         last_success = utc(succeeded.get(p.key))
-        projects.append({
-            "key": p.key,
-            "name": p.name,
-            "active": bool(p.is_active),
-            "issues": counts.get(p.key, 0),
-            "deleted": deleted.get(p.key, 0),
-            "newest_updated": newest_updated,
-            "last_success_at": last_success,
-            "lag_seconds": max(0, round((now - last_success).total_seconds())) if last_success else None,
-            "sync_state": p.sync_state,
-            "state": p.sync_state,  # refined from Redis by _activity: queued, retrying
-            "last_error": p.last_error,
-            "sync_cursor": utc(p.sync_cursor),
-            "last_full_sync_at": utc(p.last_full_sync_at),
-            "last_incremental": run_summary(runs.get((p.key, "incremental"))),
-            "last_full": run_summary(runs.get((p.key, "full"))),
-            "progress": None,
-            "job": None,
-        })
+        projects.append(
+            {
+                "key": p.key,
+                "name": p.name,
+                "active": bool(p.is_active),
+                "issues": counts.get(p.key, 0),
+                "deleted": deleted.get(p.key, 0),
+                "newest_updated": newest_updated,
+                "last_success_at": last_success,
+                "lag_seconds": max(0, round((now - last_success).total_seconds())) if last_success else None,
+                "sync_state": p.sync_state,
+                "state": p.sync_state,  # refined from Redis by _activity: queued, retrying
+                "last_error": p.last_error,
+                "sync_cursor": utc(p.sync_cursor),
+                "last_full_sync_at": utc(p.last_full_sync_at),
+                "last_incremental": run_summary(runs.get((p.key, "incremental"))),
+                "last_full": run_summary(runs.get((p.key, "full"))),
+                "progress": None,
+                "job": None,
+            }
+        )
     return projects
 
 
@@ -447,19 +494,21 @@ def _workers(connection: Redis) -> list[dict[str, Any]]:
         if job_id:
             job = Job.fetch_many([job_id], connection=connection, serializer=JSONSerializer)[0]
             description = job.description if job else None
-        out.append({
-            "name": worker.name,
-            "queues": worker.queue_names(),
-            "state": worker.get_state(),
-            "current_job": job_id,
-            "current_job_description": description,
-            "hostname": worker.hostname,
-            "pid": worker.pid,
-            "birth": utc(worker.birth_date),
-            "last_heartbeat": utc(worker.last_heartbeat),
-            "successful_jobs": worker.successful_job_count,
-            "failed_jobs": worker.failed_job_count,
-        })
+        out.append(
+            {
+                "name": worker.name,
+                "queues": worker.queue_names(),
+                "state": worker.get_state(),
+                "current_job": job_id,
+                "current_job_description": description,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "birth": utc(worker.birth_date),
+                "last_heartbeat": utc(worker.last_heartbeat),
+                "successful_jobs": worker.successful_job_count,
+                "failed_jobs": worker.failed_job_count,
+            }
+        )
     return sorted(out, key=lambda w: w["name"])
 
 
@@ -486,16 +535,32 @@ def list_failed(connection: Redis) -> list[dict[str, Any]]:
         ids = FailedJobRegistry(queue=queue(name, connection)).get_job_ids()
         fetched = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if ids else []
         jobs.extend(_failed_job(name, job_id, job) for job_id, job in zip(ids, fetched))
-    listed = [{"id": j["id"], "queue": j["queue"], "function": j["function"], "description": j["description"],
-               "failed_at": utc_iso(j["ended_at"], timespec="seconds"), "error": j["error"]} for j in jobs]
+    listed = [
+        {
+            "id": j["id"],
+            "queue": j["queue"],
+            "function": j["function"],
+            "description": j["description"],
+            "failed_at": utc_iso(j["ended_at"], timespec="seconds"),
+            "error": j["error"],
+        }
+        for j in jobs
+    ]
     listed.sort(key=lambda item: (item["failed_at"] or "", item["id"]))
     return listed
 
 
 def _failed_job(queue_name: str, job_id: str, job: Job | None) -> dict[str, Any]:
     """A failed job described for an operator (the report's entry; list_failed's, reshaped)."""
-    entry: dict[str, Any] = {"id": job_id, "queue": queue_name, "function": None, "description": None,
-                             "error": None, "ended_at": None, "enqueued_at": None}
+    entry: dict[str, Any] = {
+        "id": job_id,
+        "queue": queue_name,
+        "function": None,
+        "description": None,
+        "error": None,
+        "ended_at": None,
+        "enqueued_at": None,
+    }
     if job is None:
         entry["error"] = "the job's data has expired from Redis"
         return entry
