@@ -1,4 +1,5 @@
 """gunicorn settings, from the environment (Heroku style)."""
+
 import os
 
 from mirror.settings import Settings
@@ -81,8 +82,11 @@ class DeadlineThreadWorker(_ThreadWorker):
                     conn.sock.shutdown(_socket.SHUT_RD)
                 except OSError:
                     continue  # already closed
-                self.log.warning("request deadline passed deadline_s=%s peer=%s: connection's reading side shut",
-                                 request_deadline, conn.client[0] if isinstance(conn.client, tuple) else "-")
+                self.log.warning(
+                    "request deadline passed deadline_s=%s peer=%s: connection's reading side shut",
+                    request_deadline,
+                    conn.client[0] if isinstance(conn.client, tuple) else "-",
+                )
 
 
 worker_class = ClientTimeoutSyncWorker if threads == 1 else DeadlineThreadWorker

@@ -17,6 +17,7 @@ Only Jira's word deletes (CONTRACT.md invariant 7): a comment or worklog is mark
 it is absent from a complete list of its issue (every page read, as many as ``total`` says), or
 listed by ``worklog/deleted``; never because a call failed or a page was cut.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,7 +31,7 @@ from mirror import history_store
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
-from mirror.db import database
+from mirror.db import database, tuples
 from mirror.models import Field
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ class HistorySync:
 
     # -- comments and worklogs embedded in issues ---------------------------------------------
 
-    def embedded(self, issues: Sequence[dict[str, Any]], read_at_ms: int, *, worklogs: bool = True,
-                 defer: bool = False) -> None:
+    def embedded(
+        self, issues: Sequence[dict[str, Any]], read_at_ms: int, *, worklogs: bool = True, defer: bool = False
+    ) -> None:
         """Write the comments (and worklogs) the issues embed; an issue whose embedded page is
         not all of them is read in full through its own endpoint (in parallel; with ``defer``,
         at :meth:`flush_overflow`). Each list read in full makes its issue's other rows, older
@@ -177,8 +179,9 @@ class HistorySync:
         deferred, self._deferred = self._deferred, []
         if not deferred:
             return
-        more = self._read_overflow([(kind, issue_id, len(items)) for kind, issue_id, items, _ in deferred],
-                                   parallel=self.concurrency * 2)
+        more = self._read_overflow(
+            [(kind, issue_id, len(items)) for kind, issue_id, items, _ in deferred], parallel=self.concurrency * 2
+        )
         by_time: dict[int, dict[str, list[tuple[str, list[dict[str, Any]]]]]] = {}
         for kind, issue_id, items, read_at_ms in deferred:
             rest = more.get((kind, issue_id))
@@ -189,8 +192,9 @@ class HistorySync:
                 self._buffer.append((kind, read_at_ms, pairs))
         self.write_buffer()
 
-    def _read_overflow(self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
-                       ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
+    def _read_overflow(
+        self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
+    ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
         self.counts.overflow_reads += len(wanted)
 
         def read(job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
@@ -206,8 +210,9 @@ class HistorySync:
             answers = list(pool.map(read, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
-    def _write_lists(self, kind: str, pairs: list[tuple[str, list[dict[str, Any]]]], read_at: dt.datetime,
-                     read_at_ms: int) -> None:
+    def _write_lists(
+        self, kind: str, pairs: list[tuple[str, list[dict[str, Any]]]], read_at: dt.datetime, read_at_ms: int
+    ) -> None:
         """Write the complete lists of many issues: one upsert, one reconciliation query a batch."""
         mapper = comment_row if kind == "comment" else worklog_row
         key = f"{kind}_id"
@@ -217,8 +222,9 @@ class HistorySync:
             mapped = []
             try:
                 for item in items:
-                    mapped.append(mapper(self.site, item, issue_id=issue_id, source="backfill",
-                                         event_ts=read_at_ms, at=read_at))
+                    mapped.append(
+                        mapper(self.site, item, issue_id=issue_id, source="backfill", event_ts=read_at_ms, at=read_at)
+                    )
             except ValueError as exc:  # one unreadable entry: skipped, and the list is not complete
                 log.warning("%s skipped issue=%s error=%s", kind, issue_id, exc)
                 rows.extend(mapped)
@@ -331,14 +337,16 @@ class HistorySync:
         read_at = utc_now()
         for start in range(0, len(ids), CHANGELOG_BULK_MAX):
             found = self.client.worklog_list(ids[start : start + CHANGELOG_BULK_MAX])
-            rows = [worklog_row(self.site, w, source="backfill", event_ts=epoch_ms(read_at), at=read_at)
-                    for w in found if isinstance(w, dict)]
+            rows = [
+                worklog_row(self.site, w, source="backfill", event_ts=epoch_ms(read_at), at=read_at)
+                for w in found
+                if isinstance(w, dict)
+            ]
             live = history_store.live_issue_ids(self.site, (r["issue_id"] for r in rows))
             self.counts.worklogs += history_store.upsert_worklogs([r for r in rows if r["issue_id"] in live])
         history_store.save_cursor(self.site, WORKLOGS_UPDATED, until)
         since = history_store.read_cursor(self.site, WORKLOGS_DELETED)
-        values, until = self.client.worklog_changes(since if since is not None else epoch_ms(fallback),
-                                                    deleted=True)
+        values, until = self.client.worklog_changes(since if since is not None else epoch_ms(fallback), deleted=True)
         gone = [str(v["worklogId"]) for v in values if isinstance(v, dict) and v.get("worklogId") is not None]
         if gone:
             self.counts.deleted += history_store.delete_worklogs_by_id(self.site, gone)
@@ -354,9 +362,14 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
     rows = list(rows)
     if not rows:
         return []
-    held = {issue_id: (updated, source) for issue_id, updated, source in Issue.select(
-        Issue.issue_id, Issue.updated, Issue.source).where(
-        Issue.site == site, Issue.issue_id.in_([r["issue_id"] for r in rows])).tuples()}
+    held = {
+        issue_id: (updated, source)
+        for issue_id, updated, source in tuples(
+            Issue.select(Issue.issue_id, Issue.updated, Issue.source).where(
+                Issue.site == site, Issue.issue_id.in_([r["issue_id"] for r in rows])
+            )
+        )
+    }
     out = []
     for row in rows:
         stored = held.get(row["issue_id"])
@@ -365,8 +378,9 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
-def full_sync_floor(issues: int, *, changelog_pages: int | None = None, overflowing: int = 0,
-                    fixed: int = 2) -> tuple[str, int]:
+def full_sync_floor(
+    issues: int, *, changelog_pages: int | None = None, overflowing: int = 0, fixed: int = 2
+) -> tuple[str, int]:
     """The fewest calls a full sync of ``issues`` can make with these endpoints, and the formula:
     ``fixed`` (GET project, GET field on a site's first sync) + ids 5000 a page +
     bulkfetch 100 a call + changelogs 1000 issues a call (``changelog_pages`` when a batch holds
@@ -376,7 +390,9 @@ def full_sync_floor(issues: int, *, changelog_pages: int | None = None, overflow
     batches = -(-issues // CHANGELOG_BULK_MAX)
     pages = batches if changelog_pages is None else changelog_pages
     total = fixed + id_pages + details + pages + overflowing
-    formula = (f"{fixed} + ceil(N/5000)={id_pages} + ceil(N/100)={details} + changelog pages={pages}"
-               f" (ceil(N/1000)={batches} + {pages - batches} cut pages) + overflowed issues={overflowing}"
-               f" = {total}")
+    formula = (
+        f"{fixed} + ceil(N/5000)={id_pages} + ceil(N/100)={details} + changelog pages={pages}"
+        f" (ceil(N/1000)={batches} + {pages - batches} cut pages) + overflowed issues={overflowing}"
+        f" = {total}"
+    )
     return formula, total

@@ -5,6 +5,7 @@ keeps alive and that expires within ``LOCK_TTL`` seconds of the process dying (S
 deploy), so an interrupted sync is simply started again: every write is an idempotent,
 order-safe upsert, and the cursor only moves once a run has written what it read.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -123,8 +124,11 @@ def _enqueue_once(connection: Redis, *, site: str, project_key: str, full: bool)
         failure_ttl=30 * 24 * 3600,
         description=f"{kind} sync {project_key}",
     )
-    connection.set(PENDING_KEY.format(site=site, key=project_key), json.dumps({"job_id": job.id, "kind": kind}),
-                   ex=SYNC_TIMEOUT["full"] * 2)
+    connection.set(
+        PENDING_KEY.format(site=site, key=project_key),
+        json.dumps({"job_id": job.id, "kind": kind}),
+        ex=SYNC_TIMEOUT["full"] * 2,
+    )
     if not connection.exists(LOCK_KEY.format(site=site, key=project_key)):
         # A running sync's progress stays on show; this one's shows once it starts.
         write_progress(connection, site, project_key, {"phase": "queued", "kind": kind, "job_id": job.id})
@@ -184,7 +188,7 @@ def write_progress(connection: Redis, site: str, key: str, values: dict[str, Any
 
 def read_progress(connection: Redis, site: str, key: str) -> dict[str, Any]:
     raw = connection.hgetall(PROGRESS_KEY.format(site=site, key=key))
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
+    return {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in raw.items()}
 
 
 PROGRESS_LOG_SECONDS = 10.0  # a full sync logs its progress this often, and at each new phase
@@ -204,18 +208,36 @@ def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, als
         if stats.kind == "full" and (now - logged[0] >= PROGRESS_LOG_SECONDS or stats.phase != logged[1]):
             logged[0], logged[1] = now, stats.phase
             percent = f"{min(100.0, 100.0 * stats.seen / stats.estimate):.0f}" if stats.estimate else "-"
-            log.info("sync progress project=%s kind=%s phase=%s seen=%d estimate=%s percent=%s api_calls=%d "
-                     "elapsed_s=%.0f", key, stats.kind, stats.phase, stats.seen, stats.estimate or "-", percent,
-                     stats.api_calls, now - stats.started)
+            log.info(
+                "sync progress project=%s kind=%s phase=%s seen=%d estimate=%s percent=%s api_calls=%d elapsed_s=%.0f",
+                key,
+                stats.kind,
+                stats.phase,
+                stats.seen,
+                stats.estimate or "-",
+                percent,
+                stats.api_calls,
+                now - stats.started,
+            )
         if now - last[0] < 1.0 and stats.phase != "done":
             return
         last[0] = now
-        write_progress(connection, site, key, {
-            "phase": stats.phase, "kind": stats.kind, "seen": stats.seen, "written": stats.written,
-            "estimate": stats.estimate, "api_calls": stats.api_calls, "retries": stats.retries,
-            "elapsed": round(now - stats.started, 1),
-            "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        })
+        write_progress(
+            connection,
+            site,
+            key,
+            {
+                "phase": stats.phase,
+                "kind": stats.kind,
+                "seen": stats.seen,
+                "written": stats.written,
+                "estimate": stats.estimate,
+                "api_calls": stats.api_calls,
+                "retries": stats.retries,
+                "elapsed": round(now - stats.started, 1),
+                "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            },
+        )
 
     return report
 
@@ -223,8 +245,9 @@ def _progress_writer(connection: Redis, site: str, key: str, lock: SyncLock, als
 def client_for(settings: Settings) -> JiraClient:
     if not settings.jira_configured:
         raise SyncError("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN (or JIRA_OAUTH_TOKEN)")
-    return JiraClient.from_settings(settings, pool_size=max(16, settings.backfill_concurrency * 2),
-                                    sleep=shutdown.interruptible_sleep)
+    return JiraClient.from_settings(
+        settings, pool_size=max(16, settings.backfill_concurrency * 2), sleep=shutdown.interruptible_sleep
+    )
 
 
 def run_sync(
@@ -241,28 +264,46 @@ def run_sync(
     client = client or client_for(settings)
     before = client.stats.snapshot()
     try:
-        return _locked_sync(settings, connection, client, project_key=project_key, full=full, job_id=job_id,
-                            progress=progress)
+        return _locked_sync(
+            settings, connection, client, project_key=project_key, full=full, job_id=job_id, progress=progress
+        )
     finally:
         metrics.record_jira_client(connection, client, since=before)  # jira_mirror_jira_api_calls_total
 
 
-def _locked_sync(settings: Settings, connection: Redis, client: JiraClient, *, project_key: str, full: bool,
-                 job_id: str | None, progress: Progress | None) -> dict[str, Any]:
+def _locked_sync(
+    settings: Settings,
+    connection: Redis,
+    client: JiraClient,
+    *,
+    project_key: str,
+    full: bool,
+    job_id: str | None,
+    progress: Progress | None,
+) -> dict[str, Any]:
     site = settings.site
     with SyncLock(connection, site, project_key, ttl=settings.sync_lock_ttl_seconds) as lock:
         if job_id is not None:  # this job no longer waits: another one may be queued from now on
             connection.eval(_FORGET_PENDING, 1, PENDING_KEY.format(site=site, key=project_key), job_id)
         with database.connection_context():
             run = run_project_sync(
-                client, site=site, project_key=project_key, full=full, job_id=job_id,
+                client,
+                site=site,
+                project_key=project_key,
+                full=full,
+                job_id=job_id,
                 concurrency=settings.backfill_concurrency,
                 overlap=dt.timedelta(seconds=settings.sync_overlap_seconds),
                 progress=_progress_writer(connection, site, project_key, lock, progress),
             )
     return {
-        "run_id": run.id, "kind": run.kind, "project": project_key, "seen": run.issues_seen,
-        "written": run.issues_written, "deleted": run.issues_deleted, "api_calls": run.api_calls,
+        "run_id": run.id,
+        "kind": run.kind,
+        "project": project_key,
+        "seen": run.issues_seen,
+        "written": run.issues_written,
+        "deleted": run.issues_deleted,
+        "api_calls": run.api_calls,
         "retries": run.retries,
     }
 
@@ -287,8 +328,12 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
         if isinstance(exc, ProjectNotFoundError) and job is not None:
             job.retries_left = 0  # permanent: Jira has no such project; a retry changes nothing
         # RQ keeps no error for a failure it will retry: the status page reads it from here.
-        write_progress(connection, site, project_key, {"phase": "error", "error": str(exc)[:500],
-                                                       "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+        write_progress(
+            connection,
+            site,
+            project_key,
+            {"phase": "error", "error": str(exc)[:500], "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()},
+        )
         raise
     except shutdown.ShutdownRequested:
         # SIGTERM mid-sync: hand the work back; another worker starts it over (idempotent writes).
@@ -315,7 +360,12 @@ def sync_users_job(site: str) -> dict[str, int]:
 
 def enqueue_users_sync(connection: Redis, *, site: str) -> str:
     job = queue(BACKFILL, connection).enqueue_call(
-        "backfill.jobs.sync_users_job", kwargs={"site": site}, retry=sync_retry_policy(), timeout=3600,
-        result_ttl=7 * 24 * 3600, failure_ttl=30 * 24 * 3600, description="users sync",
+        "backfill.jobs.sync_users_job",
+        kwargs={"site": site},
+        retry=sync_retry_policy(),
+        timeout=3600,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=30 * 24 * 3600,
+        description="users sync",
     )
     return job.id

@@ -3,7 +3,11 @@
 A key is checked with Jira first (``GET /rest/api/3/project/{projectIdOrKey}``): an unknown one
 is refused and nothing changes; a known one is tracked by its Jira id (a renamed key is then
 followed) and gets its full backfill at once. Untracking cancels the project's pending sync.
+:func:`queue_backfill` queues a sync of a tracked project. Every function raises the errors
+below, with the same words, whoever calls it; the callers only map them to a 4xx/5xx, a flash
+message or a CLI exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,6 +37,10 @@ class QueueUnavailableError(RuntimeError):
     """Redis cannot take the job."""
 
 
+class NotTrackedError(LookupError):
+    """The project is not tracked (never, or untracked since)."""
+
+
 @dataclass
 class Tracked:
     key: str  # Jira's current key (the one asked for may be a former one)
@@ -48,8 +56,9 @@ def check_project(client: JiraClient, key: str) -> dict[str, Any]:
     try:
         info = client.get_project(key)
     except (JiraNotFoundError, JiraBadRequestError):
-        raise UnknownProjectError(f"Jira has no project {key} (or this user may not see it); nothing was changed") \
-            from None
+        raise UnknownProjectError(
+            f"Jira has no project {key} (or this user may not see it); nothing was changed"
+        ) from None
     except JiraError as exc:
         raise JiraCheckError(f"Jira could not be asked about {key}: {exc}; nothing was changed") from None
     if not info.get("id") or not info.get("key"):
@@ -57,8 +66,9 @@ def check_project(client: JiraClient, key: str) -> dict[str, Any]:
     return info
 
 
-def track_project(settings: Settings, connection: Redis | None, key: str, *,
-                  client: JiraClient | None = None) -> Tracked:
+def track_project(
+    settings: Settings, connection: Redis | None, key: str, *, client: JiraClient | None = None
+) -> Tracked:
     """Track ``key`` and queue its first (full) backfill on ``connection`` (None: queue none).
 
     With Jira configured the key is checked first. Raises UnknownProjectError, JiraCheckError or
@@ -82,8 +92,9 @@ def track_project(settings: Settings, connection: Redis | None, key: str, *,
         except RedisError:
             raise QueueUnavailableError("the queue is unavailable (Redis); nothing was changed") from None
     with database.connection_context():
-        newly = key in store.track_projects(settings.site, [key], ids={key: project_id} if project_id else None,
-                                            names={key: name} if name else None)
+        newly = key in store.track_projects(
+            settings.site, [key], ids={key: project_id} if project_id else None, names={key: name} if name else None
+        )
     job_id = None
     if newly and connection is not None:
         try:
@@ -114,3 +125,21 @@ def untrack_project(settings: Settings, connection: Redis | None, key: str) -> b
             log.warning("pending sync not cancelled project=%s error=%s", key, type(exc).__name__)
     log.info("project untracked project=%s was_tracked=%s cancelled=%s", key, stopped, cancelled)
     return stopped
+
+
+def queue_backfill(settings: Settings, connection: Redis, key: str, *, full: bool) -> str:
+    """Queue a sync of the tracked project ``key`` on the ``backfill`` queue; returns the job id
+    (the one already waiting, if any). Raises NotTrackedError or QueueUnavailableError."""
+    from backfill.jobs import enqueue_sync  # the sync engine loads only when asked for
+
+    with database.connection_context():
+        tracked = key in store.tracked_keys(settings.site)
+    if not tracked:
+        raise NotTrackedError(f"project {key} is not tracked")
+    try:
+        job_id = enqueue_sync(connection, site=settings.site, project_key=key, full=full)
+    except RedisError as exc:
+        log.warning("backfill not enqueued project=%s error=%s", key, type(exc).__name__)
+        raise QueueUnavailableError("the queue is unavailable (Redis); try again") from None
+    log.info("backfill enqueued project=%s full=%s job=%s", key, full, job_id)
+    return job_id

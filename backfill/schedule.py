@@ -7,6 +7,7 @@ still waiting gets no second one, so a slow or failing project never piles up jo
 back the others (each is its own job, retried with backoff on its own). Several clock
 processes may run: a tick is taken by one of them only.
 """
+
 from __future__ import annotations
 
 import datetime as dt

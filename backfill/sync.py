@@ -1,6 +1,6 @@
 """The JQL sync engine: full sync with reconciliation, and incremental sync.
 
-Jira facts behind it (JIRA.md, "Search and reads"):
+Jira facts behind it (docs/jira.md, "Search and reads"):
 
 * ``search/jql`` pages through ``nextPageToken``; pages of ids alone go up to 5000, so a
   project's complete id list costs issues/5000 calls. Details come from ``issue/bulkfetch``
@@ -19,6 +19,7 @@ Jira facts behind it (JIRA.md, "Search and reads"):
 Every row goes through ``mirror.store``; its guard keeps webhook versions that are newer than
 what a sync read, so a sync running beside live webhooks never rolls a row back.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -33,6 +34,7 @@ import peewee as pw
 from backfill.history import EMBEDDED, HistorySync, changed_ids
 from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
+from mirror.db import tuples
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
 from mirror.models import Issue, Project, SyncRun
@@ -146,7 +148,7 @@ class ProjectSync:
         self.progress(stats)
 
     def _project_jql(self) -> str:
-        # By id when known: a renamed key is followed (JIRA.md, "Search and reads").
+        # By id when known: a renamed key is followed (docs/jira.md, "Search and reads").
         return f"project = {self.project_id}" if self.project_id else f"project = {_quote_key(self.key)}"
 
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
@@ -244,7 +246,8 @@ class ProjectSync:
             raise IssuesUnreadableError(
                 f"Jira could not return {len(errored)} issue(s) after {len(self.retry_delays) + 1} attempts "
                 f"(bulkfetch issueErrors; none was taken as deleted): ids {', '.join(errored[:10])}"
-                + (" …" if len(errored) > 10 else ""))
+                + (" …" if len(errored) > 10 else "")
+            )
         return absent
 
     def _confirm_absent(self, stats: SyncStats, ids: Sequence[str]) -> list[str]:
@@ -263,9 +266,10 @@ class ProjectSync:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def full(self) -> SyncStats:
-        """Every issue of the project, then reconciliation of what the mirror holds beyond it."""
-        stats = SyncStats("full", self.key)
+    def full(self, stats: SyncStats) -> SyncStats:
+        """Every issue of the project, then reconciliation of what the mirror holds beyond it.
+
+        Counts into ``stats`` (the caller's, so that a failed run records what it did)."""
         # The cursor may not pass this moment: an issue changed while the sync ran (after it was
         # read) must be seen by the next incremental, whatever the sync's length.
         began = utc_now()
@@ -299,17 +303,19 @@ class ProjectSync:
         mirror when the project is not tracked; absent from that read too -> soft-deleted (two
         complete answers agree), as are ``gone`` (confirmed by a 404)."""
         self._tick(stats, "reconciling")
-        extra = [issue_id for (issue_id,) in Issue.select(Issue.issue_id).where(self._project_rows()).tuples()
-                 if issue_id not in listed]
+        extra = [
+            issue_id
+            for (issue_id,) in tuples(Issue.select(Issue.issue_id).where(self._project_rows()))
+            if issue_id not in listed
+        ]
         gone = gone + self._read(stats, extra)
         if gone:
             stats.deleted += store.mark_deleted(self.site, gone, at=utc_now())
 
-    def incremental(self, cursor: dt.datetime) -> SyncStats:
+    def incremental(self, stats: SyncStats, cursor: dt.datetime) -> SyncStats:
         """Issues updated since ``cursor`` (naive UTC) minus the overlap, oldest first; then,
         when Jira counts fewer issues in the project than the mirror holds (a deletion or a
-        move, which search cannot show), a reconciliation of ids."""
-        stats = SyncStats("incremental", self.key)
+        move, which search cannot show), a reconciliation of ids. Counts into ``stats``."""
         self._tick(stats, "fetching")
         changed: set[str] = set()
         self._walk_changes(stats, epoch_ms(cursor - self.overlap), changed)
@@ -340,7 +346,7 @@ class ProjectSync:
         changes (or moves out, or is deleted) between two page fetches shifts the rest, and an
         issue is skipped. So each page after the first is a *new* search from the newest
         ``updated`` read so far (keyset): everything older was on the pages read. A bare number
-        in JQL is epoch milliseconds (JIRA.md), exact and free of the user's time zone. Only a
+        in JQL is epoch milliseconds (docs/jira.md), exact and free of the user's time zone. Only a
         page whose issues all share one millisecond goes on with the token.
 
         Each issue comes with the first page of its comments; those of issues whose history may
@@ -351,16 +357,18 @@ class ProjectSync:
         while True:
             jql = f"{self._project_jql()} AND updated >= {lower} ORDER BY updated ASC, id ASC"
             read_at = epoch_ms(utc_now())
-            page = self.client.search_page(jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE,
-                                           next_page_token=token)
+            page = self.client.search_page(
+                jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE, next_page_token=token
+            )
             rows = self._rows(page.get("issues", []), read_at)
             fresh = [row for row in rows if seen.get(row["issue_id"]) != epoch_ms(row["updated"])]
             seen.update((row["issue_id"], epoch_ms(row["updated"])) for row in rows)
             new = set(changed_ids(self.site, fresh))
             self._write(stats, fresh)
             if new:
-                self.history.embedded([i for i in page.get("issues", []) if str(i.get("id")) in new], read_at,
-                                      worklogs=False)
+                self.history.embedded(
+                    [i for i in page.get("issues", []) if str(i.get("id")) in new], read_at, worklogs=False
+                )
                 if changed is not None:
                     changed.update(new)
             self._tick(stats)
@@ -410,16 +418,24 @@ def run_project_sync(
         raise NotTrackedError(f"project {project_key} is not tracked")
     kind = "full" if full or project.sync_cursor is None else "incremental"
     run = store.start_sync_run(site, project.key, kind, job_id=job_id)
-    sync = ProjectSync(client, site=site, project_key=project.key, project_id=project.project_id,
-                       concurrency=concurrency, overlap=overlap, progress=progress)
+    sync = ProjectSync(
+        client,
+        site=site,
+        project_key=project.key,
+        project_id=project.project_id,
+        concurrency=concurrency,
+        overlap=overlap,
+        progress=progress,
+    )
     stats = SyncStats(kind, project.key)
     try:
         project = _identify(client, project)
     except Exception as exc:
         sync.count_calls(stats)
         message = f"{type(exc).__name__}: {exc}"
-        store.finish_sync_run(run, stats_fields(stats), error=message,
-                              state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None)
+        store.finish_sync_run(
+            run, stats_fields(stats), error=message, state=NOT_FOUND if isinstance(exc, ProjectNotFoundError) else None
+        )
         log.warning("sync failed project=%s kind=%s error=%s", project_key, kind, message)
         raise exc if isinstance(exc, SyncError) else SyncError(message) from exc
     if project.key != sync.key and kind == "incremental":
@@ -430,7 +446,12 @@ def run_project_sync(
     sync.project_id = project.project_id
     try:
         try:
-            stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+            # The run counts into this one SyncStats: a failure below records what was done before it.
+            if kind == "full":
+                sync.full(stats)
+            else:
+                assert project.sync_cursor is not None  # "incremental" is chosen only when there is one
+                sync.incremental(stats, project.sync_cursor)
         finally:
             sync.history.close()  # its writer thread and connection end with the run
     except ShutdownRequested:
@@ -447,7 +468,14 @@ def run_project_sync(
     elapsed = time.monotonic() - stats.started
     log.info(
         "sync done project=%s kind=%s seen=%d written=%d deleted=%d api_calls=%d retries=%d seconds=%.1f",
-        project_key, kind, stats.seen, stats.written, stats.deleted, stats.api_calls, stats.retries, elapsed,
+        project_key,
+        kind,
+        stats.seen,
+        stats.written,
+        stats.deleted,
+        stats.api_calls,
+        stats.retries,
+        elapsed,
     )
     return SyncRun.get_by_id(run.id)
 

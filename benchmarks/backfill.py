@@ -25,6 +25,7 @@ histories (no latency) and its peak memory.
     .venv/bin/python -m benchmarks.backfill [--issues 20000] [--latency-ms 100] [--rate-429 0.02]
     .venv/bin/python -m benchmarks.backfill --memory-only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,28 @@ EMAIL, TOKEN = "sim@example.com", "sim-token"
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -71,8 +91,9 @@ def run_measured(argv: list[str], env: dict[str, str], log: Path, *, stdout: Any
     """
     started = time.perf_counter()
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, env=env, cwd=common.ROOT, stdout=stdout if stdout is not None else err,
-                                stderr=err)
+        proc = subprocess.Popen(
+            argv, env=env, cwd=common.ROOT, stdout=stdout if stdout is not None else err, stderr=err
+        )
         with common.PeakRSS(proc.pid, interval=0.02) as peak:
             proc.wait()
     return time.perf_counter() - started, peak.peak_mb, proc.returncode
@@ -82,8 +103,14 @@ def run_measured(argv: list[str], env: dict[str, str], log: Path, *, stdout: Any
 
 
 def mirror_env(server: Any, db_url: str, cert: Path | None) -> dict[str, str]:
-    env = common.base_env(DATABASE_URL=db_url, JIRA_BASE_URL=server.url, JIRA_EMAIL=EMAIL, JIRA_API_TOKEN=TOKEN,
-                          JIRA_PROJECTS="DEMO", LOG_LEVEL="WARNING")
+    env = common.base_env(
+        DATABASE_URL=db_url,
+        JIRA_BASE_URL=server.url,
+        JIRA_EMAIL=EMAIL,
+        JIRA_API_TOKEN=TOKEN,
+        JIRA_PROJECTS="DEMO",
+        LOG_LEVEL="WARNING",
+    )
     if cert is not None:
         env["REQUESTS_CA_BUNDLE"] = str(cert)
     return env
@@ -121,10 +148,18 @@ def mirror_sync(server: Any, db_url: str, cert: Path | None, tmp: Path, *, full:
     run, rows = last_run(db_url)
     stats = server.stats
     seconds = (run.finished_at - run.started_at).total_seconds()
-    return {"wall": wall, "seconds": seconds, "calls": stats["total"],
-            "by_route": {k: v for k, v in stats.items() if k != "total"},
-            "status": server.status_counts, "run_calls": run.api_calls, "seen": run.issues_seen, "rows": rows,
-            "peak_mb": peak, "kind": run.kind}
+    return {
+        "wall": wall,
+        "seconds": seconds,
+        "calls": stats["total"],
+        "by_route": {k: v for k, v in stats.items() if k != "total"},
+        "status": server.status_counts,
+        "run_calls": run.api_calls,
+        "seen": run.issues_seen,
+        "rows": rows,
+        "peak_mb": peak,
+        "kind": run.kind,
+    }
 
 
 # --- tap-jira ------------------------------------------------------------------------------------------
@@ -156,8 +191,18 @@ def tap_jira_sync(server: Any, cert: Path, tmp: Path) -> dict[str, Any]:
     exe = str(venv / "bin" / "tap-jira")
     config = tmp / "tap-config.json"
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=800)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    config.write_text(json.dumps({"base_url": server.url, "username": EMAIL, "password": TOKEN, "start_date": start,
-                                  "user_agent": "jira-mirror-bench", "request_timeout": 300}))
+    config.write_text(
+        json.dumps(
+            {
+                "base_url": server.url,
+                "username": EMAIL,
+                "password": TOKEN,
+                "start_date": start,
+                "user_agent": "jira-mirror-bench",
+                "request_timeout": 300,
+            }
+        )
+    )
     env = dict(os.environ)
     server.reset_stats()
     latency, rate = server.latency_ms, server.rate_429
@@ -175,11 +220,21 @@ def tap_jira_sync(server: Any, cert: Path, tmp: Path) -> dict[str, Any]:
     server.reset_stats()
     with open(os.devnull, "wb") as devnull:
         # tap-jira reads its catalog from --properties (the legacy flag); --catalog would select nothing.
-        wall, peak, code = run_measured([exe, "--config", str(config), "--properties", str(tmp / "tap-catalog.json")],
-                                        env, tmp / "tap-jira.log", stdout=devnull)
+        wall, peak, code = run_measured(
+            [exe, "--config", str(config), "--properties", str(tmp / "tap-catalog.json")],
+            env,
+            tmp / "tap-jira.log",
+            stdout=devnull,
+        )
     stats = server.stats
-    out = {"wall": wall, "calls": stats["total"], "by_route": {k: v for k, v in stats.items() if k != "total"},
-           "status": server.status_counts, "peak_mb": peak, "code": code}
+    out = {
+        "wall": wall,
+        "calls": stats["total"],
+        "by_route": {k: v for k, v in stats.items() if k != "total"},
+        "status": server.status_counts,
+        "peak_mb": peak,
+        "code": code,
+    }
     if code != 0:
         out["error"] = (tmp / "tap-jira.log").read_text(errors="replace").strip().splitlines()[-1]
     return out
@@ -188,8 +243,10 @@ def tap_jira_sync(server: Any, cert: Path, tmp: Path) -> dict[str, Any]:
 def dlt_jira() -> str:
     """dlt's Jira source is a 'verified source': `dlt init jira <destination>` copies it from the
     dlt-hub/verified-sources GitHub repository; no PyPI package ships it."""
-    return ("not measured: dlt's Jira source is installed by `dlt init jira`, which fetches it from GitHub "
-            "(dlt-hub/verified-sources); it is not on PyPI, the only Python registry this machine reaches")
+    return (
+        "not measured: dlt's Jira source is installed by `dlt init jira`, which fetches it from GitHub "
+        "(dlt-hub/verified-sources); it is not on PyPI, the only Python registry this machine reaches"
+    )
 
 
 # --- runs --------------------------------------------------------------------------------------------
@@ -205,7 +262,7 @@ def call_floor(site: Any, project: str = "DEMO") -> tuple[str, int]:
     ids = sorted((v.id for v in site.current(project)), key=int)
     pages = 0
     for start in range(0, len(ids), 1000):
-        histories = sum(len(site.changelog(i)) for i in ids[start:start + 1000])
+        histories = sum(len(site.changelog(i)) for i in ids[start : start + 1000])
         pages += max(1, -(-histories // CHANGELOG_PAGE))
     overflowing = sum((len(site.comments(i)) > EMBEDDED_PAGE) + (len(site.worklogs(i)) > EMBEDDED_PAGE) for i in ids)
     return full_sync_floor(len(ids), changelog_pages=pages, overflowing=overflowing)
@@ -216,26 +273,40 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     cert, key = make_certificate(tmp)
     site = Site.generate({"DEMO": args.issues}, seed=17)
-    server = JiraServer(site, email=EMAIL, api_token=TOKEN, latency_ms=args.latency_ms, rate_429=args.rate_429,
-                        retry_after=1, ssl_context=server_context(cert, key), seed=17).start()
+    server = JiraServer(
+        site,
+        email=EMAIL,
+        api_token=TOKEN,
+        latency_ms=args.latency_ms,
+        rate_429=args.rate_429,
+        retry_after=1,
+        ssl_context=server_context(cert, key),
+        seed=17,
+    ).start()
     try:
         db_url = common.fresh_postgres()
         common.prepare_database(db_url, projects=())
         track_demo(db_url, server)
         formula, floor = call_floor(site)
-        say(f"== backfill: {args.issues:,} issues with changelogs, comments and worklogs, {args.latency_ms:.0f} ms "
-            f"per request, {args.rate_429:.0%} answered 429 (Retry-After: 1), TLS; mirror into PostgreSQL")
+        say(
+            f"== backfill: {args.issues:,} issues with changelogs, comments and worklogs, {args.latency_ms:.0f} ms "
+            f"per request, {args.rate_429:.0%} answered 429 (Retry-After: 1), TLS; mirror into PostgreSQL"
+        )
         say(f"  call floor of a full sync: {formula}")
         full = mirror_sync(server, db_url, cert, tmp, full=True)
         full["floor"], full["formula"] = floor, formula
-        say(f"  jira-mirror full sync: {full['seconds']:.1f} s ({full['wall']:.1f} s with process start), "
+        say(
+            f"  jira-mirror full sync: {full['seconds']:.1f} s ({full['wall']:.1f} s with process start), "
             f"{full['calls']} calls {full['by_route']}, statuses {full['status']}, {full['rows']:,} rows, "
-            f"peak {full['peak_mb']:.0f} MB")
+            f"peak {full['peak_mb']:.0f} MB"
+        )
         if full["rows"] != args.issues:
             raise SystemExit(f"the full sync left {full['rows']} rows, not {args.issues}")
         incremental = mirror_sync(server, db_url, cert, tmp, full=False)
-        say(f"  jira-mirror incremental sync, nothing changed: {incremental['seconds']:.2f} s, "
-            f"{incremental['calls']} calls {incremental['by_route']} ({incremental['kind']})")
+        say(
+            f"  jira-mirror incremental sync, nothing changed: {incremental['seconds']:.2f} s, "
+            f"{incremental['calls']} calls {incremental['by_route']} ({incremental['kind']})"
+        )
         tap = tap_jira_sync(server, cert, tmp) if not args.skip_tap else {"error": "skipped (--skip-tap)"}
         # For reference: both again without 429s (tap-jira sleeps about 30 s on each 429).
         rate, server.rate_429 = server.rate_429, 0.0
@@ -247,13 +318,20 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if "error" in tap and "wall" not in tap:
             say(f"  tap-jira: {tap['error']}")
         else:
-            say(f"  tap-jira (issues stream): {tap['wall']:.1f} s, {tap['calls']} calls {tap['by_route']}, "
+            say(
+                f"  tap-jira (issues stream): {tap['wall']:.1f} s, {tap['calls']} calls {tap['by_route']}, "
                 f"statuses {tap['status']}, peak {tap['peak_mb']:.0f} MB, exit {tap['code']}"
-                + (f": {tap['error']}" if tap.get("error") else ""))
-        say(f"  without 429s, for reference: jira-mirror {mirror_clean['seconds']:.1f} s, "
+                + (f": {tap['error']}" if tap.get("error") else "")
+            )
+        say(
+            f"  without 429s, for reference: jira-mirror {mirror_clean['seconds']:.1f} s, "
             f"{mirror_clean['calls']} calls; "
-            + (f"tap-jira {tap_clean['wall']:.1f} s, {tap_clean['calls']} calls" if "wall" in tap_clean
-               else f"tap-jira: {tap_clean.get('error')}"))
+            + (
+                f"tap-jira {tap_clean['wall']:.1f} s, {tap_clean['calls']} calls"
+                if "wall" in tap_clean
+                else f"tap-jira: {tap_clean.get('error')}"
+            )
+        )
         say(f"  dlt: {dlt_jira()}")
     finally:
         server.stop()
@@ -270,13 +348,18 @@ def memory_run(issues: int, tmp: Path) -> dict[str, Any]:
         db_url = common.fresh_postgres()
         common.prepare_database(db_url, projects=())
         track_demo(db_url, server)
-        say(f"== backfill memory: a full sync of {issues:,} issues with their changelogs, comments and worklogs "
-            "(simulator, no latency), into PostgreSQL")
+        say(
+            f"== backfill memory: a full sync of {issues:,} issues with their changelogs, comments and worklogs "
+            "(simulator, no latency), into PostgreSQL"
+        )
         full = mirror_sync(server, db_url, None, tmp, full=True)
-        idle_wall, idle_peak, _ = run_measured(common.jira_mirror("projects", "list"), mirror_env(server, db_url, None),
-                                               tmp / "idle.log")
-        say(f"  full sync: {full['seconds']:.1f} s, {full['calls']} calls, {full['rows']:,} rows, "
-            f"peak {full['peak_mb']:.0f} MB (a `jira-mirror projects list` process peaks at {idle_peak:.0f} MB)")
+        idle_wall, idle_peak, _ = run_measured(
+            common.jira_mirror("projects", "list"), mirror_env(server, db_url, None), tmp / "idle.log"
+        )
+        say(
+            f"  full sync: {full['seconds']:.1f} s, {full['calls']} calls, {full['rows']:,} rows, "
+            f"peak {full['peak_mb']:.0f} MB (a `jira-mirror projects list` process peaks at {idle_peak:.0f} MB)"
+        )
         if full["rows"] != issues:
             raise SystemExit(f"the full sync left {full['rows']} rows, not {issues}")
     finally:
@@ -301,55 +384,111 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = full_sync_comparison(args, tmp)
             full, inc, tap = out["full"], out["incremental"], out["tap"]
             budget = args.issues // 100 + 10
-            rows = [["jira-mirror, full", full["seconds"], full["calls"], args.issues / full["seconds"],
-                     full["peak_mb"], 1.0],
-                    ["jira-mirror, incremental (nothing changed)", inc["seconds"], inc["calls"], "",
-                     inc["peak_mb"], ""]]
+            rows = [
+                [
+                    "jira-mirror, full",
+                    full["seconds"],
+                    full["calls"],
+                    args.issues / full["seconds"],
+                    full["peak_mb"],
+                    1.0,
+                ],
+                ["jira-mirror, incremental (nothing changed)", inc["seconds"], inc["calls"], "", inc["peak_mb"], ""],
+            ]
             if "wall" in tap:
-                rows.append(["tap-jira 2.6.0, full (issues stream)", tap["wall"], tap["calls"],
-                             args.issues / tap["wall"], tap["peak_mb"], tap["wall"] / full["seconds"]])
+                rows.append(
+                    [
+                        "tap-jira 2.6.0, full (issues stream)",
+                        tap["wall"],
+                        tap["calls"],
+                        args.issues / tap["wall"],
+                        tap["peak_mb"],
+                        tap["wall"] / full["seconds"],
+                    ]
+                )
             clean, tap_clean = out["mirror_clean"], out["tap_clean"]
-            rows.append(["jira-mirror, full, no 429s (reference)", clean["seconds"], clean["calls"],
-                         args.issues / clean["seconds"], clean["peak_mb"], ""])
+            rows.append(
+                [
+                    "jira-mirror, full, no 429s (reference)",
+                    clean["seconds"],
+                    clean["calls"],
+                    args.issues / clean["seconds"],
+                    clean["peak_mb"],
+                    "",
+                ]
+            )
             if "wall" in tap_clean:
-                rows.append(["tap-jira, full, no 429s (reference)", tap_clean["wall"], tap_clean["calls"],
-                             args.issues / tap_clean["wall"], tap_clean["peak_mb"],
-                             tap_clean["wall"] / clean["seconds"]])
+                rows.append(
+                    [
+                        "tap-jira, full, no 429s (reference)",
+                        tap_clean["wall"],
+                        tap_clean["calls"],
+                        args.issues / tap_clean["wall"],
+                        tap_clean["peak_mb"],
+                        tap_clean["wall"] / clean["seconds"],
+                    ]
+                )
             rows.append(["dlt Jira source", "", "", "", "", "not measured"])
             say("")
             say(table(rows, ["sync", "wall s", "API calls", "issues/s", "peak MB", "tap-jira time ÷ this"]))
             clean = out["mirror_clean"]
             retried = full["status"].get(429, 0) + sum(v for k, v in full["status"].items() if k >= 500)
-            say(f"\nfull sync (issues, changelogs, comments, worklogs): {full['calls']} calls, of which {retried} "
-                f"answered 429/5xx and asked again; without 429s {clean['calls']} calls; floor {full['formula']}")
+            say(
+                f"\nfull sync (issues, changelogs, comments, worklogs): {full['calls']} calls, of which {retried} "
+                f"answered 429/5xx and asked again; without 429s {clean['calls']} calls; floor {full['formula']}"
+            )
             worklog_calls = inc["by_route"].get("worklog/updated", 0) + inc["by_route"].get("worklog/deleted", 0)
-            say(f"incremental with nothing changed: {inc['calls']} calls ({inc['calls'] - worklog_calls} for issues, "
-                f"changelogs and comments, target <= 3; {worklog_calls} for worklogs, target <= 2)")
-            record(f"full sync with histories, {args.issues:,} issues: API calls (no 429s)", clean["calls"],
-                   target=f"= floor {full['floor']}", met=clean["calls"] <= full["floor"],
-                   note=f"{full['formula']}; with 2 % 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
-                        f"peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})")
+            say(
+                f"incremental with nothing changed: {inc['calls']} calls ({inc['calls'] - worklog_calls} for issues, "
+                f"changelogs and comments, target <= 3; {worklog_calls} for worklogs, target <= 2)"
+            )
+            record(
+                f"full sync with histories, {args.issues:,} issues: API calls (no 429s)",
+                clean["calls"],
+                target=f"= floor {full['floor']}",
+                met=clean["calls"] <= full["floor"],
+                note=f"{full['formula']}; with 2 % 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
+                f"peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
+            )
             if "wall" in tap and not tap.get("error"):
                 speedup = tap["wall"] / full["seconds"]
                 say(f"tap-jira takes {speedup:.1f}× as long (target >= 8×)")
                 clean_ratio = (tap_clean["wall"] / clean["seconds"]) if "wall" in tap_clean else float("nan")
-                record("full sync vs tap-jira (time ratio)", speedup, unit="×", target=">= 8×", ratio=speedup,
-                       met=speedup >= 8, note=f"tap-jira {tap['wall']:.0f} s, {tap['calls']} calls; without 429s "
-                                              f"{clean_ratio:.1f}×; dlt: not measured")
+                record(
+                    "full sync vs tap-jira (time ratio)",
+                    speedup,
+                    unit="×",
+                    target=">= 8×",
+                    ratio=speedup,
+                    met=speedup >= 8,
+                    note=f"tap-jira {tap['wall']:.0f} s, {tap['calls']} calls; without 429s "
+                    f"{clean_ratio:.1f}×; dlt: not measured",
+                )
             else:
                 record("full sync vs tap-jira (time ratio)", None, target=">= 8×", note=f"tap-jira: {tap.get('error')}")
-            record("empty incremental sync: API calls", inc["calls"], target="<= 3 + 2 (worklogs)",
-                   met=inc["calls"] - worklog_calls <= 3 and worklog_calls <= 2,
-                   note=f"{inc['calls'] - worklog_calls} issues/changelogs/comments + {worklog_calls} worklogs")
+            record(
+                "empty incremental sync: API calls",
+                inc["calls"],
+                target="<= 3 + 2 (worklogs)",
+                met=inc["calls"] - worklog_calls <= 3 and worklog_calls <= 2,
+                note=f"{inc['calls'] - worklog_calls} issues/changelogs/comments + {worklog_calls} worklogs",
+            )
         if not args.no_memory:
             mem = memory_run(args.memory_issues, tmp)
             out["memory"] = mem
-            say(f"\npeak memory of a full sync of {args.memory_issues:,} issues: "
-                f"{mem['peak_mb']:.0f} MB (target <= 250 MB)")
-            record(f"peak memory, full sync of {args.memory_issues:,} issues with histories", mem["peak_mb"], unit="MB",
-                   target="<= 250 MB", met=mem["peak_mb"] <= 250,
-                   note=f"{mem['seconds']:.0f} s, {mem['calls']} calls; "
-                        f"an idle CLI process peaks at {mem['idle_peak_mb']:.0f} MB")
+            say(
+                f"\npeak memory of a full sync of {args.memory_issues:,} issues: "
+                f"{mem['peak_mb']:.0f} MB (target <= 250 MB)"
+            )
+            record(
+                f"peak memory, full sync of {args.memory_issues:,} issues with histories",
+                mem["peak_mb"],
+                unit="MB",
+                target="<= 250 MB",
+                met=mem["peak_mb"] <= 250,
+                note=f"{mem['seconds']:.0f} s, {mem['calls']} calls; "
+                f"an idle CLI process peaks at {mem['idle_peak_mb']:.0f} MB",
+            )
     return out
 
 

@@ -5,6 +5,7 @@ start) and its own PostgreSQL database (``BENCH_DATABASE_URL``, ``bench`` by def
 ``public`` schema dropped at start), never the test or development ones. SQLite files live in a
 temporary folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,14 +62,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def record(figure: str, value: float | None, *, unit: str = "", target: str = "", ratio: float | None = None,
-           met: bool | None = None, note: str = "") -> None:
+def record(
+    figure: str,
+    value: float | None,
+    *,
+    unit: str = "",
+    target: str = "",
+    ratio: float | None = None,
+    met: bool | None = None,
+    note: str = "",
+) -> None:
     """One headline figure, for run_all's summary table (printed by the script itself too)."""
     if not RESULTS_FILE:
         return
     with open(RESULTS_FILE, "a", encoding="utf-8") as out:
-        out.write(json.dumps({"figure": figure, "value": value, "unit": unit, "target": target, "ratio": ratio,
-                              "met": met, "note": note}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "figure": figure,
+                    "value": value,
+                    "unit": unit,
+                    "target": target,
+                    "ratio": ratio,
+                    "met": met,
+                    "note": note,
+                }
+            )
+            + "\n"
+        )
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -91,7 +112,7 @@ def median(values: Iterable[float]) -> float:
 # --- services ------------------------------------------------------------------------------------
 
 
-def redis_client(url: str = REDIS_URL):  # type: ignore[no-untyped-def]
+def redis_client(url: str = REDIS_URL):
     from redis import Redis
 
     conn = Redis.from_url(url)
@@ -151,8 +172,15 @@ def free_port() -> int:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    for name in ("JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "JIRA_CLOUD_ID",
-                 "JIRA_PROJECTS", "LOG_LEVEL"):
+    for name in (
+        "JIRA_BASE_URL",
+        "JIRA_EMAIL",
+        "JIRA_API_TOKEN",
+        "JIRA_OAUTH_TOKEN",
+        "JIRA_CLOUD_ID",
+        "JIRA_PROJECTS",
+        "LOG_LEVEL",
+    ):
         env.pop(name, None)
     env.update({"PYTHONUNBUFFERED": "1", "JIRA_WEBHOOK_SECRET": SECRET, "REDIS_URL": REDIS_URL})
     env.update(extra)
@@ -166,8 +194,9 @@ class Proc:
         self.argv = list(argv)
         self.log_path = log
         self._log = open(log, "wb")
-        self.popen = subprocess.Popen(self.argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -220,8 +249,7 @@ def start_gunicorn(app: str, env: dict[str, str], log_dir: Path, *, probe: str =
     """``gunicorn --config gunicorn.conf.py APP``, as the Procfile's ``web`` runs it."""
     port = free_port()
     env = dict(env, PORT=str(port))
-    proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", app], env,
-                log_dir / f"gunicorn-{port}.log")
+    proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", app], env, log_dir / f"gunicorn-{port}.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + probe, proc)
     return proc, url
@@ -246,8 +274,9 @@ _WIKI = (
 )
 
 
-def webhook_bodies(count: int, *, issues: int | None = None, size: int = 8000, seed: int = 7,
-                   project: str = "DEMO") -> list[tuple[bytes, str]]:
+def webhook_bodies(
+    count: int, *, issues: int | None = None, size: int = 8000, seed: int = 7, project: str = "DEMO"
+) -> list[tuple[bytes, str]]:
     """``count`` realistic ``jira:issue_updated`` bodies of about ``size`` bytes, signed.
 
     Rendered by the simulator (REST-v2 style issue, the actor, a changelog), with a longer

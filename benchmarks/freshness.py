@@ -20,6 +20,7 @@ worker`` process, on PostgreSQL.
 
     .venv/bin/python -m benchmarks.freshness [--rate 200] [--seconds 30] [--bulk 1000] [--comments 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,9 +82,11 @@ class RowWatcher:
 
 def freshness(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     total = int(args.rate * args.seconds)
-    say(f"== freshness: {args.rate:.0f} deliveries/s for {args.seconds:.0f} s "
+    say(
+        f"== freshness: {args.rate:.0f} deliveries/s for {args.seconds:.0f} s "
         f"({total:,} deliveries, one new issue each), "
-        "gunicorn + 1 worker, PostgreSQL, no Jira credentials")
+        "gunicorn + 1 worker, PostgreSQL, no Jira credentials"
+    )
     bodies = common.webhook_bodies(total, seed=31)
     issue_of = [str(json.loads(body)["issue"]["id"]) for body, _ in bodies]
     redis = common.redis_client()
@@ -110,12 +113,23 @@ def freshness(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if answered is not None and issue_id in watcher.seen:
             delays.append((watcher.seen[issue_id] - answered) * 1000)
     missing = total - len(delays)
-    out = {"p50": percentile(delays, 50), "p99": percentile(delays, 99), "max": max(delays, default=float("nan")),
-           "ack_p99": res.p(99), "achieved": res.achieved, "missing": missing, "statuses": res.statuses}
-    say(f"  sent {res.sent:,} at {res.achieved:,.0f}/s, statuses {res.statuses}, errors {res.errors}; "
-        f"ack p50 {res.p(50):.1f} ms p99 {res.p(99):.1f} ms")
-    say(f"  202 -> row visible: p50 {out['p50']:.0f} ms, p99 {out['p99']:.0f} ms, max {out['max']:.0f} ms "
-        f"({len(delays):,} measured, {missing} not seen)")
+    out = {
+        "p50": percentile(delays, 50),
+        "p99": percentile(delays, 99),
+        "max": max(delays, default=float("nan")),
+        "ack_p99": res.p(99),
+        "achieved": res.achieved,
+        "missing": missing,
+        "statuses": res.statuses,
+    }
+    say(
+        f"  sent {res.sent:,} at {res.achieved:,.0f}/s, statuses {res.statuses}, errors {res.errors}; "
+        f"ack p50 {res.p(50):.1f} ms p99 {res.p(99):.1f} ms"
+    )
+    say(
+        f"  202 -> row visible: p50 {out['p50']:.0f} ms, p99 {out['p99']:.0f} ms, max {out['max']:.0f} ms "
+        f"({len(delays):,} measured, {missing} not seen)"
+    )
     redis.flushdb()
     return out
 
@@ -129,15 +143,22 @@ def bulk_edit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     from benchmarks.simproc import SimulatorProcess
 
-    say(f"== bulk edit: {args.bulk:,} issues edited at once, {args.bulk:,} webhooks; jobs read from Jira "
-        f"(simulator, {args.bulk_latency_ms:.0f} ms per request), gunicorn + 1 worker, PostgreSQL")
+    say(
+        f"== bulk edit: {args.bulk:,} issues edited at once, {args.bulk:,} webhooks; jobs read from Jira "
+        f"(simulator, {args.bulk_latency_ms:.0f} ms per request), gunicorn + 1 worker, PostgreSQL"
+    )
     server = SimulatorProcess({"DEMO": max(args.bulk, 3000)}, seed=37, email="sim@example.com", api_token="sim-token")
     redis = common.redis_client()
     redis.flushdb()
     db_url = common.fresh_postgres()
     common.prepare_database(db_url, projects=())
-    env = common.base_env(DATABASE_URL=db_url, JIRA_BASE_URL=server.url, JIRA_EMAIL="sim@example.com",
-                          JIRA_API_TOKEN="sim-token", JIRA_PROJECTS="DEMO")
+    env = common.base_env(
+        DATABASE_URL=db_url,
+        JIRA_BASE_URL=server.url,
+        JIRA_EMAIL="sim@example.com",
+        JIRA_API_TOKEN="sim-token",
+        JIRA_PROJECTS="DEMO",
+    )
     database = mirror_db.init_database(db_url)
     with database.connection_context():
         store.track_projects(urlparse(server.url).netloc.lower(), ["DEMO"])
@@ -170,11 +191,19 @@ def bulk_edit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         web.stop()
         server.stop()
     calls = stats.get("issue/bulkfetch", 0)
-    out = {"seconds": applied, "calls": calls, "all_calls": stats["total"], "sent_in": sent_in,
-           "applied": len(watcher.seen), "statuses": res.statuses}
-    say(f"  {len(edits):,} webhooks sent in {sent_in:.2f} s (statuses {res.statuses}); {len(watcher.seen):,} rows "
+    out = {
+        "seconds": applied,
+        "calls": calls,
+        "all_calls": stats["total"],
+        "sent_in": sent_in,
+        "applied": len(watcher.seen),
+        "statuses": res.statuses,
+    }
+    say(
+        f"  {len(edits):,} webhooks sent in {sent_in:.2f} s (statuses {res.statuses}); {len(watcher.seen):,} rows "
         f"hold their new version {applied:.2f} s after the first POST; Jira calls: {calls} bulkfetch "
-        f"({stats['total']} in all)")
+        f"({stats['total']} in all)"
+    )
     redis.flushdb()
     return out
 
@@ -191,8 +220,10 @@ def comment_edits(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from simulator.webhooks import activity_payload
 
     count = args.comments
-    say(f"== comment edits: {count:,} comments edited, {count:,} comment_updated webhooks, "
-        "gunicorn + 1 worker, PostgreSQL")
+    say(
+        f"== comment edits: {count:,} comments edited, {count:,} comment_updated webhooks, "
+        "gunicorn + 1 worker, PostgreSQL"
+    )
     base = "https://acme.atlassian.net"
     site = Site.generate({"DEMO": count}, seed=41, activity=False)
     versions = site.current("DEMO")
@@ -204,10 +235,15 @@ def comment_edits(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     database = mirror_db.init_database(db_url)
     selection = FieldSelection("*navigable")
     with database.connection_context():
-        store.upsert_issues([to_row("local", issue_v3(site.get(v.id), site, base, "UTC", selection), source="backfill",
-                                    event_ts=1) for v in versions])
-        history_store.upsert_comments([comment_row("local", comment_json(c, site, base, "UTC"), source="backfill")
-                                       for c in comments])
+        store.upsert_issues(
+            [
+                to_row("local", issue_v3(site.get(v.id), site, base, "UTC", selection), source="backfill", event_ts=1)
+                for v in versions
+            ]
+        )
+        history_store.upsert_comments(
+            [comment_row("local", comment_json(c, site, base, "UTC"), source="backfill") for c in comments]
+        )
     bodies, expected = [], {}
     for c in comments:
         event = site.update_comment(c.id, f"{c.body} (edited)")
@@ -229,12 +265,14 @@ def comment_edits(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         deadline, applied, done = time.monotonic() + 60, 0, started
         while time.monotonic() < deadline:
             with conn.cursor() as cur:
-                cur.execute("SELECT comment_id, updated FROM jira_comment WHERE body_text LIKE %s",
-                            ("%(edited)",))
+                cur.execute("SELECT comment_id, updated FROM jira_comment WHERE body_text LIKE %s", ("%(edited)",))
                 rows = cur.fetchall()
             done = time.monotonic()
-            applied = sum(1 for cid, updated in rows
-                          if updated.astimezone(dt.timezone.utc).replace(tzinfo=None) == expected.get(cid))
+            applied = sum(
+                1
+                for cid, updated in rows
+                if updated.astimezone(dt.timezone.utc).replace(tzinfo=None) == expected.get(cid)
+            )
             if applied >= count:
                 break
             time.sleep(0.02)
@@ -243,8 +281,10 @@ def comment_edits(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         worker.stop()
         web.stop()
     out = {"seconds": done - started, "applied": applied, "sent_in": sent_in, "statuses": res.statuses}
-    say(f"  {count:,} webhooks sent in {sent_in:.2f} s (statuses {res.statuses}); {applied:,} comments hold "
-        f"their edit {out['seconds']:.2f} s after the first POST")
+    say(
+        f"  {count:,} webhooks sent in {sent_in:.2f} s (statuses {res.statuses}); {applied:,} comments hold "
+        f"their edit {out['seconds']:.2f} s after the first POST"
+    )
     redis.flushdb()
     return out
 
@@ -264,26 +304,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with common.temp_dir() as tmp:
         if not args.skip_freshness:
             fresh = out["freshness"] = freshness(args, tmp)
-            say(f"\nfreshness at {args.rate:.0f} deliveries/s: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms "
-                "(target p99 <= 1 s)")
-            record(f"freshness p99 at {args.rate:.0f} deliveries/s (202 -> row)", fresh["p99"] / 1000, unit="s",
-                   target="<= 1 s", met=fresh["p99"] <= 1000 and not fresh["missing"],
-                   note=f"p50 {fresh['p50']:.0f} ms, max {fresh['max']:.0f} ms; ack p99 {fresh['ack_p99']:.0f} ms")
+            say(
+                f"\nfreshness at {args.rate:.0f} deliveries/s: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms "
+                "(target p99 <= 1 s)"
+            )
+            record(
+                f"freshness p99 at {args.rate:.0f} deliveries/s (202 -> row)",
+                fresh["p99"] / 1000,
+                unit="s",
+                target="<= 1 s",
+                met=fresh["p99"] <= 1000 and not fresh["missing"],
+                note=f"p50 {fresh['p50']:.0f} ms, max {fresh['max']:.0f} ms; ack p99 {fresh['ack_p99']:.0f} ms",
+            )
         if not args.skip_bulk:
             bulk = out["bulk"] = bulk_edit(args, tmp)
-            say(f"\nbulk edit of {args.bulk:,} issues: applied {bulk['seconds']:.2f} s after the first POST "
-                f"(target <= 5 s), {bulk['calls']} Jira calls (target <= 20)")
-            record(f"bulk edit of {args.bulk:,} issues: first POST -> last row", bulk["seconds"], unit="s",
-                   target="<= 5 s, <= 20 calls", met=bulk["seconds"] <= 5 and bulk["calls"] <= 20
-                   and bulk["applied"] == args.bulk,
-                   note=f"{bulk['calls']} bulkfetch calls; webhooks sent in {bulk['sent_in']:.1f} s")
+            say(
+                f"\nbulk edit of {args.bulk:,} issues: applied {bulk['seconds']:.2f} s after the first POST "
+                f"(target <= 5 s), {bulk['calls']} Jira calls (target <= 20)"
+            )
+            record(
+                f"bulk edit of {args.bulk:,} issues: first POST -> last row",
+                bulk["seconds"],
+                unit="s",
+                target="<= 5 s, <= 20 calls",
+                met=bulk["seconds"] <= 5 and bulk["calls"] <= 20 and bulk["applied"] == args.bulk,
+                note=f"{bulk['calls']} bulkfetch calls; webhooks sent in {bulk['sent_in']:.1f} s",
+            )
         if not args.skip_comments:
             edits = out["comments"] = comment_edits(args, tmp)
-            say(f"\n{args.comments:,} comment edits by webhook: applied {edits['seconds']:.2f} s after the first POST "
-                "(target <= 5 s)")
-            record(f"{args.comments:,} comment edits by webhook: first POST -> last row", edits["seconds"], unit="s",
-                   target="<= 5 s", met=edits["seconds"] <= 5 and edits["applied"] == args.comments,
-                   note=f"webhooks sent in {edits['sent_in']:.1f} s; statuses {edits['statuses']}")
+            say(
+                f"\n{args.comments:,} comment edits by webhook: applied {edits['seconds']:.2f} s after the first POST "
+                "(target <= 5 s)"
+            )
+            record(
+                f"{args.comments:,} comment edits by webhook: first POST -> last row",
+                edits["seconds"],
+                unit="s",
+                target="<= 5 s",
+                met=edits["seconds"] <= 5 and edits["applied"] == args.comments,
+                note=f"webhooks sent in {edits['sent_in']:.1f} s; statuses {edits['statuses']}",
+            )
     return out
 
 

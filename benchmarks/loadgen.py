@@ -8,6 +8,7 @@ measured from the moment a request was *due*, not from when it was sent, so a se
 generator) stall counts in full: no coordinated omission. It reports the rate it actually
 achieved and how late it was, so that a generator that could not keep up is seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,35 @@ def write_bodies_file(path: Path, bodies: Sequence[tuple[bytes, str]]) -> Path:
     return path
 
 
-def run_wrk(url: str, bodies_file: Path, *, seconds: float, connections: int, threads: int = 2,
-            tag: str = "run", timeout: str = "10s") -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    bodies_file: Path,
+    *,
+    seconds: float,
+    connections: int,
+    threads: int = 2,
+    tag: str = "run",
+    timeout: str = "10s",
+) -> dict[str, Any]:
     """``wrk`` for ``seconds`` with the rotating-body script; returns its figures."""
-    argv = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", f"--timeout={timeout}",
-            "-s", str(LUA), url + "/webhooks/jira", "--", str(bodies_file), tag, str(threads)]
+    argv = [
+        ensure_wrk(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:.0f}s",
+        f"--timeout={timeout}",
+        "-s",
+        str(LUA),
+        url + "/webhooks/jira",
+        "--",
+        str(bodies_file),
+        tag,
+        str(threads),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):
-            figures = json.loads(line[len("WRK_JSON "):])
+            figures = json.loads(line[len("WRK_JSON ") :])
             figures["seconds"] = figures["duration_us"] / 1e6
             return figures
     raise RuntimeError("wrk printed no figures:\n" + done.stdout + done.stderr)
@@ -76,9 +97,17 @@ class RateResult:
         return percentile(self.latencies_ms, q)
 
 
-def fixed_rate(url: str, bodies: Sequence[tuple[bytes, str]], *, rate: float, seconds: float,
-               max_in_flight: int = 512, tag: str = "fixed", path: str = "/webhooks/jira",
-               order: Callable[[int], int] | None = None) -> RateResult:
+def fixed_rate(
+    url: str,
+    bodies: Sequence[tuple[bytes, str]],
+    *,
+    rate: float,
+    seconds: float,
+    max_in_flight: int = 512,
+    tag: str = "fixed",
+    path: str = "/webhooks/jira",
+    order: Callable[[int], int] | None = None,
+) -> RateResult:
     """Send ``rate`` requests a second for ``seconds``, open loop; see the module docstring.
 
     Request ``i`` carries ``bodies[order(i)]`` (default: ``i`` modulo their number) and the
@@ -90,9 +119,11 @@ def fixed_rate(url: str, bodies: Sequence[tuple[bytes, str]], *, rate: float, se
     address = (socket.gethostbyname(host), port)
     total = int(rate * seconds)
     result = RateResult(rate=rate, sent=0, seconds=0.0)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            "User-Agent: Atlassian Webhook HTTP Client\r\nX-Atlassian-Webhook-Retry: 0\r\n"
-            "X-Atlassian-Webhook-Flow: Primary\r\nConnection: close\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "User-Agent: Atlassian Webhook HTTP Client\r\nX-Atlassian-Webhook-Retry: 0\r\n"
+        "X-Atlassian-Webhook-Flow: Primary\r\nConnection: close\r\n"
+    )
     sel = selectors.DefaultSelector()
 
     class Conn:
@@ -102,8 +133,13 @@ def fixed_rate(url: str, bodies: Sequence[tuple[bytes, str]], *, rate: float, se
         body, signature = bodies[(order(i) if order else i) % len(bodies)]
         c = Conn()
         c.delivery = f"{tag}-{i}"
-        c.out = memoryview((head + f"X-Hub-Signature: {signature}\r\nX-Atlassian-Webhook-Identifier: {c.delivery}\r\n"
-                            f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        c.out = memoryview(
+            (
+                head + f"X-Hub-Signature: {signature}\r\nX-Atlassian-Webhook-Identifier: {c.delivery}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
         c.inbuf = bytearray()
         c.due, c.started = due, time.monotonic()
         c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

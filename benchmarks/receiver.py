@@ -19,6 +19,7 @@ is the median round's p99 (each round is printed).
 
     .venv/bin/python -m benchmarks.receiver [--seconds 10] [--rounds 3] [--connections 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,11 @@ def process_tree_cpu(pid: int) -> float:
 
 
 def _say_fixed(label: str, name: str, res: Any) -> None:
-    say(f"  fixed {label} {name:10} achieved {res.achieved:,.0f}/s  p50 {res.p(50):.2f} ms  "
+    say(
+        f"  fixed {label} {name:10} achieved {res.achieved:,.0f}/s  p50 {res.p(50):.2f} ms  "
         f"p99 {res.p(99):.2f} ms  max {max(res.latencies_ms, default=0):.1f} ms  statuses {res.statuses} "
-        f"errors {res.errors}  generator lag max {res.max_send_lag_ms:.1f} ms")
+        f"errors {res.errors}  generator lag max {res.max_send_lag_ms:.1f} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -78,9 +81,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     ensure_wrk()
 
-    say(f"== receiver: {args.bodies} signed ~8 KB jira:issue_updated deliveries; gunicorn.conf.py "
+    say(
+        f"== receiver: {args.bodies} signed ~8 KB jira:issue_updated deliveries; gunicorn.conf.py "
         f"(WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}); wrk -t{args.threads} "
-        f"-c{args.connections} {args.seconds:.0f}s x {args.rounds} rounds, apps alternated")
+        f"-c{args.connections} {args.seconds:.0f}s x {args.rounds} rounds, apps alternated"
+    )
     bodies = common.webhook_bodies(args.bodies)
     sizes = sorted(len(b) for b, _ in bodies)
     say(f"body size: median {sizes[len(sizes) // 2]:,} bytes (min {sizes[0]:,}, max {sizes[-1]:,})")
@@ -99,15 +104,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name, app in APPS.items():
                 procs[name], urls[name] = common.start_gunicorn(app, env, tmp, probe="/healthz")
             for name in APPS:  # warm up: imports, connections, caches
-                run_wrk(urls[name], bodies_file, seconds=2, connections=args.connections, threads=args.threads,
-                        tag=f"warm-{name}")
+                run_wrk(
+                    urls[name],
+                    bodies_file,
+                    seconds=2,
+                    connections=args.connections,
+                    threads=args.threads,
+                    tag=f"warm-{name}",
+                )
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in APPS}
             for rnd in range(args.rounds):
                 for name in APPS:
                     redis.flushdb()
                     cpu_before = process_tree_cpu(procs[name].pid)
-                    figures = run_wrk(urls[name], bodies_file, seconds=args.seconds, connections=args.connections,
-                                      threads=args.threads, tag=f"r{rnd}-{name}")
+                    figures = run_wrk(
+                        urls[name],
+                        bodies_file,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        threads=args.threads,
+                        tag=f"r{rnd}-{name}",
+                    )
                     figures["cpu_s"] = process_tree_cpu(procs[name].pid) - cpu_before
                     accepted = figures["statuses"].get("202", 0)
                     if name == "receiver":
@@ -118,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             raise SystemExit(f"receiver answered 202 {accepted} times but {queued} jobs are queued")
                     figures["accepted_per_s"] = accepted / figures["seconds"]
                     runs[name].append(figures)
-                    say(f"  round {rnd + 1} {name:10} {figures['accepted_per_s']:8,.0f} accepted/s  "
+                    say(
+                        f"  round {rnd + 1} {name:10} {figures['accepted_per_s']:8,.0f} accepted/s  "
                         f"p50 {figures['p50_us'] / 1000:6.2f} ms  p99 {figures['p99_us'] / 1000:6.2f} ms  "
-                        f"statuses {figures['statuses']}  socket errors {sum(figures['errors'].values())}")
+                        f"statuses {figures['statuses']}  socket errors {sum(figures['errors'].values())}"
+                    )
             redis.flushdb()
 
             # A fixed 1,000 deliveries/s, open loop: the receiver and flask-min alternated for
@@ -130,15 +149,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for rnd in range(args.rate_rounds):
                 for name in ("receiver", "flask-min"):
                     redis.flushdb()
-                    res = fixed_rate(urls[name], bodies, rate=args.rate, seconds=args.rate_seconds,
-                                     tag=f"fixed-{name}-{args.rate:.0f}-r{rnd}")
+                    res = fixed_rate(
+                        urls[name],
+                        bodies,
+                        rate=args.rate,
+                        seconds=args.rate_seconds,
+                        tag=f"fixed-{name}-{args.rate:.0f}-r{rnd}",
+                    )
                     if name == "receiver" and res.statuses.get(202, 0) != redis.llen(QUEUE_KEY):
                         raise SystemExit("fixed-rate run: 202s and queued jobs differ")
                     fixed[name].append(res)
                     _say_fixed(f"round {rnd + 1} {args.rate:,.0f}/s", name, res)
             redis.flushdb()
-            low = fixed_rate(urls["receiver"], bodies, rate=args.low_rate, seconds=args.rate_seconds,
-                             tag=f"fixed-receiver-{args.low_rate:.0f}")
+            low = fixed_rate(
+                urls["receiver"],
+                bodies,
+                rate=args.low_rate,
+                seconds=args.rate_seconds,
+                tag=f"fixed-receiver-{args.low_rate:.0f}",
+            )
             _say_fixed(f"{args.low_rate:,.0f}/s", "receiver", low)
             for name in ("receiver", "flask-min"):  # the median round, by p99
                 fixed[name] = sorted(fixed[name], key=lambda r: r.p(99))[len(fixed[name]) // 2]
@@ -166,22 +195,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = summary["receiver"]["rate"] / flask_rate
     fixed_p99 = fixed["receiver"].p(99)
     say("")
-    say(f"receiver / flask-min = {ratio:.2f} (target >= 0.40); receiver / wsgi-bare = "
-        f"{summary['receiver']['rate'] / wsgi_rate:.2f}")
-    say(f"p99 ack latency at a fixed {args.rate:,.0f} deliveries/s (open-loop Python generator, new connection "
+    say(
+        f"receiver / flask-min = {ratio:.2f} (target >= 0.40); receiver / wsgi-bare = "
+        f"{summary['receiver']['rate'] / wsgi_rate:.2f}"
+    )
+    say(
+        f"p99 ack latency at a fixed {args.rate:,.0f} deliveries/s (open-loop Python generator, new connection "
         f"per delivery, from due time; median of {args.rate_rounds} rounds): {fixed_p99:.1f} ms (target <= 25 ms); "
         f"p50 {fixed['receiver'].p(50):.1f} ms; achieved {fixed['receiver'].achieved:,.0f}/s; "
         f"flask-min at the same rate: p99 {fixed['flask-min'].p(99):.1f} ms "
         f"(achieved {fixed['flask-min'].achieved:,.0f}/s); "
-        f"the receiver at {args.low_rate:,.0f}/s: p99 {low.p(99):.1f} ms")
-    record("receiver accepted deliveries/s", summary["receiver"]["rate"], unit="/s",
-           note=f"flask-min {flask_rate:,.0f}/s, wsgi-bare {wsgi_rate:,.0f}/s")
-    record("receiver vs minimal Flask app", ratio, unit="×", target=">= 0.40", ratio=ratio, met=ratio >= 0.40,
-           note=f"vs bare WSGI {summary['receiver']['rate'] / wsgi_rate:.2f}")
-    record(f"webhook p99 ack latency at {args.rate:,.0f}/s", fixed_p99, unit="ms", target="<= 25 ms",
-           met=fixed_p99 <= 25 and fixed["receiver"].achieved >= 0.95 * args.rate,
-           note=f"achieved {fixed['receiver'].achieved:,.0f}/s (flask-min {fixed['flask-min'].achieved:,.0f}/s, "
-                f"p99 {fixed['flask-min'].p(99):.0f} ms); at {args.low_rate:,.0f}/s: p99 {low.p(99):.1f} ms")
+        f"the receiver at {args.low_rate:,.0f}/s: p99 {low.p(99):.1f} ms"
+    )
+    record(
+        "receiver accepted deliveries/s",
+        summary["receiver"]["rate"],
+        unit="/s",
+        note=f"flask-min {flask_rate:,.0f}/s, wsgi-bare {wsgi_rate:,.0f}/s",
+    )
+    record(
+        "receiver vs minimal Flask app",
+        ratio,
+        unit="×",
+        target=">= 0.40",
+        ratio=ratio,
+        met=ratio >= 0.40,
+        note=f"vs bare WSGI {summary['receiver']['rate'] / wsgi_rate:.2f}",
+    )
+    record(
+        f"webhook p99 ack latency at {args.rate:,.0f}/s",
+        fixed_p99,
+        unit="ms",
+        target="<= 25 ms",
+        met=fixed_p99 <= 25 and fixed["receiver"].achieved >= 0.95 * args.rate,
+        note=f"achieved {fixed['receiver'].achieved:,.0f}/s (flask-min {fixed['flask-min'].achieved:,.0f}/s, "
+        f"p99 {fixed['flask-min'].p(99):.0f} ms); at {args.low_rate:,.0f}/s: p99 {low.p(99):.1f} ms",
+    )
     return {"summary": summary, "fixed_p99_ms": fixed_p99, "ratio": ratio}
 
 

@@ -6,6 +6,7 @@ with their targets (each script also prints its own figures and ratios as it goe
 ``--quick`` shrinks every run (for a smoke test of the scripts; its figures are not the ones
 the targets are about).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = [p for p in plan if p[0] in args.only]
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    say(f"jira-mirror benchmarks — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.node()}, "
+    say(
+        f"jira-mirror benchmarks — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.node()}, "
         f"{os.cpu_count()} cores, load average {' '.join(load)}, Python {platform.python_version()}"
-        + (" (QUICK: figures not comparable with the targets)" if args.quick else ""))
+        + (" (QUICK: figures not comparable with the targets)" if args.quick else "")
+    )
     results = tempfile.NamedTemporaryFile(prefix="jm-bench-", suffix=".jsonl", delete=False)
     results.close()
     env = dict(os.environ, BENCH_RESULTS_FILE=results.name, PYTHONUNBUFFERED="1")
@@ -64,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for fig in figures:
         value = fig["value"]
-        shown = "—" if value is None else (f"{value:,.2f}" if isinstance(value, float) and value < 100
-                                           else f"{value:,.0f}")
+        shown = (
+            "—" if value is None else (f"{value:,.2f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}")
+        )
         met = {True: "met", False: "NOT MET", None: ""}[fig["met"]]
         rows.append([fig["figure"], f"{shown} {fig['unit']}".strip(), fig["target"], met, fig["note"]])
     say("")

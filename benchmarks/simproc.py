@@ -1,5 +1,6 @@
 """The Jira simulator in a process of its own, so that its threads never compete for the GIL
 with a load generator or a watcher in the benchmark's process (a real Jira is elsewhere)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp

@@ -20,6 +20,7 @@ must hold its newest version.
 
     .venv/bin/python -m benchmarks.workers [--jobs 20000] [--issues 5000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,13 @@ def build_jobs(count: int, issues: int, seed: int = 11) -> list[dict[str, Any]]:
     for body, _ in bodies:
         delivery = json.loads(body)
         issue = delivery["issue"]
-        per_issue.setdefault(str(issue["id"]), []).append({
-            "site": common.SITE,
-            "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
-            "event_ts": delivery["timestamp"],
-        })
+        per_issue.setdefault(str(issue["id"]), []).append(
+            {
+                "site": common.SITE,
+                "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
+                "event_ts": delivery["timestamp"],
+            }
+        )
     rng = random.Random(seed)
     ids = list(per_issue)
     rng.shuffle(ids)
@@ -72,8 +75,9 @@ def build_jobs(count: int, issues: int, seed: int = 11) -> list[dict[str, Any]]:
     return out
 
 
-def preload(redis: Any, jobs: list[dict[str, Any]], *, func: str = JOB, queue_name: str = "issues",
-            rq_enqueue: bool = False) -> None:
+def preload(
+    redis: Any, jobs: list[dict[str, Any]], *, func: str = JOB, queue_name: str = "issues", rq_enqueue: bool = False
+) -> None:
     from workers import queues
 
     q = queues.queue(queue_name, redis)
@@ -86,7 +90,7 @@ def preload(redis: Any, jobs: list[dict[str, Any]], *, func: str = JOB, queue_na
             pipe.execute()
         return
     for start in range(0, len(jobs), 100):
-        queues.enqueue_issue_jobs(q, [(func, kw) for kw in jobs[start:start + 100]], delivery_id=None)
+        queues.enqueue_issue_jobs(q, [(func, kw) for kw in jobs[start : start + 100]], delivery_id=None)
 
 
 def finished_in_registries(redis: Any, queue_name: str) -> int:
@@ -101,9 +105,14 @@ def finished_by_count(redis: Any, queue_name: str) -> int:
     return max(done, redis.zcard(f"rq:failed:{queue_name}"))
 
 
-def drain(redis: Any, queue_name: str, total: int, start: Callable[[], list[common.Proc]],
-          timeout: float = 900, done_count: Callable[[Any, str], int] = finished_in_registries
-          ) -> tuple[float, list[common.Proc]]:
+def drain(
+    redis: Any,
+    queue_name: str,
+    total: int,
+    start: Callable[[], list[common.Proc]],
+    timeout: float = 900,
+    done_count: Callable[[Any, str], int] = finished_in_registries,
+) -> tuple[float, list[common.Proc]]:
     """Start the workers; seconds from the first job taken to the last job done (finished+failed)."""
     key = f"rq:queue:{queue_name}"
     procs = start()
@@ -157,12 +166,14 @@ def check_rows(url: str, jobs: list[dict[str, Any]]) -> int:
             newest[row["issue_id"]] = (row["updated"], row["event_ts"])
     database = mirror_db.init_database(url)
     with database.connection_context():
-        stored = {r.issue_id: (r.updated, r.event_ts)
-                  for r in Issue.select(Issue.issue_id, Issue.updated, Issue.event_ts)}
+        stored = {
+            r.issue_id: (r.updated, r.event_ts) for r in Issue.select(Issue.issue_id, Issue.updated, Issue.event_ts)
+        }
     wrong = [i for i, v in newest.items() if stored.get(i) != v]
     if wrong or len(stored) != len(newest):
-        raise SystemExit(f"{len(wrong)} issues do not hold their newest version "
-                         f"({len(stored)} rows, {len(newest)} issues)")
+        raise SystemExit(
+            f"{len(wrong)} issues do not hold their newest version ({len(stored)} rows, {len(newest)} issues)"
+        )
     return len(stored)
 
 
@@ -177,7 +188,7 @@ def database_ceiling(url: str, jobs: list[dict[str, Any]], batch: int = 500) -> 
     with database.connection_context():
         started = time.perf_counter()
         for i in range(0, len(rows), batch):
-            store.upsert_issues(rows[i:i + batch])
+            store.upsert_issues(rows[i : i + batch])
         elapsed = time.perf_counter() - started
     check_rows(url, jobs)
     return len(rows) / elapsed
@@ -191,8 +202,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--databases", default="postgresql,sqlite")
     args = parser.parse_args(argv)
 
-    say(f"== workers: {args.jobs:,} issue jobs over {args.issues:,} issues (bursts, interleaving, late versions), "
-        "payload path (no Jira credentials)")
+    say(
+        f"== workers: {args.jobs:,} issue jobs over {args.issues:,} issues (bursts, interleaving, late versions), "
+        "payload path (no Jira credentials)"
+    )
     jobs = build_jobs(args.jobs, args.issues)
     sizes = sorted(len(json.dumps(j)) for j in jobs[:500])
     say(f"job kwargs: median {sizes[len(sizes) // 2]:,} bytes of JSON")
@@ -212,8 +225,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         redis.flushdb()
         preload(redis, jobs, func="benchmarks.noop.noop", queue_name="noop", rq_enqueue=True)
         env = common.base_env(DATABASE_URL=next(iter(urls.values())))
-        rq_argv = [str(common.BIN / "rq"), "worker", "--burst", "-w", "rq.worker.SimpleWorker", "-S", "json",
-                   "-u", common.REDIS_URL, "-P", str(common.ROOT), "noop"]
+        rq_argv = [
+            str(common.BIN / "rq"),
+            "worker",
+            "--burst",
+            "-w",
+            "rq.worker.SimpleWorker",
+            "-S",
+            "json",
+            "-u",
+            common.REDIS_URL,
+            "-P",
+            str(common.ROOT),
+            "noop",
+        ]
         seconds, procs = drain(redis, "noop", len(jobs), lambda: [common.Proc(rq_argv, env, tmp / "rq-noop.log")])
         for p in procs:
             p.stop()
@@ -223,13 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             redis.flushdb()
             preload(redis, jobs[: args.forking_jobs], func="benchmarks.noop.noop", queue_name="noop", rq_enqueue=True)
             fork_argv = [a for a in rq_argv if a not in ("-w", "rq.worker.SimpleWorker")]
-            seconds, procs = drain(redis, "noop", args.forking_jobs,
-                                   lambda: [common.Proc(fork_argv, env, tmp / "rq-fork.log")])
+            seconds, procs = drain(
+                redis, "noop", args.forking_jobs, lambda: [common.Proc(fork_argv, env, tmp / "rq-fork.log")]
+            )
             for p in procs:
                 p.stop()
             results["rq_fork_noop"] = args.forking_jobs / seconds
-            say(f"  RQ default (forking) Worker, no-op jobs ({args.forking_jobs}): "
-                f"{results['rq_fork_noop']:,.0f} jobs/s")
+            say(
+                f"  RQ default (forking) Worker, no-op jobs ({args.forking_jobs}): "
+                f"{results['rq_fork_noop']:,.0f} jobs/s"
+            )
 
         for name, url in urls.items():
             results[f"db_{name}"] = database_ceiling(url, jobs)
@@ -240,9 +268,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 preload(redis, jobs)
                 env = common.base_env(DATABASE_URL=url)
                 argv = common.jira_mirror("worker", "--burst")
-                seconds, procs = drain(redis, "issues", len(jobs), lambda: [
-                    common.Proc(argv, env, tmp / f"worker-{name}-{count}-{i}.log") for i in range(count)],
-                    done_count=finished_by_count)
+                seconds, procs = drain(
+                    redis,
+                    "issues",
+                    len(jobs),
+                    lambda: [common.Proc(argv, env, tmp / f"worker-{name}-{count}-{i}.log") for i in range(count)],
+                    done_count=finished_by_count,
+                )
                 failed = redis.zcard("rq:failed:issues")
                 for p in procs:
                     p.stop()
@@ -251,33 +283,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows = check_rows(url, jobs)
                 rate = len(jobs) / seconds
                 results[f"{name}_{count}"] = rate
-                say(f"  {name}: {count} worker(s): {rate:,.0f} jobs/s "
-                    f"({seconds:.1f} s; {rows:,} rows, each its newest version)")
+                say(
+                    f"  {name}: {count} worker(s): {rate:,.0f} jobs/s "
+                    f"({seconds:.1f} s; {rows:,} rows, each its newest version)"
+                )
         redis.flushdb()
 
     noop = results["rq_noop"]
     for name in urls:
         for count in (1, 2):
             rate = results[f"{name}_{count}"]
-            rows_out.append([f"{name}, {count} worker{'s' if count > 1 else ''}", rate, rate / noop,
-                             rate / results[f"db_{name}"]])
-        rows_out.append([f"{name}: write path in batches (database ceiling)", results[f"db_{name}"],
-                         results[f"db_{name}"] / noop, 1.0])
+            rows_out.append(
+                [f"{name}, {count} worker{'s' if count > 1 else ''}", rate, rate / noop, rate / results[f"db_{name}"]]
+            )
+        rows_out.append(
+            [
+                f"{name}: write path in batches (database ceiling)",
+                results[f"db_{name}"],
+                results[f"db_{name}"] / noop,
+                1.0,
+            ]
+        )
     rows_out.append(["RQ SimpleWorker, no-op jobs (queue ceiling)", noop, 1.0, ""])
     if "rq_fork_noop" in results:
-        rows_out.append(["RQ default forking Worker, no-op jobs", results["rq_fork_noop"],
-                         results["rq_fork_noop"] / noop, ""])
+        rows_out.append(
+            ["RQ default forking Worker, no-op jobs", results["rq_fork_noop"], results["rq_fork_noop"] / noop, ""]
+        )
     say("")
     say(table(rows_out, ["run", "jobs (issue versions) applied/s", "× RQ no-op", "× database ceiling"]))
     if "PostgreSQL_1" in results:
         ratio = results["PostgreSQL_1"] / noop
         say(f"\none worker on PostgreSQL / RQ's no-op rate = {ratio:.2f} (target >= 0.8)")
-        record("issues applied/s, one worker, PostgreSQL", results["PostgreSQL_1"], unit="/s",
-               note=f"2 workers {results.get('PostgreSQL_2', 0):,.0f}/s; SQLite 1/2 workers "
-                    f"{results.get('SQLite_1', 0):,.0f}/{results.get('SQLite_2', 0):,.0f}/s; DB ceiling "
-                    f"{results.get('db_PostgreSQL', 0):,.0f} rows/s")
-        record("one worker (PostgreSQL) vs RQ's no-op rate", ratio, unit="×", target=">= 0.8", ratio=ratio,
-               met=ratio >= 0.8, note=f"RQ SimpleWorker no-op {noop:,.0f} jobs/s")
+        record(
+            "issues applied/s, one worker, PostgreSQL",
+            results["PostgreSQL_1"],
+            unit="/s",
+            note=f"2 workers {results.get('PostgreSQL_2', 0):,.0f}/s; SQLite 1/2 workers "
+            f"{results.get('SQLite_1', 0):,.0f}/{results.get('SQLite_2', 0):,.0f}/s; DB ceiling "
+            f"{results.get('db_PostgreSQL', 0):,.0f} rows/s",
+        )
+        record(
+            "one worker (PostgreSQL) vs RQ's no-op rate",
+            ratio,
+            unit="×",
+            target=">= 0.8",
+            ratio=ratio,
+            met=ratio >= 0.8,
+            note=f"RQ SimpleWorker no-op {noop:,.0f} jobs/s",
+        )
     return results
 
 

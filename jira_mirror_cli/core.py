@@ -1,4 +1,5 @@
 """Core commands: the schema, tracked projects, the worker."""
+
 from __future__ import annotations
 
 import sys
@@ -6,14 +7,20 @@ import sys
 import click
 import peewee as pw
 
-from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
-                             settings_from_env)
+from jira_mirror_cli.common import (
+    configure_logging,
+    connect_redis,
+    fail_cleanly,
+    jira_client,
+    project_keys,
+    settings_from_env,
+)
 from mirror import schema, store
-from mirror.db import init_database
+from mirror.db import init_database, tuples
 from mirror.models import Issue, Project
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """The database schema."""
 
@@ -34,7 +41,7 @@ def db_upgrade() -> None:
         click.echo(f"schema upgraded from version {before} to {after}")
 
 
-@main.group()
+@click.group()
 def projects() -> None:
     """Tracked projects."""
 
@@ -51,10 +58,11 @@ def projects_list(remote: bool) -> None:
     database = init_database(settings.database_url)
     with database.connection_context():
         counts = dict(
-            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-            .where(Issue.site == settings.site, Issue.deleted_at.is_null())
-            .group_by(Issue.project_key)
-            .tuples()
+            tuples(
+                Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+                .where(Issue.site == settings.site, Issue.deleted_at.is_null())
+                .group_by(Issue.project_key)
+            )
         )
         rows = list(Project.select().where(Project.site == settings.site).order_by(Project.key))
     if not rows:
@@ -97,7 +105,7 @@ def projects_track(keys: tuple[str, ...]) -> None:
         raise click.ClickException(f"not tracked: {', '.join(refused)}")
 
 
-def _list_remote(settings) -> None:  # type: ignore[no-untyped-def]
+def _list_remote(settings) -> None:
     from mirror.jira import JiraError
 
     if not settings.jira_configured:
@@ -136,9 +144,16 @@ def projects_untrack(keys: tuple[str, ...]) -> None:
         click.echo(f"{key}: {'untracked (rows kept; pending sync cancelled)' if stopped else 'was not tracked'}")
 
 
-@main.command()
-@click.option("--queue", "queue_names", multiple=True, default=("issues",), show_default=True,
-              type=click.Choice(["issues", "backfill"]), help="Queue(s) to work on.")
+@click.command()
+@click.option(
+    "--queue",
+    "queue_names",
+    multiple=True,
+    default=("issues",),
+    show_default=True,
+    type=click.Choice(["issues", "backfill"]),
+    help="Queue(s) to work on.",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @fail_cleanly
 def worker(queue_names: tuple[str, ...], burst: bool) -> None:

@@ -1,4 +1,5 @@
 """Operator commands: ``issues export``, ``failed list|retry``, ``users sync|match``, ``members import``."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,10 +10,17 @@ from typing import Any, Iterator, Sequence
 
 import click
 
-from jira_mirror_cli import (configure_logging, connect_redis, fail_cleanly, jira_client, main, project_keys,
-                             settings_from_env)
+from jira_mirror_cli.common import (
+    configure_logging,
+    connect_redis,
+    fail_cleanly,
+    jira_client,
+    project_keys,
+    settings_from_env,
+)
 from mirror import metrics, users
 from mirror.db import init_database
+from mirror.issues import utc_iso
 from mirror.redis_connection import redis_for
 from mirror.models import Issue
 
@@ -21,25 +29,37 @@ LISTED_UNMATCHED = 50
 
 # The columns an export reads: never ``fields`` (the raw JSON, the bulk of a row).
 EXPORT_COLUMNS = (
-    Issue.id, Issue.issue_id, Issue.key, Issue.project_key, Issue.summary, Issue.status, Issue.status_category,
-    Issue.issue_type, Issue.priority, Issue.assignee_account_id, Issue.reporter_account_id, Issue.labels,
-    Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at, Issue.parent_id, Issue.resolution, Issue.due_date,
-    Issue.story_points, Issue.sprint_ids, Issue.status_changed_at,
+    Issue.id,
+    Issue.issue_id,
+    Issue.key,
+    Issue.project_key,
+    Issue.summary,
+    Issue.status,
+    Issue.status_category,
+    Issue.issue_type,
+    Issue.priority,
+    Issue.assignee_account_id,
+    Issue.reporter_account_id,
+    Issue.labels,
+    Issue.created,
+    Issue.updated,
+    Issue.resolved,
+    Issue.deleted_at,
+    Issue.parent_id,
+    Issue.resolution,
+    Issue.due_date,
+    Issue.story_points,
+    Issue.sprint_ids,
+    Issue.status_changed_at,
 )
 
 
 # --- issues export ----------------------------------------------------------------------------
 
 
-def utc_iso(moment: dt.datetime | None) -> str | None:
-    """A stored (naive UTC) timestamp as ISO-8601 with ``Z``, to the millisecond."""
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds") + "Z"
-
-
-def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted: bool = False,
-                     batch: int = EXPORT_BATCH) -> Iterator[dict[str, Any]]:
+def iter_export_rows(
+    site: str, projects: Sequence[str] = (), *, include_deleted: bool = False, batch: int = EXPORT_BATCH
+) -> Iterator[dict[str, Any]]:
     """Issues in id order, one dict each, read in keyset pages (``WHERE id > last ORDER BY id
     LIMIT batch``): memory stays constant whatever the table's size, and no page is skipped or
     repeated while other processes write (a row written behind the cursor shows up in the next
@@ -54,9 +74,30 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
         rows = list(query.order_by(Issue.id).limit(batch).tuples().iterator())
         if not rows:
             return
-        for (_, issue_id, key, project_key, summary, status, category, issue_type, priority, assignee, reporter,
-             labels, created, updated, resolved, deleted_at, parent_id, resolution, due_date, story_points,
-             sprint_ids, status_changed_at) in rows:
+        for (
+            _,
+            issue_id,
+            key,
+            project_key,
+            summary,
+            status,
+            category,
+            issue_type,
+            priority,
+            assignee,
+            reporter,
+            labels,
+            created,
+            updated,
+            resolved,
+            deleted_at,
+            parent_id,
+            resolution,
+            due_date,
+            story_points,
+            sprint_ids,
+            status_changed_at,
+        ) in rows:
             yield {
                 "issue_id": issue_id,
                 "key": key,
@@ -84,7 +125,7 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
         last = rows[-1][0]
 
 
-@main.group()
+@click.group()
 def issues() -> None:
     """Mirrored issues."""
 
@@ -144,7 +185,7 @@ _PROJECT = click.option("--project", "projects", multiple=True, metavar="KEY", h
 _DELETED = click.option("--include-deleted", is_flag=True, help="Include rows deleted in Jira (deleted: true).")
 
 
-@main.group()
+@click.group()
 def changelog() -> None:
     """Mirrored changelogs."""
 
@@ -157,7 +198,7 @@ def changelog_export(projects: tuple[str, ...]) -> None:
     _export("changelog", projects)
 
 
-@main.group()
+@click.group()
 def comments() -> None:
     """Mirrored comments."""
 
@@ -171,7 +212,7 @@ def comments_export(projects: tuple[str, ...], include_deleted: bool) -> None:
     _export("comments", projects, include_deleted=include_deleted)
 
 
-@main.group()
+@click.group()
 def worklogs() -> None:
     """Mirrored worklogs."""
 
@@ -188,7 +229,7 @@ def worklogs_export(projects: tuple[str, ...], include_deleted: bool) -> None:
 # --- failed jobs ------------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def failed() -> None:
     """Jobs that exhausted their retries."""
 
@@ -198,7 +239,7 @@ def failed() -> None:
 @fail_cleanly
 def failed_list(as_json: bool) -> None:
     """Failed jobs: id, queue, function, description, when, last line of the error."""
-    from workers.failed import list_failed
+    from workers.status import list_failed
 
     jobs = list_failed(connect_redis(settings_from_env()))
     if as_json:
@@ -208,8 +249,10 @@ def failed_list(as_json: bool) -> None:
         click.echo("no failed jobs")
         return
     for job in jobs:
-        click.echo(f"{job['id']}  {job['queue']}  {job['failed_at'] or '-'}  {job['function'] or '-'}  "
-                   f"{job['description'] or ''}".rstrip())
+        click.echo(
+            f"{job['id']}  {job['queue']}  {job['failed_at'] or '-'}  {job['function'] or '-'}  "
+            f"{job['description'] or ''}".rstrip()
+        )
         click.echo(f"    {job['error'] or '(no error recorded)'}")
     click.echo(f"{len(jobs)} failed job(s): jira-mirror failed retry JOB_ID… or --all")
 
@@ -237,7 +280,7 @@ def failed_retry(job_ids: tuple[str, ...], all_: bool) -> None:
 # --- users and members ------------------------------------------------------------------------
 
 
-@main.group("users")
+@click.group("users")
 def users_group() -> None:
     """Jira users and how they match the team's members."""
 
@@ -260,8 +303,10 @@ def users_sync() -> None:
                 metrics.record_jira_client(redis_for(settings, socket_connect_timeout=1, socket_timeout=2), client)
     except JiraError as exc:
         raise click.ClickException(f"Jira: {exc}") from None
-    click.echo(f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
-               f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped")
+    click.echo(
+        f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
+        f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped"
+    )
 
 
 @users_group.command("match")
@@ -279,8 +324,10 @@ def users_match(as_json: bool) -> None:
     reasons = report["unmatched_by_reason"]
     click.echo(f"assignees of live issues: {report['assignees']}")
     click.echo(f"  matched:   {report['matched']} ({report['matched_inactive']} inactive in Jira)")
-    click.echo(f"  unmatched: {report['unmatched']} (unknown user {reasons['unknown_user']}, "
-               f"hidden e-mail {reasons['hidden_email']}, no member {reasons['no_member']})")
+    click.echo(
+        f"  unmatched: {report['unmatched']} (unknown user {reasons['unknown_user']}, "
+        f"hidden e-mail {reasons['hidden_email']}, no member {reasons['no_member']})"
+    )
     click.echo(f"members: {report['members']}, Jira users: {report['users']}")
     unmatched = report["unmatched_accounts"]
     for account in unmatched[:LISTED_UNMATCHED]:
@@ -291,7 +338,7 @@ def users_match(as_json: bool) -> None:
         click.echo("unknown users: run `jira-mirror users sync`")
 
 
-@main.group()
+@click.group()
 def members() -> None:
     """The team's member list."""
 

@@ -1,4 +1,5 @@
 """``jira-mirror status [--json]``: what the status page shows, on a terminal or as JSON."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,13 +8,13 @@ from typing import Any
 
 import click
 
-from jira_mirror_cli import fail_cleanly, main, settings_from_env
+from jira_mirror_cli.common import fail_cleanly, settings_from_env
 from mirror.db import init_database
 from mirror.redis_connection import redis_for
 from workers import status as ops_status
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (datetimes ISO-8601 UTC).")
 @fail_cleanly
 def status(as_json: bool) -> None:
@@ -75,8 +76,9 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return [line(headers), *(line(r) for r in rows)]
 
@@ -89,8 +91,10 @@ def render(report: dict[str, Any]) -> str:
     jira = report["jira"]
     if jira["ok"]:
         who = jira["display_name"] or jira["account_id"]
-        out.append(f"Jira      {jira['base_url']}: connected as {who} ({jira['account_id']}), "
-                   f"time zone {jira['time_zone'] or 'unknown'}")
+        out.append(
+            f"Jira      {jira['base_url']}: connected as {who} ({jira['account_id']}), "
+            f"time zone {jira['time_zone'] or 'unknown'}"
+        )
     else:
         out.append(f"Jira      {jira['base_url'] or report['site']}: {jira['error']}")
 
@@ -98,15 +102,19 @@ def render(report: dict[str, Any]) -> str:
     if hooks["written_last_hour"] is None:
         out.append(f"Webhooks  unknown (Redis unavailable); signatures {hooks['signatures']}")
     else:
-        out.append(f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
-                   f"{hooks['written_last_hour']} delivery(ies) in the last hour; signatures {hooks['signatures']}")
+        out.append(
+            f"Webhooks  last accepted {_ago(hooks['last_delivery_at'], now)}; "
+            f"{hooks['written_last_hour']} delivery(ies) in the last hour; signatures {hooks['signatures']}"
+        )
     out.append(f"Redis     {report['redis']['url']}, TLS {report['redis']['tls']}")
     people = report.get("assignees")
     if people is not None:
         why = people["unmatched_by_reason"]
-        out.append(f"Assignees {people['assignees']}: {people['matched']} matched to members, {people['unmatched']} "
-                   f"unmatched ({why['unknown_user']} unknown user, {why['hidden_email']} hidden e-mail, "
-                   f"{why['no_member']} no member); {people['users']} Jira users, {people['members']} members")
+        out.append(
+            f"Assignees {people['assignees']}: {people['matched']} matched to members, {people['unmatched']} "
+            f"unmatched ({why['unknown_user']} unknown user, {why['hidden_email']} hidden e-mail, "
+            f"{why['no_member']} no member); {people['users']} Jira users, {people['members']} members"
+        )
     out.append("")
 
     projects = report["projects"]
@@ -114,11 +122,32 @@ def render(report: dict[str, Any]) -> str:
         rows = []
         for p in projects:
             state = p["state"] if p["active"] else "untracked"
-            rows.append([p["key"], state, str(p["issues"]), str(p["deleted"]), _span(p["lag_seconds"]),
-                         _run(p["last_incremental"], now), _run(p["last_full"], now),
-                         f"{p['sync_cursor']:%Y-%m-%d %H:%M}" if p["sync_cursor"] else "-"])
-        out += _table(["PROJECT", "STATE", "ISSUES", "DELETED", "LAG", "LAST INCREMENTAL (seen/written/deleted)",
-                       "LAST FULL", "CURSOR"], rows, right={2, 3})
+            rows.append(
+                [
+                    p["key"],
+                    state,
+                    str(p["issues"]),
+                    str(p["deleted"]),
+                    _span(p["lag_seconds"]),
+                    _run(p["last_incremental"], now),
+                    _run(p["last_full"], now),
+                    f"{p['sync_cursor']:%Y-%m-%d %H:%M}" if p["sync_cursor"] else "-",
+                ]
+            )
+        out += _table(
+            [
+                "PROJECT",
+                "STATE",
+                "ISSUES",
+                "DELETED",
+                "LAG",
+                "LAST INCREMENTAL (seen/written/deleted)",
+                "LAST FULL",
+                "CURSOR",
+            ],
+            rows,
+            right={2, 3},
+        )
         for p in projects:
             if p["last_error"]:
                 out.append(f"  {p['key']}: last error: {p['last_error']}")
@@ -127,13 +156,28 @@ def render(report: dict[str, Any]) -> str:
     out.append("")
 
     if report["queues"]:
-        rows = [[name, str(q["queued"]), str(q["started"]), str(q["scheduled"]), str(q["failed"]),
-                 _span(q["oldest_queued_seconds"])] for name, q in report["queues"].items()]
+        rows = [
+            [
+                name,
+                str(q["queued"]),
+                str(q["started"]),
+                str(q["scheduled"]),
+                str(q["failed"]),
+                _span(q["oldest_queued_seconds"]),
+            ]
+            for name, q in report["queues"].items()
+        ]
         out += _table(["QUEUE", "QUEUED", "STARTED", "SCHEDULED", "FAILED", "OLDEST"], rows, right={1, 2, 3, 4})
         workers = report["workers"]
         busy = sum(1 for w in workers if w["state"] == "busy")
-        out.append(f"Workers   {len(workers)} ({busy} busy)" + (": " + ", ".join(
-            f"{w['name']} [{','.join(w['queues'])}] {w['state']}" for w in workers[:5]) if workers else ""))
+        out.append(
+            f"Workers   {len(workers)} ({busy} busy)"
+            + (
+                ": " + ", ".join(f"{w['name']} [{','.join(w['queues'])}] {w['state']}" for w in workers[:5])
+                if workers
+                else ""
+            )
+        )
         failed = report["failed"]
         out.append(f"Failed    {failed['count']} job(s)" + ("  (jira-mirror failed list)" if failed["count"] else ""))
     for part, text in report["errors"].items():

@@ -6,6 +6,7 @@ worklogs (REST v3, webhooks) become rows of ``jira_changelog_item``, ``jira_comm
 fields hold story points and sprints on this site (their ids differ per site, JIRA.md).
 Timestamps are normalised to naive UTC, as everywhere in the mirror.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,33 +52,53 @@ def agile_fields(fields: Iterable[Mapping[str, Any]]) -> AgileFields:
     return AgileFields(find(STORY_POINTS_TYPE, STORY_POINTS_NAMES), find(SPRINT_TYPE, SPRINT_NAMES))
 
 
-def field_rows(site: str, fields: Iterable[Mapping[str, Any]], *, at: dt.datetime | None = None
-               ) -> list[dict[str, Any]]:
+def field_rows(
+    site: str, fields: Iterable[Mapping[str, Any]], *, at: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     """``jira_field`` rows from ``GET /rest/api/3/field``'s answer (entries without an id are skipped)."""
     at = at or utc_now()
     rows = []
     for f in fields:
         if not isinstance(f, Mapping) or not isinstance(f.get("id"), str) or not f["id"]:
             continue
-        schema = f.get("schema") if isinstance(f.get("schema"), Mapping) else {}
+        schema: Mapping[str, Any] = f["schema"] if isinstance(f.get("schema"), Mapping) else {}
         custom_id = schema.get("customId")
-        rows.append({
-            "site": site, "field_id": f["id"][:255],
-            "name": f["name"][:255] if isinstance(f.get("name"), str) else None,
-            "custom": bool(f.get("custom")),
-            "schema_type": schema.get("type")[:64] if isinstance(schema.get("type"), str) else None,
-            "custom_type": schema.get("custom")[:255] if isinstance(schema.get("custom"), str) else None,
-            "custom_id": custom_id if isinstance(custom_id, int) and not isinstance(custom_id, bool) else None,
-            "synced_at": at,
-        })
+        rows.append(
+            {
+                "site": site,
+                "field_id": f["id"][:255],
+                "name": f["name"][:255] if isinstance(f.get("name"), str) else None,
+                "custom": bool(f.get("custom")),
+                "schema_type": schema["type"][:64] if isinstance(schema.get("type"), str) else None,
+                "custom_type": schema["custom"][:255] if isinstance(schema.get("custom"), str) else None,
+                "custom_id": custom_id if isinstance(custom_id, int) and not isinstance(custom_id, bool) else None,
+                "synced_at": at,
+            }
+        )
     return rows
 
 
 # --- text of an ADF document ------------------------------------------------------------------
 
 
-_BLOCKS = frozenset({"paragraph", "heading", "blockquote", "codeBlock", "listItem", "tableRow", "panel",
-                     "rule", "mediaGroup", "mediaSingle", "expand", "nestedExpand", "taskItem", "decisionItem"})
+_BLOCKS = frozenset(
+    {
+        "paragraph",
+        "heading",
+        "blockquote",
+        "codeBlock",
+        "listItem",
+        "tableRow",
+        "panel",
+        "rule",
+        "mediaGroup",
+        "mediaSingle",
+        "expand",
+        "nestedExpand",
+        "taskItem",
+        "decisionItem",
+    }
+)
 
 
 def adf_text(body: Any) -> str | None:
@@ -101,7 +122,7 @@ def adf_text(body: Any) -> str | None:
         elif kind == "hardBreak":
             current.append("\n")
         elif kind in ("mention", "emoji", "status", "date", "inlineCard"):
-            attrs = node.get("attrs") if isinstance(node.get("attrs"), Mapping) else {}
+            attrs: Mapping[str, Any] = node["attrs"] if isinstance(node.get("attrs"), Mapping) else {}
             text = attrs.get("text") or attrs.get("shortName") or attrs.get("url")
             if isinstance(text, str):
                 current.append(text)
@@ -160,8 +181,15 @@ def _optional_time(value: Any, what: str) -> dt.datetime | None:
     return None if value in (None, "") else _time(value, what)
 
 
-def changelog_rows(site: str, issue_id: str, history: Mapping[str, Any], *, created: dt.datetime | None = None,
-                   author_account_id: str | None = None, at: dt.datetime | None = None) -> list[dict[str, Any]]:
+def changelog_rows(
+    site: str,
+    issue_id: str,
+    history: Mapping[str, Any],
+    *,
+    created: dt.datetime | None = None,
+    author_account_id: str | None = None,
+    at: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
     """``jira_changelog_item`` rows of one change history (``{id, created, author, items}``).
 
     A webhook's ``changelog`` has no ``created`` nor ``author``: the delivery's time and actor
@@ -180,21 +208,31 @@ def changelog_rows(site: str, issue_id: str, history: Mapping[str, Any], *, crea
     for index, item in enumerate(items if isinstance(items, list) else []):
         if not isinstance(item, Mapping):
             continue
-        rows.append({
-            "site": site, "issue_id": issue_id, "history_id": history_id, "item_index": index, "created": when,
-            "author_account_id": author,
-            "field": _clip(_str(item.get("field")), 255), "field_id": _clip(_str(item.get("fieldId")), 255),
-            "field_type": _clip(_str(item.get("fieldtype")), 32),
-            # A loaded delivery's items have snake_case strings (receiver.schemas).
-            "from_value": _str(item.get("from")), "from_string": _str(item.get("fromString", item.get("from_string"))),
-            "to_value": _str(item.get("to")), "to_string": _str(item.get("toString", item.get("to_string"))),
-            "synced_at": at,
-        })
+        rows.append(
+            {
+                "site": site,
+                "issue_id": issue_id,
+                "history_id": history_id,
+                "item_index": index,
+                "created": when,
+                "author_account_id": author,
+                "field": _clip(_str(item.get("field")), 255),
+                "field_id": _clip(_str(item.get("fieldId")), 255),
+                "field_type": _clip(_str(item.get("fieldtype")), 32),
+                # A loaded delivery's items have snake_case strings (receiver.schemas).
+                "from_value": _str(item.get("from")),
+                "from_string": _str(item.get("fromString", item.get("from_string"))),
+                "to_value": _str(item.get("to")),
+                "to_string": _str(item.get("toString", item.get("to_string"))),
+                "synced_at": at,
+            }
+        )
     return rows
 
 
-def bulk_changelog_rows(site: str, page: Mapping[str, Any], *, at: dt.datetime | None = None
-                        ) -> Iterator[dict[str, Any]]:
+def bulk_changelog_rows(
+    site: str, page: Mapping[str, Any], *, at: dt.datetime | None = None
+) -> Iterator[dict[str, Any]]:
     """Rows of one ``changelog/bulkfetch`` page (``issueChangeLogs[].changeHistories``)."""
     for entry in page.get("issueChangeLogs") or []:
         issue_id = _id(entry.get("issueId")) if isinstance(entry, Mapping) else None
@@ -220,8 +258,15 @@ def issue_id_of(entity: Mapping[str, Any], issue: Mapping[str, Any] | None = Non
     return found
 
 
-def comment_row(site: str, comment: Mapping[str, Any], *, issue_id: str | None = None, source: str,
-                event_ts: int = 0, at: dt.datetime | None = None) -> dict[str, Any]:
+def comment_row(
+    site: str,
+    comment: Mapping[str, Any],
+    *,
+    issue_id: str | None = None,
+    source: str,
+    event_ts: int = 0,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
     """A ``jira_comment`` row. Raises ActivityMappingError without an id or an issue."""
     comment_id = _id(comment.get("id"))
     issue_id = issue_id or issue_id_of(comment)
@@ -230,16 +275,30 @@ def comment_row(site: str, comment: Mapping[str, Any], *, issue_id: str | None =
     created = _optional_time(comment.get("created"), "comment.created")
     body = comment.get("body")
     return {
-        "site": site, "comment_id": comment_id, "issue_id": issue_id,
+        "site": site,
+        "comment_id": comment_id,
+        "issue_id": issue_id,
         "author_account_id": _account(comment.get("author")),
-        "created": created, "updated": _optional_time(comment.get("updated"), "comment.updated") or created,
-        "body": body, "body_text": adf_text(body), "deleted_at": None,
-        "synced_at": at or utc_now(), "source": source, "event_ts": int(event_ts),
+        "created": created,
+        "updated": _optional_time(comment.get("updated"), "comment.updated") or created,
+        "body": body,
+        "body_text": adf_text(body),
+        "deleted_at": None,
+        "synced_at": at or utc_now(),
+        "source": source,
+        "event_ts": int(event_ts),
     }
 
 
-def worklog_row(site: str, worklog: Mapping[str, Any], *, issue_id: str | None = None, source: str,
-                event_ts: int = 0, at: dt.datetime | None = None) -> dict[str, Any]:
+def worklog_row(
+    site: str,
+    worklog: Mapping[str, Any],
+    *,
+    issue_id: str | None = None,
+    source: str,
+    event_ts: int = 0,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
     """A ``jira_worklog`` row. Raises ActivityMappingError without an id or an issue."""
     worklog_id = _id(worklog.get("id"))
     issue_id = issue_id_of(worklog) or issue_id
@@ -248,11 +307,17 @@ def worklog_row(site: str, worklog: Mapping[str, Any], *, issue_id: str | None =
     created = _optional_time(worklog.get("created"), "worklog.created")
     spent = worklog.get("timeSpentSeconds")
     return {
-        "site": site, "worklog_id": worklog_id, "issue_id": issue_id,
+        "site": site,
+        "worklog_id": worklog_id,
+        "issue_id": issue_id,
         "author_account_id": _account(worklog.get("author")),
         "started": _optional_time(worklog.get("started"), "worklog.started"),
         "time_spent_seconds": spent if isinstance(spent, int) and not isinstance(spent, bool) else None,
         "comment_text": adf_text(worklog.get("comment")),
-        "created": created, "updated": _optional_time(worklog.get("updated"), "worklog.updated") or created,
-        "deleted_at": None, "synced_at": at or utc_now(), "source": source, "event_ts": int(event_ts),
+        "created": created,
+        "updated": _optional_time(worklog.get("updated"), "worklog.updated") or created,
+        "deleted_at": None,
+        "synced_at": at or utc_now(),
+        "source": source,
+        "event_ts": int(event_ts),
     }

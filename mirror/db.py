@@ -3,9 +3,11 @@
 SQLite is the embedded default (WAL, a busy timeout, so that the web process, workers and
 the CLI can share one file); PostgreSQL is the production database.
 """
+
 from __future__ import annotations
 
 import os
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -40,7 +42,7 @@ def open_database(url: str) -> pw.Database:
     """A peewee Database for ``url`` (not yet connected)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not path:
             raise DatabaseURLError("DATABASE_URL: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
         if path != ":memory:":
@@ -53,12 +55,19 @@ def open_database(url: str) -> pw.Database:
     raise DatabaseURLError(f"DATABASE_URL: unsupported scheme {scheme!r} (sqlite, postgres, postgresql)")
 
 
+def tuples(query: Any) -> Iterator[tuple[Any, ...]]:
+    """The rows of a peewee query as tuples: ``query.tuples()``, typed as what it yields (peewee's
+    own annotations say model instances)."""
+    return iter(query.tuples())
+
+
+def is_postgres() -> bool:
+    """Whether the bound database is PostgreSQL (schema and history writes differ by engine)."""
+    return isinstance(database.obj, pw.PostgresqlDatabase)
+
+
 def init_database(url: str) -> pw.Database:
     """Bind the proxy to ``url`` and return the real database."""
     db = open_database(url)
     database.initialize(db)
     return db
-
-
-def is_postgres() -> bool:
-    return isinstance(database.obj, pw.PostgresqlDatabase)

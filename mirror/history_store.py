@@ -14,6 +14,7 @@ The same rules as issues (``mirror.store``), decided by the database in each ups
 Only Jira's word deletes (CONTRACT.md invariant 7): a delete event, ``worklog/deleted``, or the
 absence from a *complete* comment or worklog list of an issue read in full.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import peewee as pw
 
 from mirror.activity import agile_fields
-from mirror.db import database, is_postgres
+from mirror.db import database, is_postgres, tuples
 from mirror.issues import AgileFields, utc_now
 from mirror.models import ChangelogItem, Comment, Cursor, Field, Issue, Worklog
 
@@ -54,8 +55,15 @@ def replace_fields(site: str, rows: Sequence[dict[str, Any]]) -> int:
         for batch in _batches(rows):
             Field.insert_many(batch).on_conflict(
                 conflict_target=[Field.site, Field.field_id],
-                preserve=[Field.name, Field.custom, Field.schema_type, Field.custom_type, Field.custom_id,
-                          Field.synced_at]).execute()
+                preserve=[
+                    Field.name,
+                    Field.custom,
+                    Field.schema_type,
+                    Field.custom_type,
+                    Field.custom_id,
+                    Field.synced_at,
+                ],
+            ).execute()
         if rows:
             ids = [r["field_id"] for r in rows]
             Field.delete().where(Field.site == site, Field.field_id.not_in(ids)).execute()
@@ -74,8 +82,10 @@ def agile_for(site: str) -> AgileFields:
             return cached[1]
     found = agile_fields(
         {"id": fid, "name": name, "custom": custom, "schema": {"custom": custom_type}}
-        for fid, name, custom, custom_type in Field.select(Field.field_id, Field.name, Field.custom,
-                                                           Field.custom_type).where(Field.site == site).tuples())
+        for fid, name, custom, custom_type in tuples(
+            Field.select(Field.field_id, Field.name, Field.custom, Field.custom_type).where(Field.site == site)
+        )
+    )
     with _agile_lock:
         _agile_cache[site] = (now, found)
     return found
@@ -103,9 +113,14 @@ def upsert_changelog(rows: Sequence[dict[str, Any]]) -> int:
             query = ChangelogItem.insert_many(batch).on_conflict(
                 conflict_target=[ChangelogItem.site, ChangelogItem.history_id, ChangelogItem.item_index],
                 preserve=[ChangelogItem.created, ChangelogItem.author_account_id, ChangelogItem.synced_at],
-                where=((excluded.created != ChangelogItem.created)
-                       | (pw.fn.COALESCE(excluded.author_account_id, "") != pw.fn.COALESCE(
-                           ChangelogItem.author_account_id, ""))))
+                where=(
+                    (excluded.created != ChangelogItem.created)
+                    | (
+                        pw.fn.COALESCE(excluded.author_account_id, "")
+                        != pw.fn.COALESCE(ChangelogItem.author_account_id, "")
+                    )
+                ),
+            )
             changed += database.execute(query).rowcount
     return changed
 
@@ -125,12 +140,16 @@ def refresh_status_changed(site: str, issue_ids: Iterable[str]) -> int:
         for batch in _batches(ids):
             marks = ", ".join(["%s" if is_postgres() else "?"] * len(batch))
             p = "%s" if is_postgres() else "?"
-            last = ("(SELECT MAX(c.created) FROM jira_changelog_item c WHERE c.site = jira_issue.site"
-                    " AND c.issue_id = jira_issue.issue_id AND (c.field_id = 'status'"
-                    " OR (c.field_id IS NULL AND c.field = 'status')))")
-            sql = (f"UPDATE jira_issue SET status_changed_at = COALESCE({last}, created)"
-                   f" WHERE site = {p} AND issue_id IN ({marks})"
-                   f" AND status_changed_at {distinct} COALESCE({last}, created)")
+            last = (
+                "(SELECT MAX(c.created) FROM jira_changelog_item c WHERE c.site = jira_issue.site"
+                " AND c.issue_id = jira_issue.issue_id AND (c.field_id = 'status'"
+                " OR (c.field_id IS NULL AND c.field = 'status')))"
+            )
+            sql = (
+                f"UPDATE jira_issue SET status_changed_at = COALESCE({last}, created)"
+                f" WHERE site = {p} AND issue_id IN ({marks})"
+                f" AND status_changed_at {distinct} COALESCE({last}, created)"
+            )
             changed += database.execute_sql(sql, [site, *batch]).rowcount
     return changed
 
@@ -167,30 +186,51 @@ def _version(row: dict[str, Any]) -> tuple[dt.datetime, int]:
     return (row.get("updated") or dt.datetime.min, row.get("event_ts") or 0)
 
 
-def _upsert_activity(model: type[pw.Model], key: str, rows: Sequence[dict[str, Any]],
-                     columns: Sequence[pw.Field]) -> int:
+def _upsert_activity(model: Any, key: str, rows: Sequence[dict[str, Any]], columns: Sequence[pw.Field]) -> int:
     rows = _newest(rows, key)
     excluded = pw.EXCLUDED
     # Newer wins; at the same `updated`, a backfill (REST v3) replaces a webhook's rendering. A
     # tombstone (deleted_at) is final.
-    newer = ((excluded.updated > model.updated) | model.updated.is_null()
-             | ((excluded.updated == model.updated) & (excluded.source == "backfill") & (model.source == "webhook")))
+    newer = (
+        (excluded.updated > model.updated)
+        | model.updated.is_null()
+        | ((excluded.updated == model.updated) & (excluded.source == "backfill") & (model.source == "webhook"))
+    )
     changed = 0
     with database.atomic():
         for batch in _batches(rows):
             query = model.insert_many(batch).on_conflict(
                 conflict_target=[model.site, getattr(model, key)],
                 preserve=list(columns),
-                where=model.deleted_at.is_null() & newer)
+                where=model.deleted_at.is_null() & newer,
+            )
             changed += database.execute(query).rowcount
     return changed
 
 
-_COMMENT_COLUMNS = (Comment.issue_id, Comment.author_account_id, Comment.created, Comment.updated, Comment.body,
-                    Comment.body_text, Comment.synced_at, Comment.source, Comment.event_ts)
-_WORKLOG_COLUMNS = (Worklog.issue_id, Worklog.author_account_id, Worklog.started, Worklog.time_spent_seconds,
-                    Worklog.comment_text, Worklog.created, Worklog.updated, Worklog.synced_at, Worklog.source,
-                    Worklog.event_ts)
+_COMMENT_COLUMNS = (
+    Comment.issue_id,
+    Comment.author_account_id,
+    Comment.created,
+    Comment.updated,
+    Comment.body,
+    Comment.body_text,
+    Comment.synced_at,
+    Comment.source,
+    Comment.event_ts,
+)
+_WORKLOG_COLUMNS = (
+    Worklog.issue_id,
+    Worklog.author_account_id,
+    Worklog.started,
+    Worklog.time_spent_seconds,
+    Worklog.comment_text,
+    Worklog.created,
+    Worklog.updated,
+    Worklog.synced_at,
+    Worklog.source,
+    Worklog.event_ts,
+)
 
 
 def upsert_comments(rows: Sequence[dict[str, Any]]) -> int:
@@ -203,57 +243,74 @@ def upsert_worklogs(rows: Sequence[dict[str, Any]]) -> int:
     return _upsert_activity(Worklog, "worklog_id", rows, _WORKLOG_COLUMNS)
 
 
-def _tombstones(model: type[pw.Model], key: str, site: str, ids: Sequence[tuple[str, str | None]],
-                at: dt.datetime, source: str) -> int:
+def _tombstones(
+    model: Any, key: str, site: str, ids: Sequence[tuple[str, str | None]], at: dt.datetime, source: str
+) -> int:
     """Mark ``(id, issue id)`` deleted; an id never seen gets a tombstone row so that a late
     create or update cannot bring it back. Returns rows newly marked."""
     changed = 0
-    rows = [{"site": site, key: ident, "issue_id": issue_id or "", "deleted_at": at, "synced_at": at,
-             "source": source} for ident, issue_id in dict(ids).items()]
+    rows = [
+        {"site": site, key: ident, "issue_id": issue_id or "", "deleted_at": at, "synced_at": at, "source": source}
+        for ident, issue_id in dict(ids).items()
+    ]
     with database.atomic():
         for batch in _batches(rows):
             query = model.insert_many(batch).on_conflict(
                 conflict_target=[model.site, getattr(model, key)],
-                update={model.deleted_at: pw.EXCLUDED.deleted_at, model.synced_at: pw.EXCLUDED.synced_at,
-                        model.source: pw.EXCLUDED.source},
-                where=model.deleted_at.is_null())
+                update={
+                    model.deleted_at: pw.EXCLUDED.deleted_at,
+                    model.synced_at: pw.EXCLUDED.synced_at,
+                    model.source: pw.EXCLUDED.source,
+                },
+                where=model.deleted_at.is_null(),
+            )
             changed += database.execute(query).rowcount
     return changed
 
 
-def delete_comments(site: str, ids: Sequence[tuple[str, str | None]], *, at: dt.datetime | None = None,
-                    source: str = "webhook") -> int:
+def delete_comments(
+    site: str, ids: Sequence[tuple[str, str | None]], *, at: dt.datetime | None = None, source: str = "webhook"
+) -> int:
     """Soft-delete comments Jira said are gone: ``(comment id, issue id)`` pairs."""
     return _tombstones(Comment, "comment_id", site, ids, at or utc_now(), source)
 
 
-def delete_worklogs(site: str, ids: Sequence[tuple[str, str | None]], *, at: dt.datetime | None = None,
-                    source: str = "webhook") -> int:
+def delete_worklogs(
+    site: str, ids: Sequence[tuple[str, str | None]], *, at: dt.datetime | None = None, source: str = "webhook"
+) -> int:
     """Soft-delete worklogs Jira said are gone: ``(worklog id, issue id or None)`` pairs."""
     return _tombstones(Worklog, "worklog_id", site, ids, at or utc_now(), source)
 
 
-def delete_worklogs_by_id(site: str, ids: Sequence[str], *, at: dt.datetime | None = None,
-                          source: str = "backfill") -> int:
+def delete_worklogs_by_id(
+    site: str, ids: Sequence[str], *, at: dt.datetime | None = None, source: str = "backfill"
+) -> int:
     """Soft-delete worklogs listed by ``worklog/deleted`` (ids only, site-wide): those the mirror
     holds are marked; the others (other projects' worklogs, mostly) are left alone."""
     at = at or utc_now()
     known: dict[str, str] = {}
     for batch in _batches(list(ids)):
-        known.update(Worklog.select(Worklog.worklog_id, Worklog.issue_id)
-                     .where(Worklog.site == site, Worklog.worklog_id.in_(list(batch))).tuples())
+        known.update(
+            tuples(
+                Worklog.select(Worklog.worklog_id, Worklog.issue_id).where(
+                    Worklog.site == site, Worklog.worklog_id.in_(list(batch))
+                )
+            )
+        )
     return _tombstones(Worklog, "worklog_id", site, list(known.items()), at, source) if known else 0
 
 
-def reconcile_lists(model: type[pw.Model], key: str, site: str, present: dict[str, set[str]],
-                    read_at: dt.datetime) -> int:
+def reconcile_lists(model: Any, key: str, site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
     """Each issue of ``present`` had its complete list (every page read) holding those ids: its
     other live rows, created before the list was read, are gone in Jira (a row created after may
     be missing from a list read earlier). Returns rows marked deleted."""
     gone: list[tuple[str, str]] = []
     for batch in _batches(list(present)):
-        for ident, issue_id, created in model.select(getattr(model, key), model.issue_id, model.created).where(
-                model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null()).tuples():
+        for ident, issue_id, created in (
+            model.select(getattr(model, key), model.issue_id, model.created)
+            .where(model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null())
+            .tuples()
+        ):
             if ident not in present[issue_id] and (created is None or created <= read_at):
                 gone.append((ident, issue_id))
     if not gone:
@@ -271,8 +328,11 @@ def reconcile_worklogs(site: str, present: dict[str, set[str]], read_at: dt.date
 
 def mirrored_issue(site: str, issue_id: str) -> bool:
     """The mirror holds the issue live (a comment or worklog of it belongs to the mirror)."""
-    return Issue.select(Issue.id).where(Issue.site == site, Issue.issue_id == issue_id,
-                                        Issue.deleted_at.is_null()).exists()
+    return (
+        Issue.select(Issue.id)
+        .where(Issue.site == site, Issue.issue_id == issue_id, Issue.deleted_at.is_null())
+        .exists()
+    )
 
 
 def read_cursor(site: str, name: str) -> int | None:
@@ -286,7 +346,8 @@ def save_cursor(site: str, name: str, position: int) -> None:
     Cursor.insert(site=site, name=name, position=position, updated_at=utc_now()).on_conflict(
         conflict_target=[Cursor.site, Cursor.name],
         update={Cursor.position: pw.EXCLUDED.position, Cursor.updated_at: pw.EXCLUDED.updated_at},
-        where=pw.EXCLUDED.position > Cursor.position).execute()
+        where=pw.EXCLUDED.position > Cursor.position,
+    ).execute()
 
 
 def live_issue_ids(site: str, ids: Iterable[str]) -> set[str]:
@@ -294,6 +355,12 @@ def live_issue_ids(site: str, ids: Iterable[str]) -> set[str]:
     ids = list(dict.fromkeys(ids))
     live: set[str] = set()
     for batch in _batches(ids):
-        live.update(i for (i,) in Issue.select(Issue.issue_id).where(
-            Issue.site == site, Issue.issue_id.in_(list(batch)), Issue.deleted_at.is_null()).tuples())
+        live.update(
+            i
+            for (i,) in tuples(
+                Issue.select(Issue.issue_id).where(
+                    Issue.site == site, Issue.issue_id.in_(list(batch)), Issue.deleted_at.is_null()
+                )
+            )
+        )
     return live

@@ -1,8 +1,9 @@
 """Mapping a Jira issue (REST JSON) to a ``jira_issue`` row: pure, no I/O.
 
-Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, JIRA.md,
+Jira renders timestamps with the actor's offset (``2024-12-29T08:41:23.904+0530``, docs/jira.md,
 "Webhooks"); every timestamp is normalised here to naive UTC, the form the table stores.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 import orjson
 
@@ -69,6 +70,25 @@ def epoch_ms(moment: dt.datetime) -> int:
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@overload
+def utc_iso(moment: dt.datetime, *, timespec: str = ...) -> str: ...
+@overload
+def utc_iso(moment: None, *, timespec: str = ...) -> None: ...
+@overload
+def utc_iso(moment: dt.datetime | None, *, timespec: str = ...) -> str | None: ...
+
+
+def utc_iso(moment: dt.datetime | None, *, timespec: str = "milliseconds") -> str | None:
+    """A datetime as ISO-8601 UTC with ``Z`` (``2025-05-01T08:00:00.000Z``); naive values are UTC
+    (as the database stores them), None stays None. The one formatter of times for people and
+    programs: exports, logs, the status report. ``timespec`` as ``datetime.isoformat``'s."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec=timespec) + "Z"
 
 
 def _text(value: Any) -> str | None:
@@ -206,13 +226,24 @@ def typed_columns(fields: Mapping[str, Any], agile: AgileFields | None) -> dict[
 
 
 # Bookkeeping columns: not what a row shows (a version differing only in them changes nothing).
-_NOT_CONTENT = frozenset({"site", "issue_id", "synced_at", "source", "event_ts", "deleted_at", "deleted_reason",
-                          "content_hash", "status_changed_at"})
+_NOT_CONTENT = frozenset(
+    {
+        "site",
+        "issue_id",
+        "synced_at",
+        "source",
+        "event_ts",
+        "deleted_at",
+        "deleted_reason",
+        "content_hash",
+        "status_changed_at",
+    }
+)
 
 
 def content_hash(row: Mapping[str, Any]) -> str:
     """A digest of what a row shows (every column but the bookkeeping ones): two versions with
-    the same digest are the same row (CONTRACT.md invariant 8: write only what changed)."""
+    the same digest are the same row (docs/contract.md invariant 8: write only what changed)."""
     content = {k: v for k, v in row.items() if k not in _NOT_CONTENT}
     try:  # orjson: fast, but it refuses integers beyond 64 bits; the json module keeps them
         text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
@@ -226,8 +257,15 @@ def content_hash(row: Mapping[str, Any]) -> str:
 _OWN_TABLES = ("comment", "worklog")
 
 
-def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
-           synced_at: dt.datetime | None = None, agile: AgileFields | None = None) -> dict[str, Any]:
+def to_row(
+    site: str,
+    issue: Mapping[str, Any],
+    *,
+    source: str,
+    event_ts: int,
+    synced_at: dt.datetime | None = None,
+    agile: AgileFields | None = None,
+) -> dict[str, Any]:
     """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
 
     ``fields`` is kept as received (less comments and worklogs); the typed columns are derived

@@ -4,13 +4,11 @@ Every method is a read (``POST`` search and bulkfetch included), so every call i
 Errors form a flat hierarchy under :class:`JiraError`; messages carry the method and path of the
 request, never the credentials.
 
-Atlassian references behind the choices below:
-
-* search: https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-search/
-* rate limiting: https://developer.atlassian.com/cloud/jira/platform/rate-limiting/
-* auth: https://developer.atlassian.com/cloud/jira/platform/basic-auth-for-rest-apis/ and
-  https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/
+The Jira facts behind the choices below (from Atlassian's REST v3 description and pages) are in
+docs/jira.md: search and bulk fetch in "Search and reads", rate limiting, API-token and OAuth 2.0
+(3LO) auth in "Rate limits and auth".
 """
+
 from __future__ import annotations
 
 import base64
@@ -492,8 +490,9 @@ class JiraClient:
 
     # --- history and activity ----------------------------------------------------------------
 
-    def changelog_page(self, ids_or_keys: Sequence[str], *, next_page_token: str | None = None,
-                       max_results: int = CHANGELOG_PAGE) -> JSONDict:
+    def changelog_page(
+        self, ids_or_keys: Sequence[str], *, next_page_token: str | None = None, max_results: int = CHANGELOG_PAGE
+    ) -> JSONDict:
         """One page of ``POST /rest/api/3/changelog/bulkfetch``: the change histories of up to
         1000 issues, oldest first (``issueChangeLogs``, ``nextPageToken`` absent on the last).
         Raises ``ValueError`` for more than 1000 ids and the :class:`JiraError` subclasses."""
@@ -516,8 +515,11 @@ class JiraClient:
             if not next_token:
                 return
             if next_token == token:
-                raise JiraError("POST /rest/api/3/changelog/bulkfetch: Jira repeated the same nextPageToken",
-                                method="POST", path="/rest/api/3/changelog/bulkfetch")
+                raise JiraError(
+                    "POST /rest/api/3/changelog/bulkfetch: Jira repeated the same nextPageToken",
+                    method="POST",
+                    path="/rest/api/3/changelog/bulkfetch",
+                )
             token = next_token
 
     def _offset_pages(self, path: str, template: str, key: str, size: int, start: int) -> list[JSONDict]:
@@ -556,9 +558,9 @@ class JiraClient:
             got = list(page.get("values") or [])
             values.extend(got)
             until = page.get("until")
-            moved = isinstance(until, int) and until > since
-            if moved:
-                since = until
+            moved = False
+            if isinstance(until, int) and until > since:
+                since, moved = until, True
             if page.get("lastPage", True) or not got or not moved:
                 return values, since
 
@@ -567,11 +569,13 @@ class JiraClient:
         wanted = [int(i) for i in ids]
         if not wanted or len(wanted) > CHANGELOG_BULK_MAX:
             raise ValueError(f"worklog/list takes 1 to {CHANGELOG_BULK_MAX} ids, got {len(wanted)}")
-        answer = self._request("POST", "/rest/api/3/worklog/list", "/rest/api/3/worklog/list",
-                               json_body={"ids": wanted})
+        answer = self._request(
+            "POST", "/rest/api/3/worklog/list", "/rest/api/3/worklog/list", json_body={"ids": wanted}
+        )
         if not isinstance(answer, list):
-            raise JiraError("POST /rest/api/3/worklog/list: expected a JSON list", method="POST",
-                            path="/rest/api/3/worklog/list")
+            raise JiraError(
+                "POST /rest/api/3/worklog/list: expected a JSON list", method="POST", path="/rest/api/3/worklog/list"
+            )
         return answer
 
     def fields(self) -> list[JSONDict]:
@@ -659,7 +663,7 @@ class JiraClient:
             try:
                 page = self._request("GET", path, path, params={"startAt": start, "maxResults": size})
             except JiraError as exc:
-                # 409: "the request took longer than 10 seconds" (JIRA.md): a smaller page is faster.
+                # 409: "the request took longer than 10 seconds" (docs/jira.md): a smaller page is faster.
                 if exc.status != 409 or size <= USER_PAGE_MIN:
                     raise
                 size = max(USER_PAGE_MIN, size // 2)
@@ -732,16 +736,12 @@ class JiraClient:
             try:
                 # stream=False: the body is read here, so a connection reset mid-body raises
                 # ChunkedEncodingError/ConnectionError inside this try and is retried.
-                response = self._session.request(
-                    method, url, params=params, json=json_body, timeout=self.timeout
-                )
+                response = self._session.request(method, url, params=params, json=json_body, timeout=self.timeout)
             except _TRANSPORT_ERRORS as exc:
                 self._report(template, 0, started)
                 if isinstance(exc, requests.exceptions.SSLError):
                     # A certificate problem does not heal by retrying.
-                    raise JiraError(
-                        f"{method} {path}: TLS error: {_short(exc)}", method=method, path=path
-                    ) from exc
+                    raise JiraError(f"{method} {path}: TLS error: {_short(exc)}", method=method, path=path) from exc
                 cause = f"{type(exc).__name__}: {_transport_text(exc)}"
                 last_exc = exc
                 if self.fail_fast and _refused(exc):
@@ -979,9 +979,7 @@ def _error_for(method: str, path: str, response: requests.Response) -> JiraError
         if response.headers.get("X-Seraph-LoginReason", "").startswith("AUTHENTICATION_DENIED"):
             # Jira asks for a CAPTCHA after repeated failed logins; only a browser login clears it.
             hint = "Jira wants a CAPTCHA after failed logins: log in once in a browser"
-        return JiraAuthError(
-            f"{where}: HTTP 403 forbidden: {hint}{suffix}", method=method, path=path, status=status
-        )
+        return JiraAuthError(f"{where}: HTTP 403 forbidden: {hint}{suffix}", method=method, path=path, status=status)
     if status == 404:
         return JiraNotFoundError(
             f"{where}: HTTP 404 not found (missing, or not visible to this user){suffix}",

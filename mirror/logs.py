@@ -22,6 +22,7 @@ call sites are written so (ids, keys, outcomes, durations only); as a safety net
 to :func:`redact` are masked in every line, and peewee's query log (its parameters are issue
 bodies) stays off whatever the level.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,9 +37,20 @@ import threading
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
+from mirror.issues import utc_iso
+
 __all__ = [
-    "JsonFormatter", "KeyValueFormatter", "bind", "bound", "configure", "formatter_from_env", "gunicorn_logconfig",
-    "redact", "redact_settings", "unbind", "unconfigure",
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "bind",
+    "bound",
+    "configure",
+    "formatter_from_env",
+    "gunicorn_logconfig",
+    "redact",
+    "redact_settings",
+    "unbind",
+    "unconfigure",
 ]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -95,8 +107,7 @@ def unbind(token: contextvars.Token[dict[str, Any]]) -> None:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return utc_iso(dt.datetime.fromtimestamp(record.created, dt.timezone.utc))
 
 
 # A ``key=`` inside a message: a lower-case name after a space (or at the start).
@@ -114,12 +125,12 @@ def split_pairs(message: str) -> tuple[str, dict[str, Any]]:
     pairs: dict[str, Any] = {}
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(message)
-        value = message[match.end():end].strip()
+        value = message[match.end() : end].strip()
         key = match.group(1)
         if key in _RESERVED or key in pairs:
             continue
         pairs[key] = int(value) if _INTEGER.fullmatch(value) else value
-    text = message[:matches[0].start()].strip()
+    text = message[: matches[0].start()].strip()
     return (text or message), pairs
 
 
@@ -234,7 +245,7 @@ def quiet_noisy_loggers() -> None:
             logger.setLevel(floor)
 
 
-class StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StandardStreamHandler(logging.StreamHandler):
     """Writes to ``sys.stdout`` or ``sys.stderr`` as they are when a record is emitted, not when
     the handler was made (so a replaced stream, as in click's test runner, is never written
     after it is closed)."""
@@ -243,9 +254,9 @@ class StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._stream_name = name
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
-        return getattr(sys, self._stream_name)  # type: ignore[no-any-return]
+        return getattr(sys, self._stream_name)
 
     @stream.setter
     def stream(self, value: IO[str]) -> None:

@@ -19,6 +19,7 @@ Writes come in two kinds:
 Histograms store one field per bucket holding the observations that fell in it (not cumulative)
 plus a float sum; the collector accumulates them into Prometheus' cumulative ``le`` buckets.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -43,14 +44,31 @@ PREFIX = "jira-mirror:metrics:"
 LAST_ACCEPTED_KEY = PREFIX + "last-accepted-delivery"
 # The delivery outcomes that are refusals: the status page shows the last hour's by reason (a wrong
 # secret is the commonest set-up mistake), from the per-minute counts of ``recent_deliveries``.
-REFUSAL_OUTCOMES = frozenset({"unauthorized", "invalid", "too_large", "unsupported_media_type", "timeout",
-                              "queue_unavailable", "error"})
+REFUSAL_OUTCOMES = frozenset(
+    {"unauthorized", "invalid", "too_large", "unsupported_media_type", "timeout", "queue_unavailable", "error"}
+)
 
 __all__ = [
-    "JIRA_RESPONSES", "LAST_ACCEPTED_KEY", "count_jira_response", "refusals_since",
-    "ACK_SECONDS", "DELIVERIES", "JIRA_CALLS", "JIRA_RATE_LIMITED", "JOBS", "JOB_SECONDS",
-    "RedisCounterCollector", "add_delivery", "delivery_event_label", "flush_pending", "job_outcome_label",
-    "record_delivery", "record_jira_calls", "record_jira_client", "record_job", "add_job",
+    "JIRA_RESPONSES",
+    "LAST_ACCEPTED_KEY",
+    "count_jira_response",
+    "refusals_since",
+    "ACK_SECONDS",
+    "DELIVERIES",
+    "JIRA_CALLS",
+    "JIRA_RATE_LIMITED",
+    "JOBS",
+    "JOB_SECONDS",
+    "RedisCounterCollector",
+    "add_delivery",
+    "delivery_event_label",
+    "flush_pending",
+    "job_outcome_label",
+    "record_delivery",
+    "record_jira_calls",
+    "record_jira_client",
+    "record_job",
+    "add_job",
 ]
 
 
@@ -107,21 +125,16 @@ JIRA_CALLS = Counter("jira_mirror_jira_api_calls_total", "HTTP requests sent to 
 JIRA_RATE_LIMITED = Counter("jira_mirror_jira_rate_limited_total", "Jira answers 429 (rate limited).")
 JIRA_RESPONSES = Counter(
     "jira_mirror_jira_api_responses_total",
-    "Jira calls by the class of their answer: 2xx, 3xx, 4xx, 5xx, or none (no answer: timeout, refused "
-    "connection).",
+    "Jira calls by the class of their answer: 2xx, 3xx, 4xx, 5xx, or none (no answer: timeout, refused connection).",
     ("status_class",),
 )
 
 COUNTERS: tuple[Counter, ...] = (DELIVERIES, JOBS, JIRA_CALLS, JIRA_RATE_LIMITED, JIRA_RESPONSES)
 HISTOGRAMS: tuple[Histogram, ...] = (ACK_SECONDS, JOB_SECONDS)
 
-DELIVERY_OUTCOMES = frozenset({
-    "accepted", "ignored", "duplicate", "unauthorized", "invalid", "too_large", "unsupported_media_type",
-    "queue_unavailable", "error",
-})
 _OUTCOME = re.compile(r"^[a-z][a-z_]{1,23}$")
 
-# Event names are an open set chosen by the sender (JIRA.md): keep Jira's families, fold the
+# Event names are an open set chosen by the sender (docs/jira.md): keep Jira's families, fold the
 # rest into "other", so that a label cannot grow without bound.
 _EVENT = re.compile(
     r"^(jira:)?(issue|comment|worklog|attachment|issuelink|project|version|user|sprint|board|option|"
@@ -284,8 +297,9 @@ def _ops_recent(outcome: str, now: float | None = None) -> list[tuple[str, str, 
     return ops
 
 
-def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: int = 60
-                      ) -> tuple[dict[str, int], dict[str, float]]:
+def recent_deliveries(
+    connection: Redis, *, now: float | None = None, minutes: int = 60
+) -> tuple[dict[str, int], dict[str, float]]:
     """Deliveries of the last ``minutes`` by outcome, and when each outcome was last seen (epoch s)."""
     now = time.time() if now is None else now
     minute = int(now // 60)
@@ -295,7 +309,7 @@ def recent_deliveries(connection: Redis, *, now: float | None = None, minutes: i
         pipe.hgetall(LAST_SEEN_KEY)
         for m in range(minute - minutes + 1, minute + 1):  # in case a writer's EXPIRE was lost
             pipe.expire(RECENT_KEY.format(minute=m), RECENT_TTL)
-        answers = pipe.execute()[:minutes + 1]
+        answers = pipe.execute()[: minutes + 1]
     counts: dict[str, int] = {}
     for answer in answers[:-1]:
         for outcome, n in answer.items():
@@ -313,8 +327,9 @@ def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: flo
     """Count a delivery (best effort, one round trip; a refusal also in this minute's hash of
     refusals by reason); returns whether Redis took it."""
     labels = {"event": delivery_event_label(event), "outcome": outcome}
-    return _send(connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds)
-                 + _ops_recent(outcome))
+    return _send(
+        connection, _ops_counter(DELIVERIES, labels, 1) + _ops_observe(ACK_SECONDS, {}, seconds) + _ops_recent(outcome)
+    )
 
 
 def refusals_since(connection: Redis, seconds: int = 3600) -> dict[str, int]:

@@ -1,8 +1,9 @@
-"""Tables, fields only. The schema is a public interface (CONTRACT.md, "Schema").
+"""Tables, fields only. The schema is a public interface (docs/contract.md, "Schema").
 
 Timestamps are UTC: ``timestamptz`` on PostgreSQL (schema version 7), naive UTC ISO-8601 text on
 SQLite. Python code handles them as naive UTC datetimes (:class:`UTCDateTimeField`).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -72,6 +73,9 @@ class UTCDateTimeField(pw.DateTimeField):
 
 
 class BaseModel(pw.Model):
+    # peewee adds this auto-increment primary key itself; declared so that the type checker knows it.
+    id: Any
+
     class Meta:
         database = database
         legacy_table_names = False
@@ -98,7 +102,7 @@ class Issue(BaseModel):
     synced_at = UTCDateTimeField()
     source = pw.CharField(max_length=16)
     # Tie-breaker for two versions with the same ``updated``: the webhook's ``timestamp``
-    # (epoch ms), or the time a backfill read the issue (CONTRACT.md, "Order").
+    # (epoch ms), or the time a backfill read the issue (docs/contract.md, "Order").
     event_ts = pw.BigIntegerField(default=0)
     # The Jira id of the issue's project (``fields.project.id``): scope and renames follow it.
     project_id = pw.CharField(max_length=32, null=True)
@@ -107,7 +111,7 @@ class Issue(BaseModel):
     # and on rows deleted before the reason was recorded (a current read may clear those).
     deleted_reason = pw.CharField(max_length=64, null=True)
     # A digest of what the row shows (key, project, fields): a version that changes nothing is
-    # not written (CONTRACT.md invariant 8).
+    # not written (docs/contract.md invariant 8).
     content_hash = pw.CharField(max_length=64, null=True)
     # The columns analysts filter on (CONTRACT.md, "Schema"; schema version 6).
     parent_id = pw.CharField(max_length=32, null=True)
@@ -321,5 +325,15 @@ class SchemaVersion(BaseModel):
         table_name = "jira_mirror_schema"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member, Field, ChangelogItem, Comment,
-                                       Worklog, Cursor)
+MODELS: tuple[type[BaseModel], ...] = (
+    Issue,
+    Project,
+    SyncRun,
+    User,
+    Member,
+    Field,
+    ChangelogItem,
+    Comment,
+    Worklog,
+    Cursor,
+)

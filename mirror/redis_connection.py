@@ -2,11 +2,12 @@
 
 ``rediss://`` (TLS): the server's certificate is verified unless ``Settings.redis_tls_verify`` is
 off. It is off by default on Heroku (``DYNO`` set): Heroku Redis serves a self-signed
-certificate, and Heroku's guidance is to connect without verifying it
-(https://devcenter.heroku.com/articles/heroku-redis#connecting-in-python). Elsewhere it is on
+certificate, and Heroku's guidance is to connect without verifying it (docs/contract.md,
+"Configuration", ``REDIS_URL``). Elsewhere it is on
 unless ``REDIS_TLS_VERIFY=0``. :func:`describe` says which mode is in use, for a log line and
 the status page, without the password.
 """
+
 from __future__ import annotations
 
 import logging

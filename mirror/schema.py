@@ -5,6 +5,7 @@ runs them all. Each one is written against the tables *as they were* at that ver
 here), never against today's models, so that an old database upgrades the same way a new one
 is built. Running ``upgrade()`` again changes nothing.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _v1(db: pw.Database) -> None:
-    """The first schema: the two tables of CONTRACT.md, exactly its columns."""
+    """The first schema: the two tables of docs/contract.md, exactly its columns."""
 
     class V1Base(pw.Model):
         class Meta:
@@ -192,8 +193,11 @@ def _v6(db: pw.Database) -> None:
 
         class Meta:
             table_name = "jira_changelog_item"
-            indexes = ((("site", "history_id", "item_index"), True), (("site", "issue_id", "created"), False),
-                       (("site", "field_id", "created"), False))
+            indexes = (
+                (("site", "history_id", "item_index"), True),
+                (("site", "issue_id", "created"), False),
+                (("site", "field_id", "created"), False),
+            )
 
     class Comment(V6Base):
         site = pw.CharField(max_length=255)
@@ -230,8 +234,11 @@ def _v6(db: pw.Database) -> None:
 
         class Meta:
             table_name = "jira_worklog"
-            indexes = ((("site", "worklog_id"), True), (("site", "issue_id"), False),
-                       (("site", "author_account_id", "started"), False))
+            indexes = (
+                (("site", "worklog_id"), True),
+                (("site", "issue_id"), False),
+                (("site", "author_account_id", "started"), False),
+            )
 
     class Cursor(V6Base):
         site = pw.CharField(max_length=255)
@@ -272,11 +279,13 @@ def _v7(db: pw.Database) -> None:
     columns = db.execute_sql(
         "SELECT table_name, column_name FROM information_schema.columns"
         " WHERE table_schema = current_schema() AND data_type = 'timestamp without time zone'"
-        " ORDER BY table_name, ordinal_position").fetchall()
+        " ORDER BY table_name, ordinal_position"
+    ).fetchall()
     for table, column in columns:
         if table.startswith("jira_"):
-            db.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE timestamptz'
-                           f' USING "{column}" AT TIME ZONE \'UTC\'')
+            db.execute_sql(
+                f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE timestamptz USING "{column}" AT TIME ZONE \'UTC\''
+            )
 
 
 # Every span an issue spent in a status, from its creation to now (``ended`` NULL while it is
@@ -350,6 +359,7 @@ def upgrade(db: pw.Database | None = None, *, target: int = LATEST) -> tuple[int
                 with db.atomic():
                     log.info("schema migrate version=%d", version)
                     MIGRATIONS[version - 1](db)
-                    SchemaVersion.create(version=version,
-                                         applied_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+                    SchemaVersion.create(
+                        version=version, applied_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+                    )
             return before, max(before, target)

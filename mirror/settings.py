@@ -1,8 +1,9 @@
-"""Configuration, read from the environment only (CONTRACT.md, "Configuration").
+"""Configuration, read from the environment only (docs/contract.md, "Configuration").
 
 ``Settings.from_env()`` is the one reader of ``os.environ``; tests build ``Settings(...)``
 directly. A malformed value raises :class:`SettingsError` naming the variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # guessing it is hopeless (32 characters of token_urlsafe: 192 bits).
 MIN_ADMIN_TOKEN_LENGTH = 32
 
-_PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
+# A Jira project key, as this product accepts it everywhere (settings, CLI, admin API, webhooks):
+# the one pattern, capped so that a key fits the database's key columns.
+PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("kv", "json")
 
@@ -58,10 +61,9 @@ def parse_project_keys(raw: str | None, *, name: str = "JIRA_PROJECTS") -> tuple
         key = part.strip().upper()
         if not key:
             continue
-        if not _PROJECT_KEY.match(key):
+        if not PROJECT_KEY.match(key):
             raise SettingsError(
-                f"{name}: {part.strip()!r} is not a Jira project key "
-                "(a letter, then letters, digits or underscores)"
+                f"{name}: {part.strip()!r} is not a Jira project key (a letter, then letters, digits or underscores)"
             )
         if key not in keys:
             keys.append(key)
@@ -132,7 +134,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "kv"
     # Hardening (issue 11). A signed body seen again within this window is a replay, answered
-    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (JIRA.md), so an hour.
+    # 200 duplicate without a job; Jira redelivers up to ~30 minutes late (docs/jira.md), so an hour.
     replay_window_seconds: int = 3600
     # Proxies whose X-Forwarded-For is believed (the client address of the login throttle), as
     # gunicorn reads FORWARDED_ALLOW_IPS: addresses or networks, or "*".
@@ -203,8 +205,9 @@ class Settings:
             sync_interval_seconds=_positive_int("SYNC_INTERVAL_SECONDS", get("SYNC_INTERVAL_SECONDS"), 300),
             sync_overlap_seconds=_positive_int("SYNC_OVERLAP_SECONDS", get("SYNC_OVERLAP_SECONDS"), 600),
             backfill_concurrency=_positive_int("BACKFILL_CONCURRENCY", get("BACKFILL_CONCURRENCY"), 4, maximum=64),
-            sync_lock_ttl_seconds=_positive_int("SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60,
-                                                maximum=3600),
+            sync_lock_ttl_seconds=_positive_int(
+                "SYNC_LOCK_TTL_SECONDS", get("SYNC_LOCK_TTL_SECONDS"), 60, maximum=3600
+            ),
             port=_positive_int("PORT", get("PORT"), 8000, maximum=65535),
             max_body_bytes=_positive_int(
                 "JIRA_WEBHOOK_MAX_BYTES", get("JIRA_WEBHOOK_MAX_BYTES"), 1024 * 1024, maximum=64 * 1024 * 1024

@@ -4,6 +4,7 @@ A worker that receives SIGTERM sets ``requested``; a sync checks it between batc
 waits (``interruptible_sleep`` replaces ``time.sleep`` for Retry-After and backoff), stops, and
 hands its job back, so the process exits well within the 30 s Heroku allows.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,6 @@
 """The one write path: every issue and project row goes through here, whoever sends it.
 
-Order and idempotence are decided by the database in the upsert's ``WHERE`` (CONTRACT.md,
+Order and idempotence are decided by the database in the upsert's ``WHERE`` (docs/contract.md,
 "What always holds" 2 and 3), never by a read-then-write in Python, so that concurrent
 workers and replays cannot race:
 
@@ -16,6 +16,7 @@ workers and replays cannot race:
   reason was recorded) when it was read after that row was written; a deletion Jira confirmed
   (reason ``deleted``) is undone only by a strictly newer ``updated``, never by a late event.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
-from mirror.db import database
+from mirror.db import database, tuples
 from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
@@ -62,7 +63,7 @@ UPSERT_FIELDS = (
 
 # Why a row left the live mirror (``jira_issue.deleted_reason``).
 DELETED = "deleted"  # Jira said so: a delete event, a 404, absent from a complete answer
-OUT_OF_SCOPE = "moved out of scope"  # its project is not tracked (CONTRACT.md invariant 6)
+OUT_OF_SCOPE = "moved out of scope"  # its project is not tracked (docs/contract.md invariant 6)
 
 # Rows per INSERT statement: well under SQLite's 32,766 bound parameters (20 columns a row).
 BATCH = 500
@@ -79,17 +80,25 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             newest[ident] = row
     # ``status_changed_at`` starts as ``created`` on insert; the changelog moves it
     # (``history_store.refresh_status_changed``), an issue upsert never does.
-    return [dict(row, content_hash=content_hash(row), deleted_reason=row.get("deleted_reason"),
-                 project_id=row.get("project_id"), status_changed_at=row.get("created"))
-            for row in newest.values()]
+    return [
+        dict(
+            row,
+            content_hash=content_hash(row),
+            deleted_reason=row.get("deleted_reason"),
+            project_id=row.get("project_id"),
+            status_changed_at=row.get("created"),
+        )
+        for row in newest.values()
+    ]
 
 
 def _is_newer(current: bool) -> pw.Expression:
     excluded = pw.EXCLUDED
     same_version_may_replace = Issue.deleted_at.is_null()
     if current:  # a current read clears a deletion Jira did not confirm (see the module docstring)
-        same_version_may_replace = same_version_may_replace | Issue.deleted_reason.is_null() | (
-            Issue.deleted_reason != DELETED)
+        same_version_may_replace = (
+            same_version_may_replace | Issue.deleted_reason.is_null() | (Issue.deleted_reason != DELETED)
+        )
     return (excluded.updated > Issue.updated) | (
         (excluded.updated == Issue.updated) & (excluded.event_ts > Issue.event_ts) & same_version_may_replace
     )
@@ -98,9 +107,12 @@ def _is_newer(current: bool) -> pw.Expression:
 def _changes_something() -> pw.Expression:
     """The version differs from the stored row: content, or live versus deleted."""
     excluded = pw.EXCLUDED
-    return (Issue.content_hash.is_null() | (excluded.content_hash != Issue.content_hash)
-            | (excluded.deleted_at.is_null() != Issue.deleted_at.is_null())
-            | (excluded.deleted_reason.is_null() != Issue.deleted_reason.is_null()))
+    return (
+        Issue.content_hash.is_null()
+        | (excluded.content_hash != Issue.content_hash)
+        | (excluded.deleted_at.is_null() != Issue.deleted_at.is_null())
+        | (excluded.deleted_reason.is_null() != Issue.deleted_reason.is_null())
+    )
 
 
 def _upsert(rows: Sequence[dict[str, Any]], current: bool) -> pw.Insert:
@@ -124,8 +136,9 @@ def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> i
     return changed
 
 
-def out_of_scope(rows: Sequence[dict[str, Any]], scope: "Scope", *, at: dt.datetime | None = None
-                 ) -> list[dict[str, Any]]:
+def out_of_scope(
+    rows: Sequence[dict[str, Any]], scope: "Scope", *, at: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     """``rows`` with those whose project is not tracked marked deleted, reason ``OUT_OF_SCOPE``
     (key and project as Jira shows them now): such a row leaves the live mirror (invariant 6)."""
     at = at or utc_now()
@@ -144,8 +157,9 @@ class Scope:
 
     @classmethod
     def of(cls, site: str) -> "Scope":
-        return cls(Project.select(Project.project_id, Project.key).where(Project.site == site, Project.is_active)
-                   .tuples())
+        return cls(
+            tuples(Project.select(Project.project_id, Project.key).where(Project.site == site, Project.is_active))
+        )
 
     def holds(self, row: dict[str, Any]) -> bool:
         project_id, key = row.get("project_id"), row.get("project_key")
@@ -191,8 +205,9 @@ def delete_issues(rows: Sequence[dict[str, Any]], *, at: dt.datetime | None = No
     return changed
 
 
-def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None = None,
-                 source: str = "backfill") -> int:
+def mark_deleted(
+    site: str, issue_ids: Iterable[str], *, at: dt.datetime | None = None, source: str = "backfill"
+) -> int:
     """Soft-delete the given issues, which Jira said are gone (a 404, absent from a complete
     answer); returns how many changed. A row deleted for another reason gets this one."""
     at = at or utc_now()
@@ -201,18 +216,22 @@ def mark_deleted(site: str, issue_ids: Iterable[str], *, at: dt.datetime | None 
     with database.atomic():
         for start in range(0, len(ids), BATCH):
             changed += (
-                Issue.update(deleted_at=pw.fn.COALESCE(Issue.deleted_at, at), synced_at=at, source=source,
-                             deleted_reason=DELETED)
-                .where(Issue.site == site, Issue.issue_id.in_(ids[start : start + BATCH]),
-                       Issue.deleted_at.is_null() | Issue.deleted_reason.is_null()
-                       | (Issue.deleted_reason != DELETED))
+                Issue.update(
+                    deleted_at=pw.fn.COALESCE(Issue.deleted_at, at), synced_at=at, source=source, deleted_reason=DELETED
+                )
+                .where(
+                    Issue.site == site,
+                    Issue.issue_id.in_(ids[start : start + BATCH]),
+                    Issue.deleted_at.is_null() | Issue.deleted_reason.is_null() | (Issue.deleted_reason != DELETED),
+                )
                 .execute()
             )
     return changed
 
 
-def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | None = None,
-                   ids: dict[str, str] | None = None) -> list[str]:
+def track_projects(
+    site: str, keys: Iterable[str], *, names: dict[str, str] | None = None, ids: dict[str, str] | None = None
+) -> list[str]:
     """Start mirroring the projects; returns the keys that were not tracked before. ``ids``:
     Jira's id of each key, when known (a project already known by that id is the one tracked,
     whatever key it was known by). Tracking again clears a "not found" state."""
@@ -222,11 +241,13 @@ def track_projects(site: str, keys: Iterable[str], *, names: dict[str, str] | No
     with database.atomic():
         for key in keys:
             project_id = ids.get(key)
-            project = (Project.get_or_none(Project.site == site, Project.project_id == project_id) if project_id
-                       else None) or Project.get_or_none(Project.site == site, Project.key == key)
+            project = (
+                Project.get_or_none(Project.site == site, Project.project_id == project_id) if project_id else None
+            ) or Project.get_or_none(Project.site == site, Project.key == key)
             if project is None:
-                Project.create(site=site, key=key, project_id=project_id, name=names.get(key), is_active=True,
-                               created_at=now)
+                Project.create(
+                    site=site, key=key, project_id=project_id, name=names.get(key), is_active=True, created_at=now
+                )
                 started.append(key)
                 continue
             if not project.is_active:
@@ -245,7 +266,7 @@ def track_new_projects(site: str, keys: Iterable[str]) -> list[str]:
     project has them as key or former key), so that a project untracked since stays untracked.
     Returns the keys tracked now."""
     seen: set[str] = set()
-    for key, former in Project.select(Project.key, Project.former_keys).where(Project.site == site).tuples():
+    for key, former in tuples(Project.select(Project.key, Project.former_keys).where(Project.site == site)):
         seen.add(key)
         seen.update(former or [])
     fresh = [key for key in keys if key not in seen]
@@ -255,8 +276,9 @@ def track_new_projects(site: str, keys: Iterable[str]) -> list[str]:
         if key in fresh:
             log.info("JIRA_PROJECTS: project tracked project=%s", key)
         else:
-            log.info("JIRA_PROJECTS: project left as it is (known already; track or untrack it explicitly) project=%s",
-                     key)
+            log.info(
+                "JIRA_PROJECTS: project left as it is (known already; track or untrack it explicitly) project=%s", key
+            )
     return fresh
 
 
@@ -334,8 +356,9 @@ def start_sync_run(site: str, key: str, kind: str, *, job_id: str | None = None)
     return run
 
 
-def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None = None,
-                    state: str | None = None) -> None:
+def finish_sync_run(
+    run: SyncRun, counts: dict[str, int], *, error: str | None = None, state: str | None = None
+) -> None:
     """Record how a run ended, and the project's state (``state``, else idle or failed) and
     last error with it."""
     now = utc_now()
@@ -345,7 +368,8 @@ def finish_sync_run(run: SyncRun, counts: dict[str, int], *, error: str | None =
         project = find_project(run.site, run.project_key)
         if project is not None:
             Project.update(sync_state=state or ("failed" if error else "idle"), last_error=error).where(
-                Project.id == project.id).execute()
+                Project.id == project.id
+            ).execute()
 
 
 def upsert_users(rows: Sequence[dict[str, Any]]) -> int:

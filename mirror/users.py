@@ -2,12 +2,13 @@
 
 * :func:`sync_users` mirrors ``GET /rest/api/3/users/search`` into ``jira_user``. Users are keyed
   by ``accountId``: ``emailAddress`` is absent whenever the user's privacy settings hide it
-  (JIRA.md, "Other reads"), so it is stored when visible and NULL otherwise.
+  (docs/jira.md, "Other reads"), so it is stored when visible and NULL otherwise.
 * :func:`import_members` loads the team's own list (CSV ``email,name,external_id``) into
   ``jira_member``, all or nothing.
 * :func:`match_report` says how many distinct assignees of live issues are matched to a member
   (Jira e-mail equals member e-mail, case-insensitively).
 """
+
 from __future__ import annotations
 
 import csv
@@ -108,8 +109,15 @@ def sync_users(client: UserSource, site: str) -> dict[str, int]:
         if len(batch) >= SYNC_BATCH:
             flush()
     flush()
-    log.info("users synced site=%s seen=%d written=%d hidden_email=%d inactive=%d skipped=%d", site,
-             counts["seen"], counts["written"], counts["hidden_email"], counts["inactive"], counts["skipped"])
+    log.info(
+        "users synced site=%s seen=%d written=%d hidden_email=%d inactive=%d skipped=%d",
+        site,
+        counts["seen"],
+        counts["written"],
+        counts["hidden_email"],
+        counts["inactive"],
+        counts["skipped"],
+    )
     return counts
 
 
@@ -171,12 +179,14 @@ def _read_members(text: str) -> list[dict[str, Any]]:
             problems.append(f"line {line}: {email} already appears on line {first_line[email]}")
             continue
         first_line[email] = line
-        rows.append({
-            "email": email,
-            "name": values.get("name") or None,
-            "external_id": values.get("external_id") or None,
-            "imported_at": now,
-        })
+        rows.append(
+            {
+                "email": email,
+                "name": values.get("name") or None,
+                "external_id": values.get("external_id") or None,
+                "imported_at": now,
+            }
+        )
     if problems:
         raise MemberImportError(f"{len(problems)} bad row(s); nothing was imported:", problems)
     return rows
@@ -239,8 +249,9 @@ def match_report(site: str) -> dict[str, Any]:
     for start in range(0, len(assignees), 500):
         chunk = assignees[start : start + 500]
         for account_id, name, email, active in _tuples(
-            User.select(User.account_id, User.display_name, User.email, User.active)
-            .where(User.site == site, User.account_id.in_(chunk))
+            User.select(User.account_id, User.display_name, User.email, User.active).where(
+                User.site == site, User.account_id.in_(chunk)
+            )
         ):
             users[account_id] = (name, email, bool(active))
     member_emails = {row[0] for row in _tuples(Member.select(Member.email))}
@@ -262,8 +273,9 @@ def match_report(site: str) -> dict[str, Any]:
             matched_inactive += not user[2]
             continue
         reasons[reason] += 1
-        unmatched_accounts.append({"account_id": account_id, "display_name": user[0] if user else None,
-                                   "reason": reason})
+        unmatched_accounts.append(
+            {"account_id": account_id, "display_name": user[0] if user else None, "reason": reason}
+        )
     return {
         "assignees": len(assignees),
         "matched": matched,

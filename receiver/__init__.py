@@ -1,4 +1,5 @@
 """The web process: Jira webhooks in, jobs out, plus health and ops pages."""
+
 from __future__ import annotations
 
 import logging

@@ -14,22 +14,25 @@ operations it shares with the status page's buttons.
 a missing or wrong token, or a token in the query string; 404 when ``ADMIN_TOKEN`` is not set;
 503 when Redis cannot take the job. No cookie is read here, so no CSRF token is needed.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from redis import Redis
-from redis.exceptions import RedisError
 
-from backfill.projects import JiraCheckError, QueueUnavailableError, UnknownProjectError
-from mirror import store
-from mirror.db import database
-from mirror.settings import Settings
+from backfill.projects import (
+    JiraCheckError,
+    NotTrackedError,
+    QueueUnavailableError,
+    UnknownProjectError,
+    queue_backfill,
+)
+from mirror.settings import PROJECT_KEY, Settings
 from receiver import auth
 from receiver.errors import ApiError
 from workers import failed
@@ -38,16 +41,11 @@ from workers import status as ops_status
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 DISABLED = "the admin surface is disabled: set ADMIN_TOKEN to enable it"
 
 
-class NotTrackedError(LookupError):
-    """The project is not tracked (never, or untracked since)."""
-
-
-# QueueUnavailableError, UnknownProjectError, JiraCheckError: backfill.projects' own, imported
-# above, so that the page and the API catch what the one tracking function raises.
+# NotTrackedError, QueueUnavailableError, UnknownProjectError, JiraCheckError: backfill.projects'
+# own, imported above, so that the page and the API catch what the one tracking service raises.
 
 
 # --- operations (the API and the page's buttons) ---------------------------------------------
@@ -69,26 +67,10 @@ def normalise_key(raw: Any) -> str | None:
     return key if PROJECT_KEY.match(key) else None
 
 
-def _enqueue(key: str, *, full: bool) -> str:
-    from backfill.jobs import enqueue_sync  # the sync engine loads only when asked for
-
-    try:
-        return enqueue_sync(_redis(), site=_settings().site, project_key=key, full=full)
-    except RedisError as exc:
-        log.warning("backfill not enqueued project=%s error=%s", key, type(exc).__name__)
-        raise QueueUnavailableError("the queue is unavailable (Redis); try again") from None
-
-
 def backfill(key: str, *, full: bool) -> str:
     """Enqueue a sync of a tracked project; returns the job id. Raises NotTrackedError,
-    QueueUnavailableError."""
-    with database.connection_context():
-        tracked = key in store.tracked_keys(_settings().site)
-    if not tracked:
-        raise NotTrackedError(f"project {key} is not tracked")
-    job_id = _enqueue(key, full=full)
-    log.info("backfill enqueued project=%s full=%s job=%s", key, full, job_id)
-    return job_id
+    QueueUnavailableError (backfill.projects.queue_backfill)."""
+    return queue_backfill(_settings(), _redis(), key, full=full)
 
 
 def track(key: str) -> tuple[bool, str | None]:
@@ -170,20 +152,27 @@ def _require_token() -> None:
     if not auth.admin_token():
         raise ApiError(404, DISABLED)
     if auth.token_in_query():
-        raise ApiError(401, "a token in the query string is refused: send Authorization: Bearer <ADMIN_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})
+        raise ApiError(
+            401,
+            "a token in the query string is refused: send Authorization: Bearer <ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'},
+        )
     check = auth.bearer_check()
     if check.throttled:
-        raise ApiError(429, "too many wrong admin tokens lately: try again later",
-                       headers={"Retry-After": str(check.retry_after)})
+        raise ApiError(
+            429, "too many wrong admin tokens lately: try again later", headers={"Retry-After": str(check.retry_after)}
+        )
     if not check.ok:
         given = "wrong" if auth.has_authorization_header() else "missing"
-        raise ApiError(401, f"{given} admin token: send Authorization: Bearer <ADMIN_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'})
+        raise ApiError(
+            401,
+            f"{given} admin token: send Authorization: Bearer <ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="jira-mirror"'},
+        )
 
 
 @bp.after_request
-def _no_store(response):  # type: ignore[no-untyped-def]
+def _no_store(response):
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -205,7 +194,7 @@ def _key_from_url(raw: str) -> str:
 
 
 @bp.post("/backfill")
-def post_backfill():  # type: ignore[no-untyped-def]
+def post_backfill():
     body = _json_body()
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object: {"project": "KEY", "full": true}')
@@ -223,7 +212,7 @@ def post_backfill():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/projects")
-def get_projects():  # type: ignore[no-untyped-def]
+def get_projects():
     report = ops_status.collect(_settings(), _redis(), jira=False)
     if "database" in report["errors"]:
         raise ApiError(503, f"the database is unavailable: {report['errors']['database']}")
@@ -231,7 +220,7 @@ def get_projects():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/track")
-def post_track(raw_key: str):  # type: ignore[no-untyped-def]
+def post_track(raw_key: str):
     key = _key_from_url(raw_key)
     try:
         started, job_id = track(key)
@@ -240,11 +229,12 @@ def post_track(raw_key: str):  # type: ignore[no-untyped-def]
     except (QueueUnavailableError, JiraCheckError) as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": "10"}) from None
     return jsonify({"project": key, "tracked": True, "newly_tracked": started, "job_id": job_id}), (
-        201 if started else 200)
+        201 if started else 200
+    )
 
 
 @bp.post("/projects/<raw_key>/untrack")
-def post_untrack(raw_key: str):  # type: ignore[no-untyped-def]
+def post_untrack(raw_key: str):
     key = _key_from_url(raw_key)
     was_tracked = untrack(key)
     return jsonify({"project": key, "tracked": False, "was_tracked": was_tracked}), 200

@@ -24,6 +24,7 @@
   429 instead of 401. With a token of at least 32 characters (enforced at start) guessing is
   hopeless anyway; the throttle keeps it slow and visible in the logs.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -142,8 +143,9 @@ def client_address() -> str:
     Entries further left were written by the client and are not believed."""
     address = request.remote_addr or "unknown"
     allowed = current_app.extensions["settings"].forwarded_allow_ips
-    forwarded = [part.strip() for part in ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
-                 if part.strip()]
+    forwarded = [
+        part.strip() for part in ",".join(request.headers.getlist("X-Forwarded-For")).split(",") if part.strip()
+    ]
     while forwarded and _trusted(address, allowed):
         address = forwarded.pop()
     return address[:64]
@@ -194,8 +196,14 @@ def check_token(given: str | None, *, path: str) -> Check:
         return Check(ok=True)
     mine, everyone = _count_failure(address)
     throttled = mine > FAILURES_PER_ADDRESS or everyone > FAILURES_GLOBAL
-    log.warning("admin token refused path=%s remote=%s failures_from_address=%d failures_in_all=%d throttled=%s",
-                path, address, mine, everyone, throttled)
+    log.warning(
+        "admin token refused path=%s remote=%s failures_from_address=%d failures_in_all=%d throttled=%s",
+        path,
+        address,
+        mine,
+        everyone,
+        throttled,
+    )
     return Check(ok=False, throttled=throttled, retry_after=FAILURE_WINDOW if throttled else 0)
 
 
@@ -232,6 +240,8 @@ def _session_alive() -> bool:
     except Exception:  # no Redis, no session: fail closed
         log.warning("session not checked: redis unavailable")
         return False
+    if isinstance(recorded, str):  # a connection built with decode_responses
+        recorded = recorded.encode()
     return recorded is not None and hmac.compare_digest(recorded, _fingerprint().encode())
 
 

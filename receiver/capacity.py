@@ -14,6 +14,7 @@ delivery once the room left is under a fifth of the room or under 2 x G x the re
 whichever is larger (several web processes fill it at once; one process's second-long gap must
 not let them run past the reserve). A Redis without ``maxmemory`` is never full here.
 """
+
 from __future__ import annotations
 
 import logging

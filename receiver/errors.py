@@ -1,4 +1,5 @@
 """All error mapping in one place: every error leaves as JSON ``{"error": ...}``."""
+
 from __future__ import annotations
 
 import logging
@@ -29,14 +30,14 @@ class ApiError(Exception):
 
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(exc: ApiError):
         return jsonify(exc.body()), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException):
         return jsonify({"error": exc.description or exc.name}), exc.code or 500
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception):
         log.exception("unhandled error type=%s", type(exc).__name__)
         return jsonify({"error": "internal error"}), 500

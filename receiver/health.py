@@ -1,4 +1,5 @@
 """``/healthz`` (the process lives) and ``/readyz`` (the database and Redis answer)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -9,12 +10,12 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz():
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():  # type: ignore[no-untyped-def]
+def readyz():
     failed: dict[str, str] = {}
     try:
         with database.connection_context():

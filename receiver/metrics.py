@@ -13,6 +13,7 @@ Redis and the database answered the scrape; the rest of the page is still served
 them does not. No token is needed (the Prometheus convention) and nothing secret is exposed:
 labels are queue names, project keys, event names and outcomes.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -45,7 +46,7 @@ bp = Blueprint("metrics", __name__)
 
 QUEUES = (ISSUES, BACKFILL)
 SYNC_KINDS = ("full", "incremental")
-# The answer of a refused delivery, by status (CONTRACT.md, "HTTP").
+# The answer of a refused delivery, by status (docs/contract.md, "HTTP").
 OUTCOME_BY_STATUS = {
     202: "accepted",
     200: "ignored",
@@ -67,8 +68,9 @@ def count_accepted(pipe: Pipeline, delivery: Any) -> None:
     """``enqueue_issue_jobs``' ``before_execute``: the ``accepted`` count joins the enqueue's
     atomic step, so it moves exactly when the jobs are in Redis (ack time measured up to it).
     A duplicate or a failed enqueue runs none of it; :func:`delivery_answered` then counts that outcome."""
-    counters.add_delivery(pipe, event=delivery.event, outcome="accepted",
-                          seconds=time.perf_counter() - delivery.started)
+    counters.add_delivery(
+        pipe, event=delivery.event, outcome="accepted", seconds=time.perf_counter() - delivery.started
+    )
     pipe.set(counters.LAST_ACCEPTED_KEY, repr(time.time()))
     delivery.counted = True
 
@@ -129,8 +131,9 @@ class MirrorCollector:
             log.warning("metrics: the database does not answer error=%s", type(exc).__name__)
             up["database"] = 0
         yield _build_info()
-        family = GaugeMetricFamily("jira_mirror_up", "1 when the dependency answered this scrape, else 0.",
-                                   labels=["dependency"])
+        family = GaugeMetricFamily(
+            "jira_mirror_up", "1 when the dependency answered this scrape, else 0.", labels=["dependency"]
+        )
         for name in ("database", "redis"):
             family.add_metric([name], up.get(name, 0))
         yield family
@@ -149,13 +152,19 @@ class MirrorCollector:
             pipe.get(counters.LAST_ACCEPTED_KEY)
             answers = pipe.execute()
         depth = GaugeMetricFamily("jira_mirror_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
-        failed = GaugeMetricFamily("jira_mirror_failed_jobs",
-                                   "Jobs that exhausted their retries (`jira-mirror failed list`).", labels=["queue"])
-        scheduled = GaugeMetricFamily("jira_mirror_scheduled_jobs", "Jobs waiting for a retry or a set time.",
-                                      labels=["queue"])
-        oldest = GaugeMetricFamily("jira_mirror_oldest_queued_job_age_seconds",
-                                   "Seconds the job at the head of the queue has waited (0: the queue is empty).",
-                                   labels=["queue"])
+        failed = GaugeMetricFamily(
+            "jira_mirror_failed_jobs",
+            "Jobs that exhausted their retries (`jira-mirror failed list`).",
+            labels=["queue"],
+        )
+        scheduled = GaugeMetricFamily(
+            "jira_mirror_scheduled_jobs", "Jobs waiting for a retry or a set time.", labels=["queue"]
+        )
+        oldest = GaugeMetricFamily(
+            "jira_mirror_oldest_queued_job_age_seconds",
+            "Seconds the job at the head of the queue has waited (0: the queue is empty).",
+            labels=["queue"],
+        )
         workers = GaugeMetricFamily("jira_mirror_workers", "Workers registered on the queue.", labels=["queue"])
         heads = {}
         for index, name in enumerate(QUEUES):
@@ -169,8 +178,10 @@ class MirrorCollector:
         for name in QUEUES:
             at = enqueued.get(name)
             oldest.add_metric([name], max(0.0, now - at) if at is not None else 0.0)
-        last = GaugeMetricFamily("jira_mirror_last_accepted_delivery_timestamp_seconds",
-                                 "When the last webhook delivery was accepted (Unix time; 0: none yet).")
+        last = GaugeMetricFamily(
+            "jira_mirror_last_accepted_delivery_timestamp_seconds",
+            "When the last webhook delivery was accepted (Unix time; 0: none yet).",
+        )
         last.add_metric([], float(answers[-1] or 0))
         yield from (depth, failed, scheduled, oldest, workers, last)
 
@@ -199,7 +210,8 @@ class MirrorCollector:
             labels=["project"],
         )
         success = GaugeMetricFamily(
-            "jira_mirror_last_sync_success", "1 when the project's last finished sync of this kind succeeded, else 0.",
+            "jira_mirror_last_sync_success",
+            "1 when the project's last finished sync of this kind succeeded, else 0.",
             labels=["project", "kind"],
         )
         succeeded_at = GaugeMetricFamily(
@@ -209,24 +221,33 @@ class MirrorCollector:
             labels=["project", "kind"],
         )
         api_calls = GaugeMetricFamily(
-            "jira_mirror_last_sync_api_calls", "Jira calls made by the project's last finished sync of this kind.",
+            "jira_mirror_last_sync_api_calls",
+            "Jira calls made by the project's last finished sync of this kind.",
             labels=["project", "kind"],
         )
         seconds = GaugeMetricFamily(
-            "jira_mirror_last_sync_duration_seconds", "Duration of the project's last finished sync of this kind.",
+            "jira_mirror_last_sync_duration_seconds",
+            "Duration of the project's last finished sync of this kind.",
             labels=["project", "kind"],
         )
         now = utc_now()
         with database.connection_context():
-            keys = [p.key for p in Project.select(Project.key).where(Project.site == self.site, Project.is_active)
-                    .order_by(Project.key)]
+            keys = [
+                p.key
+                for p in Project.select(Project.key)
+                .where(Project.site == self.site, Project.is_active)
+                .order_by(Project.key)
+            ]
             for key in keys:
                 newest_success = None
                 for kind in SYNC_KINDS:
                     # One index probe each: (site, project_key, started_at).
                     run = self._last_run(key, kind, ("succeeded", "failed"))
-                    good = run if run is not None and run.state == "succeeded" else (
-                        self._last_run(key, kind, ("succeeded",)) if run is not None else None)
+                    good = (
+                        run
+                        if run is not None and run.state == "succeeded"
+                        else (self._last_run(key, kind, ("succeeded",)) if run is not None else None)
+                    )
                     finished = good.finished_at if good is not None else None
                     succeeded_at.add_metric([key, kind], _unix(finished) if finished is not None else 0.0)
                     if finished is not None and (newest_success is None or finished > newest_success):
@@ -242,10 +263,15 @@ class MirrorCollector:
         yield from (lag, success, succeeded_at, api_calls, seconds)
 
     def _last_run(self, key: str, kind: str, states: tuple[str, ...]) -> SyncRun | None:
-        return (SyncRun.select(SyncRun.state, SyncRun.started_at, SyncRun.finished_at, SyncRun.api_calls)
-                .where(SyncRun.site == self.site, SyncRun.project_key == key, SyncRun.kind == kind,
-                       SyncRun.state.in_(states))
-                .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(1).first())
+        return (
+            SyncRun.select(SyncRun.state, SyncRun.started_at, SyncRun.finished_at, SyncRun.api_calls)
+            .where(
+                SyncRun.site == self.site, SyncRun.project_key == key, SyncRun.kind == kind, SyncRun.state.in_(states)
+            )
+            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .limit(1)
+            .first()
+        )
 
 
 def _build_info() -> Metric:
@@ -253,8 +279,9 @@ def _build_info() -> Metric:
         version = metadata.version("jira-mirror")
     except metadata.PackageNotFoundError:  # run from a checkout that was not installed
         version = "unknown"
-    family = GaugeMetricFamily("jira_mirror_build_info", "Always 1; the labels name the running build.",
-                               labels=["version", "python"])
+    family = GaugeMetricFamily(
+        "jira_mirror_build_info", "Always 1; the labels name the running build.", labels=["version", "python"]
+    )
     family.add_metric([version, platform.python_version()], 1)
     return family
 
@@ -264,7 +291,7 @@ def _unix(naive_utc: dt.datetime) -> float:
 
 
 @bp.get("/metrics")
-def metrics():  # type: ignore[no-untyped-def]
+def metrics():
     registry: CollectorRegistry = current_app.extensions["metrics_registry"]
     # The format the scraper asks for (Accept), as prometheus_client's own WSGI app chooses it;
     # the classic text format (0.0.4) when it asks for none.
@@ -276,6 +303,6 @@ def init_app(app: Flask) -> None:
     """Register ``/metrics`` (needs ``extensions["redis"]`` and ``["settings"]``)."""
     registry = CollectorRegistry(auto_describe=False)
     collector = MirrorCollector(app.extensions["redis"], app.extensions["settings"].site)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     app.extensions["metrics_registry"] = registry
     app.register_blueprint(bp)

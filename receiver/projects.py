@@ -1,11 +1,12 @@
 """Which projects are tracked, as the receiver sees them.
 
-The receiver must keep accepting deliveries while the database is down (CONTRACT.md: nothing
+The receiver must keep accepting deliveries while the database is down (docs/contract.md: nothing
 accepted is lost, and the queue, not the database, is what a 202 promises). So the set is
 read from the database at most every ``ttl`` seconds, the last answer is kept when the
 database fails, and when it has never answered the delivery is accepted (``None``: unknown)
 and the worker writes it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,9 +64,11 @@ class TrackedProjects:
         when the database does not answer (accepting costs a job; ignoring could leave it stale)."""
         try:
             with database.connection_context():
-                return (Issue.select(Issue.id)
-                        .where(Issue.site == self.site, Issue.issue_id == issue_id, Issue.deleted_at.is_null())
-                        .exists())
+                return (
+                    Issue.select(Issue.id)
+                    .where(Issue.site == self.site, Issue.issue_id == issue_id, Issue.deleted_at.is_null())
+                    .exists()
+                )
         except Exception as exc:
             log.warning("issue lookup unavailable error=%s", type(exc).__name__)
             return True

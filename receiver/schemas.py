@@ -6,6 +6,7 @@ without an ``issue``. Only what the mirror relies on is declared; everything els
 (``unknown = INCLUDE``) since ``fields`` is stored as received. camelCase stays at the edge:
 loaded keys are snake_case.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,9 +16,9 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from mirror.issues import parse_jira_date
+from mirror.settings import PROJECT_KEY  # the one project-key pattern (capped)
 
 ISSUE_EVENTS = frozenset({"jira:issue_created", "jira:issue_updated", "jira:issue_deleted"})
-PROJECT_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 
 
@@ -97,7 +98,7 @@ class IssueSchema(_Open):
     id = IssueId(required=True)
     key = fields.String(required=True, validate=validate.Regexp(ISSUE_KEY, error="Not a Jira issue key."))
     self = fields.String(allow_none=True)
-    fields = fields.Nested(IssueFieldsSchema, required=True)
+    fields = fields.Nested(IssueFieldsSchema, required=True)  # type: ignore[assignment]  # Jira names it so
 
 
 class ChangelogItemSchema(_Open):
@@ -234,15 +235,19 @@ def _object_with_texts(value: Any, *keys: str) -> bool:  # a Nested(_Open) of al
 
 def _status(value: Any) -> bool:
     return _object_with_texts(value, "name") and _absent_none_or(
-        value.get("statusCategory", _MISSING), lambda c: _object_with_texts(c, "key"))
+        value.get("statusCategory", _MISSING), lambda c: _object_with_texts(c, "key")
+    )
 
 
 def _issue_fields(value: Any) -> bool:
     if not isinstance(value, dict) or not _timestamp(value.get("updated")):
         return False
     project = value.get("project")
-    if (not isinstance(project, dict) or not isinstance(project.get("key"), str)
-            or not PROJECT_KEY.match(project["key"])):
+    if (
+        not isinstance(project, dict)
+        or not isinstance(project.get("key"), str)
+        or not PROJECT_KEY.match(project["key"])
+    ):
         return False
     get = value.get
     return (
@@ -254,8 +259,9 @@ def _issue_fields(value: Any) -> bool:
         and _absent_none_or(get("priority", _MISSING), lambda v: _object_with_texts(v, "name"))
         and _absent_none_or(get("assignee", _MISSING), lambda v: _object_with_texts(v, "accountId"))
         and _absent_none_or(get("reporter", _MISSING), lambda v: _object_with_texts(v, "accountId"))
-        and _absent_none_or(get("labels", _MISSING),
-                            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+        and _absent_none_or(
+            get("labels", _MISSING), lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
+        )
     )
 
 
@@ -263,7 +269,8 @@ def _issue(value: Any) -> bool:
     return (
         isinstance(value, dict)
         and _issue_id(value.get("id", None))
-        and isinstance(value.get("key"), str) and ISSUE_KEY.match(value["key"]) is not None
+        and isinstance(value.get("key"), str)
+        and ISSUE_KEY.match(value["key"]) is not None
         and _text(value.get("self"))
         and _issue_fields(value.get("fields"))
     )
@@ -319,8 +326,9 @@ def _fast_load(payload: dict[str, Any]) -> dict[str, Any] | None:
     user = payload.get("user", _MISSING)
     issue = payload.get("issue", _MISSING)
     changelog = _changelog(payload["changelog"]) if "changelog" in payload else None
-    if (not _absent_none_or(kind, lambda v: isinstance(v, str))
-            or not _absent_none_or(user, lambda v: isinstance(v, dict))):
+    if not _absent_none_or(kind, lambda v: isinstance(v, str)) or not _absent_none_or(
+        user, lambda v: isinstance(v, dict)
+    ):
         return None
     if event in ISSUE_EVENTS:
         if not _issue(issue):

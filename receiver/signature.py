@@ -1,9 +1,10 @@
 """The webhook signature check: a pure function that fails closed.
 
 Jira Cloud signs admin webhooks that have a secret with ``X-Hub-Signature: sha256=<hex>``, the
-HMAC-SHA256 of the raw body (JIRA.md, "Webhooks"; Atlassian: "Securing admin webhooks").
+HMAC-SHA256 of the raw body (docs/jira.md, "Webhooks"; Atlassian: "Securing admin webhooks").
 It is checked on the raw bytes, before anything parses them.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -11,18 +11,28 @@ opened error: what they type is never wiped. Without the script the page is comp
 static. A full backfill asks for a confirmation first (a page with the confirming form).
 Everything shown is escaped by Jinja's autoescape.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from typing import Any
 
-from flask import (Blueprint, Response, current_app, flash, get_flashed_messages, make_response, redirect,
-                   render_template, request, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    get_flashed_messages,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from mirror import metrics as counters
 from mirror.db import database
-from mirror.models import SyncRun
 from receiver import admin, auth
 from workers import status as ops_status
 from workers.failed import UnknownJobError
@@ -34,8 +44,10 @@ FAST_REFRESH, SLOW_REFRESH = 5, 30
 BUSY_STATES = frozenset({"running", "queued", "starting", "retrying"})
 SECURITY_HEADERS = {
     # Scripts, styles and fetches from this origin only (no inline script); forms post back here only.
-    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-                                "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+        "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -54,13 +66,17 @@ def _message(title: str, text: str, status: int, *, login_link: bool = False) ->
 
 
 @bp.before_request
-def _gate():  # type: ignore[no-untyped-def]
+def _gate():
     """Disabled surface and query-string tokens, before anything else is looked at."""
     if not auth.admin_token():
         return _message("Admin surface disabled", admin.DISABLED, 404)
     if auth.token_in_query():
-        return _message("Token refused", "A token in the URL is refused (URLs are logged and kept in history). "
-                        "Log in with the form instead.", 401, login_link=True)
+        return _message(
+            "Token refused",
+            "A token in the URL is refused (URLs are logged and kept in history). Log in with the form instead.",
+            401,
+            login_link=True,
+        )
     return None
 
 
@@ -85,34 +101,39 @@ class Throttled(Exception):
 
 
 @bp.errorhandler(Throttled)
-def _throttled(exc: Throttled):  # type: ignore[no-untyped-def]
-    response = _message("Too many wrong tokens", "Too many wrong admin tokens lately: try again in "
-                        f"{max(1, exc.retry_after // 60)} minutes.", 429)
+def _throttled(exc: Throttled):
+    response = _message(
+        "Too many wrong tokens",
+        f"Too many wrong admin tokens lately: try again in {max(1, exc.retry_after // 60)} minutes.",
+        429,
+    )
     response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 
-def _refused():  # type: ignore[no-untyped-def]
+def _refused():
     """A wrong bearer token is told so; a browser without a session goes to the login form."""
     if auth.has_authorization_header():
-        return _message("Wrong token", "The Authorization header does not carry the admin token.", 401,
-                        login_link=True)
+        return _message("Wrong token", "The Authorization header does not carry the admin token.", 401, login_link=True)
     return redirect(url_for("status.login"), 303 if request.method == "POST" else 302)
 
 
-def _checked_post():  # type: ignore[no-untyped-def]
+def _checked_post():
     """None when the post may proceed; otherwise the answer (login redirect, or 400 bad CSRF)."""
     if not _authenticated():
         return _refused()
     if not auth.csrf_ok():
         log.warning("form refused reason=csrf path=%s", request.path)
-        return _message("Form refused", "The form's CSRF token is missing or wrong (the page may be stale, "
-                        "or the form came from another site). Nothing was done; reload the page and try again.",
-                        400)
+        return _message(
+            "Form refused",
+            "The form's CSRF token is missing or wrong (the page may be stale, "
+            "or the form came from another site). Nothing was done; reload the page and try again.",
+            400,
+        )
     return None
 
 
-def _back():  # type: ignore[no-untyped-def]
+def _back():
     return redirect(url_for("status.page"), 303)
 
 
@@ -120,7 +141,7 @@ def _back():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/")
-def page():  # type: ignore[no-untyped-def]
+def page():
     if not _authenticated():
         return _refused()
     settings = current_app.extensions["settings"]
@@ -170,24 +191,21 @@ def _refused_deliveries(redis: Any) -> list[dict[str, Any]] | None:
         counts = counters.refusals_since(redis, 3600)
     except Exception:  # the page says "unknown" rather than fail
         return None
-    return [{"outcome": outcome, "reason": REFUSAL_REASONS.get(outcome, outcome), "count": count}
-            for outcome, count in counts.items()]
+    return [
+        {"outcome": outcome, "reason": REFUSAL_REASONS.get(outcome, outcome), "count": count}
+        for outcome, count in counts.items()
+    ]
 
 
 def _run_history(site: str, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The last HISTORY_LENGTH runs of each tracked project, newest first (from jira_sync_run)."""
-    history: dict[str, list[dict[str, Any]]] = {}
+    """The last HISTORY_LENGTH runs of each tracked project, newest first (the read model's)."""
+    keys = [project["key"] for project in report["projects"] if project["active"]]
     try:
         with database.connection_context():
-            for project in report["projects"]:
-                if not project["active"]:
-                    continue
-                runs = (SyncRun.select().where(SyncRun.site == site, SyncRun.project_key == project["key"])
-                        .order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(HISTORY_LENGTH))
-                history[project["key"]] = [ops_status._run(run) for run in runs]  # type: ignore[misc]
+            return ops_status.run_history(site, keys, HISTORY_LENGTH)
     except Exception as exc:  # the database blinked after the report: no history this time
         log.info("run history unavailable error=%s", type(exc).__name__)
-    return history
+        return {}
 
 
 def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
@@ -205,8 +223,12 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
         progress = project.get("progress") or {}
         seen, estimate, elapsed = progress.get("seen"), progress.get("estimate"), progress.get("elapsed")
         project["percent"] = project["eta_seconds"] = None
-        if project["state"] in ("running", "starting") and isinstance(seen, int) and isinstance(estimate, int) \
-                and estimate > 0:
+        if (
+            project["state"] in ("running", "starting")
+            and isinstance(seen, int)
+            and isinstance(estimate, int)
+            and estimate > 0
+        ):
             project["percent"] = min(100, int(100 * seen / estimate))
             if seen and isinstance(elapsed, (int, float)) and seen < estimate:
                 project["eta_seconds"] = elapsed * (estimate - seen) / seen
@@ -217,8 +239,10 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
         full_sync = project.get("last_full_sync_at")
         due = [full_sync + FULL_EVERY if full_sync else now]
         if mark is not None:
-            due.append(dt.datetime.fromtimestamp(float(mark), dt.timezone.utc)
-                       + dt.timedelta(seconds=settings.sync_interval_seconds))
+            due.append(
+                dt.datetime.fromtimestamp(float(mark), dt.timezone.utc)
+                + dt.timedelta(seconds=settings.sync_interval_seconds)
+            )
         elif project.get("sync_cursor") is not None:
             due.append(now)  # no incremental yet since the clock started: at its next tick
         project["next_run_at"] = max(now, min(due))
@@ -228,22 +252,30 @@ def _add_schedule(settings: Any, redis: Any, report: dict[str, Any]) -> None:
 
 
 @bp.get("/login")
-def login():  # type: ignore[no-untyped-def]
+def login():
     if auth.logged_in():
         return redirect(url_for("status.page"))
     return _page("login.html", csrf_token=auth.csrf_token(), error=None)
 
 
 @bp.post("/login")
-def login_post():  # type: ignore[no-untyped-def]
+def login_post():
     if not auth.csrf_ok():
-        return _page("login.html", 400, csrf_token=auth.csrf_token(),
-                     error="The form expired or came from elsewhere; it has been renewed: enter the token again.")
+        return _page(
+            "login.html",
+            400,
+            csrf_token=auth.csrf_token(),
+            error="The form expired or came from elsewhere; it has been renewed: enter the token again.",
+        )
     # The token first: the right one always logs in, whatever others tried (receiver.auth).
     check = auth.check_token(request.form.get("token", ""), path="login")
     if check.throttled:
-        response = _page("login.html", 429, csrf_token=auth.csrf_token(),
-                         error="Too many wrong tokens lately: wait a few minutes before trying again.")
+        response = _page(
+            "login.html",
+            429,
+            csrf_token=auth.csrf_token(),
+            error="Too many wrong tokens lately: wait a few minutes before trying again.",
+        )
         response.headers["Retry-After"] = str(check.retry_after)
         return response
     if not check.ok:
@@ -252,14 +284,18 @@ def login_post():  # type: ignore[no-untyped-def]
         auth.log_in()
     except Exception as exc:  # the session record lives in Redis
         log.warning("login failed: session not recorded error=%s", type(exc).__name__)
-        return _page("login.html", 503, csrf_token=auth.csrf_token(),
-                     error="Redis is unavailable, so no session can be opened; try again shortly.")
+        return _page(
+            "login.html",
+            503,
+            csrf_token=auth.csrf_token(),
+            error="Redis is unavailable, so no session can be opened; try again shortly.",
+        )
     log.info("login remote=%s", auth.client_address())
     return _back()
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     if auth.logged_in() and not auth.csrf_ok():
         return _message("Form refused", "The form's CSRF token is missing or wrong; you are still logged in.", 400)
     auth.log_out()
@@ -269,12 +305,17 @@ def logout():  # type: ignore[no-untyped-def]
 # --- buttons ---------------------------------------------------------------------------------
 
 
-def _operation(func, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyped-def]
+def _operation(func, *args: Any, **kwargs: Any) -> Any:
     """Run an operation; its expected failures become a flashed error (None returned)."""
     try:
         return func(*args, **kwargs)
-    except (admin.NotTrackedError, admin.QueueUnavailableError, admin.UnknownProjectError, admin.JiraCheckError,
-            UnknownJobError) as exc:
+    except (
+        admin.NotTrackedError,
+        admin.QueueUnavailableError,
+        admin.UnknownProjectError,
+        admin.JiraCheckError,
+        UnknownJobError,
+    ) as exc:
         flash(str(exc), "error")
     except Exception as exc:  # the database is down, most likely: say so on the page
         log.warning("operation failed op=%s error=%s", func.__name__, type(exc).__name__)
@@ -284,7 +325,7 @@ def _operation(func, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-untyp
 
 
 @bp.post("/projects/track")
-def track():  # type: ignore[no-untyped-def]
+def track():
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -295,13 +336,17 @@ def track():  # type: ignore[no-untyped-def]
     outcome = _operation(admin.track, key)
     if outcome is not None:
         started, job_id = outcome
-        flash(f"{key} is now tracked; a full backfill is queued (job {job_id})." if started
-              else f"{key} was already tracked.", "ok")
+        flash(
+            f"{key} is now tracked; a full backfill is queued (job {job_id})."
+            if started
+            else f"{key} was already tracked.",
+            "ok",
+        )
     return _back()
 
 
 @bp.post("/projects/<raw_key>/backfill")
-def backfill(raw_key: str):  # type: ignore[no-untyped-def]
+def backfill(raw_key: str):
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -320,7 +365,7 @@ def backfill(raw_key: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/projects/<raw_key>/untrack")
-def untrack(raw_key: str):  # type: ignore[no-untyped-def]
+def untrack(raw_key: str):
     refused = _checked_post()
     if refused is not None:
         return refused
@@ -335,28 +380,30 @@ def untrack(raw_key: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/failed/retry")
-def retry():  # type: ignore[no-untyped-def]
+def retry():
     refused = _checked_post()
     if refused is not None:
         return refused
     every = request.form.get("all") == "1"
-    ids = [i for i in request.form.getlist("job_id") if i][:ops_status.LIST_LIMIT]
+    ids = [i for i in request.form.getlist("job_id") if i][: ops_status.LIST_LIMIT]
     if not every and not ids:
         flash("No job chosen.", "error")
         return _back()
     requeued = _operation(admin.retry_failed, ids, all=every)
     if requeued is not None:
-        flash(f"{len(requeued)} failed job(s) requeued." if requeued else "Nothing to requeue.",
-              "ok" if requeued else "error")
+        flash(
+            f"{len(requeued)} failed job(s) requeued." if requeued else "Nothing to requeue.",
+            "ok" if requeued else "error",
+        )
     return _back()
 
 
 @bp.post("/failed/discard")
-def discard():  # type: ignore[no-untyped-def]
+def discard():
     refused = _checked_post()
     if refused is not None:
         return refused
-    ids = [i for i in request.form.getlist("job_id") if i][:ops_status.LIST_LIMIT]
+    ids = [i for i in request.form.getlist("job_id") if i][: ops_status.LIST_LIMIT]
     if not ids:
         flash("No job chosen.", "error")
         return _back()
@@ -403,8 +450,11 @@ def utc_text(moment: dt.datetime | None) -> str:
 @bp.app_template_filter("num")
 def num(value: Any) -> str:
     """A count with thousands separators (``12,345``); ``–`` for none."""
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else ("–" if value is None
-                                                                                        else str(value))
+    return (
+        f"{value:,}"
+        if isinstance(value, int) and not isinstance(value, bool)
+        else ("–" if value is None else str(value))
+    )
 
 
 ERROR_SHORT = 120
@@ -414,4 +464,4 @@ ERROR_SHORT = 120
 def short(text: str | None) -> str:
     """The first line of ``text``, cut to ERROR_SHORT characters (the page shows the rest on demand)."""
     first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return first if len(first) <= ERROR_SHORT else first[:ERROR_SHORT - 1] + "…"
+    return first if len(first) <= ERROR_SHORT else first[: ERROR_SHORT - 1] + "…"

@@ -11,6 +11,7 @@ proxies, session, hooks and response object) cost about as much as all the endpo
 work. Every other path, and any other method on this one, goes on to Flask. The answers are
 the ones Flask's error handlers give (``receiver.errors``): JSON ``{"error": …}`` bodies.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -113,7 +114,7 @@ def _parse(body: bytes) -> Any:
     if not body:
         raise ApiError(400, "empty body: a Jira webhook is a JSON object")
     if body.startswith(_BOM):
-        body = body[len(_BOM):]
+        body = body[len(_BOM) :]
     if body.count(b"{") + body.count(b"[") <= MAX_DEPTH and _LONG_DIGITS not in body.translate(_DIGITS):
         try:
             return orjson.loads(body)
@@ -139,9 +140,15 @@ def _parse_exactly(body: bytes) -> Any:
         payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         # RecursionError: a body nested thousands of levels deep.
-        reason = ("too deeply nested" if isinstance(exc, RecursionError) else "not UTF-8"
-                  if isinstance(exc, UnicodeDecodeError) else str(exc) if isinstance(exc, _NotJSONError)
-                  else "malformed JSON")
+        reason = (
+            "too deeply nested"
+            if isinstance(exc, RecursionError)
+            else "not UTF-8"
+            if isinstance(exc, UnicodeDecodeError)
+            else str(exc)
+            if isinstance(exc, _NotJSONError)
+            else "malformed JSON"
+        )
         raise ApiError(400, f"body is not valid JSON: {reason}") from None
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(payload):
         raise ApiError(400, "body is not valid JSON: a \\u escape holds half of a surrogate pair")
@@ -173,7 +180,7 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
 class Delivery:
     """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
 
-    __slots__ = ("id", "started", "event", "project", "outcome", "counted", "body")
+    __slots__ = ("id", "started", "event", "project", "outcome", "counted", "digest")
 
     def __init__(self, delivery_id: str | None):
         self.id = delivery_id
@@ -182,7 +189,7 @@ class Delivery:
         self.project: str | None = None
         self.outcome: str | None = None
         self.counted = False
-        self.body = b""  # the raw body once read: its digest is the replay key (receiver.queues)
+        self.digest: str | None = None  # the body's SHA-256 (hex): a replay of it is a duplicate
 
 
 StartResponse = Callable[..., Any]
@@ -207,8 +214,9 @@ class WebhookEndpoint:
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
             body = b'{"error":"a Jira webhook is delivered with POST"}\n'
-            start_response(_STATUS_LINES[405], [("Content-Type", _JSON), ("Content-Length", str(len(body))),
-                                                ("Allow", "POST")])
+            start_response(
+                _STATUS_LINES[405], [("Content-Type", _JSON), ("Content-Length", str(len(body))), ("Allow", "POST")]
+            )
             return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
         delivery = Delivery((environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER") or None))
         # Bound for the whole delivery: every line logged on its behalf carries its id.
@@ -225,8 +233,10 @@ class WebhookEndpoint:
         finally:
             logs.unbind(token)
         body = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
-        start_response(_STATUS_LINES.get(status, f"{status} Error"),
-                       [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()])
+        start_response(
+            _STATUS_LINES.get(status, f"{status} Error"),
+            [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()],
+        )
         return [body]
 
     def receive(self, environ: dict[str, Any], delivery: Delivery) -> tuple[int, Any, dict[str, str]]:
@@ -234,8 +244,9 @@ class WebhookEndpoint:
         settings: Settings = extensions["settings"]
         if environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower() != _JSON:
             raise ApiError(415, "a Jira webhook is sent as application/json")
-        body = delivery.body = _read_body(environ, settings.max_body_bytes)
+        body = _read_body(environ, settings.max_body_bytes)
         _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
+        delivery.digest = hashlib.sha256(body).hexdigest()
         try:
             loaded = load_delivery(_parse(body))
         except ValidationError as exc:
@@ -252,9 +263,11 @@ class WebhookEndpoint:
         project_key = delivery.project = project["key"]
         project_id = project.get("id")
         projects = extensions["tracked"]
-        if projects.tracks(str(project_id) if project_id is not None else None, project_key) is False \
-                and not _moved_from_tracked(loaded, projects.keys() or frozenset()) \
-                and not projects.mirrors(str(issue["id"])):
+        if (
+            projects.tracks(str(project_id) if project_id is not None else None, project_key) is False
+            and not _moved_from_tracked(loaded, projects.keys() or frozenset())
+            and not projects.mirrors(str(issue["id"]))
+        ):
             # Not tracked, and not an issue the mirror holds live (whose move out must be applied).
             return _ignored(delivery, f"project {project_key} is not tracked")
 
@@ -268,8 +281,11 @@ class WebhookEndpoint:
             # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
             kwargs["refresh"] = True
             refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
-        if isinstance(loaded.get("changelog"), dict) and loaded["changelog"].get("items") \
-                and event == "jira:issue_updated":
+        if (
+            isinstance(loaded.get("changelog"), dict)
+            and loaded["changelog"].get("items")
+            and event == "jira:issue_updated"
+        ):
             # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
             # creation's changelog lists the initial values: Jira's REST changelog has no such
             # history, so it is not kept (the status view starts an issue at its creation).
@@ -279,8 +295,9 @@ class WebhookEndpoint:
                 kwargs["actor"] = actor
         return self.enqueue(delivery, (JOB_FOR_EVENT[event], kwargs), refresh, issue["key"])
 
-    def receive_activity(self, loaded: dict[str, Any], delivery: Delivery, settings: Settings
-                         ) -> tuple[int, Any, dict[str, str]]:
+    def receive_activity(
+        self, loaded: dict[str, Any], delivery: Delivery, settings: Settings
+    ) -> tuple[int, Any, dict[str, str]]:
         """A comment or worklog delivery (``workers.activity``): 202 with its job, 200 when it
         names an untracked project, 400 when it lacks its comment/worklog or their ids."""
         try:
@@ -292,31 +309,48 @@ class WebhookEndpoint:
             return _ignored(delivery, f"project {project_key} is not tracked")
         return self.enqueue(delivery, job, None, f"{job[1]['event'].split('_')[0]}:{job[1]['entity'].get('id')}")
 
-    def enqueue(self, delivery: Delivery, job: tuple[str, dict[str, Any]], refresh: list[tuple[str, str, int]] | None,
-                label: str) -> tuple[int, Any, dict[str, str]]:
+    def enqueue(
+        self,
+        delivery: Delivery,
+        job: tuple[str, dict[str, Any]],
+        refresh: list[tuple[str, str, int]] | None,
+        label: str,
+    ) -> tuple[int, Any, dict[str, str]]:
         """Enqueue the delivery's job (with its refresh mark) and answer 202; 503 when the queue
         cannot take it, 200 for a duplicate delivery."""
         extensions, event = self.extensions, delivery.event
-        settings: Settings = extensions["settings"]
         if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
             log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
-            raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
-                           headers={"Retry-After": "60"})
+            raise ApiError(
+                503,
+                "the queue is full (Redis is near its memory limit); deliver again later",
+                headers={"Retry-After": "60"},
+            )
         try:
             # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
-            job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
-                                                before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                                                refresh=refresh, body_digest=hashlib.sha256(delivery.body).hexdigest(),
-                                                replay_window=settings.replay_window_seconds)
+            job_ids = queues.enqueue_issue_jobs(
+                extensions["issues_queue"],
+                [job],
+                delivery_id=delivery.id,
+                before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
+                refresh=refresh,
+                body_digest=delivery.digest,
+                replay_window=extensions["settings"].replay_window_seconds,
+            )
         except queues.DuplicateDeliveryError:
             # A retry (same identifier) or a replay (same signed body, any identifier) within
             # Jira's redelivery window: no job, no Jira call.
             return _ignored(delivery, "duplicate", outcome="duplicate")
         except RedisError as exc:
-            log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery.id, event,
-                        type(exc).__name__)
-            raise ApiError(503, "the queue is unavailable; deliver again later",
-                           headers={"Retry-After": "10"}) from None
+            log.warning(
+                "delivery refused delivery=%s event=%s reason=queue-unavailable error=%s",
+                delivery.id,
+                event,
+                type(exc).__name__,
+            )
+            raise ApiError(
+                503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}
+            ) from None
         # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
         # and the job ids; the binding ends with the delivery.
         logs.bind(key=label, jobs=",".join(job_ids))

@@ -8,6 +8,7 @@ Without JIRA_BASE_URL it also runs the bundled Jira simulator (a DEMO project of
 issues that keeps changing and sends signed webhooks), and tracks DEMO: the clock starts a
 full backfill at once, then the mirror follows the live changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,11 @@ def ensure_redis(env: dict[str, str], children: list[subprocess.Popen]) -> None:
         sys.exit(1)
     port = str(parsed.port or 6379)
     say(f"starting redis-server on port {port} (nothing kept on disk)")
-    children.append(subprocess.Popen([exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL))
+    children.append(
+        subprocess.Popen(
+            [exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
+    )
     for _ in range(50):
         if redis_answers(env):
             return
@@ -81,24 +85,47 @@ def start_simulator(env: dict[str, str], children: list[subprocess.Popen]) -> No
     """Run the bundled Jira simulator and point the mirror at it."""
     port = env.get("SIMULATOR_PORT", "8081")
     secret = env.setdefault("JIRA_WEBHOOK_SECRET", secrets.token_hex(16))
-    env.update({
-        "JIRA_BASE_URL": f"http://127.0.0.1:{port}",
-        "JIRA_EMAIL": "sim@example.com",
-        "JIRA_API_TOKEN": "sim-token",
-        "JIRA_PROJECTS": env.get("JIRA_PROJECTS") or "DEMO",
-    })
+    env.update(
+        {
+            "JIRA_BASE_URL": f"http://127.0.0.1:{port}",
+            "JIRA_EMAIL": "sim@example.com",
+            "JIRA_API_TOKEN": "sim-token",
+            "JIRA_PROJECTS": env.get("JIRA_PROJECTS") or "DEMO",
+        }
+    )
     env.setdefault("SYNC_INTERVAL_SECONDS", "60")
     # `python -m jira_mirror_cli` from the checkout: the simulator is a development tool, not in the package.
-    argv = [sys.executable, "-m", "jira_mirror_cli", "simulate", "--port", port,
-            "--projects", env.get("SIMULATOR_PROJECTS", "DEMO:10000,OPS:300"),
-            "--tz", env.get("SIMULATOR_TZ", "Asia/Kolkata"),
-            "--webhook-url", f"http://127.0.0.1:{env['PORT']}/webhooks/jira", "--webhook-secret", secret,
-            "--changes-per-second", env.get("SIMULATOR_CHANGES_PER_SECOND", "1"),
-            "--duplicate-rate", "0.05", "--shuffle", "--email", "sim@example.com", "--api-token", "sim-token",
-            "--progress-every", "30"]
+    argv = [
+        sys.executable,
+        "-m",
+        "jira_mirror_cli",
+        "simulate",
+        "--port",
+        port,
+        "--projects",
+        env.get("SIMULATOR_PROJECTS", "DEMO:10000,OPS:300"),
+        "--tz",
+        env.get("SIMULATOR_TZ", "Asia/Kolkata"),
+        "--webhook-url",
+        f"http://127.0.0.1:{env['PORT']}/webhooks/jira",
+        "--webhook-secret",
+        secret,
+        "--changes-per-second",
+        env.get("SIMULATOR_CHANGES_PER_SECOND", "1"),
+        "--duplicate-rate",
+        "0.05",
+        "--shuffle",
+        "--email",
+        "sim@example.com",
+        "--api-token",
+        "sim-token",
+        "--progress-every",
+        "30",
+    ]
     say(f"JIRA_BASE_URL is not set: running the bundled Jira simulator on port {port} (DEMO, 10,000 issues)")
-    child = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    child = subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     children.append(child)
     threading.Thread(target=pump, args=("jira-sim", "\033[90m", child.stdout), daemon=True).start()
     import socket
@@ -134,7 +161,7 @@ def second_terminal(env: dict[str, str], parent: dict[str, str], *, simulated: b
     return lines
 
 
-def pump(name: str, colour: str, stream) -> None:  # type: ignore[no-untyped-def]
+def pump(name: str, colour: str, stream) -> None:
     for raw in iter(stream.readline, b""):
         sys.stdout.write(f"{colour}{name:>8} |{RESET} {raw.decode(errors='replace')}")
         sys.stdout.flush()
@@ -165,12 +192,20 @@ def main() -> int:
             if subprocess.call(shlex.split(release), env=env, cwd=ROOT) != 0:
                 return 1
         for i, (name, command) in enumerate(p for p in procfile() if p[0] != "release"):
-            child = subprocess.Popen(shlex.split(command), env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            child = subprocess.Popen(
+                shlex.split(command),
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             children.append(child)
             threading.Thread(target=pump, args=(name, COLOURS[i % len(COLOURS)], child.stdout), daemon=True).start()
-        say(f"web on http://localhost:{env['PORT']}  (status page: /, webhooks: POST /webhooks/jira)"
-            " — Ctrl-C stops everything")
+        say(
+            f"web on http://localhost:{env['PORT']}  (status page: /, webhooks: POST /webhooks/jira)"
+            " — Ctrl-C stops everything"
+        )
         say("in a second terminal, this run's environment:")
         for line in second_terminal(env, dict(os.environ), simulated=simulated):
             print(f"    {line}", flush=True)

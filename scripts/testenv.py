@@ -10,6 +10,7 @@
 Whatever cannot be done here stops the run with the exact command to run. Standard library
 only: it runs before anything else is known to work. Exit status 0 when all is ready.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ def redis_answers(host: str, port: int) -> bool:
         return False
 
 
-def wait(check, seconds: float = 10) -> bool:  # type: ignore[no-untyped-def]
+def wait(check, seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():
@@ -58,8 +59,19 @@ def sudo(command: str) -> str:
 
 
 def redis_start_command(port: int) -> list[str]:
-    return ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-            "--save", "", "--appendonly", "no"]
+    return [
+        "redis-server",
+        "--daemonize",
+        "yes",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
 
 
 def ensure_redis(url: str) -> str:
@@ -137,8 +149,9 @@ def chromium_plan(*, present: bool, root: bool, apt: bool) -> str:
 
 
 def ensure_chromium() -> str:
-    plan = chromium_plan(present=os.access(CHROMIUM, os.X_OK), root=os.geteuid() == 0,
-                         apt=shutil.which("apt-get") is not None)
+    plan = chromium_plan(
+        present=os.access(CHROMIUM, os.X_OK), root=os.geteuid() == 0, apt=shutil.which("apt-get") is not None
+    )
     if plan == "ok":
         return "present"
     if plan != "install":

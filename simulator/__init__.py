@@ -13,13 +13,25 @@ nothing from the mirror (``mirror``, ``receiver``, ``workers``, ``backfill``).
 
 from .driver import ChangeDriver, main, run
 from .jql import JqlError
-from .model import (ChangeEvent, IssueNotFoundError, IssueVersion, Project, ProjectEvent, Site, SiteError,
-                    User)
+from .model import ChangeEvent, IssueNotFoundError, IssueVersion, Project, ProjectEvent, Site, SiteError, User
 from .server import JiraServer
 from .webhooks import PreparedRequest, WebhookPusher, sign
 
 __all__ = [
-    "ChangeDriver", "ChangeEvent", "IssueNotFoundError", "IssueVersion", "JiraServer", "JqlError",
-    "PreparedRequest", "Project", "ProjectEvent", "Site", "SiteError", "User", "WebhookPusher", "main",
-    "run", "sign",
+    "ChangeDriver",
+    "ChangeEvent",
+    "IssueNotFoundError",
+    "IssueVersion",
+    "JiraServer",
+    "JqlError",
+    "PreparedRequest",
+    "Project",
+    "ProjectEvent",
+    "Site",
+    "SiteError",
+    "User",
+    "WebhookPusher",
+    "main",
+    "run",
+    "sign",
 ]

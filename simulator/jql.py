@@ -9,8 +9,8 @@ Supported (field names and keywords case-insensitive)::
     AND, OR, NOT, parentheses
     ORDER BY updated|created|key|issuekey|id|project [ASC|DESC], ...
 
-Date values, as documented in "JQL fields: Created/Updated"
-(https://support.atlassian.com/jira-software-cloud/docs/jql-fields/):
+Date values, as Atlassian's "JQL fields: Created/Updated" documents them (docs/jira.md, "Search
+and reads"):
 
 * ``"yyyy/MM/dd HH:mm"``, ``"yyyy-MM-dd HH:mm"``, ``"yyyy/MM/dd"``, ``"yyyy-MM-dd"``: read in the
   **requesting user's profile time zone** (``timeZone`` of ``GET /rest/api/3/myself``), at minute
@@ -49,17 +49,19 @@ class JqlError(ValueError):
 
 # --- tokens ---------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<op>!=|>=|<=|!~|=|>|<|~)
   | (?P<punct>[(),])
   | (?P<word>[^\s"'(),=!<>~]+)
   | (?P<bad>.)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
-_KEYWORDS = {"and", "or", "not", "in", "order", "by", "asc", "desc", "is", "empty", "null", "was",
-             "changed"}
+_KEYWORDS = {"and", "or", "not", "in", "order", "by", "asc", "desc", "is", "empty", "null", "was", "changed"}
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ def _tokenize(jql: str) -> list[_Tok]:
         if kind == "ws":
             continue
         if kind == "bad":
-            raise JqlError(f"Error in the JQL Query: The character '{text}' is a reserved JQL "
-                           f"character. You must enclose it in a string or use the escape "
-                           f"'\\u{ord(text):04x}' instead. {_where(jql, m.start())}")
+            raise JqlError(
+                f"Error in the JQL Query: The character '{text}' is a reserved JQL "
+                f"character. You must enclose it in a string or use the escape "
+                f"'\\u{ord(text):04x}' instead. {_where(jql, m.start())}"
+            )
         if kind == "str":
             body = text[1:-1]
             text = re.sub(r"\\(.)", r"\1", body)
@@ -136,16 +140,33 @@ class Query:
         return self.where is not None
 
 
-_FIELDS = {"project": "project", "key": "issuekey", "issuekey": "issuekey", "id": "issuekey",
-           "issue": "issuekey", "updated": "updated", "updateddate": "updated",
-           "created": "created", "createddate": "created"}
-_ORDER_FIELDS = {"updated": "updated", "updateddate": "updated", "created": "created",
-                 "createddate": "created", "key": "key", "issuekey": "key", "id": "id",
-                 "project": "project"}
-_OPS = {"project": ("=", "!=", "in", "not in"),
-        "issuekey": ("=", "!=", "in", "not in", ">", ">=", "<", "<="),
-        "updated": ("=", "!=", ">", ">=", "<", "<=", "in", "not in"),
-        "created": ("=", "!=", ">", ">=", "<", "<=", "in", "not in")}
+_FIELDS = {
+    "project": "project",
+    "key": "issuekey",
+    "issuekey": "issuekey",
+    "id": "issuekey",
+    "issue": "issuekey",
+    "updated": "updated",
+    "updateddate": "updated",
+    "created": "created",
+    "createddate": "created",
+}
+_ORDER_FIELDS = {
+    "updated": "updated",
+    "updateddate": "updated",
+    "created": "created",
+    "createddate": "created",
+    "key": "key",
+    "issuekey": "key",
+    "id": "id",
+    "project": "project",
+}
+_OPS = {
+    "project": ("=", "!=", "in", "not in"),
+    "issuekey": ("=", "!=", "in", "not in", ">", ">=", "<", "<="),
+    "updated": ("=", "!=", ">", ">=", "<", "<=", "in", "not in"),
+    "created": ("=", "!=", ">", ">=", "<", "<=", "in", "not in"),
+}
 
 
 class _Parser:
@@ -169,8 +190,7 @@ class _Parser:
     def fail(self, expecting: str) -> JqlError:
         tok = self.tok
         got = "the end of the query" if tok.kind == "eof" else f"'{tok.text}'"
-        return JqlError(f"Error in the JQL Query: Expecting {expecting} but got {got}. "
-                        f"{_where(self.jql, tok.pos)}")
+        return JqlError(f"Error in the JQL Query: Expecting {expecting} but got {got}. {_where(self.jql, tok.pos)}")
 
     def query(self) -> Query:
         where = None
@@ -236,8 +256,7 @@ class _Parser:
         self.take()
         canon = _FIELDS.get(tok.low)
         if canon is None:
-            raise JqlError(f"Field '{tok.text}' does not exist or you do not have permission to "
-                           f"view it.")
+            raise JqlError(f"Field '{tok.text}' does not exist or you do not have permission to view it.")
         op_tok = self.tok
         if op_tok.kind == "op":
             op = self.take().text
@@ -251,8 +270,9 @@ class _Parser:
             self.take()
             op = "not in"
         elif self.at_kw("is", "was", "changed"):
-            raise JqlError(f"The operator '{op_tok.text.upper()}' is not supported by the "
-                           f"simulator for the field '{tok.text}'.")
+            raise JqlError(
+                f"The operator '{op_tok.text.upper()}' is not supported by the simulator for the field '{tok.text}'."
+            )
         else:
             raise self.fail("an operator")
         if op not in _OPS[canon]:
@@ -281,8 +301,9 @@ class _Parser:
             self.take()
             return _Value(tok.text, False)
         if tok.kind == "punct" and tok.text == "(":
-            raise JqlError(f"Error in the JQL Query: Functions are not supported by the simulator. "
-                           f"{_where(self.jql, tok.pos)}")
+            raise JqlError(
+                f"Error in the JQL Query: Functions are not supported by the simulator. {_where(self.jql, tok.pos)}"
+            )
         raise self.fail("either a value, 'EMPTY' or a function")
 
 
@@ -312,21 +333,22 @@ def parse_date(text: str, *, tz: str, now_ms: int, field: str = "updated") -> in
     if m:
         total = sum(int(n) * _UNIT_MS[u.lower()] for n, u in _PERIOD_PART.findall(m.group(2)))
         # Minute precision, like every JQL date: "now" is the start of the current minute.
-        minute = now_ms - now_ms % 60_000
-        return minute - total if m.group(1) == "-" else minute + total
+        this_minute = now_ms - now_ms % 60_000
+        return this_minute - total if m.group(1) == "-" else this_minute + total
     m = _DATE.match(s)
     if m:
         year, _sep, month, day, hour, minute = m.groups()
         try:
-            moment = _dt.datetime(int(year), int(month), int(day), int(hour or 0),
-                                  int(minute or 0), tzinfo=zone(tz))
+            moment = _dt.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), tzinfo=zone(tz))
         except ValueError:
             pass
         else:
             return int(moment.timestamp()) * 1000
-    raise JqlError(f"Date value '{text}' for field '{field}' is invalid. Valid formats include: "
-                   f"'yyyy/MM/dd HH:mm', 'yyyy-MM-dd HH:mm', 'yyyy/MM/dd', 'yyyy-MM-dd', or a "
-                   f"period format e.g. '-5d', '4w 2d'.")
+    raise JqlError(
+        f"Date value '{text}' for field '{field}' is invalid. Valid formats include: "
+        f"'yyyy/MM/dd HH:mm', 'yyyy-MM-dd HH:mm', 'yyyy/MM/dd', 'yyyy-MM-dd', or a "
+        f"period format e.g. '-5d', '4w 2d'."
+    )
 
 
 # --- binding to a site ----------------------------------------------------------------------
@@ -335,7 +357,11 @@ Predicate = Callable[[IssueVersion], bool]
 SortKey = Callable[[IssueVersion], tuple[int, ...]]
 
 _CMP: dict[str, Callable[[int, int], bool]] = {
-    "=": int.__eq__, "!=": int.__ne__, ">": int.__gt__, ">=": int.__ge__, "<": int.__lt__,
+    "=": int.__eq__,
+    "!=": int.__ne__,
+    ">": int.__gt__,
+    ">=": int.__ge__,
+    "<": int.__lt__,
     "<=": int.__le__,
 }
 
@@ -403,8 +429,7 @@ def _project_clause(c: _Clause, site: Site) -> tuple[Predicate, Any]:
     for value in c.values:
         project = site.find_project(value.text)
         if project is None:
-            project = next((p for p in site.projects.values()
-                            if value.text.lower() == p.name.lower()), None)
+            project = next((p for p in site.projects.values() if value.text.lower() == p.name.lower()), None)
         if project is None:
             raise JqlError(f"The value '{value.text}' does not exist for the field '{c.name}'.")
         keys.update(k for k, current in every_key.items() if current == project.key)
@@ -478,12 +503,12 @@ def _sort_key(order: Sequence[tuple[str, bool]], ranks: dict[str, int]) -> SortK
             getters.append(_attr_getter(name, sign))
         elif name == "id":
             has_id = True
-            getters.append(lambda v, s=sign: s * int(v.id))
+            getters.append(_signed(lambda v: int(v.id), sign))
         elif name == "project":
-            getters.append(lambda v, s=sign: s * ranks.get(v.project, -1))
+            getters.append(_signed(lambda v: ranks.get(v.project, -1), sign))
         else:  # key: project (by key) then number, as Jira sorts keys
-            getters.append(lambda v, s=sign: s * ranks.get(v.project, -1))
-            getters.append(lambda v, s=sign: s * v.num)
+            getters.append(_signed(lambda v: ranks.get(v.project, -1), sign))
+            getters.append(_signed(lambda v: v.num, sign))
     if not has_id:
         getters.append(lambda v: int(v.id))
     # Unrolled for the usual lengths: this runs once per matching issue per uncached search.
@@ -494,6 +519,11 @@ def _sort_key(order: Sequence[tuple[str, bool]], ranks: dict[str, int]) -> SortK
         g1, g2, g3 = getters
         return lambda v: (g1(v), g2(v), g3(v))
     return lambda v: tuple([g(v) for g in getters])
+
+
+def _signed(getter: Callable[[IssueVersion], int], sign: int) -> Callable[[IssueVersion], int]:
+    """``getter`` times ``sign`` (-1 sorts descending)."""
+    return lambda version: sign * getter(version)
 
 
 def _attr_getter(name: str, sign: int) -> Callable[[IssueVersion], int]:

@@ -1,6 +1,6 @@
 """The in-memory state of one simulated Jira Cloud site.
 
-What this imitates (Jira Cloud platform REST v3, https://developer.atlassian.com/cloud/jira/platform/):
+What this imitates (Jira Cloud platform REST v3; docs/jira.md has the facts, from Atlassian's description):
 
 * Issues have a numeric string ``id`` that never changes and a ``key`` ``PROJ-n`` that changes when
   the issue moves to another project ("Move issues", the key takes the target project's next
@@ -98,8 +98,12 @@ STATUS_CATEGORIES: dict[str, tuple[int, str, str]] = {
 
 ISSUE_TYPES: dict[str, str] = {"Epic": "10000", "Task": "10001", "Bug": "10002", "Story": "10003"}
 PRIORITIES: dict[str, str] = {"Highest": "1", "High": "2", "Medium": "3", "Low": "4", "Lowest": "5"}
-SEVERITIES: dict[str, str] = {"S1 - Critical": "10100", "S2 - Major": "10101",
-                              "S3 - Minor": "10102", "S4 - Trivial": "10103"}
+SEVERITIES: dict[str, str] = {
+    "S1 - Critical": "10100",
+    "S2 - Major": "10101",
+    "S3 - Minor": "10102",
+    "S4 - Trivial": "10103",
+}
 
 #: Custom fields of the site: id -> (name, schema type, IssueVersion attribute or None).
 #: ``customfield_10032`` exists but is never set, as so many custom fields on real sites. Story
@@ -123,40 +127,171 @@ AGILE_FIELD_CHOICES: tuple[tuple[str, str, str], ...] = (
     ("customfield_10106", "Story point estimate", "customfield_10007"),
 )
 #: Every id a story-point or sprint field may have on some site (fields a request may name).
-AGILE_FIELD_IDS: tuple[str, ...] = tuple(dict.fromkeys(
-    [sp for sp, _n, _s in AGILE_FIELD_CHOICES] + [sprint for _sp, _n, sprint in AGILE_FIELD_CHOICES]))
+AGILE_FIELD_IDS: tuple[str, ...] = tuple(
+    dict.fromkeys([sp for sp, _n, _s in AGILE_FIELD_CHOICES] + [sprint for _sp, _n, sprint in AGILE_FIELD_CHOICES])
+)
 STORY_POINTS_TYPE = "com.pyxis.greenhopper.jira:jsw-story-points"
 SPRINT_TYPE = "com.pyxis.greenhopper.jira:gh-sprint"
 #: Sprints of every board: id -> (name suffix, state). Ids 1-6 closed, 7 active, 8 future.
 SPRINTS: dict[int, str] = {n: ("closed" if n < 7 else "active" if n == 7 else "future") for n in range(1, 9)}
 
 TIME_ZONES = (
-    "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Europe/London",
-    "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Tokyo", "Australia/Sydney",
-    "America/St_Johns", "UTC", "Pacific/Auckland",
+    "America/Los_Angeles",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "America/St_Johns",
+    "UTC",
+    "Pacific/Auckland",
 )
 
-FIRST_NAMES = ("Ana", "Bjørn", "Chloé", "Dmitri", "Efua", "François", "Gita", "Hiroshi", "Ines",
-               "Jamal", "Kasia", "Lars", "Mei", "Nikolai", "Olga", "Priya", "Quentin", "Rosa",
-               "Søren", "Tomás", "Uma", "Vikram", "Wen", "Xavier", "Yara", "Zoë", "Łukasz",
-               "José", "Ayşe", "Nguyễn")
-LAST_NAMES = ("Andersen", "Brown", "Castillo", "Dubois", "Eze", "Fischer", "García", "Haddad",
-              "Ivanova", "Jensen", "Kowalski", "Lee", "Müller", "Nakamura", "O'Brien", "Patel",
-              "Quinn", "Rossi", "Schmidt", "Tanaka", "Üzüm", "Virtanen", "Wang", "Yılmaz", "Zhang")
+FIRST_NAMES = (
+    "Ana",
+    "Bjørn",
+    "Chloé",
+    "Dmitri",
+    "Efua",
+    "François",
+    "Gita",
+    "Hiroshi",
+    "Ines",
+    "Jamal",
+    "Kasia",
+    "Lars",
+    "Mei",
+    "Nikolai",
+    "Olga",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Søren",
+    "Tomás",
+    "Uma",
+    "Vikram",
+    "Wen",
+    "Xavier",
+    "Yara",
+    "Zoë",
+    "Łukasz",
+    "José",
+    "Ayşe",
+    "Nguyễn",
+)
+LAST_NAMES = (
+    "Andersen",
+    "Brown",
+    "Castillo",
+    "Dubois",
+    "Eze",
+    "Fischer",
+    "García",
+    "Haddad",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lee",
+    "Müller",
+    "Nakamura",
+    "O'Brien",
+    "Patel",
+    "Quinn",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Üzüm",
+    "Virtanen",
+    "Wang",
+    "Yılmaz",
+    "Zhang",
+)
 
-_VERBS = ("Fix", "Add", "Remove", "Refactor", "Investigate", "Document", "Migrate", "Upgrade",
-          "Improve", "Support", "Handle", "Optimise", "Revert", "Clean up", "Automate", "Test")
-_OBJECTS = ("login flow", "payment retries", "CSV export", "search index", "webhook handler",
-            "billing page", "OAuth refresh", "rate limiter", "dark mode", "audit log",
-            "onboarding email", "API pagination", "S3 uploads", "mobile layout", "SSO for Okta",
-            "time zone handling", "date picker", "invoice PDF", "Slack notifications",
-            "permissions cache", "Überweisungen", "日本語の翻訳", "naïve café menu", "кэш сессий",
-            "résumé parser", "emoji 🎉 reactions")
-_QUALIFIERS = ("", "", "", " on Safari", " for EU customers", " after deploy", " (regression)",
-               " in staging", " when offline", " 🚀", " 🐛", " — follow-up", " [P1]", " ✅",
-               " for user \"admin\"", " & cleanup", " <script>", " 100% of the time")
-_LABELS = ("backend", "frontend", "tech-debt", "customer", "security", "performance", "ux", "api",
-           "infra", "flaky-test", "release-blocker", "i18n", "docs", "needs-triage")
+_VERBS = (
+    "Fix",
+    "Add",
+    "Remove",
+    "Refactor",
+    "Investigate",
+    "Document",
+    "Migrate",
+    "Upgrade",
+    "Improve",
+    "Support",
+    "Handle",
+    "Optimise",
+    "Revert",
+    "Clean up",
+    "Automate",
+    "Test",
+)
+_OBJECTS = (
+    "login flow",
+    "payment retries",
+    "CSV export",
+    "search index",
+    "webhook handler",
+    "billing page",
+    "OAuth refresh",
+    "rate limiter",
+    "dark mode",
+    "audit log",
+    "onboarding email",
+    "API pagination",
+    "S3 uploads",
+    "mobile layout",
+    "SSO for Okta",
+    "time zone handling",
+    "date picker",
+    "invoice PDF",
+    "Slack notifications",
+    "permissions cache",
+    "Überweisungen",
+    "日本語の翻訳",
+    "naïve café menu",
+    "кэш сессий",
+    "résumé parser",
+    "emoji 🎉 reactions",
+)
+_QUALIFIERS = (
+    "",
+    "",
+    "",
+    " on Safari",
+    " for EU customers",
+    " after deploy",
+    " (regression)",
+    " in staging",
+    " when offline",
+    " 🚀",
+    " 🐛",
+    " — follow-up",
+    " [P1]",
+    " ✅",
+    " for user \"admin\"",
+    " & cleanup",
+    " <script>",
+    " 100% of the time",
+)
+_LABELS = (
+    "backend",
+    "frontend",
+    "tech-debt",
+    "customer",
+    "security",
+    "performance",
+    "ux",
+    "api",
+    "infra",
+    "flaky-test",
+    "release-blocker",
+    "i18n",
+    "docs",
+    "needs-triage",
+)
 _SENTENCES = (
     "Steps to reproduce are in the linked support ticket.",
     "The customer reports this happens about once a day.",
@@ -341,8 +476,7 @@ class Site:
     every listener registered with :meth:`subscribe` with a :class:`ChangeEvent`.
     """
 
-    def __init__(self, *, clock: Clock | None = None, seed: int = 0,
-                 history_keep_seconds: float = 3600.0) -> None:
+    def __init__(self, *, clock: Clock | None = None, seed: int = 0, history_keep_seconds: float = 3600.0) -> None:
         self._lock = threading.RLock()
         self.clock: Clock = clock or time.time
         self.rng = random.Random(seed)
@@ -360,10 +494,19 @@ class Site:
         self._mutation_times: list[int] = []
         self._last_since = 0
         self._listeners: list[Callable[[Any], None]] = []
-        self.counts: dict[str, int] = {"created": 0, "updated": 0, "moved": 0, "deleted": 0,
-                                       "project_updated": 0, "comment_created": 0, "comment_updated": 0,
-                                       "comment_deleted": 0, "worklog_created": 0, "worklog_updated": 0,
-                                       "worklog_deleted": 0}
+        self.counts: dict[str, int] = {
+            "created": 0,
+            "updated": 0,
+            "moved": 0,
+            "deleted": 0,
+            "project_updated": 0,
+            "comment_created": 0,
+            "comment_updated": 0,
+            "comment_deleted": 0,
+            "worklog_created": 0,
+            "worklog_updated": 0,
+            "worklog_deleted": 0,
+        }
         self.seed = seed
         choice = AGILE_FIELD_CHOICES[seed % len(AGILE_FIELD_CHOICES)]
         #: This site's story-point field (id, name) and sprint field id.
@@ -395,14 +538,20 @@ class Site:
         with self._lock:
             if key in self.projects:
                 raise SiteError(f"project {key} exists")
-            project = Project(key=key, id=str(10000 + len(self.projects)),
-                              name=name or f"{key.title()} Project")
+            project = Project(key=key, id=str(10000 + len(self.projects)), name=name or f"{key.title()} Project")
             self.projects[key] = project
             self._next_num[key] = 1
             return project
 
-    def add_user(self, display_name: str, *, email: str | None = None, active: bool = True,
-                 time_zone: str = "UTC", account_id: str | None = None) -> User:
+    def add_user(
+        self,
+        display_name: str,
+        *,
+        email: str | None = None,
+        active: bool = True,
+        time_zone: str = "UTC",
+        account_id: str | None = None,
+    ) -> User:
         """Adds an Atlassian account; the account id looks like Jira's ``712020:<uuid>``."""
         with self._lock:
             if account_id is None:
@@ -413,10 +562,20 @@ class Site:
             return user
 
     @classmethod
-    def generate(cls, projects: Mapping[str, int] | None = None, *, seed: int = 1, users: int = 40,
-                 clock: Clock | None = None, now_ms: int | None = None, history_days: float = 365.0,
-                 me_email: str = "sim@example.com", me_time_zone: str = "America/Los_Angeles",
-                 history_keep_seconds: float = 3600.0, activity: bool = True) -> "Site":
+    def generate(
+        cls,
+        projects: Mapping[str, int] | None = None,
+        *,
+        seed: int = 1,
+        users: int = 40,
+        clock: Clock | None = None,
+        now_ms: int | None = None,
+        history_days: float = 365.0,
+        me_email: str = "sim@example.com",
+        me_time_zone: str = "America/Los_Angeles",
+        history_keep_seconds: float = 3600.0,
+        activity: bool = True,
+    ) -> "Site":
         """Builds a site with ``projects`` (key -> issue count) of deterministic random issues.
 
         The same seed and ``now_ms`` give the same site. Issues are created over the last
@@ -436,15 +595,20 @@ class Site:
         for i in range(users):
             name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
             hidden = rng.random() < 0.4
-            email = None if hidden else (
-                name.lower().replace(" ", ".").replace("'", "").encode("ascii", "ignore").decode()
-                + f"{i}@example.com")
-            site.add_user(name, email=email, active=rng.random() > 0.1,
-                          time_zone=rng.choice(TIME_ZONES))
+            email = (
+                None
+                if hidden
+                else (
+                    name.lower().replace(" ", ".").replace("'", "").encode("ascii", "ignore").decode()
+                    + f"{i}@example.com"
+                )
+            )
+            site.add_user(name, email=email, active=rng.random() > 0.1, time_zone=rng.choice(TIME_ZONES))
         now = site.now_ms() if now_ms is None else now_ms
         span = int(history_days * 86_400_000)
-        plan = [(now - span + rng.randrange(span - 120_000), key)
-                for key, count in projects.items() for _ in range(count)]
+        plan = [
+            (now - span + rng.randrange(span - 120_000), key) for key, count in projects.items() for _ in range(count)
+        ]
         plan.sort()
         account_ids = list(site.users)
         with site._lock:
@@ -457,8 +621,9 @@ class Site:
                 site._generate_activity(random.Random(seed * 7919 + 1), account_ids)
         return site
 
-    def _random_version(self, rng: random.Random, project: str, created: int, now: int,
-                        account_ids: Sequence[str]) -> IssueVersion:
+    def _random_version(
+        self, rng: random.Random, project: str, created: int, now: int, account_ids: Sequence[str]
+    ) -> IssueVersion:
         # Caller holds the lock. Most issues were touched soon after creation; a few recently.
         issue_id = str(self._next_id)
         self._next_id += 1
@@ -468,13 +633,22 @@ class Site:
         status = rng.choice(_STATUS_NAMES)
         done = STATUSES[status].category == "done"
         return IssueVersion(
-            id=issue_id, key=f"{project}-{num}", project=project, num=num,
-            summary=_summary(rng), status=status, issuetype=rng.choice(_TYPE_NAMES),
+            id=issue_id,
+            key=f"{project}-{num}",
+            project=project,
+            num=num,
+            summary=_summary(rng),
+            status=status,
+            issuetype=rng.choice(_TYPE_NAMES),
             priority=None if rng.random() < 0.1 else rng.choice(_PRIORITY_NAMES),
             assignee=None if rng.random() < 0.25 else rng.choice(account_ids),
-            reporter=rng.choice(account_ids), creator=rng.choice(account_ids),
-            labels=_labels(rng), created=created, updated=updated,
-            resolutiondate=updated if done else None, description=_description(rng),
+            reporter=rng.choice(account_ids),
+            creator=rng.choice(account_ids),
+            labels=_labels(rng),
+            created=created,
+            updated=updated,
+            resolutiondate=updated if done else None,
+            description=_description(rng),
             story_points=None if rng.random() < 0.4 else float(rng.choice((1, 2, 3, 5, 8, 13, 0.5))),
             customer_ref=None if rng.random() < 0.7 else f"CASE-{rng.randrange(100000):05d}",
             severity=None if rng.random() < 0.5 else rng.choice(_SEVERITY_NAMES),
@@ -533,7 +707,7 @@ class Site:
         """The current versions of all live issues (of one project if given)."""
         with self._lock:
             out = [h[-1][1] for h in self._history.values() if h[-1][1] is not None]
-        return [v for v in out if project is None or v.project == project]  # type: ignore[union-attr]
+        return [v for v in out if project is None or v.project == project]
 
     def history(self, issue_id: str) -> list[tuple[int, IssueVersion | None]]:
         """Every kept version of an issue with the time (ms) it became current."""
@@ -642,14 +816,22 @@ class Site:
             actor_id = self._actor(actor)
             since = self._stamp()
             version = self._random_version(self.rng, key, since, since, list(self.users))
-            version = dataclasses.replace(version, created=since, updated=since, reporter=actor_id,
-                                          creator=actor_id, resolutiondate=None, status="To Do")
+            version = dataclasses.replace(
+                version,
+                created=since,
+                updated=since,
+                reporter=actor_id,
+                creator=actor_id,
+                resolutiondate=None,
+                status="To Do",
+            )
             if fields:
                 version = self._apply(version, fields, since)
             self._record(version.id, since, version)
             self._by_key[version.key] = version.id
-            event = ChangeEvent("created", "issue_created", version.id, None, version, actor_id,
-                                since, self._changelog_id(), ())
+            event = ChangeEvent(
+                "created", "issue_created", version.id, None, version, actor_id, since, self._changelog_id(), ()
+            )
         return self._emit(event)
 
     def update_issue(self, issue_id: str, *, actor: str | None = None, **changes: Any) -> ChangeEvent:
@@ -679,8 +861,9 @@ class Site:
                 event_type = "issue_assigned"
             else:
                 event_type = "issue_updated"
-            event = ChangeEvent("updated", event_type, before.id, before, after, actor_id, updated,
-                                self._changelog_id(), items)
+            event = ChangeEvent(
+                "updated", event_type, before.id, before, after, actor_id, updated, self._changelog_id(), items
+            )
             self._record_history(event)
         return self._emit(event)
 
@@ -701,15 +884,17 @@ class Site:
             since = self._stamp()
             num = self._next_num[target]
             self._next_num[target] = num + 1
-            after = dataclasses.replace(before, key=f"{target}-{num}", project=target, num=num,
-                                        updated=max(since, before.updated + 1))
+            after = dataclasses.replace(
+                before, key=f"{target}-{num}", project=target, num=num, updated=max(since, before.updated + 1)
+            )
             self._record(before.id, since, after)
             del self._by_key[before.key]
             self._aliases[before.key] = before.id
             self._by_key[after.key] = after.id
             items = tuple(_diff(before, after, self.users, self.projects, self))
-            event = ChangeEvent("moved", "issue_moved", before.id, before, after, actor_id,
-                                after.updated, self._changelog_id(), items)
+            event = ChangeEvent(
+                "moved", "issue_moved", before.id, before, after, actor_id, after.updated, self._changelog_id(), items
+            )
             self._record_history(event)
         return self._emit(event)
 
@@ -766,8 +951,7 @@ class Site:
             since = self._stamp()
             self._record(before.id, since, None)
             self._by_key.pop(before.key, None)
-            event = ChangeEvent("deleted", "issue_deleted", before.id, before, None, actor_id,
-                                since, None, ())
+            event = ChangeEvent("deleted", "issue_deleted", before.id, before, None, actor_id, since, None, ())
         return self._emit(event)
 
     # --- changelogs, comments, worklogs ---------------------------------------------------
@@ -776,7 +960,8 @@ class Site:
         # Caller holds the lock. Jira keeps a change history per edit (not for the creation).
         if event.items and event.changelog_id:
             self._histories.setdefault(event.issue_id, []).append(
-                History(event.changelog_id, event.timestamp, event.actor, tuple(event.items)))
+                History(event.changelog_id, event.timestamp, event.actor, tuple(event.items))
+            )
 
     def changelog(self, issue_id: str) -> list[History]:
         """The issue's change histories, oldest first: those derived from a generated issue's
@@ -842,14 +1027,14 @@ class Site:
             actor_id = self._actor(actor)
             self._next_comment += 1
             now, issue = self._touch(issue)
-            comment = Comment(str(self._next_comment), issue.id, actor_id, body or self.rng.choice(_SENTENCES),
-                              now, now)
+            comment = Comment(
+                str(self._next_comment), issue.id, actor_id, body or self.rng.choice(_SENTENCES), now, now
+            )
             self._put_comment(comment)
             event = ActivityEvent("comment_created", comment, issue, actor_id, now)
         return self._emit(event)
 
-    def update_comment(self, comment_id: str, body: str | None = None, *, actor: str | None = None
-                       ) -> ActivityEvent:
+    def update_comment(self, comment_id: str, body: str | None = None, *, actor: str | None = None) -> ActivityEvent:
         """Edits a comment: new body, later ``updated``. Raises SiteError for an unknown comment."""
         with self._lock:
             old = self.comment(comment_id)
@@ -877,22 +1062,36 @@ class Site:
             event = ActivityEvent("comment_deleted", old, issue, actor_id, now)
         return self._emit(event)
 
-    def add_worklog(self, issue_id: str, seconds: int | None = None, *, started: int | None = None,
-                    comment: str | None = None, actor: str | None = None) -> ActivityEvent:
+    def add_worklog(
+        self,
+        issue_id: str,
+        seconds: int | None = None,
+        *,
+        started: int | None = None,
+        comment: str | None = None,
+        actor: str | None = None,
+    ) -> ActivityEvent:
         """Logs work on an issue. Raises IssueNotFoundError / SiteError."""
         with self._lock:
             issue = self._live(issue_id)
             actor_id = self._actor(actor)
             now = self._stamp()
             self._next_worklog += 1
-            worklog = Worklog(str(self._next_worklog), issue.id, actor_id, started or now - 3_600_000,
-                              seconds or 60 * self.rng.choice((15, 30, 60, 90, 120, 240)), comment, now, now)
+            worklog = Worklog(
+                str(self._next_worklog),
+                issue.id,
+                actor_id,
+                started or now - 3_600_000,
+                seconds or 60 * self.rng.choice((15, 30, 60, 90, 120, 240)),
+                comment,
+                now,
+                now,
+            )
             self._put_worklog(worklog)
             event = ActivityEvent("worklog_created", worklog, issue, actor_id, now)
         return self._emit(event)
 
-    def update_worklog(self, worklog_id: str, seconds: int | None = None, *, actor: str | None = None
-                       ) -> ActivityEvent:
+    def update_worklog(self, worklog_id: str, seconds: int | None = None, *, actor: str | None = None) -> ActivityEvent:
         """Changes a worklog's time spent. Raises SiteError for an unknown worklog."""
         with self._lock:
             old = self.worklog(worklog_id)
@@ -932,19 +1131,37 @@ class Site:
             for _ in range(count):
                 self._next_comment += 1
                 created = v.created + rng.randrange(span)
-                self._put_comment(Comment(str(self._next_comment), issue_id, rng.choice(account_ids),
-                                          _shared(rng.choice(_SENTENCES)), created, created))
+                self._put_comment(
+                    Comment(
+                        str(self._next_comment),
+                        issue_id,
+                        rng.choice(account_ids),
+                        _shared(rng.choice(_SENTENCES)),
+                        created,
+                        created,
+                    )
+                )
             roll = rng.random()
             count = 0 if roll < 0.84 else EMBEDDED_PAGE + 3 if roll > 0.999 else rng.randint(1, 2)
             for _ in range(count):
                 self._next_worklog += 1
                 created = v.created + rng.randrange(span)
-                self._put_worklog(Worklog(str(self._next_worklog), issue_id, rng.choice(account_ids),
-                                          created - 3_600_000, 60 * rng.choice((15, 30, 60, 90, 120, 240, 480)),
-                                          None, created, created))
+                self._put_worklog(
+                    Worklog(
+                        str(self._next_worklog),
+                        issue_id,
+                        rng.choice(account_ids),
+                        created - 3_600_000,
+                        60 * rng.choice((15, 30, 60, 90, 120, 240, 480)),
+                        None,
+                        created,
+                        created,
+                    )
+                )
 
-    def random_mutation(self, *, weights: Mapping[str, float] | None = None,
-                        projects: Iterable[str] | None = None) -> ChangeEvent | ActivityEvent:
+    def random_mutation(
+        self, *, weights: Mapping[str, float] | None = None, projects: Iterable[str] | None = None
+    ) -> ChangeEvent | ActivityEvent:
         """One random create / update / move / delete (default weights 25/65/4/6 %); with
         ``comment`` or ``worklog`` weights, a random add, edit or deletion of one of those too."""
         w = dict(weights or {"create": 25, "update": 65, "move": 4, "delete": 6})
@@ -980,7 +1197,8 @@ class Site:
         roll = self.rng.random()
         if not existing or roll < 0.5:
             return self.add_comment(live.id) if kind == "comment" else self.add_worklog(live.id)
-        target = self.rng.choice(existing).id
+        chosen: Any = self.rng.choice(existing)
+        target = chosen.id
         if roll < 0.85:
             return self.update_comment(target) if kind == "comment" else self.update_worklog(target)
         return self.delete_comment(target) if kind == "comment" else self.delete_worklog(target)
@@ -993,8 +1211,7 @@ class Site:
         for _ in range(64):
             if ids is None:
                 ids = list(self._history) if len(self._history) < 5000 else None
-            issue_id = (self.rng.choice(ids) if ids is not None
-                        else str(self.rng.randrange(10001, self._next_id)))
+            issue_id = self.rng.choice(ids) if ids is not None else str(self.rng.randrange(10001, self._next_id))
             h = self._history.get(issue_id)
             version = h[-1][1] if h else None
             if version is not None and version.project in projects:
@@ -1014,8 +1231,20 @@ class Site:
 
     def _random_changes(self, v: IssueVersion) -> dict[str, Any]:
         rng = self.rng
-        choice = rng.choice(("status", "status", "summary", "assignee", "priority", "labels",
-                             "description", "story_points", "severity", "multi"))
+        choice = rng.choice(
+            (
+                "status",
+                "status",
+                "summary",
+                "assignee",
+                "priority",
+                "labels",
+                "description",
+                "story_points",
+                "severity",
+                "multi",
+            )
+        )
         changes: dict[str, Any] = {}
         if choice in ("status", "multi"):
             changes["status"] = rng.choice([s for s in _STATUS_NAMES if s != v.status])
@@ -1138,14 +1367,20 @@ def _description(rng: random.Random) -> str | None:
 # --- changelog ------------------------------------------------------------------------------
 
 
-def _item(field: str, field_id: str | None, frm: Any, frm_s: Any, to: Any, to_s: Any,
-          fieldtype: str = "jira") -> dict[str, Any]:
+def _item(
+    field: str, field_id: str | None, frm: Any, frm_s: Any, to: Any, to_s: Any, fieldtype: str = "jira"
+) -> dict[str, Any]:
     item: dict[str, Any] = {"field": field, "fieldtype": fieldtype}
     if field_id is not None:
         item["fieldId"] = field_id
-    item.update({"from": None if frm is None else str(frm),
-                 "fromString": None if frm_s is None else str(frm_s),
-                 "to": None if to is None else str(to), "toString": None if to_s is None else str(to_s)})
+    item.update(
+        {
+            "from": None if frm is None else str(frm),
+            "fromString": None if frm_s is None else str(frm_s),
+            "to": None if to is None else str(to),
+            "toString": None if to_s is None else str(to_s),
+        }
+    )
     return item
 
 
@@ -1154,12 +1389,17 @@ def _workflow_id(project: Project) -> str:
     return str(10120 + int(project.id) - 10000)
 
 
-def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
-          projects: Mapping[str, Project], site: "Site | None" = None) -> list[dict[str, Any]]:
+def _diff(
+    a: IssueVersion,
+    b: IssueVersion,
+    users: Mapping[str, User],
+    projects: Mapping[str, Project],
+    site: "Site | None" = None,
+) -> list[dict[str, Any]]:
     """Jira changelog items for the difference between two versions of an issue."""
 
     def user_name(account_id: str | None) -> str | None:
-        return users[account_id].display_name if account_id in users else None
+        return users[account_id].display_name if account_id is not None and account_id in users else None
 
     items: list[dict[str, Any]] = []
     if a.project != b.project:
@@ -1167,8 +1407,16 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
         # project's Workflow, then Key; Workflow and Key items carry no fieldId.
         pa, pb = projects[a.project], projects[b.project]
         items.append(_item("project", "project", pa.id, pa.name, pb.id, pb.name))
-        items.append(_item("Workflow", None, _workflow_id(pa), f"{pa.key}: Software Workflow",
-                           _workflow_id(pb), f"{pb.key}: Software Workflow"))
+        items.append(
+            _item(
+                "Workflow",
+                None,
+                _workflow_id(pa),
+                f"{pa.key}: Software Workflow",
+                _workflow_id(pb),
+                f"{pb.key}: Software Workflow",
+            )
+        )
         items.append(_item("Key", None, None, a.key, None, b.key))
     if a.summary != b.summary:
         items.append(_item("summary", "summary", None, a.summary, None, b.summary))
@@ -1176,17 +1424,33 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
         sa, sb = STATUSES[a.status], STATUSES[b.status]
         items.append(_item("status", "status", sa.id, sa.name, sb.id, sb.name))
         if (a.resolutiondate is None) != (b.resolutiondate is None):
-            items.append(_item("resolution", "resolution",
-                               None if a.resolutiondate is None else "10000",
-                               None if a.resolutiondate is None else "Done",
-                               None if b.resolutiondate is None else "10000",
-                               None if b.resolutiondate is None else "Done"))
+            items.append(
+                _item(
+                    "resolution",
+                    "resolution",
+                    None if a.resolutiondate is None else "10000",
+                    None if a.resolutiondate is None else "Done",
+                    None if b.resolutiondate is None else "10000",
+                    None if b.resolutiondate is None else "Done",
+                )
+            )
     if a.issuetype != b.issuetype:
-        items.append(_item("issuetype", "issuetype", ISSUE_TYPES[a.issuetype], a.issuetype,
-                           ISSUE_TYPES[b.issuetype], b.issuetype))
+        items.append(
+            _item(
+                "issuetype", "issuetype", ISSUE_TYPES[a.issuetype], a.issuetype, ISSUE_TYPES[b.issuetype], b.issuetype
+            )
+        )
     if a.priority != b.priority:
-        items.append(_item("priority", "priority", PRIORITIES.get(a.priority or ""), a.priority,
-                           PRIORITIES.get(b.priority or ""), b.priority))
+        items.append(
+            _item(
+                "priority",
+                "priority",
+                PRIORITIES.get(a.priority or ""),
+                a.priority,
+                PRIORITIES.get(b.priority or ""),
+                b.priority,
+            )
+        )
     for name in ("assignee", "reporter"):
         x, y = getattr(a, name), getattr(b, name)
         if x != y:
@@ -1199,18 +1463,35 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
         if attr and getattr(a, attr) != getattr(b, attr):
             x, y = getattr(a, attr), getattr(b, attr)
             if attr == "severity":
-                items.append(_item(cname, cid, SEVERITIES.get(x or ""), x, SEVERITIES.get(y or ""),
-                                   y, fieldtype="custom"))
+                items.append(
+                    _item(cname, cid, SEVERITIES.get(x or ""), x, SEVERITIES.get(y or ""), y, fieldtype="custom")
+                )
             else:
                 items.append(_item(cname, cid, None, x, None, y, fieldtype="custom"))
     if site is not None and a.story_points != b.story_points:
-        items.append(_item(site.story_points_name, site.story_points_field, None, a.story_points, None,
-                           b.story_points, fieldtype="custom"))
+        items.append(
+            _item(
+                site.story_points_name,
+                site.story_points_field,
+                None,
+                a.story_points,
+                None,
+                b.story_points,
+                fieldtype="custom",
+            )
+        )
     if site is not None and a.sprints != b.sprints:
-        items.append(_item("Sprint", site.sprint_field, ", ".join(map(str, a.sprints)) or None,
-                           ", ".join(_sprint_name(i) for i in a.sprints) or None,
-                           ", ".join(map(str, b.sprints)) or None,
-                           ", ".join(_sprint_name(i) for i in b.sprints) or None, fieldtype="custom"))
+        items.append(
+            _item(
+                "Sprint",
+                site.sprint_field,
+                ", ".join(map(str, a.sprints)) or None,
+                ", ".join(_sprint_name(i) for i in a.sprints) or None,
+                ", ".join(map(str, b.sprints)) or None,
+                ", ".join(_sprint_name(i) for i in b.sprints) or None,
+                fieldtype="custom",
+            )
+        )
     return items
 
 
@@ -1219,8 +1500,11 @@ EMBEDDED_PAGE = 20
 
 # A generated issue's workflow path to its status: the statuses it went through after To Do.
 _PATHS: dict[str, tuple[str, ...]] = {
-    "To Do": (), "Backlog": ("Backlog",), "In Progress": ("In Progress",),
-    "In Review": ("In Progress", "In Review"), "Done": ("In Progress", "In Review", "Done"),
+    "To Do": (),
+    "Backlog": ("Backlog",),
+    "In Progress": ("In Progress",),
+    "In Review": ("In Progress", "In Review"),
+    "Done": ("In Progress", "In Review", "Done"),
     "Won't Do": ("Won't Do",),
 }
 

@@ -1,7 +1,7 @@
 """An HTTP server that answers like Jira Cloud's REST API v3, over a :class:`~simulator.model.Site`.
 
-Endpoints and the Atlassian behaviour each imitates
-(https://developer.atlassian.com/cloud/jira/platform/rest/v3/):
+Endpoints and the Atlassian behaviour each imitates (docs/jira.md; Atlassian's REST v3 OpenAPI
+description):
 
 ``GET|POST /rest/api/3/search/jql``
     Enhanced search (CHANGE-2046). Token paging: ``nextPageToken`` on every page but the last,
@@ -44,7 +44,7 @@ Endpoints and the Atlassian behaviour each imitates
 
 Failure modes, each a knob that can be changed while the server runs: per-request latency,
 random 429s carrying ``Retry-After`` / ``X-RateLimit-Reset`` / ``RateLimit-Reason``
-("Rate limiting", https://developer.atlassian.com/cloud/jira/platform/rate-limiting/), bursts of
+(docs/jira.md, "Rate limits and auth"), bursts of
 500/502/503 (some with ``Retry-After``), expired page tokens, short pages and a connection reset
 in the middle of a response. Auth: Basic ``email:api_token`` and/or Bearer ``oauth_token``;
 otherwise 401 JSON. OAuth-style paths ``/ex/jira/{cloudId}/rest/...`` are served too.
@@ -77,27 +77,59 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
-from .render import (FieldSelection, comment_json, field_definitions, format_time, history_json, issue_types_json,
-                     issue_v3, project_json, user_json, worklog_json, zone)
+from .render import (
+    FieldSelection,
+    comment_json,
+    field_definitions,
+    format_time,
+    history_json,
+    issue_types_json,
+    issue_v3,
+    project_json,
+    user_json,
+    worklog_json,
+    zone,
+)
 
 __all__ = ["JiraServer", "ROUTES"]
 
 log = logging.getLogger(__name__)
 
 #: Route names used as keys of :attr:`JiraServer.stats` (and of the ``route`` filter of faults).
-ROUTES = ("search/jql", "search/approximate-count", "search", "issue/bulkfetch", "issue",
-          "myself", "serverInfo", "project/search", "project", "users/search", "field",
-          "changelog/bulkfetch", "issue/comment", "issue/worklog", "worklog/updated", "worklog/deleted",
-          "worklog/list", "comment/list", "tenant_info", "unknown")
+ROUTES = (
+    "search/jql",
+    "search/approximate-count",
+    "search",
+    "issue/bulkfetch",
+    "issue",
+    "myself",
+    "serverInfo",
+    "project/search",
+    "project",
+    "users/search",
+    "field",
+    "changelog/bulkfetch",
+    "issue/comment",
+    "issue/worklog",
+    "worklog/updated",
+    "worklog/deleted",
+    "worklog/list",
+    "comment/list",
+    "tenant_info",
+    "unknown",
+)
 
 INVALID_TOKEN = "The provided nextPageToken is invalid or has expired."
-GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
-        "A full migration guideline is available at https://developer.atlassian.com/changelog/#CHANGE-2046")
+GONE = (
+    "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
+    "A full migration guideline is available at https://developer.atlassian.com/changelog/#CHANGE-2046"
+)
 NOT_FOUND_ISSUE = "Issue does not exist or you do not have permission to see it."
 UNAUTHORIZED = "Client must be authenticated to access this resource."
 MAX_RESULTS_RANGE = "The maxResults parameter must be between 1 and 5,000."
-USERS_SEARCH_TIMEOUT = ("The request took longer than 10 seconds and was interrupted. "
-                        "Try again with a smaller maxResults.")
+USERS_SEARCH_TIMEOUT = (
+    "The request took longer than 10 seconds and was interrupted. Try again with a smaller maxResults."
+)
 # No recorded issueErrors entry is public; the spec only says the list is for "a retriable error
 # or payload constraint". The wording is ours, made to read as a transient failure.
 RETRIABLE_ISSUE_ERROR = "The issue could not be retrieved in time. Try again later."
@@ -105,8 +137,16 @@ BAD_PAYLOAD = "Invalid request payload. Refer to the REST API documentation and 
 
 # The properties of the spec's request beans (additionalProperties: false): anything else is a
 # 400. failFast is a query parameter of GET search/jql only, not in SearchAndReconcileRequestBean.
-_SEARCH_BODY_KEYS = {"jql", "nextPageToken", "maxResults", "fields", "expand", "properties",
-                     "fieldsByKeys", "reconcileIssues"}
+_SEARCH_BODY_KEYS = {
+    "jql",
+    "nextPageToken",
+    "maxResults",
+    "fields",
+    "expand",
+    "properties",
+    "fieldsByKeys",
+    "reconcileIssues",
+}
 _COUNT_BODY_KEYS = {"jql"}  # JQLCountRequestBean
 _BULKFETCH_BODY_KEYS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
 _CHANGELOG_BODY_KEYS = {"issueIdsOrKeys", "fieldIds", "maxResults", "nextPageToken"}  # BulkChangelogRequestBean
@@ -182,15 +222,30 @@ class JiraServer:
     :attr:`stats` (requests per route), :attr:`status_counts`, :attr:`request_log`.
     """
 
-    def __init__(self, site: Site | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 email: str | None = "sim@example.com", api_token: str | None = "sim-token",
-                 oauth_token: str | None = None, time_zone: str = "America/Los_Angeles",
-                 index_lag_seconds: float = 0.0, rate_429: float = 0.0, retry_after: float = 1,
-                 latency_ms: float = 0.0, ssl_context: ssl.SSLContext | None = None,
-                 seed: int = 0, page_token_mode: str = "keyset",
-                 page_token_ttl_seconds: float | None = 7 * 86400, short_page_rate: float = 0.0,
-                 issue_error_rate: float = 0.0, slow_user_search_above: int | None = None,
-                 base_url: str | None = None, cloud_id: str | None = None) -> None:
+    def __init__(
+        self,
+        site: Site | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        email: str | None = "sim@example.com",
+        api_token: str | None = "sim-token",
+        oauth_token: str | None = None,
+        time_zone: str = "America/Los_Angeles",
+        index_lag_seconds: float = 0.0,
+        rate_429: float = 0.0,
+        retry_after: float = 1,
+        latency_ms: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
+        seed: int = 0,
+        page_token_mode: str = "keyset",
+        page_token_ttl_seconds: float | None = 7 * 86400,
+        short_page_rate: float = 0.0,
+        issue_error_rate: float = 0.0,
+        slow_user_search_above: int | None = None,
+        base_url: str | None = None,
+        cloud_id: str | None = None,
+    ) -> None:
         self.site = site if site is not None else Site.generate({"DEMO": 100}, seed=seed)
         self.host = host
         self.port = port
@@ -224,8 +279,7 @@ class JiraServer:
         self._status_counts: collections.Counter[int] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=10000)
         self._token_key = os.urandom(16)
-        self._cache: collections.OrderedDict[Any, tuple[list[Any], list[IssueVersion]]] = \
-            collections.OrderedDict()
+        self._cache: collections.OrderedDict[Any, tuple[list[Any], list[IssueVersion]]] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -240,8 +294,9 @@ class JiraServer:
         httpd.sim = self
         self._httpd = httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"jira-sim:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"jira-sim:{self.port}", daemon=True
+        )
         self._thread.start()
         log.info("jira simulator listening url=%s", self.url)
         return self
@@ -291,8 +346,9 @@ class JiraServer:
         zone(name)  # raises ZoneInfoNotFoundError for a bad name
         self._time_zone = name
 
-    def fail_next(self, n: int = 1, status: int = 503, retry_after: float | None = None, *,
-                  route: str | None = None) -> None:
+    def fail_next(
+        self, n: int = 1, status: int = 503, retry_after: float | None = None, *, route: str | None = None
+    ) -> None:
         """Answers the next ``n`` requests (of ``route`` only, if given) with ``status``.
 
         500 and 503 carry a JSON body, 502 and 504 an HTML one (they come from Atlassian's edge,
@@ -379,7 +435,7 @@ class JiraServer:
         # would notice. The offset-paged /rest/api/2/search is removed like the v3 one.
         for prefix in ("/rest/api/3/", "/rest/api/2/", "/rest/api/latest/"):
             if path.startswith(prefix):
-                rest = path[len(prefix):]
+                rest = path[len(prefix) :]
                 break
         else:
             if path in ("/rest/api/2/search",):
@@ -414,8 +470,7 @@ class JiraServer:
             return "project", self._get_project, ("GET",)
         return "unknown", None, ()
 
-    def _handle(self, method: str, raw_path: str, headers: Any, body: bytes
-                ) -> tuple[str, _Response | _Fault]:
+    def _handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[str, _Response | _Fault]:
         url = urlsplit(raw_path)
         route, handler, methods = self._route(method, url.path)
         with self._lock:
@@ -430,21 +485,22 @@ class JiraServer:
         if self.rate_429 and self._roll(self.rate_429):
             return route, self._too_many()
         if handler is None:
-            return route, _error(404, f"No resource found for {method} {url.path}"
-                                 if route == "unknown" else "Not found")
+            return route, _error(
+                404, f"No resource found for {method} {url.path}" if route == "unknown" else "Not found"
+            )
         if method not in methods:
             resp = _error(405, f"Method {method} is not allowed for this resource.")
             resp.headers["Allow"] = ", ".join(methods)
             return route, resp
         if route not in ("serverInfo", "tenant_info") and not self._authorized(headers):
             resp = _error(401, UNAUTHORIZED)
-            resp.headers.update({"WWW-Authenticate": 'Basic realm="protected-area"',
-                                 "X-Seraph-LoginReason": "AUTHENTICATED_FAILED"})
+            resp.headers.update(
+                {"WWW-Authenticate": 'Basic realm="protected-area"', "X-Seraph-LoginReason": "AUTHENTICATED_FAILED"}
+            )
             return route, resp
         query = parse_qs(url.query, keep_blank_values=True)
         try:
-            return route, handler(method=method, path=url.path, query=query, headers=headers,
-                                  body=body)
+            return route, handler(method=method, path=url.path, query=query, headers=headers, body=body)
         except _ApiError as exc:
             resp = _error(exc.status, *exc.messages)
             resp.headers.update(exc.headers)
@@ -468,8 +524,12 @@ class JiraServer:
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = str(max(0, math.ceil(fault.retry_after)))
-        phrase = {500: "Internal server error", 502: "Bad Gateway", 503: "Service Unavailable",
-                  504: "Gateway Timeout"}.get(fault.status, "Error")
+        phrase = {
+            500: "Internal server error",
+            502: "Bad Gateway",
+            503: "Service Unavailable",
+            504: "Gateway Timeout",
+        }.get(fault.status, "Error")
         if fault.status in (502, 504):
             html = f"<html><body><h1>{fault.status} {phrase}</h1></body></html>".encode()
             return _Response(fault.status, None, headers, "text/html;charset=UTF-8", raw=html)
@@ -481,14 +541,16 @@ class JiraServer:
         wait = max(0, math.ceil(self.retry_after))
         reset = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=wait)
         resp = _error(429, "Rate limit exceeded.")
-        resp.headers.update({
-            "Retry-After": str(wait),
-            "X-RateLimit-Limit": "100",
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),
-            "X-RateLimit-NearLimit": "true",
-            "RateLimit-Reason": "jira-burst-based",
-        })
+        resp.headers.update(
+            {
+                "Retry-After": str(wait),
+                "X-RateLimit-Limit": "100",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),
+                "X-RateLimit-NearLimit": "true",
+                "RateLimit-Reason": "jira-burst-based",
+            }
+        )
         return resp
 
     def _authorized(self, headers: Any) -> bool:
@@ -503,8 +565,9 @@ class JiraServer:
             except (ValueError, UnicodeDecodeError):
                 return False
             email, _, token = decoded.partition(":")
-            return (hmac.compare_digest(email.lower(), str(self.email).lower())
-                    and hmac.compare_digest(token, str(self.api_token)))
+            return hmac.compare_digest(email.lower(), str(self.email).lower()) and hmac.compare_digest(
+                token, str(self.api_token)
+            )
         if scheme.lower() == "bearer" and self.oauth_token:
             return hmac.compare_digest(cred.strip(), self.oauth_token)
         return False
@@ -543,8 +606,9 @@ class JiraServer:
                 self._cache.popitem(last=False)
         return result
 
-    def _reconciled(self, compiled: Compiled, result: tuple[list[Any], list[IssueVersion]],
-                    reconcile: list[str]) -> tuple[list[Any], list[IssueVersion]]:
+    def _reconciled(
+        self, compiled: Compiled, result: tuple[list[Any], list[IssueVersion]], reconcile: list[str]
+    ) -> tuple[list[Any], list[IssueVersion]]:
         """``reconcileIssues``: these ids are matched and shown as they are now, lag or not."""
         wanted = set(reconcile)
         keep = [(k, v) for k, v in zip(*result) if v.id not in wanted]
@@ -562,9 +626,17 @@ class JiraServer:
 
     def _token(self, qhash: str, offset: int, after: tuple[int, ...] | None, page: int) -> str:
         """A signed token for the page after ``offset`` / sort key ``after``; ``page`` is its index."""
-        raw = json.dumps({"q": qhash, "o": offset, "a": list(after) if after else None, "p": page,
-                          "t": self._now(), "n": self._rng.getrandbits(24)},
-                         separators=(",", ":")).encode()
+        raw = json.dumps(
+            {
+                "q": qhash,
+                "o": offset,
+                "a": list(after) if after else None,
+                "p": page,
+                "t": self._now(),
+                "n": self._rng.getrandbits(24),
+            },
+            separators=(",", ":"),
+        ).encode()
         sig = hmac.new(self._token_key, raw, hashlib.sha256).digest()[:10]
         return base64.urlsafe_b64encode(raw + sig).decode().rstrip("=")
 
@@ -590,8 +662,9 @@ class JiraServer:
     def _search_gone(self, **_: Any) -> _Response:
         return _error(410, GONE)
 
-    def _search_params(self, method: str, query: dict[str, list[str]], headers: Any,
-                       body: bytes) -> tuple[Any, Any, Any, Any, list[str]]:
+    def _search_params(
+        self, method: str, query: dict[str, list[str]], headers: Any, body: bytes
+    ) -> tuple[Any, Any, Any, Any, list[str]]:
         if method == "GET":
             jql = query.get("jql", [None])[-1]
             token = query.get("nextPageToken", [None])[-1]
@@ -624,11 +697,17 @@ class JiraServer:
         reconcile = data.get("reconcileIssues") or []
         if not isinstance(reconcile, list):
             raise _ApiError(400, BAD_PAYLOAD)
-        return (None if jql is None else str(jql)), (None if token is None else str(token)), \
-            max_results, fields, [str(x) for x in reconcile]
+        return (
+            (None if jql is None else str(jql)),
+            (None if token is None else str(token)),
+            max_results,
+            fields,
+            [str(x) for x in reconcile],
+        )
 
-    def _search_jql(self, *, method: str, query: dict[str, list[str]], headers: Any, body: bytes,
-                    **_: Any) -> _Response:
+    def _search_jql(
+        self, *, method: str, query: dict[str, list[str]], headers: Any, body: bytes, **_: Any
+    ) -> _Response:
         jql, token, max_results, fields, reconcile = self._search_params(method, query, headers, body)
         if len(reconcile) > 50:
             raise _ApiError(400, "The maximum number of issues to reconcile is 50.")
@@ -671,10 +750,11 @@ class JiraServer:
             short = self._roll(self.short_page_rate)
         if short and size > 1:
             size = max(1, size // 2)
-        page = versions[start:start + size]
+        page = versions[start : start + size]
         end = start + len(page)
-        out: dict[str, Any] = {"issues": [issue_v3(v, self.site, self.base_url, self.time_zone,
-                                                   selection) for v in page]}
+        out: dict[str, Any] = {
+            "issues": [issue_v3(v, self.site, self.base_url, self.time_zone, selection) for v in page]
+        }
         # expand: a comma-separated string, in the query (GET) or the body (POST) alike.
         if method == "GET":
             raw_expand = query.get("expand", [])
@@ -761,42 +841,49 @@ class JiraServer:
             raise _ApiError(404, NOT_FOUND_ISSUE)
         fields = ",".join(query["fields"]) if "fields" in query else None
         selection = FieldSelection(fields, default="*all")
-        return _Response(200, issue_v3(version, self.site, self.base_url, self.time_zone,
-                                       selection), {})
+        return _Response(200, issue_v3(version, self.site, self.base_url, self.time_zone, selection), {})
 
     def _myself(self, **_: Any) -> _Response:
         me = self.site.me
         account = me.account_id if me else "712020:00000000-0000-4000-8000-000000000000"
         base = self.base_url
-        return _Response(200, {
-            "self": f"{base}/rest/api/3/user?accountId={account}",
-            "accountId": account,
-            "accountType": "atlassian",
-            "emailAddress": self.email or (me.email if me else None),
-            "displayName": me.display_name if me else "Simulator Bot",
-            "active": True,
-            "timeZone": self.time_zone,
-            "locale": "en_US",
-            "groups": {"size": 2, "items": []},
-            "applicationRoles": {"size": 1, "items": []},
-            "expand": "groups,applicationRoles",
-        }, {})
+        return _Response(
+            200,
+            {
+                "self": f"{base}/rest/api/3/user?accountId={account}",
+                "accountId": account,
+                "accountType": "atlassian",
+                "emailAddress": self.email or (me.email if me else None),
+                "displayName": me.display_name if me else "Simulator Bot",
+                "active": True,
+                "timeZone": self.time_zone,
+                "locale": "en_US",
+                "groups": {"size": 2, "items": []},
+                "applicationRoles": {"size": 1, "items": []},
+                "expand": "groups,applicationRoles",
+            },
+            {},
+        )
 
     def _server_info(self, **_: Any) -> _Response:
         # The properties of the spec's ServerInformation (additionalProperties: false).
-        return _Response(200, {
-            "baseUrl": self.base_url,
-            "displayUrl": self.base_url,
-            "version": "1001.0.0-SNAPSHOT",
-            "versionNumbers": [1001, 0, 0],
-            "deploymentType": "Cloud",
-            "buildNumber": 100285,
-            "buildDate": "2025-01-01T00:00:00.000+0000",
-            "serverTime": format_time(self._now(), self.time_zone),
-            "scmInfo": "simulator",
-            "serverTitle": "Jira",
-            "serverTimeZone": "Etc/UTC",
-        }, {})
+        return _Response(
+            200,
+            {
+                "baseUrl": self.base_url,
+                "displayUrl": self.base_url,
+                "version": "1001.0.0-SNAPSHOT",
+                "versionNumbers": [1001, 0, 0],
+                "deploymentType": "Cloud",
+                "buildNumber": 100285,
+                "buildDate": "2025-01-01T00:00:00.000+0000",
+                "serverTime": format_time(self._now(), self.time_zone),
+                "scmInfo": "simulator",
+                "serverTitle": "Jira",
+                "serverTimeZone": "Etc/UTC",
+            },
+            {},
+        )
 
     def _tenant_info(self, **_: Any) -> _Response:
         return _Response(200, {"cloudId": self.cloud_id}, {})
@@ -812,15 +899,21 @@ class JiraServer:
             projects = [p for p in projects if p.key in keys or p.id in keys]
         if text:
             projects = [p for p in projects if text in p.key.lower() or text in p.name.lower()]
-        page = projects[start:start + limit]
+        page = projects[start : start + limit]
         is_last = start + len(page) >= len(projects)
         base = f"{self.base_url}/rest/api/3/project/search"
         out: dict[str, Any] = {"self": f"{base}?startAt={start}&maxResults={limit}"}
         if not is_last:
             out["nextPage"] = f"{base}?startAt={start + limit}&maxResults={limit}"
-        out.update({"maxResults": limit, "startAt": start, "total": len(projects),
-                    "isLast": is_last,
-                    "values": [project_json(p, self.base_url, full=True) for p in page]})
+        out.update(
+            {
+                "maxResults": limit,
+                "startAt": start,
+                "total": len(projects),
+                "isLast": is_last,
+                "values": [project_json(p, self.base_url, full=True) for p in page],
+            }
+        )
         return _Response(200, out, {})
 
     def _get_project(self, *, path: str, **_: Any) -> _Response:
@@ -834,9 +927,17 @@ class JiraServer:
             raise _ApiError(404, f"No project could be found with {kind} '{ref}'.")
         out = project_json(project, self.base_url, full=True)
         lead = self.site.me or next(iter(self.site.users.values()), None)
-        out.update({"description": "", "lead": user_json(lead, self.base_url),
-                    "components": [], "issueTypes": issue_types_json(self.base_url),
-                    "assigneeType": "UNASSIGNED", "versions": [], "roles": {}})
+        out.update(
+            {
+                "description": "",
+                "lead": user_json(lead, self.base_url),
+                "components": [],
+                "issueTypes": issue_types_json(self.base_url),
+                "assigneeType": "UNASSIGNED",
+                "versions": [],
+                "roles": {},
+            }
+        )
         return _Response(200, out, {})
 
     def _users_search(self, *, query: dict[str, list[str]], **_: Any) -> _Response:
@@ -850,7 +951,7 @@ class JiraServer:
         if slow is not None and asked > slow:
             raise _ApiError(409, USERS_SEARCH_TIMEOUT)
         limit = min(asked, 1000)
-        users = list(self.site.users.values())[start:start + limit]
+        users = list(self.site.users.values())[start : start + limit]
         return _Response(200, [user_json(u, self.base_url) for u in users], {})
 
     def _fields(self, **_: Any) -> _Response:
@@ -880,29 +981,30 @@ class JiraServer:
         ids = sorted({i for i in (self.site.resolve(str(r)) for r in refs) if i is not None}, key=int)
         wanted = set(field_ids)
         entries = []
-        for issue_id in ids:
-            for h in self.site.changelog(issue_id):
+        for ref in ids:
+            for h in self.site.changelog(ref):
                 if wanted and not any(i.get("fieldId") in wanted for i in h.items):
                     continue
-                entries.append((h.created, int(issue_id), h))
+                entries.append((h.created, int(ref), h))
         entries.sort(key=lambda e: (e[0], e[1], int(e[2].id)))
         qhash = hashlib.sha256(json.dumps([ids, sorted(wanted)]).encode()).hexdigest()[:16]
         offset = 0
         if data.get("nextPageToken") is not None:
             offset = int(self._read_token(str(data["nextPageToken"]), qhash).get("o", 0))
-        page = entries[offset:offset + size]
+        page = entries[offset : offset + size]
         grouped: dict[int, list[dict[str, Any]]] = {}
         order: list[int] = []
-        for _, issue_id, h in page:
-            if issue_id not in grouped:
-                grouped[issue_id] = []
-                order.append(issue_id)
+        for _created, owner, h in page:
+            if owner not in grouped:
+                grouped[owner] = []
+                order.append(owner)
             history = history_json(h, self.site, self.base_url, self.time_zone)
             if wanted:
                 history["items"] = [i for i in history["items"] if i.get("fieldId") in wanted]
-            grouped[issue_id].append(history)
-        answer: dict[str, Any] = {"issueChangeLogs": [{"issueId": str(i), "changeHistories": grouped[i]}
-                                                      for i in order]}
+            grouped[owner].append(history)
+        answer: dict[str, Any] = {
+            "issueChangeLogs": [{"issueId": str(i), "changeHistories": grouped[i]} for i in order]
+        }
         if offset + size < len(entries):
             answer["nextPageToken"] = self._token(qhash, offset + size, None, 0)
         return _Response(200, answer, {})
@@ -926,10 +1028,17 @@ class JiraServer:
         comments = self.site.comments(version.id)
         if order == "-created":
             comments.reverse()
-        page = comments[start:start + size]
-        return _Response(200, {"startAt": start, "maxResults": size, "total": len(comments),
-                               "comments": [comment_json(c, self.site, self.base_url, self.time_zone)
-                                            for c in page]}, {})
+        page = comments[start : start + size]
+        return _Response(
+            200,
+            {
+                "startAt": start,
+                "maxResults": size,
+                "total": len(comments),
+                "comments": [comment_json(c, self.site, self.base_url, self.time_zone) for c in page],
+            },
+            {},
+        )
 
     def _issue_worklogs(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
         # Spec (GET /rest/api/3/issue/{issueIdOrKey}/worklog, PageOfWorklogs): startAt,
@@ -937,13 +1046,20 @@ class JiraServer:
         version = self._issue_of_path(path)
         start = _int_param(query, "startAt", 0, minimum=0)
         size = min(_int_param(query, "maxResults", 5000, minimum=0), 5000)
-        after = _int_param(query, "startedAfter", -2**62, minimum=-2**62)
-        before = _int_param(query, "startedBefore", 2**62, minimum=-2**62)
+        after = _int_param(query, "startedAfter", -(2**62), minimum=-(2**62))
+        before = _int_param(query, "startedBefore", 2**62, minimum=-(2**62))
         worklogs = [w for w in self.site.worklogs(version.id) if after <= w.started < before]
-        page = worklogs[start:start + size]
-        return _Response(200, {"startAt": start, "maxResults": size, "total": len(worklogs),
-                               "worklogs": [worklog_json(w, self.site, self.base_url, self.time_zone)
-                                            for w in page]}, {})
+        page = worklogs[start : start + size]
+        return _Response(
+            200,
+            {
+                "startAt": start,
+                "maxResults": size,
+                "total": len(worklogs),
+                "worklogs": [worklog_json(w, self.site, self.base_url, self.time_zone) for w in page],
+            },
+            {},
+        )
 
     def _worklog_feed(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
         # Spec (GET /rest/api/3/worklog/updated|deleted, ChangedWorklogs): worklogs changed after
@@ -959,8 +1075,11 @@ class JiraServer:
         base = f"{self.base_url}/rest/api/3/worklog/{kind}"
         answer: dict[str, Any] = {
             "values": [{"worklogId": wid, "updatedTime": when, "properties": []} for when, wid in page],
-            "since": since, "until": until, "self": f"{base}?since={since}",
-            "lastPage": len(changes) <= WORKLOG_FEED_PAGE}
+            "since": since,
+            "until": until,
+            "self": f"{base}?since={since}",
+            "lastPage": len(changes) <= WORKLOG_FEED_PAGE,
+        }
         if not answer["lastPage"]:
             answer["nextPage"] = f"{base}?since={until}"
         return _Response(200, answer, {})
@@ -985,9 +1104,17 @@ class JiraServer:
     def _comment_list(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
         # Spec (POST /rest/api/3/comment/list, PageBeanComment): one page of the comments found.
         found = [c for c in (self.site.comment(i) for i in self._ids_body(headers, body)) if c is not None]
-        return _Response(200, {"isLast": True, "maxResults": 1000, "startAt": 0, "total": len(found),
-                               "values": [comment_json(c, self.site, self.base_url, self.time_zone)
-                                          for c in found]}, {})
+        return _Response(
+            200,
+            {
+                "isLast": True,
+                "maxResults": 1000,
+                "startAt": 0,
+                "total": len(found),
+                "values": [comment_json(c, self.site, self.base_url, self.time_zone) for c in found],
+            },
+            {},
+        )
 
 
 def _expand(issues: list[dict[str, Any]], expand: set[str], *, all_fields: bool, base_url: str) -> None:
@@ -1141,8 +1268,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reset(self) -> None:
         """Sends the headers and half the body of a normal-looking answer, then a TCP reset."""
-        page = {"issues": [{"id": str(10000 + i), "key": f"X-{i}"} for i in range(200)],
-                "nextPageToken": "x", "isLast": False}
+        page = {
+            "issues": [{"id": str(10000 + i), "key": f"X-{i}"} for i in range(200)],
+            "nextPageToken": "x",
+            "isLast": False,
+        }
         self._write(_Response(200, page, {}), cut=True)
         try:
             self.wfile.flush()

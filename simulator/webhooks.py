@@ -1,6 +1,6 @@
 """Pushes webhooks the way Jira Cloud delivers them.
 
-What this imitates ("Webhooks", https://developer.atlassian.com/cloud/jira/platform/webhooks/):
+What this imitates (docs/jira.md, "Webhooks"):
 
 * Body: ``timestamp`` (epoch ms), ``webhookEvent`` (``jira:issue_created`` / ``_updated`` /
   ``_deleted``), ``issue_event_type_name`` (``issue_created``, ``issue_updated``,
@@ -48,14 +48,26 @@ from urllib.parse import urlsplit
 from .model import ActivityEvent, ChangeEvent, Comment, ProjectEvent, Site
 from .render import comment_json, format_time, issue_v2, user_json, worklog_json
 
-__all__ = ["NON_ISSUE_KINDS", "PreparedRequest", "WebhookPusher", "issue_payload",
-           "non_issue_payload", "project_payload", "sign"]
+__all__ = [
+    "NON_ISSUE_KINDS",
+    "PreparedRequest",
+    "WebhookPusher",
+    "issue_payload",
+    "non_issue_payload",
+    "project_payload",
+    "sign",
+]
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-NON_ISSUE_KINDS = ("comment_created", "comment_created_no_issue", "worklog_updated",
-                   "project_created", "jira:version_released")
+NON_ISSUE_KINDS = (
+    "comment_created",
+    "comment_created_no_issue",
+    "worklog_updated",
+    "project_created",
+    "jira:version_released",
+)
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -72,13 +84,13 @@ class PreparedRequest:
     headers: dict[str, str]
 
 
-def issue_payload(event: ChangeEvent, site: Site, base_url: str,
-                  webhook_id: int = 1) -> dict[str, Any]:
+def issue_payload(event: ChangeEvent, site: Site, base_url: str, webhook_id: int = 1) -> dict[str, Any]:
     """The body Jira sends for an issue change (``jira:issue_*``)."""
     actor = site.users.get(event.actor)
     tz = actor.time_zone if actor else "UTC"
     webhook_event = {"created": "jira:issue_created", "deleted": "jira:issue_deleted"}.get(
-        event.kind, "jira:issue_updated")
+        event.kind, "jira:issue_updated"
+    )
     body: dict[str, Any] = {
         "timestamp": event.timestamp,
         "webhookEvent": webhook_event,
@@ -102,22 +114,22 @@ def activity_payload(event: ActivityEvent, site: Site, base_url: str, webhook_id
     """
     actor = site.users.get(event.actor)
     tz = actor.time_zone if actor else "UTC"
-    body: dict[str, Any] = {"timestamp": event.timestamp, "webhookEvent": event.kind,
-                            "matchedWebhookIds": [webhook_id]}
+    body: dict[str, Any] = {"timestamp": event.timestamp, "webhookEvent": event.kind, "matchedWebhookIds": [webhook_id]}
     if isinstance(event.entity, Comment):
         body["comment"] = comment_json(event.entity, site, base_url, tz, api=2)
         full = issue_v2(event.issue, site, base_url, tz)["fields"]
-        body["issue"] = {"id": event.issue.id, "self": f"{base_url}/rest/api/2/issue/{event.issue.id}",
-                         "key": event.issue.key,
-                         "fields": {k: full.get(k) for k in ("summary", "issuetype", "project", "assignee",
-                                                             "priority", "status")}}
+        body["issue"] = {
+            "id": event.issue.id,
+            "self": f"{base_url}/rest/api/2/issue/{event.issue.id}",
+            "key": event.issue.key,
+            "fields": {k: full.get(k) for k in ("summary", "issuetype", "project", "assignee", "priority", "status")},
+        }
     else:
         body["worklog"] = worklog_json(event.entity, site, base_url, tz, api=2)
     return body
 
 
-def project_payload(event: ProjectEvent, site: Site, base_url: str,
-                    webhook_id: int = 1) -> dict[str, Any]:
+def project_payload(event: ProjectEvent, site: Site, base_url: str, webhook_id: int = 1) -> dict[str, Any]:
     """The body Jira sends for a project change (``project_updated``): the project as it is now.
 
     Shaped like the recorded ``project_created`` body (tests/payloads/project_created.json):
@@ -126,16 +138,24 @@ def project_payload(event: ProjectEvent, site: Site, base_url: str,
     """
     lead = site.users.get(event.actor)
     project = event.after
-    return {"timestamp": event.timestamp, "webhookEvent": event.kind,
-            "project": {"self": f"{base_url}/rest/api/2/project/{project.id}", "id": int(project.id),
-                        "key": project.key, "name": project.name,
-                        "projectLead": user_json(lead, base_url, api=2),
-                        "assigneeType": "UNASSIGNED"},
-            "matchedWebhookIds": [webhook_id]}
+    return {
+        "timestamp": event.timestamp,
+        "webhookEvent": event.kind,
+        "project": {
+            "self": f"{base_url}/rest/api/2/project/{project.id}",
+            "id": int(project.id),
+            "key": project.key,
+            "name": project.name,
+            "projectLead": user_json(lead, base_url, api=2),
+            "assigneeType": "UNASSIGNED",
+        },
+        "matchedWebhookIds": [webhook_id],
+    }
 
 
-def non_issue_payload(kind: str, site: Site, base_url: str, rng: random.Random,
-                      now_ms: int | None = None, webhook_id: int = 1) -> dict[str, Any]:
+def non_issue_payload(
+    kind: str, site: Site, base_url: str, rng: random.Random, now_ms: int | None = None, webhook_id: int = 1
+) -> dict[str, Any]:
     """A webhook that is not an issue change, for receivers to ignore. ``kind``: NON_ISSUE_KINDS."""
     now = site.now_ms() if now_ms is None else now_ms
     users = [u for u in site.users.values() if u.active] or list(site.users.values())
@@ -148,38 +168,75 @@ def non_issue_payload(kind: str, site: Site, base_url: str, rng: random.Random,
     stamp = format_time(now, tz)
     if kind in ("comment_created", "comment_created_no_issue"):
         body: dict[str, Any] = {
-            "timestamp": now, "webhookEvent": "comment_created",
-            "comment": {"self": f"{base_url}/rest/api/2/issue/{issue.id if issue else 0}/comment/{cid}",
-                        "id": cid, "author": author_json, "body": "Looks good to me 👍",
-                        "updateAuthor": author_json, "created": stamp, "updated": stamp,
-                        "jsdPublic": True},
+            "timestamp": now,
+            "webhookEvent": "comment_created",
+            "comment": {
+                "self": f"{base_url}/rest/api/2/issue/{issue.id if issue else 0}/comment/{cid}",
+                "id": cid,
+                "author": author_json,
+                "body": "Looks good to me 👍",
+                "updateAuthor": author_json,
+                "created": stamp,
+                "updated": stamp,
+                "jsdPublic": True,
+            },
         }
         if kind == "comment_created" and issue is not None:
             project = site.projects[issue.project]
-            body["issue"] = {"id": issue.id, "self": f"{base_url}/rest/api/2/issue/{issue.id}",
-                             "key": issue.key,
-                             "fields": {"summary": issue.summary,
-                                        "project": {"id": project.id, "key": project.key,
-                                                    "name": project.name}}}
+            body["issue"] = {
+                "id": issue.id,
+                "self": f"{base_url}/rest/api/2/issue/{issue.id}",
+                "key": issue.key,
+                "fields": {
+                    "summary": issue.summary,
+                    "project": {"id": project.id, "key": project.key, "name": project.name},
+                },
+            }
     elif kind == "worklog_updated":
-        body = {"timestamp": now, "webhookEvent": "worklog_updated",
-                "worklog": {"self": f"{base_url}/rest/api/2/issue/{issue.id if issue else 0}/worklog/{cid}",
-                            "author": author_json, "updateAuthor": author_json,
-                            "comment": "pairing", "created": stamp, "updated": stamp,
-                            "started": stamp, "timeSpent": "1h", "timeSpentSeconds": 3600,
-                            "id": cid, "issueId": issue.id if issue else "0"}}
+        body = {
+            "timestamp": now,
+            "webhookEvent": "worklog_updated",
+            "worklog": {
+                "self": f"{base_url}/rest/api/2/issue/{issue.id if issue else 0}/worklog/{cid}",
+                "author": author_json,
+                "updateAuthor": author_json,
+                "comment": "pairing",
+                "created": stamp,
+                "updated": stamp,
+                "started": stamp,
+                "timeSpent": "1h",
+                "timeSpentSeconds": 3600,
+                "id": cid,
+                "issueId": issue.id if issue else "0",
+            },
+        }
     elif kind == "project_created":
         key = f"NEW{rng.randrange(100, 999)}"
-        body = {"timestamp": now, "webhookEvent": "project_created",
-                "project": {"self": f"{base_url}/rest/api/2/project/{cid}", "id": int(cid),
-                            "key": key, "name": f"New project {key}", "projectLead": author_json,
-                            "assigneeType": "UNASSIGNED"}}
+        body = {
+            "timestamp": now,
+            "webhookEvent": "project_created",
+            "project": {
+                "self": f"{base_url}/rest/api/2/project/{cid}",
+                "id": int(cid),
+                "key": key,
+                "name": f"New project {key}",
+                "projectLead": author_json,
+                "assigneeType": "UNASSIGNED",
+            },
+        }
     elif kind == "jira:version_released":
-        body = {"timestamp": now, "webhookEvent": "jira:version_released",
-                "version": {"self": f"{base_url}/rest/api/2/version/{cid}", "id": cid,
-                            "name": f"v{rng.randrange(1, 9)}.{rng.randrange(0, 20)}",
-                            "archived": False, "released": True,
-                            "projectId": int(next(iter(site.projects.values())).id) if site.projects else 0}}
+        body = {
+            "timestamp": now,
+            "webhookEvent": "jira:version_released",
+            "version": {
+                "self": f"{base_url}/rest/api/2/version/{cid}",
+                "id": cid,
+                "name": f"v{rng.randrange(1, 9)}.{rng.randrange(0, 20)}",
+                "archived": False,
+                "released": True,
+                "projectId": int(next(iter(site.projects.values())).id) if site.projects else 0,
+            },
+        }
     else:
         raise ValueError(f"unknown non-issue kind {kind!r}; choose from {NON_ISSUE_KINDS}")
     body["matchedWebhookIds"] = [webhook_id]
@@ -222,16 +279,31 @@ class WebhookPusher:
     connection / timeout / reset). :attr:`log` keeps ``(identifier, retry, status)`` per attempt.
     """
 
-    def __init__(self, url: str, secret: str | Sequence[str] | None = None, *,
-                 site: Site | None = None, base_url: str = "https://sim.atlassian.net",
-                 attach: bool = True, duplicate_rate: float = 0.0, shuffle: bool = False,
-                 shuffle_window: float = 1.0, max_retries: int = 5, backoff_base: float = 1.0,
-                 backoff_max: float = 30.0, timeout: float = 5.0, workers: int = 4,
-                 non_issue_rate: float = 0.0, verify_tls: bool = True, seed: int = 0,
-                 flow: str = "Primary") -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: str | Sequence[str] | None = None,
+        *,
+        site: Site | None = None,
+        base_url: str = "https://sim.atlassian.net",
+        attach: bool = True,
+        duplicate_rate: float = 0.0,
+        shuffle: bool = False,
+        shuffle_window: float = 1.0,
+        max_retries: int = 5,
+        backoff_base: float = 1.0,
+        backoff_max: float = 30.0,
+        timeout: float = 5.0,
+        workers: int = 4,
+        non_issue_rate: float = 0.0,
+        verify_tls: bool = True,
+        seed: int = 0,
+        flow: str = "Primary",
+    ) -> None:
         self.url = url
         self.secrets: list[str | None] = (
-            [secret] if secret is None or isinstance(secret, str) else list(secret) or [None])
+            [secret] if secret is None or isinstance(secret, str) else list(secret) or [None]
+        )
         self.site = site
         self.base_url = base_url
         self.duplicate_rate = duplicate_rate
@@ -253,8 +325,9 @@ class WebhookPusher:
         self._counters: collections.Counter[str] = collections.Counter()
         self._by_status: collections.Counter[Any] = collections.Counter()
         self.log: collections.deque[tuple[str, int, Any]] = collections.deque(maxlen=10000)
-        self._threads = [threading.Thread(target=self._work, name=f"webhook-pusher-{i}",
-                                          daemon=True) for i in range(max(1, workers))]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"webhook-pusher-{i}", daemon=True) for i in range(max(1, workers))
+        ]
         for t in self._threads:
             t.start()
         if site is not None and attach:
@@ -262,16 +335,24 @@ class WebhookPusher:
 
     # --- building requests --------------------------------------------------------------
 
-    def prepare(self, payload: dict[str, Any] | bytes, *, secret: str | None = None,
-                identifier: str | None = None, retry: int = 0) -> PreparedRequest:
+    def prepare(
+        self,
+        payload: dict[str, Any] | bytes,
+        *,
+        secret: str | None = None,
+        identifier: str | None = None,
+        retry: int = 0,
+    ) -> PreparedRequest:
         """The signed request for ``payload`` (a dict, or exact body bytes), without sending it.
 
         ``secret`` defaults to the first configured one.
         """
         body = payload if isinstance(payload, bytes) else _dumps(payload)
-        return PreparedRequest(self.url, body, self._headers(
-            body, self.secrets[0] if secret is None else secret,
-            identifier or str(uuid.uuid4()), retry))
+        return PreparedRequest(
+            self.url,
+            body,
+            self._headers(body, self.secrets[0] if secret is None else secret, identifier or str(uuid.uuid4()), retry),
+        )
 
     def _headers(self, body: bytes, secret: str | None, identifier: str, retry: int) -> dict[str, str]:
         headers = {
@@ -314,8 +395,7 @@ class WebhookPusher:
             kind = kind or self._rng.choice(NON_ISSUE_KINDS)
             seed = self._rng.getrandbits(32)
         for n, secret in enumerate(self.secrets, start=1):
-            payload = non_issue_payload(kind, self.site, self.base_url, random.Random(seed),
-                                        webhook_id=n)
+            payload = non_issue_payload(kind, self.site, self.base_url, random.Random(seed), webhook_id=n)
             self._enqueue(payload, secret)
 
     def push_payload(self, payload: dict[str, Any] | bytes, *, secret: str | None = None) -> str:
@@ -338,8 +418,9 @@ class WebhookPusher:
                 if copy:
                     delay += self._rng.uniform(0.0, max(self.shuffle_window, 0.05))
                     self._counters["duplicates"] += 1
-                heapq.heappush(self._heap, _Delivery(now + delay, next(self._seq), self.url, body,
-                                                     secret, identifier, event))
+                heapq.heappush(
+                    self._heap, _Delivery(now + delay, next(self._seq), self.url, body, secret, identifier, event)
+                )
                 self._outstanding += 1
                 self._counters["queued"] += 1
             self._cond.notify_all()
@@ -383,8 +464,7 @@ class WebhookPusher:
         except (OSError, http.client.HTTPException) as exc:
             status = "error"
             log.debug("webhook delivery failed id=%s retry=%s error=%s", d.identifier, d.retry, exc)
-        retryable = status == "error" or status in RETRYABLE_STATUSES or (
-            isinstance(status, int) and status >= 500)
+        retryable = status == "error" or status in RETRYABLE_STATUSES or (isinstance(status, int) and status >= 500)
         ok = isinstance(status, int) and 200 <= status < 300
         with self._cond:
             self._counters["attempts"] += 1
@@ -393,7 +473,7 @@ class WebhookPusher:
             if ok:
                 self._counters["sent"] += 1
             elif retryable and d.retry < self.max_retries and not self._stopping:
-                wait = min(self.backoff_max, self.backoff_base * 2 ** d.retry)
+                wait = min(self.backoff_max, self.backoff_base * 2**d.retry)
                 wait *= self._rng.uniform(0.7, 1.3)
                 d.retry += 1
                 d.due = time.monotonic() + wait
@@ -404,8 +484,7 @@ class WebhookPusher:
                 return
             else:
                 self._counters["failed"] += 1
-                log.info("webhook delivery gave up id=%s status=%s retries=%s",
-                         d.identifier, status, d.retry)
+                log.info("webhook delivery gave up id=%s status=%s retries=%s", d.identifier, status, d.retry)
             self._outstanding -= 1
             self._cond.notify_all()
 
@@ -414,14 +493,13 @@ class WebhookPusher:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
-                                               timeout=self.timeout, context=self._ssl)
+            conn = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port or 443, timeout=self.timeout, context=self._ssl
+            )
         else:
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80,
-                                              timeout=self.timeout)
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=self.timeout)
         try:
-            conn.request("POST", path, body=d.body,
-                         headers=self._headers(d.body, d.secret, d.identifier, d.retry))
+            conn.request("POST", path, body=d.body, headers=self._headers(d.body, d.secret, d.identifier, d.retry))
             resp = conn.getresponse()
             resp.read()
             return resp.status
@@ -469,8 +547,9 @@ class WebhookPusher:
     def counters(self) -> dict[str, Any]:
         """A snapshot: queued, sent, attempts, retried, failed, duplicates, by_status, pending."""
         with self._cond:
-            out: dict[str, Any] = {k: self._counters.get(k, 0) for k in
-                                   ("queued", "sent", "attempts", "retried", "failed", "duplicates")}
+            out: dict[str, Any] = {
+                k: self._counters.get(k, 0) for k in ("queued", "sent", "attempts", "retried", "failed", "duplicates")
+            }
             out["by_status"] = dict(self._by_status)
             out["pending"] = self._outstanding
             return out

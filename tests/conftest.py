@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis and a real database (SQLite file, or PostgreSQL when
 ``TEST_DATABASE_URL`` names one). Only Jira is faked. A missing Redis or PostgreSQL fails the
 run: it is never skipped."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def _reset_postgres(url: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_job_settings():  # type: ignore[no-untyped-def]
+def _fresh_job_settings():
     """Jobs run in this process read their settings anew in every test."""
     from workers import jobs
 
@@ -78,7 +79,7 @@ def settings(database_url: str, redis_conn: Redis) -> Settings:
 
 
 @pytest.fixture
-def db(settings: Settings):  # type: ignore[no-untyped-def]
+def db(settings: Settings):
     """The database, at the latest schema, with DEMO tracked; connected in this thread."""
     from mirror import store
 
@@ -90,20 +91,51 @@ def db(settings: Settings):  # type: ignore[no-untyped-def]
     database.close()
 
 
+# What a CLI test must not inherit from the environment it runs in.
+CLI_UNSET = (
+    "JIRA_PROJECTS",
+    "JIRA_BASE_URL",
+    "JIRA_EMAIL",
+    "JIRA_API_TOKEN",
+    "JIRA_OAUTH_TOKEN",
+    "JIRA_CLOUD_ID",
+    "ADMIN_TOKEN",
+    "JIRA_WEBHOOK_SECRET",
+    "DYNO",
+    "REDIS_TLS_VERIFY",
+)
+
+
 @pytest.fixture
-def app(settings: Settings, db):  # type: ignore[no-untyped-def]
+def runner(settings: Settings, db, monkeypatch: pytest.MonkeyPatch):
+    """A click CliRunner whose commands see the test database and Redis and nothing of Jira
+    (a test sets JIRA_* itself); the log handler a command installs is removed afterwards."""
+    from click.testing import CliRunner
+
+    from mirror import logs
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    for name in CLI_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    yield CliRunner()
+    logs.unconfigure()
+
+
+@pytest.fixture
+def app(settings: Settings, db):
     from receiver import create_app
 
     return create_app(settings)
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app):
     return app.test_client()
 
 
 @pytest.fixture
-def drain(settings: Settings, redis_conn: Redis):  # type: ignore[no-untyped-def]
+def drain(settings: Settings, redis_conn: Redis):
     """Run every queued job in this process (RQ's own worker loop, burst mode)."""
     from workers.worker import build_worker
 
@@ -120,7 +152,7 @@ SIM_EMAIL, SIM_TOKEN = "sim@example.com", "sim-token"
 
 
 @pytest.fixture
-def jira_site():  # type: ignore[no-untyped-def]
+def jira_site():
     """A simulated Jira site: DEMO with 1,500 issues, OPS with 40 (change it per test)."""
     from simulator import Site
 
@@ -128,7 +160,7 @@ def jira_site():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def jira(jira_site):  # type: ignore[no-untyped-def]
+def jira(jira_site):
     from simulator import JiraServer
 
     server = JiraServer(jira_site, email=SIM_EMAIL, api_token=SIM_TOKEN, time_zone="America/Los_Angeles").start()
@@ -137,7 +169,7 @@ def jira(jira_site):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def jira_settings(settings: Settings, jira, db) -> Settings:  # type: ignore[no-untyped-def]
+def jira_settings(settings: Settings, jira, db) -> Settings:
     """Settings pointing at the simulator (the site is its host), with DEMO tracked there."""
     import dataclasses
 

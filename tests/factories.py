@@ -1,4 +1,5 @@
 """Builders of Jira-shaped JSON for tests, and of signed deliveries."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,9 +23,17 @@ def jira_time(moment: dt.datetime, offset: str = "+0530") -> str:
     return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}{offset}"
 
 
-def issue(issue_id: str = "10001", key: str = "DEMO-1", *, updated: dt.datetime | None = None,
-          summary: str = "Login fails on Safari", status: str = "To Do", category: str = "new",
-          offset: str = "+0530", **extra_fields: Any) -> dict[str, Any]:
+def issue(
+    issue_id: str = "10001",
+    key: str = "DEMO-1",
+    *,
+    updated: dt.datetime | None = None,
+    summary: str = "Login fails on Safari",
+    status: str = "To Do",
+    category: str = "new",
+    offset: str = "+0530",
+    **extra_fields: Any,
+) -> dict[str, Any]:
     updated = updated or dt.datetime(2024, 12, 29, 3, 11, 23, 904000)
     project = key.rsplit("-", 1)[0]
     fields: dict[str, Any] = {
@@ -43,17 +52,27 @@ def issue(issue_id: str = "10001", key: str = "DEMO-1", *, updated: dt.datetime 
         "customfield_10010": None,
     }
     fields.update(extra_fields)
-    return {"id": issue_id, "key": key, "self": f"https://acme.atlassian.net/rest/api/2/issue/{issue_id}",
-            "fields": fields}
+    return {
+        "id": issue_id,
+        "key": key,
+        "self": f"https://acme.atlassian.net/rest/api/2/issue/{issue_id}",
+        "fields": fields,
+    }
 
 
-def delivery(event: str = "jira:issue_updated", the_issue: dict[str, Any] | None = None, *,
-             timestamp: int | None = None, **extra: Any) -> dict[str, Any]:
+def delivery(
+    event: str = "jira:issue_updated",
+    the_issue: dict[str, Any] | None = None,
+    *,
+    timestamp: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "timestamp": timestamp if timestamp is not None else next(_timestamps),
         "webhookEvent": event,
         "issue_event_type_name": {"jira:issue_created": "issue_created", "jira:issue_deleted": "issue_deleted"}.get(
-            event, "issue_generic"),
+            event, "issue_generic"
+        ),
         "user": {"accountId": "5b10ac8d82e05b22cc7d4ef5", "displayName": "Ada", "timeZone": "Asia/Kolkata"},
         "changelog": {"id": "10500", "items": []},
     }
@@ -63,8 +82,9 @@ def delivery(event: str = "jira:issue_updated", the_issue: dict[str, Any] | None
     return body
 
 
-def signed(body: dict[str, Any] | bytes, secret: str, *,
-           delivery_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+def signed(
+    body: dict[str, Any] | bytes, secret: str, *, delivery_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json; charset=UTF-8", "X-Hub-Signature": sign(raw, secret)}
     headers["X-Atlassian-Webhook-Identifier"] = delivery_id or f"delivery-{next(_ids)}"

@@ -1,4 +1,5 @@
 """Helpers shared by the fault, chaos and security tests (``test_faults_*``, ``test_chaos`` …)."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: floa
 
 def jira_env(settings: Any, **extra: str) -> dict[str, str]:
     """The environment of a process that reads from the simulated Jira (``settings.jira_base_url``)."""
-    return procs.env_for(settings, JIRA_BASE_URL=settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL,
-                         JIRA_API_TOKEN=SIM_TOKEN, **extra)
+    return procs.env_for(
+        settings, JIRA_BASE_URL=settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN, **extra
+    )
 
 
 def queue_state(connection: Redis, name: str = ISSUES) -> dict[str, int]:
@@ -45,16 +47,20 @@ def queue_state(connection: Redis, name: str = ISSUES) -> dict[str, int]:
         "started": connection.zcard(StartedJobRegistry(queue=q).key),
         "scheduled": connection.zcard(ScheduledJobRegistry(queue=q).key),
         "failed": connection.zcard(FailedJobRegistry(queue=q).key),
-        "pending_refresh": sum(connection.zcard(k) for pattern in ("pending", "processing")
-                               for k in connection.scan_iter(f"jira-mirror:refresh:{pattern}:*")),
+        "pending_refresh": sum(
+            connection.zcard(k)
+            for pattern in ("pending", "processing")
+            for k in connection.scan_iter(f"jira-mirror:refresh:{pattern}:*")
+        ),
     }
 
 
 def drained(connection: Redis, name: str = ISSUES) -> bool:
     """Nothing waits, runs or waits for a retry (failed jobs are left for the test to look at)."""
     state = queue_state(connection, name)
-    return not (state["queued"] or state["intermediate"] or state["started"] or state["scheduled"]
-                or state["pending_refresh"])
+    return not (
+        state["queued"] or state["intermediate"] or state["started"] or state["scheduled"] or state["pending_refresh"]
+    )
 
 
 def failed_jobs(connection: Redis, name: str = ISSUES) -> list[str]:
@@ -81,8 +87,15 @@ def sigkill(pid: int) -> None:
 class Mutator:
     """Mutates a simulated site at a steady pace on a thread (``random_mutation``), ``count`` times."""
 
-    def __init__(self, site: Any, count: int, *, every: float, projects: list[str] | None = None,
-                 weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        site: Any,
+        count: int,
+        *,
+        every: float,
+        projects: list[str] | None = None,
+        weights: dict[str, float] | None = None,
+    ):
         self.site, self.count, self.every = site, count, every
         self.projects, self.weights = projects, weights
         self.done = 0
@@ -119,14 +132,18 @@ def deliver(client: Any, site: Any, base_url: str, events: list[Any], secret: st
     codes = []
     for event in events:
         body = json.dumps(issue_payload(event, site, base_url)).encode()
-        headers = {"Content-Type": "application/json", "X-Hub-Signature": sign(body, secret),
-                   "X-Atlassian-Webhook-Identifier": str(uuid.uuid4())}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Hub-Signature": sign(body, secret),
+            "X-Atlassian-Webhook-Identifier": str(uuid.uuid4()),
+        }
         codes.append(client.post("/webhooks/jira", data=body, headers=headers).status_code)
     return codes
 
 
-def mutations(site: Any, count: int, *, projects: list[str] | None = None,
-              weights: dict[str, float] | None = None) -> list[Any]:
+def mutations(
+    site: Any, count: int, *, projects: list[str] | None = None, weights: dict[str, float] | None = None
+) -> list[Any]:
     """``count`` random mutations of the site; returns their ChangeEvents."""
     return [site.random_mutation(projects=projects, weights=weights) for _ in range(count)]
 

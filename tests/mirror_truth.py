@@ -1,4 +1,5 @@
 """Compare the mirror with the simulator's truth, field by field for the typed columns."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,7 +13,7 @@ def _utc(ms: int | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).replace(tzinfo=None)
 
 
-def differences(site, projects: list[str], *, site_name: str) -> list[str]:  # type: ignore[no-untyped-def]
+def differences(site, projects: list[str], *, site_name: str) -> list[str]:
     """Human-readable differences between the simulator and the mirror for ``projects``
     (empty when they are equal): every live issue present and equal, every other row deleted."""
     truth = {v.id: v for project in projects for v in site.current(project)}
@@ -24,10 +25,19 @@ def differences(site, projects: list[str], *, site_name: str) -> list[str]:  # t
             problems.append(f"{v.key} ({issue_id}) missing")
             continue
         expected = {
-            "key": v.key, "project_key": v.project, "summary": v.summary, "status": v.status,
-            "status_category": v.status_category, "issue_type": v.issuetype, "priority": v.priority,
-            "assignee_account_id": v.assignee, "reporter_account_id": v.reporter, "labels": list(v.labels),
-            "created": _utc(v.created), "updated": _utc(v.updated), "resolved": _utc(v.resolutiondate),
+            "key": v.key,
+            "project_key": v.project,
+            "summary": v.summary,
+            "status": v.status,
+            "status_category": v.status_category,
+            "issue_type": v.issuetype,
+            "priority": v.priority,
+            "assignee_account_id": v.assignee,
+            "reporter_account_id": v.reporter,
+            "labels": list(v.labels),
+            "created": _utc(v.created),
+            "updated": _utc(v.updated),
+            "resolved": _utc(v.resolutiondate),
             "deleted_at": None,
         }
         for column, want in expected.items():
@@ -49,10 +59,12 @@ def history_differences(site, projects: list[str], *, site_name: str) -> list[st
     problems: list[str] = []
     truth = {v.id: v for project in projects for v in site.current(project)}
     items = {(r.history_id, r.item_index): r for r in ChangelogItem.select().where(ChangelogItem.site == site_name)}
-    live_comments = {r.comment_id: r for r in Comment.select().where(Comment.site == site_name,
-                                                                     Comment.deleted_at.is_null())}
-    live_worklogs = {r.worklog_id: r for r in Worklog.select().where(Worklog.site == site_name,
-                                                                     Worklog.deleted_at.is_null())}
+    live_comments = {
+        r.comment_id: r for r in Comment.select().where(Comment.site == site_name, Comment.deleted_at.is_null())
+    }
+    live_worklogs = {
+        r.worklog_id: r for r in Worklog.select().where(Worklog.site == site_name, Worklog.deleted_at.is_null())
+    }
     rows = {r.issue_id: r for r in Issue.select().where(Issue.site == site_name)}
     want_comments, want_worklogs = set(), set()
     for issue_id, v in truth.items():
@@ -61,7 +73,11 @@ def history_differences(site, projects: list[str], *, site_name: str) -> list[st
             for n, item in enumerate(h.items):
                 row = items.get((h.id, n))
                 if row is None or (row.issue_id, row.field_id, row.to_string, row.created) != (
-                        issue_id, item.get("fieldId"), item.get("toString"), _utc(h.created)):
+                    issue_id,
+                    item.get("fieldId"),
+                    item.get("toString"),
+                    _utc(h.created),
+                ):
                     problems.append(f"{v.key} history {h.id}/{n} missing or different")
                 if item.get("fieldId") == "status":
                     last_status = h.created
@@ -77,8 +93,11 @@ def history_differences(site, projects: list[str], *, site_name: str) -> list[st
                 problems.append(f"{v.key} worklog {w.id} missing or different")
         issue = rows.get(issue_id)
         if issue is not None:
-            expected = {"story_points": v.story_points, "sprint_ids": list(v.sprints),
-                        "status_changed_at": _utc(last_status) if last_status else _utc(v.created)}
+            expected = {
+                "story_points": v.story_points,
+                "sprint_ids": list(v.sprints),
+                "status_changed_at": _utc(last_status) if last_status else _utc(v.created),
+            }
             for column, want in expected.items():
                 if getattr(issue, column) != want:
                     problems.append(f"{v.key} {column}: mirror {getattr(issue, column)!r} != jira {want!r}")
@@ -100,7 +119,7 @@ def full_sync_calls(site, project: str) -> tuple[str, int]:  # type: ignore[no-u
     ids = sorted((v.id for v in site.current(project)), key=int)
     pages = 0
     for start in range(0, len(ids), 1000):
-        histories = sum(len(site.changelog(i)) for i in ids[start:start + 1000])
+        histories = sum(len(site.changelog(i)) for i in ids[start : start + 1000])
         pages += max(1, -(-histories // CHANGELOG_PAGE))
     overflowing = sum((len(site.comments(i)) > EMBEDDED_PAGE) + (len(site.worklogs(i)) > EMBEDDED_PAGE) for i in ids)
     return full_sync_floor(len(ids), changelog_pages=pages, overflowing=overflowing)

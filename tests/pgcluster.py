@@ -7,6 +7,7 @@ and trusts local connections. ``stop()`` is an immediate shutdown, the way a cra
 looks to the clients: connections drop mid-transaction and recovery replays the WAL on
 ``start()``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,8 +43,21 @@ class PostgresCluster:
         if self._as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
             os.chmod(self.dir, 0o700)
-        self._run([_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                   "--no-sync", "--locale=C"])
+        self._run(
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ]
+        )
 
     @property
     def url(self) -> str:
@@ -67,12 +81,25 @@ class PostgresCluster:
         # fsync off: the tests kill the server process, never the machine; commits still reach
         # the kernel before they are acknowledged (synchronous_commit stays on).
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run([_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
-                   "start"])
+        self._run([_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"])
         self._wait_ready()
         if not getattr(self, "_created", False):
-            self._run([_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                       "-q", "-c", "CREATE DATABASE mirror"])
+            self._run(
+                [
+                    _bin("psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-q",
+                    "-c",
+                    "CREATE DATABASE mirror",
+                ]
+            )
             self._created = True
 
     def _wait_ready(self, timeout: float = 30) -> None:

@@ -1,4 +1,5 @@
 """Real processes for end-to-end and fault tests: gunicorn, `jira-mirror worker`, throwaway redis-server."""
+
 from __future__ import annotations
 
 import os
@@ -20,13 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def env_for(settings: Any, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "JIRA_WEBHOOK_SECRET": ",".join(settings.jira_webhook_secrets),
-        "JIRA_PROJECTS": ",".join(settings.jira_projects),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "JIRA_WEBHOOK_SECRET": ",".join(settings.jira_webhook_secrets),
+            "JIRA_PROJECTS": ",".join(settings.jira_projects),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -42,8 +45,9 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path, *, cwd: Path = ROOT):
         self.log_path = log
         self._log = open(log, "wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -69,8 +73,9 @@ class Proc:
 def start_web(settings: Any, tmp: Path, *, workers: int = 2, **extra: str) -> tuple[Proc, str]:
     port = free_port()
     env = env_for(settings, PORT=str(port), WEB_CONCURRENCY=str(workers), **extra)
-    proc = Proc([str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"], env,
-                tmp / f"web-{port}.log")
+    proc = Proc(
+        [str(BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"], env, tmp / f"web-{port}.log"
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:
@@ -116,9 +121,24 @@ class RedisServer:
     def start(self) -> None:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         auth = ["--requirepass", self.password] if self.password else []
-        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      *persistence, *auth, *self.args, "--dir", str(self.tmp)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                *auth,
+                *self.args,
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         from redis import Redis
 
         deadline = time.monotonic() + 10

@@ -1,4 +1,5 @@
 """The admin API (`/admin/*`): Bearer token only, JSON in and out, on the real database and Redis."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,11 @@ def api(admin_settings, db):
 
 
 def post_json(client, path, body, headers=AUTH):
-    return client.post(path, data=body if isinstance(body, (str, bytes)) else json.dumps(body),
-                       headers=dict(headers, **{"Content-Type": "application/json"}))
+    return client.post(
+        path,
+        data=body if isinstance(body, (str, bytes)) else json.dumps(body),
+        headers=dict(headers, **{"Content-Type": "application/json"}),
+    )
 
 
 # --- access ------------------------------------------------------------------------------------
@@ -34,26 +38,41 @@ def post_json(client, path, body, headers=AUTH):
 
 def test_disabled_without_admin_token(app, redis_conn):
     client = app.test_client()
-    for response in (client.get("/admin/projects", headers=AUTH),
-                     post_json(client, "/admin/backfill", {"project": "DEMO"})):
+    for response in (
+        client.get("/admin/projects", headers=AUTH),
+        post_json(client, "/admin/backfill", {"project": "DEMO"}),
+    ):
         assert response.status_code == 404 and "disabled" in response.get_json()["error"]
     assert backfill_jobs(redis_conn) == []
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"},
-                                     {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": "Bearer"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": "Bearer"},
+    ],
+)
 def test_missing_or_wrong_token_is_401(api, redis_conn, headers):
-    for response in (api.get("/admin/projects", headers=headers),
-                     post_json(api, "/admin/backfill", {"project": "DEMO"}, headers=headers),
-                     api.post("/admin/projects/NEW/track", headers=headers)):
+    for response in (
+        api.get("/admin/projects", headers=headers),
+        post_json(api, "/admin/backfill", {"project": "DEMO"}, headers=headers),
+        api.post("/admin/projects/NEW/track", headers=headers),
+    ):
         assert response.status_code == 401 and "admin token" in response.get_json()["error"]
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert backfill_jobs(redis_conn) == []
 
 
 def test_token_in_query_string_is_401_even_when_right(api, redis_conn):
-    response = api.post(f"/admin/backfill?token={TOKEN}", data=json.dumps({"project": "DEMO"}),
-                        headers={"Content-Type": "application/json"})
+    response = api.post(
+        f"/admin/backfill?token={TOKEN}",
+        data=json.dumps({"project": "DEMO"}),
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 401 and "query string" in response.get_json()["error"]
     response = api.get(f"/admin/projects?access_token={TOKEN}", headers=AUTH)  # refused even with the header
     assert response.status_code == 401
@@ -87,15 +106,31 @@ def test_backfill_is_incremental_by_default_and_keys_are_normalised(api, redis_c
     assert backfill_jobs(redis_conn)[0].kwargs["full"] is False
 
 
-@pytest.mark.parametrize("body", [
-    "{not json", "", "[]", '"DEMO"', "null",
-    {}, {"full": True},
-    {"project": 12}, {"project": None}, {"project": ["DEMO"]},
-    {"project": "DEMO", "full": "yes"}, {"project": "DEMO", "full": 1}, {"project": "DEMO", "full": None},
-    {"project": "DEMO", "full": True, "force": True},
-    {"project": "DE MO"}, {"project": "1DEMO"}, {"project": "DEMO-1"}, {"project": ""}, {"project": "A" * 300},
-    {"project": "<script>"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{not json",
+        "",
+        "[]",
+        '"DEMO"',
+        "null",
+        {},
+        {"full": True},
+        {"project": 12},
+        {"project": None},
+        {"project": ["DEMO"]},
+        {"project": "DEMO", "full": "yes"},
+        {"project": "DEMO", "full": 1},
+        {"project": "DEMO", "full": None},
+        {"project": "DEMO", "full": True, "force": True},
+        {"project": "DE MO"},
+        {"project": "1DEMO"},
+        {"project": "DEMO-1"},
+        {"project": ""},
+        {"project": "A" * 300},
+        {"project": "<script>"},
+    ],
+)
 def test_malformed_backfill_request_is_400(api, redis_conn, body):
     response = post_json(api, "/admin/backfill", body)
     assert response.status_code == 400, response.get_data(as_text=True)
@@ -104,8 +139,11 @@ def test_malformed_backfill_request_is_400(api, redis_conn, body):
 
 
 def test_backfill_body_must_be_json(api, redis_conn):
-    response = api.post("/admin/backfill", data="project=DEMO", headers=dict(
-        AUTH, **{"Content-Type": "application/x-www-form-urlencoded"}))
+    response = api.post(
+        "/admin/backfill",
+        data="project=DEMO",
+        headers=dict(AUTH, **{"Content-Type": "application/x-www-form-urlencoded"}),
+    )
     assert response.status_code == 415 and backfill_jobs(redis_conn) == []
 
 
@@ -157,8 +195,11 @@ def test_track_enqueues_a_full_backfill_once(api, admin_settings, redis_conn):
 
 def test_untrack_then_track_again(api, admin_settings, redis_conn):
     response = api.post("/admin/projects/DEMO/untrack", headers=AUTH)
-    assert response.status_code == 200 and response.get_json() == {"project": "DEMO", "tracked": False,
-                                                                   "was_tracked": True}
+    assert response.status_code == 200 and response.get_json() == {
+        "project": "DEMO",
+        "tracked": False,
+        "was_tracked": True,
+    }
     assert api.post("/admin/projects/DEMO/untrack", headers=AUTH).get_json()["was_tracked"] is False
     assert store.tracked_keys(admin_settings.site) == set()
     assert api.post("/admin/projects/DEMO/track", headers=AUTH).status_code == 201

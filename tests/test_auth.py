@@ -1,5 +1,6 @@
 """receiver.auth: the throttle on wrong admin tokens (login form and Bearer header), the client
 address behind a proxy, and server-side sessions (logout and a new ADMIN_TOKEN end them)."""
+
 import dataclasses
 import time
 
@@ -10,12 +11,12 @@ from tests.test_status_page import TOKEN, csrf_of, log_in
 
 
 @pytest.fixture
-def app(settings, db):  # type: ignore[no-untyped-def]
+def app(settings, db):
     return create_app(dataclasses.replace(settings, admin_token=TOKEN))
 
 
 @pytest.fixture
-def fast_throttle(monkeypatch):  # type: ignore[no-untyped-def]
+def fast_throttle(monkeypatch):
     monkeypatch.setattr(auth, "SLOW_DOWN_SECONDS", 0.3)
 
 
@@ -25,17 +26,18 @@ def _from(address: str) -> dict[str, str]:
     return {"X-Forwarded-For": address}
 
 
-def _login(client, token: str, address: str):  # type: ignore[no-untyped-def]
+def _login(client, token: str, address: str):
     form = client.get("/login", headers=_from(address))
-    return client.post("/login", headers=_from(address),
-                       data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token})
+    return client.post(
+        "/login", headers=_from(address), data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token}
+    )
 
 
-def _api(client, token: str, address: str):  # type: ignore[no-untyped-def]
+def _api(client, token: str, address: str):
     return client.get("/admin/projects", headers={"Authorization": f"Bearer {token}", **_from(address)})
 
 
-def _timed(call):  # type: ignore[no-untyped-def]
+def _timed(call):
     started = time.monotonic()
     answer = call()
     return answer, time.monotonic() - started
@@ -71,15 +73,18 @@ def test_guessing_from_many_addresses_meets_the_global_budget(app, fast_throttle
 
 
 def test_the_client_address_is_believed_only_from_a_trusted_proxy(app):
-    with app.test_request_context("/", environ_base={"REMOTE_ADDR": "127.0.0.1"},
-                                  headers={"X-Forwarded-For": "10.9.9.9, 203.0.113.5"}):
+    with app.test_request_context(
+        "/", environ_base={"REMOTE_ADDR": "127.0.0.1"}, headers={"X-Forwarded-For": "10.9.9.9, 203.0.113.5"}
+    ):
         assert auth.client_address() == "203.0.113.5"  # the entry the router appended, not the client's
-    with app.test_request_context("/", environ_base={"REMOTE_ADDR": "198.51.100.7"},
-                                  headers={"X-Forwarded-For": "203.0.113.5"}):
+    with app.test_request_context(
+        "/", environ_base={"REMOTE_ADDR": "198.51.100.7"}, headers={"X-Forwarded-For": "203.0.113.5"}
+    ):
         assert auth.client_address() == "198.51.100.7"  # not a trusted proxy: its header is ignored
     trusting = create_app(dataclasses.replace(app.extensions["settings"], forwarded_allow_ips=("10.0.0.0/8",)))
-    with trusting.test_request_context("/", environ_base={"REMOTE_ADDR": "10.1.2.3"},
-                                       headers={"X-Forwarded-For": "203.0.113.5, 10.4.5.6"}):
+    with trusting.test_request_context(
+        "/", environ_base={"REMOTE_ADDR": "10.1.2.3"}, headers={"X-Forwarded-For": "203.0.113.5, 10.4.5.6"}
+    ):
         assert auth.client_address() == "203.0.113.5"  # through two trusted hops
 
 

@@ -1,4 +1,5 @@
 """The sync engine against the bundled Jira simulator, real Redis and the real database."""
+
 import dataclasses
 import threading
 import time
@@ -43,8 +44,9 @@ def test_first_sync_of_a_project_is_full_even_when_incremental_is_asked(db, jira
 
 
 @pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Kolkata", "Pacific/Kiritimati", "America/St_Johns"])
-def test_incremental_after_creates_updates_deletes_and_moves_equals_the_truth(db, jira, jira_settings, redis_conn,
-                                                                              zone):
+def test_incremental_after_creates_updates_deletes_and_moves_equals_the_truth(
+    db, jira, jira_settings, redis_conn, zone
+):
     store.track_projects(jira_settings.site, ["OPS"])
     jira.time_zone = zone
     sync(jira_settings, redis_conn, full=True)
@@ -129,6 +131,16 @@ def test_a_failing_sync_is_recorded_and_shows_its_error(db, jira, jira_settings,
     project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
     assert project.sync_state == "failed" and "JiraAuthError" in project.last_error
     assert SyncRun.get().state == "failed"
+
+
+def test_a_sync_failing_midway_records_what_it_did_before_the_failure(db, jira, jira_settings, redis_conn):
+    # One issue stays in issueErrors: the run fails after reading the other 1499 (no waits: sleep is a no-op).
+    jira.fail_issues(["DEMO-7"], times=-1)
+    with pytest.raises(SyncError, match="IssuesUnreadableError"):
+        sync(jira_settings, redis_conn, full=True, sleep=lambda seconds: None)
+    run = SyncRun.get()
+    assert run.state == "failed" and "IssuesUnreadableError" in run.error
+    assert run.issues_seen == 1499 and run.issues_written == 1499 and run.api_calls > 15
 
 
 def test_two_syncs_of_one_project_run_one_at_a_time(db, jira, jira_settings, redis_conn):

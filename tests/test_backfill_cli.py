@@ -1,4 +1,5 @@
 """The backfill CLI, the clock and the backfill worker process, against the simulator."""
+
 import datetime as dt
 import signal
 import time
@@ -17,8 +18,9 @@ from tests.mirror_truth import differences
 
 @pytest.fixture
 def env(jira_settings, monkeypatch):
-    for name, value in procs.env_for(jira_settings, JIRA_BASE_URL=jira_settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL,
-                                     JIRA_API_TOKEN=SIM_TOKEN).items():
+    for name, value in procs.env_for(
+        jira_settings, JIRA_BASE_URL=jira_settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN
+    ).items():
         monkeypatch.setenv(name, value)
     return jira_settings
 
@@ -51,8 +53,16 @@ def test_track_enqueues_a_full_backfill_and_the_backfill_worker_runs_it(env, jir
     result = CliRunner().invoke(main, ["projects", "track", "OPS"])
     assert result.exit_code == 0 and "full backfill enqueued" in result.output
     assert redis_conn.llen("rq:queue:backfill") == 1
-    worker = procs.start_worker(env, tmp_path, "--queue", "backfill", "--burst", JIRA_BASE_URL=env.jira_base_url,
-                                JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN)
+    worker = procs.start_worker(
+        env,
+        tmp_path,
+        "--queue",
+        "backfill",
+        "--burst",
+        JIRA_BASE_URL=env.jira_base_url,
+        JIRA_EMAIL=SIM_EMAIL,
+        JIRA_API_TOKEN=SIM_TOKEN,
+    )
     assert worker.popen.wait(120) == 0, worker.output()[-3000:]
     worker.kill()
     assert SyncRun.get(SyncRun.project_key == "OPS").state == "succeeded"
@@ -96,8 +106,16 @@ def test_the_daily_users_sync_runs_on_the_backfill_worker(env, jira, redis_conn,
     from mirror.models import User
 
     jobs.enqueue_users_sync(redis_conn, site=env.site)
-    worker = procs.start_worker(env, tmp_path, "--queue", "backfill", "--burst", JIRA_BASE_URL=env.jira_base_url,
-                                JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN)
+    worker = procs.start_worker(
+        env,
+        tmp_path,
+        "--queue",
+        "backfill",
+        "--burst",
+        JIRA_BASE_URL=env.jira_base_url,
+        JIRA_EMAIL=SIM_EMAIL,
+        JIRA_API_TOKEN=SIM_TOKEN,
+    )
     assert worker.popen.wait(60) == 0, worker.output()[-2000:]
     worker.kill()
     assert User.select().where(User.site == env.site).count() == len(jira.site.users)

@@ -1,4 +1,5 @@
 """A sync killed halfway, and webhooks arriving during a full sync (real processes)."""
+
 import signal
 import threading
 import time
@@ -12,8 +13,9 @@ from tests.mirror_truth import differences
 
 
 def jira_env(settings, **extra):
-    return procs.env_for(settings, JIRA_BASE_URL=settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL,
-                         JIRA_API_TOKEN=SIM_TOKEN, **extra)
+    return procs.env_for(
+        settings, JIRA_BASE_URL=settings.jira_base_url, JIRA_EMAIL=SIM_EMAIL, JIRA_API_TOKEN=SIM_TOKEN, **extra
+    )
 
 
 def _wait(predicate, timeout=60.0):
@@ -50,16 +52,28 @@ def test_webhooks_arriving_during_a_full_sync_leave_the_mirror_exact(jira, jira_
     from simulator import WebhookPusher
 
     env = jira_env(jira_settings)
-    web, url = procs.start_web(jira_settings, tmp_path, workers=2,
-                               **{k: v for k, v in env.items() if k.startswith("JIRA_")})
+    web, url = procs.start_web(
+        jira_settings, tmp_path, workers=2, **{k: v for k, v in env.items() if k.startswith("JIRA_")}
+    )
     worker = procs.Proc(procs.jira_mirror("worker"), env, tmp_path / "worker.log")
-    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=jira.site, base_url=jira.url, duplicate_rate=0.2,
-                           shuffle=True, shuffle_window=0.5, backoff_base=0.2, seed=3)
+    pusher = WebhookPusher(
+        url + "/webhooks/jira",
+        SECRET,
+        site=jira.site,
+        base_url=jira.url,
+        duplicate_rate=0.2,
+        shuffle=True,
+        shuffle_window=0.5,
+        backoff_base=0.2,
+        seed=3,
+    )
     try:
         jira.latency_ms = 40
-        sync = threading.Thread(target=lambda: jobs.run_sync(
-            jira_settings, redis_conn, project_key="DEMO", full=True,
-            client=JiraClient.from_settings(jira_settings)))
+        sync = threading.Thread(
+            target=lambda: jobs.run_sync(
+                jira_settings, redis_conn, project_key="DEMO", full=True, client=JiraClient.from_settings(jira_settings)
+            )
+        )
         sync.start()
         rng_site = jira.site
         mutations = 0
@@ -70,9 +84,14 @@ def test_webhooks_arriving_during_a_full_sync_leave_the_mirror_exact(jira, jira_
         sync.join(120)
         assert pusher.flush(60)
         assert pusher.counters["failed"] == 0, pusher.counters
-        assert _wait(lambda: redis_conn.llen("rq:queue:issues") == 0 and
-                     redis_conn.zcard(f"jira-mirror:refresh:pending:{jira_settings.site}") == 0 and
-                     redis_conn.zcard(f"jira-mirror:refresh:processing:{jira_settings.site}") == 0, 60)
+        assert _wait(
+            lambda: (
+                redis_conn.llen("rq:queue:issues") == 0
+                and redis_conn.zcard(f"jira-mirror:refresh:pending:{jira_settings.site}") == 0
+                and redis_conn.zcard(f"jira-mirror:refresh:processing:{jira_settings.site}") == 0
+            ),
+            60,
+        )
         time.sleep(1)
         problems = differences(jira.site, ["DEMO"], site_name=jira_settings.site)
         assert not problems, f"{len(problems)} after {mutations} mutations: {problems[:5]}"

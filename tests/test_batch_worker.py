@@ -1,6 +1,7 @@
 """The worker takes webhook jobs in batches (workers.worker.MirrorWorker): one transaction and a
 few Redis round trips for many jobs, while every job stays an RQ job (status, result, registries,
 retries, failed registry), against real Redis and the real database."""
+
 import datetime as dt
 
 import peewee as pw
@@ -18,8 +19,12 @@ UPSERT, DELETE = "workers.jobs.upsert_issue", "workers.jobs.delete_issue"
 
 
 def _upsert(settings, n, version, issue_id=None):
-    issue = factories.issue(issue_id or str(20000 + n), f"DEMO-{n}", updated=T0 + dt.timedelta(minutes=version),
-                            summary=f"issue {n} v{version}")
+    issue = factories.issue(
+        issue_id or str(20000 + n),
+        f"DEMO-{n}",
+        updated=T0 + dt.timedelta(minutes=version),
+        summary=f"issue {n} v{version}",
+    )
     return (UPSERT, {"site": settings.site, "issue": issue, "event_ts": 1000 + version})
 
 
@@ -65,8 +70,9 @@ def test_finished_jobs_keep_their_result_when_the_policy_keeps_results(db, setti
     assert 0 < redis_conn.ttl(f"rq:job:{ids[0]}") <= 60
 
 
-def test_a_job_that_cannot_be_mapped_fails_alone_and_the_rest_of_its_batch_is_applied(db, settings, redis_conn,
-                                                                                      monkeypatch):
+def test_a_job_that_cannot_be_mapped_fails_alone_and_the_rest_of_its_batch_is_applied(
+    db, settings, redis_conn, monkeypatch
+):
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     q = queues.queue(queues.ISSUES, redis_conn)
     bad = factories.issue("29999", "DEMO-999")

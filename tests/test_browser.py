@@ -8,6 +8,7 @@ read it all on a phone-sized screen.
 Screenshots land in `artifacts/` (gitignored): `status-page.png` (desktop) and
 `status-page-phone.png`. `docs/status-page.png` is a copy of a good desktop one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,14 +27,22 @@ from tests import factories, procs
 from tests.conftest import SECRET
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = procs.ROOT / "artifacts"
 TOKEN = "browser-admin-token-long-enough-for-start"
 
 
 @pytest.fixture
-def jira_site():  # type: ignore[no-untyped-def]
+def jira_site():
     """A small simulated site (overrides conftest's): a full sync takes a moment."""
     from simulator import Site
 
@@ -41,7 +50,7 @@ def jira_site():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def chromium():  # type: ignore[no-untyped-def]
+def chromium():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
     from playwright.sync_api import sync_playwright
@@ -54,16 +63,20 @@ def chromium():  # type: ignore[no-untyped-def]
             browser.close()
 
 
-def _jira_env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"ADMIN_TOKEN": TOKEN, "JIRA_BASE_URL": settings.jira_base_url, "JIRA_EMAIL": settings.jira_email,
-            "JIRA_API_TOKEN": settings.jira_api_token}
+def _jira_env(settings) -> dict[str, str]:
+    return {
+        "ADMIN_TOKEN": TOKEN,
+        "JIRA_BASE_URL": settings.jira_base_url,
+        "JIRA_EMAIL": settings.jira_email,
+        "JIRA_API_TOKEN": settings.jira_api_token,
+    }
 
 
-def _cell(page, key: str, label: str) -> str:  # type: ignore[no-untyped-def]
+def _cell(page, key: str, label: str) -> str:
     return page.locator(f'#project-{key} td[data-label="{label}"]').inner_text().strip()
 
 
-def _wait_for_full_sync(page, key: str, worker, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_full_sync(page, key: str, worker, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page.reload()
@@ -80,9 +93,18 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
     # A few rows already mirrored (as webhooks would have written them); Jira does not know them,
     # so the full sync's reconciliation marks them deleted.
     now = utc_now()
-    store.upsert_issues([to_row(site, factories.issue(str(990000 + i), f"DEMO-{900 + i}",
-                                                      updated=now - dt.timedelta(minutes=7)),
-                                source="webhook", event_ts=i, synced_at=now) for i in range(3)])
+    store.upsert_issues(
+        [
+            to_row(
+                site,
+                factories.issue(str(990000 + i), f"DEMO-{900 + i}", updated=now - dt.timedelta(minutes=7)),
+                source="webhook",
+                event_ts=i,
+                synced_at=now,
+            )
+            for i in range(3)
+        ]
+    )
     ARTIFACTS.mkdir(exist_ok=True)
 
     web, url = procs.start_web(settings, tmp_path, workers=2, **_jira_env(settings))
@@ -118,8 +140,9 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
         assert page.locator("#live-root").get_attribute("data-refresh") == "5"
 
         # A worker takes the job; the page shows the run's outcome.
-        worker = procs.start_worker(settings, tmp_path, "--queue", "backfill", "--queue", "issues", name="worker",
-                                    **_jira_env(settings))
+        worker = procs.start_worker(
+            settings, tmp_path, "--queue", "backfill", "--queue", "issues", name="worker", **_jira_env(settings)
+        )
         _wait_for_full_sync(page, "DEMO", worker)
         assert page.locator("#project-DEMO .state").inner_text() == "idle"
         assert _cell(page, "DEMO", "Issues") == "40" and _cell(page, "DEMO", "Deleted") == "3"
@@ -172,8 +195,9 @@ def test_log_in_backfill_and_watch_it_succeed(jira_settings, jira_site, jira, re
         page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
 
         # On a phone: the same page, no sideways scrolling, buttons within reach.
-        phone = context.browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
-                                            is_mobile=True, has_touch=True)
+        phone = context.browser.new_context(
+            viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+        )
         try:
             small = phone.new_page()
             small.goto(url + "/login")

@@ -11,6 +11,7 @@ missing or stale row, never hidden by a later read.
 The default run (CI) sends about 2,000 deliveries in well under a minute; ``CHAOS_DELIVERIES=10000``
 runs ``test_chaos_at_scale`` (marked slow) with that many.
 """
+
 import dataclasses
 import os
 import time
@@ -43,9 +44,20 @@ def run_chaos(db, settings, tmp_path, deliveries: int) -> dict:
     events = round(deliveries / 1.1)  # 10 % of deliveries are duplicates
     web, url = procs.start_web(local, tmp_path, workers=2)
     workers = [procs.start_worker(local, tmp_path, name=f"worker-{i}", WORKER_HEARTBEAT_SECONDS="1") for i in range(2)]
-    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, duplicate_rate=0.1, shuffle=True,
-                           shuffle_window=0.5, max_retries=12, backoff_base=0.3, backoff_max=3, timeout=10,
-                           workers=8, seed=71)
+    pusher = WebhookPusher(
+        url + "/webhooks/jira",
+        SECRET,
+        site=site,
+        duplicate_rate=0.1,
+        shuffle=True,
+        shuffle_window=0.5,
+        max_retries=12,
+        backoff_base=0.3,
+        backoff_max=3,
+        timeout=10,
+        workers=8,
+        seed=71,
+    )
     faults = []
     started = time.monotonic()
     try:
@@ -69,8 +81,11 @@ def run_chaos(db, settings, tmp_path, deliveries: int) -> dict:
         assert pusher.flush(180), pusher.counters
         sent = time.monotonic() - started
         samples = []
-        assert wait_for(lambda: samples.append((round(time.monotonic() - started), queue_state(conn))) or drained(conn),
-                        180, interval=1.0), (queue_state(conn), workers[-1].output()[-3000:])
+        assert wait_for(
+            lambda: samples.append((round(time.monotonic() - started), queue_state(conn))) or drained(conn),
+            180,
+            interval=1.0,
+        ), (queue_state(conn), workers[-1].output()[-3000:])
         time.sleep(0.5)
         elapsed = time.monotonic() - started
 
@@ -80,11 +95,19 @@ def run_chaos(db, settings, tmp_path, deliveries: int) -> dict:
         lost = [p for p in problems if p.endswith("missing")]
         wrong = [p for p in problems if not p.endswith("missing")]
         figures = {
-            "deliveries": counters["queued"], "duplicates": counters["duplicates"], "events": sum(site.counts.values()),
-            "attempts": counters["attempts"], "answered_503": by_status.get(503, 0),
-            "dropped_connections": by_status.get("error", 0), "given_up": counters["failed"],
-            "rows": Issue.select().count(), "lost": len(lost), "wrong": len(wrong), "seconds": round(elapsed, 1),
-            "sent_after": round(sent, 1), "drain": [(t, q["queued"], q["scheduled"]) for t, q in samples[::5]],
+            "deliveries": counters["queued"],
+            "duplicates": counters["duplicates"],
+            "events": sum(site.counts.values()),
+            "attempts": counters["attempts"],
+            "answered_503": by_status.get(503, 0),
+            "dropped_connections": by_status.get("error", 0),
+            "given_up": counters["failed"],
+            "rows": Issue.select().count(),
+            "lost": len(lost),
+            "wrong": len(wrong),
+            "seconds": round(elapsed, 1),
+            "sent_after": round(sent, 1),
+            "drain": [(t, q["queued"], q["scheduled"]) for t, q in samples[::5]],
             "faults": faults,
         }
         print(f"\nchaos: {figures}")

@@ -1,16 +1,6 @@
 """The CLI: clear messages and non-zero exits, never a traceback."""
-import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    return CliRunner()
 
 
 def test_track_list_untrack(runner):

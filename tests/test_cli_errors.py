@@ -1,5 +1,6 @@
 """CLI and configuration errors a new user meets (issue 10, item 7): each a one-line message and a
 non-zero exit, saying what is wrong and where, never a secret."""
+
 from __future__ import annotations
 
 import json
@@ -10,22 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner
 
-from jira_mirror_cli import database_message, main
+from jira_mirror_cli import main
+from jira_mirror_cli.common import database_message
 from tests.conftest import free_port
 
 
-@pytest.fixture
-def runner(settings, db, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    for name in ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "DYNO", "REDIS_TLS_VERIFY"):
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
-
-
-def use_jira(monkeypatch, base_url: str, token: str = "sim-token") -> None:  # type: ignore[no-untyped-def]
+def use_jira(monkeypatch, base_url: str, token: str = "sim-token") -> None:
     monkeypatch.setenv("JIRA_BASE_URL", base_url)
     monkeypatch.setenv("JIRA_EMAIL", "sim@example.com")
     monkeypatch.setenv("JIRA_API_TOKEN", token)
@@ -68,23 +60,35 @@ def test_unreachable_redis_names_the_url_without_its_password_and_the_cause(runn
     assert "hunter2-secret" not in result.output
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not exist',
-     "the database refused the login"),
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed for user "u"',
-     "the database refused the login"),
-    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nope" does not exist',
-     "the database refused the login"),
-    ('relation "jira_project" does not exist\nLINE 1: SELECT ...', "the schema is missing"),
-    ("no such table: jira_project", "the schema is missing"),
-    ('connection to server at "127.0.0.1", port 1 failed: Connection refused', "the database is unreachable"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nobody" does not exist',
+            "the database refused the login",
+        ),
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: '
+            'FATAL:  password authentication failed for user "u"',
+            "the database refused the login",
+        ),
+        (
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "nope" does not exist',
+            "the database refused the login",
+        ),
+        ('relation "jira_project" does not exist\nLINE 1: SELECT ...', "the schema is missing"),
+        ("no such table: jira_project", "the schema is missing"),
+        ('connection to server at "127.0.0.1", port 1 failed: Connection refused', "the database is unreachable"),
+    ],
+)
 def test_database_errors_are_told_apart(text, expected):
     assert database_message(Exception(text)).startswith(expected)
 
 
-@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL", "").startswith("postgres"),
-                    reason="needs the PostgreSQL server of TEST_DATABASE_URL (runs in the PostgreSQL pass)")
+@pytest.mark.skipif(
+    not os.environ.get("TEST_DATABASE_URL", "").startswith("postgres"),
+    reason="needs the PostgreSQL server of TEST_DATABASE_URL (runs in the PostgreSQL pass)",
+)
 def test_db_upgrade_against_a_refused_postgres_login_says_so(runner, monkeypatch):
     from urllib.parse import urlsplit
 

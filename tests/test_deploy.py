@@ -1,10 +1,11 @@
-"""Deployments as users do them (CONTRACT.md, "Layout"): a Heroku build (only
+"""Deployments as users do them (docs/contract.md, "Layout"): a Heroku build (only
 ``pip install -r requirements.txt``, then the Procfile's lines from the repository root) against
 Heroku Redis (TLS, self-signed); the installed package (``pip install .``) used from another
 directory; the Heroku button's app.json; the container's files.
 
 The two build tests make fresh virtualenvs (pip reads its cache: about 10 s each here); each runs
 in one of CI's two passes, with the reason shown in the other."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,25 @@ from tests.tlsredis import TlsRedisServer
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("release", "web", "worker", "backfill", "clock")
 # Variables of this machine that would make a child process something other than a fresh deploy.
-FOREIGN = ("PYTHONPATH", "VIRTUAL_ENV", "DYNO", "REDIS_TLS_VERIFY", "DATABASE_URL", "REDIS_URL", "PORT",
-           "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "JIRA_CLOUD_ID", "JIRA_PROJECTS",
-           "ADMIN_TOKEN", "WEB_CONCURRENCY", "LOG_LEVEL", "LOG_FORMAT")
+FOREIGN = (
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "DYNO",
+    "REDIS_TLS_VERIFY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "PORT",
+    "JIRA_BASE_URL",
+    "JIRA_EMAIL",
+    "JIRA_API_TOKEN",
+    "JIRA_OAUTH_TOKEN",
+    "JIRA_CLOUD_ID",
+    "JIRA_PROJECTS",
+    "ADMIN_TOKEN",
+    "WEB_CONCURRENCY",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+)
 
 
 def procfile() -> dict[str, str]:
@@ -91,15 +108,23 @@ def test_heroku_build_runs_every_procfile_line_against_heroku_redis(tmp_path: Pa
     redis = TlsRedisServer(tmp_path, password="heroku-redis-pass-1234")
     redis.start()
     port = free_port()
-    env = deploy_env(bin_dir, DYNO="web.1", DATABASE_URL=database_url, REDIS_URL=redis.url, PORT=str(port),
-                     WEB_CONCURRENCY="1", JIRA_WEBHOOK_SECRET="a-webhook-secret",
-                     ADMIN_TOKEN="an-admin-token-of-at-least-32-characters")
+    env = deploy_env(
+        bin_dir,
+        DYNO="web.1",
+        DATABASE_URL=database_url,
+        REDIS_URL=redis.url,
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+        JIRA_WEBHOOK_SECRET="a-webhook-secret",
+        ADMIN_TOKEN="an-admin-token-of-at-least-32-characters",
+    )
     lines = procfile()
     assert set(lines) == set(PROCESSES)
     running: dict[str, Proc] = {}
     try:
-        release = subprocess.run(["sh", "-c", lines["release"]], cwd=ROOT, env=env, capture_output=True, text=True,
-                                 timeout=120)
+        release = subprocess.run(
+            ["sh", "-c", lines["release"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert release.returncode == 0, release.stdout + release.stderr
         for name in ("web", "worker", "backfill", "clock"):
             running[name] = Proc(["sh", "-c", f"exec {lines[name]}"], env, tmp_path / f"{name}.log")
@@ -152,8 +177,13 @@ def test_self_signed_redis_is_refused_off_heroku_with_a_clear_message(tmp_path: 
         redis.stop()
 
 
-@pytest.mark.parametrize("command", [["python", "-m", "jira_mirror_cli", "worker"],
-                                     ["gunicorn", "--config", "gunicorn.conf.py", "receiver:create_app()"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["python", "-m", "jira_mirror_cli", "worker"],
+        ["gunicorn", "--config", "gunicorn.conf.py", "receiver:create_app()"],
+    ],
+)
 def test_sqlite_on_heroku_stops_the_process_with_a_clear_message(command: list[str]) -> None:
     bin_dir = Path(sys.executable).parent
     env = deploy_env(bin_dir, DYNO="worker.1", REDIS_URL=TEST_REDIS_URL, PORT=str(free_port()))
@@ -168,15 +198,18 @@ def test_sqlite_on_heroku_stops_the_process_with_a_clear_message(command: list[s
 @pytest.mark.skipif(
     os.environ.get("TEST_DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
     reason="runs in the SQLite pass: what `pip install .` ships does not depend on the database (the "
-           "PostgreSQL pass builds the Heroku virtualenv instead: one fresh virtualenv per pass)",
+    "PostgreSQL pass builds the Heroku virtualenv instead: one fresh virtualenv per pass)",
 )
 def test_installed_package_works_from_another_directory(tmp_path: Path, database_url: str, redis_conn: object) -> None:
     """``pip install .`` in a fresh virtualenv: only the product's packages land in
     site-packages; from another directory the CLI works, ``db upgrade`` runs, and the status page
     and every static file it links are served."""
     source = tmp_path / "src"  # a copy: no stale build/ of this checkout can leak into the wheel
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info",
-                                                                "__pycache__", "*.db", ".pytest_cache"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "*.db", ".pytest_cache"),
+    )
     bin_dir = fresh_venv(tmp_path / "venv", str(source))
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
     installed = {p.name for p in site.iterdir()}
@@ -185,12 +218,18 @@ def test_installed_package_works_from_another_directory(tmp_path: Path, database
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     port = free_port()
-    env = deploy_env(bin_dir, DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL,
-                     ADMIN_TOKEN="installed-token-1-of-at-least-32-chars", PORT=str(port))
+    env = deploy_env(
+        bin_dir,
+        DATABASE_URL=database_url,
+        REDIS_URL=TEST_REDIS_URL,
+        ADMIN_TOKEN="installed-token-1-of-at-least-32-chars",
+        PORT=str(port),
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(bin_dir / "jira-mirror"), *args], cwd=elsewhere, env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [str(bin_dir / "jira-mirror"), *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+        )
 
     upgraded = cli("db", "upgrade")
     assert upgraded.returncode == 0 and "schema" in upgraded.stdout, upgraded.stdout + upgraded.stderr
@@ -198,8 +237,12 @@ def test_installed_package_works_from_another_directory(tmp_path: Path, database
     assert listed.returncode == 0, listed.stderr
     simulate = cli("simulate")
     assert simulate.returncode == 1 and "development tool" in simulate.stderr
-    web = Proc([str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "receiver:create_app()"],
-               env, tmp_path / "web.log", cwd=elsewhere)
+    web = Proc(
+        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "receiver:create_app()"],
+        env,
+        tmp_path / "web.log",
+        cwd=elsewhere,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         page = wait_for(base + "/", web, headers={"Authorization": "Bearer installed-token-1-of-at-least-32-chars"})
@@ -219,8 +262,23 @@ def test_installed_package_works_from_another_directory(tmp_path: Path, database
 
 # The top-level keys of Heroku's app.json schema (https://devcenter.heroku.com/articles/app-json-schema),
 # and those of an `env` entry.
-APP_JSON_KEYS = {"name", "description", "keywords", "website", "repository", "logo", "success_url", "scripts",
-                 "env", "formation", "image", "addons", "buildpacks", "environments", "stack"}
+APP_JSON_KEYS = {
+    "name",
+    "description",
+    "keywords",
+    "website",
+    "repository",
+    "logo",
+    "success_url",
+    "scripts",
+    "env",
+    "formation",
+    "image",
+    "addons",
+    "buildpacks",
+    "environments",
+    "stack",
+}
 ENV_KEYS = {"description", "value", "required", "generator"}
 
 
@@ -264,12 +322,15 @@ def test_compose_file_runs_every_procfile_process_with_its_services() -> None:
 
 
 def test_dockerfile_is_small_non_root_and_uses_the_entrypoint() -> None:
-    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert re.fullmatch(r"FROM python:3\.11-slim", lines[0])
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    entrypoint = json.loads(next(line for line in lines if line.startswith("ENTRYPOINT"))[len("ENTRYPOINT"):])
+    entrypoint = json.loads(next(line for line in lines if line.startswith("ENTRYPOINT"))[len("ENTRYPOINT") :])
     assert (ROOT / entrypoint[0]).is_file() and os.access(ROOT / entrypoint[0], os.X_OK)
     for line in lines:
         if line.startswith("COPY ") and not line.startswith("COPY . "):
@@ -284,10 +345,14 @@ def test_entrypoint_runs_procfile_processes_by_name(tmp_path: Path, database_url
     stops it cleanly, and an unknown name lists the Procfile's processes."""
     entrypoint = str(ROOT / "scripts" / "docker-entrypoint.sh")
     port = free_port()
-    env = deploy_env(Path(sys.executable).parent, DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL,
-                     PORT=str(port), WEB_CONCURRENCY="1")
-    release = subprocess.run([entrypoint, "release"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=60)
+    env = deploy_env(
+        Path(sys.executable).parent,
+        DATABASE_URL=database_url,
+        REDIS_URL=TEST_REDIS_URL,
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+    )
+    release = subprocess.run([entrypoint, "release"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert release.returncode == 0 and "schema" in release.stdout, release.stdout + release.stderr
     unknown = subprocess.run([entrypoint, "nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert unknown.returncode == 64

@@ -1,5 +1,6 @@
 """scripts/testenv.py (`make test`'s prerequisites) and scripts/dev.py (`make run`): their decisions,
 and Redis started for real on a throwaway port (never the shared one)."""
+
 from __future__ import annotations
 
 import sys
@@ -46,28 +47,45 @@ def test_testenv_postgres_start_command_is_debians(tmp_path, monkeypatch):
     (tmp_path / "15").mkdir()
     monkeypatch.setattr(testenv.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert testenv.postgres_start_command(tmp_path) == [
-        "pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"]
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        "15",
+        "main",
+        "start",
+    ]
 
 
-@pytest.mark.parametrize("present, root, apt, plan", [
-    (True, False, False, "ok"),
-    (False, True, True, "install"),
-    (False, False, True, "run: sudo apt-get update && sudo apt-get install -y chromium"),
-    (False, True, False, "install Chromium so that /usr/bin/chromium exists (or set CHROMIUM to its path)"),
-])
+@pytest.mark.parametrize(
+    "present, root, apt, plan",
+    [
+        (True, False, False, "ok"),
+        (False, True, True, "install"),
+        (False, False, True, "run: sudo apt-get update && sudo apt-get install -y chromium"),
+        (False, True, False, "install Chromium so that /usr/bin/chromium exists (or set CHROMIUM to its path)"),
+    ],
+)
 def test_testenv_chromium_plan(present, root, apt, plan):
     assert testenv.chromium_plan(present=present, root=root, apt=apt) == plan
 
 
 def test_make_run_prints_the_environment_for_a_second_terminal():
-    env = {"DATABASE_URL": "sqlite:///jira-mirror.db", "REDIS_URL": "redis://localhost:6379/0",
-           "JIRA_BASE_URL": "http://127.0.0.1:8081", "JIRA_EMAIL": "sim@example.com", "JIRA_API_TOKEN": "sim-token",
-           "JIRA_PROJECTS": "DEMO", "ADMIN_TOKEN": "generated-token-123"}
+    env = {
+        "DATABASE_URL": "sqlite:///jira-mirror.db",
+        "REDIS_URL": "redis://localhost:6379/0",
+        "JIRA_BASE_URL": "http://127.0.0.1:8081",
+        "JIRA_EMAIL": "sim@example.com",
+        "JIRA_API_TOKEN": "sim-token",
+        "JIRA_PROJECTS": "DEMO",
+        "ADMIN_TOKEN": "generated-token-123",
+    }
     lines = dev.second_terminal(env, {}, simulated=True)
     joined = "\n".join(lines)
     assert "export DATABASE_URL=sqlite:///jira-mirror.db" in joined
     assert "JIRA_BASE_URL=http://127.0.0.1:8081" in joined and "JIRA_API_TOKEN=sim-token" in joined
     assert "ADMIN_TOKEN=$(cat .dev-admin-token)" in joined and "generated-token-123" not in joined
-    real = dev.second_terminal({**env, "JIRA_BASE_URL": "https://acme.atlassian.net", "JIRA_API_TOKEN": "real-tok"},
-                               {"JIRA_API_TOKEN": "real-tok"}, simulated=False)
+    real = dev.second_terminal(
+        {**env, "JIRA_BASE_URL": "https://acme.atlassian.net", "JIRA_API_TOKEN": "real-tok"},
+        {"JIRA_API_TOKEN": "real-tok"},
+        simulated=False,
+    )
     assert "real-tok" not in "\n".join(real) and "JIRA_BASE_URL=https://acme.atlassian.net" in "\n".join(real)

@@ -2,6 +2,7 @@
 
 Also: Redis down -> 503, and Jira's redelivery after Redis returns is applied (nothing lost).
 """
+
 import concurrent.futures as cf
 import dataclasses
 import datetime as dt
@@ -38,11 +39,17 @@ def test_burst_of_signed_deliveries_becomes_rows(db, settings, redis_conn, tmp_p
         for i in range(100):
             issue_id, key = str(30000 + i), f"DEMO-{i + 1}"
             for v in range(3):
-                issue = factories.issue(issue_id, key, updated=T0 + dt.timedelta(minutes=v), summary=f"{key} v{v} ✓",
-                                        offset=rng.choice(["+0530", "-0800", "+0000"]))
+                issue = factories.issue(
+                    issue_id,
+                    key,
+                    updated=T0 + dt.timedelta(minutes=v),
+                    summary=f"{key} v{v} ✓",
+                    offset=rng.choice(["+0530", "-0800", "+0000"]),
+                )
                 event = "jira:issue_created" if v == 0 else "jira:issue_updated"
-                deliveries.append(factories.signed(factories.delivery(event, issue, timestamp=1_746_086_400_000 + v),
-                                                   SECRET))
+                deliveries.append(
+                    factories.signed(factories.delivery(event, issue, timestamp=1_746_086_400_000 + v), SECRET)
+                )
                 truth[issue_id] = issue
         deliveries += rng.sample(deliveries, 30)  # Jira's at-least-once: some arrive twice
         rng.shuffle(deliveries)
@@ -60,8 +67,12 @@ def test_burst_of_signed_deliveries_becomes_rows(db, settings, redis_conn, tmp_p
         print(f"\n{len(deliveries)} deliveries in {elapsed:.2f}s: {len(deliveries) / elapsed:.0f}/s")
         assert codes.count(202) == 300 and codes.count(200) == 30
 
-        assert _wait_for(lambda: redis_conn.llen("rq:queue:issues") == 0 and
-                         Issue.select().where(Issue.summary.endswith("v2 ✓")).count() == 100), worker.output()[-2000:]
+        assert _wait_for(
+            lambda: (
+                redis_conn.llen("rq:queue:issues") == 0
+                and Issue.select().where(Issue.summary.endswith("v2 ✓")).count() == 100
+            )
+        ), worker.output()[-2000:]
         time.sleep(0.5)  # let the job in hand finish
         rows = {r.issue_id: r for r in Issue.select()}
         assert set(rows) == set(truth)
@@ -84,8 +95,9 @@ def test_redis_down_answers_503_and_redelivery_is_applied(db, settings, tmp_path
 
     client = create_app(local).test_client()
     try:
-        body, headers = factories.signed(factories.delivery(the_issue=factories.issue(summary="while down")), SECRET,
-                                         delivery_id="redelivered-1")
+        body, headers = factories.signed(
+            factories.delivery(the_issue=factories.issue(summary="while down")), SECRET, delivery_id="redelivered-1"
+        )
         server.stop()
         response = client.post("/webhooks/jira", data=body, headers=headers)
         assert response.status_code == 503 and "queue" in response.get_json()["error"]

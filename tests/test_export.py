@@ -1,33 +1,43 @@
 """`jira-mirror issues export`: JSON lines, the documented fields, filters, and constant memory."""
+
 import datetime as dt
 import json
 import subprocess
 import sys
 import time
 
-import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
-from mirror import logs, store
+from mirror import store
 from mirror.issues import to_row
 from mirror.models import Issue
 from tests import factories, procs
 
-FIELDS = {"issue_id", "key", "project_key", "summary", "status", "status_category", "issue_type", "priority",
-          "assignee_account_id", "reporter_account_id", "labels", "created", "updated", "resolved", "deleted",
-          "deleted_at", "parent_id", "resolution", "due_date", "story_points", "sprint_ids", "status_changed_at"}
+FIELDS = {
+    "issue_id",
+    "key",
+    "project_key",
+    "summary",
+    "status",
+    "status_category",
+    "issue_type",
+    "priority",
+    "assignee_account_id",
+    "reporter_account_id",
+    "labels",
+    "created",
+    "updated",
+    "resolved",
+    "deleted",
+    "deleted_at",
+    "parent_id",
+    "resolution",
+    "due_date",
+    "story_points",
+    "sprint_ids",
+    "status_changed_at",
+}
 T0 = dt.datetime(2025, 6, 1, 12, 0, 0)
-
-
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    monkeypatch.delenv("JIRA_BASE_URL", raising=False)
-    yield CliRunner()
-    logs.unconfigure()  # the command installed its log handler in this process
 
 
 def rows_of(output: str) -> list[dict]:
@@ -35,13 +45,24 @@ def rows_of(output: str) -> list[dict]:
 
 
 def test_export_writes_one_issue_a_line_with_the_documented_fields(runner, settings):
-    store.upsert_issues([
-        to_row(settings.site, factories.issue("10001", "DEMO-1", updated=T0, summary="Café ✓ \"quoted\"\nline",
-                                              resolutiondate="2025-06-02T08:00:00.000+0200"),
-               source="webhook", event_ts=1),
-        to_row(settings.site, factories.issue("10002", "DEMO-2", updated=T0), source="backfill", event_ts=1),
-        to_row(settings.site, factories.issue("20001", "OPS-1", updated=T0), source="backfill", event_ts=1),
-    ])
+    store.upsert_issues(
+        [
+            to_row(
+                settings.site,
+                factories.issue(
+                    "10001",
+                    "DEMO-1",
+                    updated=T0,
+                    summary="Café ✓ \"quoted\"\nline",
+                    resolutiondate="2025-06-02T08:00:00.000+0200",
+                ),
+                source="webhook",
+                event_ts=1,
+            ),
+            to_row(settings.site, factories.issue("10002", "DEMO-2", updated=T0), source="backfill", event_ts=1),
+            to_row(settings.site, factories.issue("20001", "OPS-1", updated=T0), source="backfill", event_ts=1),
+        ]
+    )
     store.mark_deleted(settings.site, ["10002"], at=T0 + dt.timedelta(hours=1))
     result = runner.invoke(main, ["issues", "export"])
     assert result.exit_code == 0, result.output
@@ -61,8 +82,14 @@ def test_export_writes_one_issue_a_line_with_the_documented_fields(runner, setti
 
 
 def test_export_filters_by_project_and_can_include_deleted(runner, settings):
-    store.upsert_issues([to_row(settings.site, factories.issue(str(10000 + i), f"{p}-{i}", updated=T0),
-                                source="backfill", event_ts=1) for i, p in enumerate(["DEMO", "DEMO", "OPS", "WEB"])])
+    store.upsert_issues(
+        [
+            to_row(
+                settings.site, factories.issue(str(10000 + i), f"{p}-{i}", updated=T0), source="backfill", event_ts=1
+            )
+            for i, p in enumerate(["DEMO", "DEMO", "OPS", "WEB"])
+        ]
+    )
     store.mark_deleted(settings.site, ["10001"], at=T0)
     result = runner.invoke(main, ["issues", "export", "--project", "demo", "--include-deleted"])
     rows = rows_of(result.stdout)
@@ -76,8 +103,14 @@ def test_export_pages_by_id_without_gaps_or_repeats(runner, settings, monkeypatc
     from jira_mirror_cli import ops
 
     monkeypatch.setattr(ops, "EXPORT_BATCH", 7)
-    store.upsert_issues([to_row(settings.site, factories.issue(str(10000 + i), f"DEMO-{i}", updated=T0),
-                                source="backfill", event_ts=1) for i in range(50)])
+    store.upsert_issues(
+        [
+            to_row(
+                settings.site, factories.issue(str(10000 + i), f"DEMO-{i}", updated=T0), source="backfill", event_ts=1
+            )
+            for i in range(50)
+        ]
+    )
     store.mark_deleted(settings.site, [str(10000 + i) for i in range(0, 50, 3)], at=T0)
     rows = list(ops.iter_export_rows(settings.site, batch=7))
     assert [r["key"] for r in rows] == [f"DEMO-{i}" for i in range(50) if i % 3]
@@ -99,14 +132,30 @@ def _insert(settings, count: int, start: int = 0) -> None:
     batch = []
     with Issue._meta.database.atomic():
         for i in range(start, start + count):
-            batch.append({
-                "site": settings.site, "issue_id": str(100000 + i), "key": f"DEMO-{i}", "project_key": "DEMO",
-                "summary": f"Issue number {i} with a summary of ordinary length", "status": "In Progress",
-                "status_category": "indeterminate", "issue_type": "Task", "priority": "Medium",
-                "assignee_account_id": "5b10ac8d82e05b22cc7d4ef5", "reporter_account_id": "5b10a2844c20165700ede21g",
-                "labels": ["backend"], "created": now, "updated": now + dt.timedelta(seconds=i), "resolved": None,
-                "fields": fields, "deleted_at": None, "synced_at": now, "source": "backfill", "event_ts": 0,
-            })
+            batch.append(
+                {
+                    "site": settings.site,
+                    "issue_id": str(100000 + i),
+                    "key": f"DEMO-{i}",
+                    "project_key": "DEMO",
+                    "summary": f"Issue number {i} with a summary of ordinary length",
+                    "status": "In Progress",
+                    "status_category": "indeterminate",
+                    "issue_type": "Task",
+                    "priority": "Medium",
+                    "assignee_account_id": "5b10ac8d82e05b22cc7d4ef5",
+                    "reporter_account_id": "5b10a2844c20165700ede21g",
+                    "labels": ["backend"],
+                    "created": now,
+                    "updated": now + dt.timedelta(seconds=i),
+                    "resolved": None,
+                    "fields": fields,
+                    "deleted_at": None,
+                    "synced_at": now,
+                    "source": "backfill",
+                    "event_ts": 0,
+                }
+            )
             if len(batch) == 1000:
                 Issue.insert_many(batch).execute()
                 batch = []
@@ -126,8 +175,13 @@ def _export_peak_rss(settings, tmp_path) -> tuple[int, int]:
     """Runs the export in a child of a fresh process (so that only its peak is measured):
     (lines written, peak RSS in KiB)."""
     out = tmp_path / "export.jsonl"
-    answer = subprocess.run([sys.executable, "-c", MEASURE, str(out), *procs.jira_mirror("issues", "export")],
-                            env=procs.env_for(settings, JIRA_PROJECTS=""), capture_output=True, text=True, timeout=300)
+    answer = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(out), *procs.jira_mirror("issues", "export")],
+        env=procs.env_for(settings, JIRA_PROJECTS=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     code, rss = answer.stdout.split()
     assert code == "0", answer.stderr
     with open(out, "rb") as handle:
@@ -143,8 +197,10 @@ def test_export_of_100k_issues_runs_in_constant_memory(db, settings, tmp_path):
     inserted = time.perf_counter()
     big_lines, big_rss = _export_peak_rss(settings, tmp_path)
     exported = time.perf_counter()
-    print(f"\ninsert 100k: {inserted - started:.1f}s; export 100k: {exported - inserted:.1f}s; "
-          f"peak RSS 10k: {small_rss / 1024:.1f} MiB, 100k: {big_rss / 1024:.1f} MiB")
+    print(
+        f"\ninsert 100k: {inserted - started:.1f}s; export 100k: {exported - inserted:.1f}s; "
+        f"peak RSS 10k: {small_rss / 1024:.1f} MiB, 100k: {big_rss / 1024:.1f} MiB"
+    )
     assert (small_lines, big_lines) == (10_000, 100_000)
     assert big_rss < 120 * 1024
     assert big_rss - small_rss < 10 * 1024  # ten times the rows, (almost) the same memory

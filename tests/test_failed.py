@@ -1,35 +1,28 @@
 """Failed jobs: a job that exhausted its retries while the database was unreachable is listed,
 and once the cause is fixed `jira-mirror failed retry` brings it back and it succeeds."""
+
 import json
 
 import pytest
-from click.testing import CliRunner
 from rq.registry import FailedJobRegistry
 
 from jira_mirror_cli import main
-from mirror import logs
 from mirror.models import Issue
 from tests import factories, procs
 from tests.conftest import free_port
 from workers import failed, queues
+from workers import status as ops_status
 
 
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    yield CliRunner()
-    logs.unconfigure()
-
-
-def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(runner, settings, redis_conn, tmp_path,
-                                                                           drain, monkeypatch):
+def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(
+    runner, settings, redis_conn, tmp_path, drain, monkeypatch
+):
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])  # stored in the job: the worker process uses it too
     q = queues.queue(queues.ISSUES, redis_conn)
     issue = factories.issue("10001", "DEMO-1", summary="written after the outage")
     [job_id] = queues.enqueue_issue_jobs(
-        q, [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})], delivery_id=None)
+        q, [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})], delivery_id=None
+    )
 
     # A real worker whose database does not answer: nothing listens on that port.
     dead = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
@@ -67,21 +60,23 @@ def test_retry_by_id_across_queues_and_unknown_ids(runner, settings, redis_conn,
     ids = []
     for name in (queues.ISSUES, queues.BACKFILL):
         job = queues.queue(name, redis_conn).enqueue_call(
-            "workers.jobs.upsert_issue", kwargs={"site": settings.site, "issue": bad, "event_ts": 1},
-            description=f"bad on {name}")
+            "workers.jobs.upsert_issue",
+            kwargs={"site": settings.site, "issue": bad, "event_ts": 1},
+            description=f"bad on {name}",
+        )
         ids.append(job.id)
     drain((queues.ISSUES, queues.BACKFILL))
-    listed = failed.list_failed(redis_conn)
+    listed = ops_status.list_failed(redis_conn)
     assert {(j["id"], j["queue"]) for j in listed} == {(ids[0], "issues"), (ids[1], "backfill")}
     assert all("IssueMappingError" in j["error"] for j in listed)
 
     unknown = runner.invoke(main, ["failed", "retry", ids[1], "no-such-job"])
     assert unknown.exit_code == 1 and "no-such-job" in unknown.output and "nothing was retried" in unknown.output
-    assert len(failed.list_failed(redis_conn)) == 2  # all or nothing
+    assert len(ops_status.list_failed(redis_conn)) == 2  # all or nothing
 
     assert failed.retry_failed(redis_conn, [ids[1]]) == [ids[1]]
     assert redis_conn.llen("rq:queue:backfill") == 1
-    assert [j["id"] for j in failed.list_failed(redis_conn)] == [ids[0]]
+    assert [j["id"] for j in ops_status.list_failed(redis_conn)] == [ids[0]]
     with pytest.raises(ValueError):
         failed.retry_failed(redis_conn)
 

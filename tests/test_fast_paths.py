@@ -1,6 +1,7 @@
 """The receiver's fast paths keep the slow paths' answers: the one-round-trip enqueue writes the
 job RQ's own ``enqueue_call`` writes, and the delivery check without marshmallow answers as the
 schemas do (real Redis, real database)."""
+
 import copy
 import json
 import random
@@ -26,26 +27,45 @@ def _kwargs(key="DEMO-1"):
 def test_the_enqueued_job_is_the_one_rq_writes(redis_conn):
     q = queues.queue(queues.ISSUES, redis_conn)
     [ours] = queues.enqueue_issue_jobs(q, [(JOB, _kwargs())], delivery_id="d-1")
-    theirs = q.enqueue_call(JOB, kwargs=_kwargs(), retry=queues.retry_policy(), result_ttl=queues.JOB_RESULT_TTL,
-                            failure_ttl=queues.JOB_FAILURE_TTL, description="upsert_issue DEMO-1").id
+    theirs = q.enqueue_call(
+        JOB,
+        kwargs=_kwargs(),
+        retry=queues.retry_policy(),
+        result_ttl=queues.JOB_RESULT_TTL,
+        failure_ttl=queues.JOB_FAILURE_TTL,
+        description="upsert_issue DEMO-1",
+    ).id
     mine, rq_own = redis_conn.hgetall(f"rq:job:{ours}"), redis_conn.hgetall(f"rq:job:{theirs}")
     assert set(mine) == set(rq_own)
     differ = {k for k in rq_own if mine[k] != rq_own[k]}
     assert differ <= {b"created_at", b"enqueued_at", b"data"}  # times, and the zlib level of the same data
     job, reference = q.fetch_job(ours), q.fetch_job(theirs)
-    for attribute in ("func_name", "args", "kwargs", "retries_left", "retry_intervals", "origin", "description",
-                      "timeout", "result_ttl", "failure_ttl", "get_status"):
+    for attribute in (
+        "func_name",
+        "args",
+        "kwargs",
+        "retries_left",
+        "retry_intervals",
+        "origin",
+        "description",
+        "timeout",
+        "result_ttl",
+        "failure_ttl",
+        "get_status",
+    ):
         mine_value, rq_value = getattr(job, attribute), getattr(reference, attribute)
-        assert ((mine_value() if callable(mine_value) else mine_value)
-                == (rq_value() if callable(rq_value) else rq_value))
+        assert (mine_value() if callable(mine_value) else mine_value) == (
+            rq_value() if callable(rq_value) else rq_value
+        )
     assert q.get_job_ids() == [ours, theirs] and redis_conn.sismember("rq:queues", q.key)
 
 
 def test_a_remembered_delivery_enqueues_and_counts_nothing(redis_conn):
     q = queues.queue(queues.ISSUES, redis_conn)
     count = lambda pipe: pipe.hincrby("counter", "accepted", 1)  # noqa: E731
-    queues.enqueue_issue_jobs(q, [(JOB, _kwargs())], delivery_id="d-2", before_execute=count,
-                              refresh=[("local", "10001", 5)])
+    queues.enqueue_issue_jobs(
+        q, [(JOB, _kwargs())], delivery_id="d-2", before_execute=count, refresh=[("local", "10001", 5)]
+    )
     with pytest.raises(queues.DuplicateDeliveryError):
         queues.enqueue_issue_jobs(q, [(JOB, _kwargs())], delivery_id="d-2", before_execute=count)
     assert q.count == 1 and redis_conn.hget("counter", "accepted") == b"1"
@@ -69,8 +89,9 @@ def test_a_failed_enqueue_writes_nothing_and_the_redelivery_is_not_a_duplicate(r
 def test_extra_commands_take_positional_arguments_only(redis_conn):
     q = queues.queue(queues.ISSUES, redis_conn)
     with pytest.raises(TypeError):
-        queues.enqueue_issue_jobs(q, [(JOB, _kwargs())], delivery_id="d-4",
-                                  before_execute=lambda pipe: pipe.set("x", 1, ex=5))
+        queues.enqueue_issue_jobs(
+            q, [(JOB, _kwargs())], delivery_id="d-4", before_execute=lambda pipe: pipe.set("x", 1, ex=5)
+        )
     assert q.count == 0
 
 
@@ -83,6 +104,7 @@ def test_the_retry_policy_in_force_is_written_into_each_job(redis_conn, monkeypa
 
 
 # --- validation without marshmallow --------------------------------------------------------------
+
 
 def _marshmallow(payload):
     """What the schemas alone answer (issue as sent), or the error messages."""
@@ -102,9 +124,33 @@ def _ours(payload):
         return ("error", exc.messages)
 
 
-ODD_VALUES = [None, 0, 1, -1, True, 1.5, "", "x", "DEMO", "DEMO-1", "10001", "2024-12-29T08:41:23.904+0530",
-              "2024-02-30T08:41:23.904+0530", "2024-12-29", "2024-12-29T08:41:23.904+2460", "yesterday", [], ["a"],
-              [None], {}, {"key": "DEMO"}, {"name": None}, {"name": 3}, 2**60, "1" * 25]
+ODD_VALUES = [
+    None,
+    0,
+    1,
+    -1,
+    True,
+    1.5,
+    "",
+    "x",
+    "DEMO",
+    "DEMO-1",
+    "10001",
+    "2024-12-29T08:41:23.904+0530",
+    "2024-02-30T08:41:23.904+0530",
+    "2024-12-29",
+    "2024-12-29T08:41:23.904+2460",
+    "yesterday",
+    [],
+    ["a"],
+    [None],
+    {},
+    {"key": "DEMO"},
+    {"name": None},
+    {"name": 3},
+    2**60,
+    "1" * 25,
+]
 
 
 def _paths(node, prefix=()):

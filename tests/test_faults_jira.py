@@ -8,6 +8,7 @@ The waits are real (``time.sleep``); only the client's backoff base is shortened
 of Atlassian's 5 s) so that a burst of failures costs a second, not a minute. Retry-After is
 honoured as sent (1 s).
 """
+
 import threading
 import time
 
@@ -99,8 +100,9 @@ def big_site():
     return Site.generate({"DEMO": 5600}, seed=61)
 
 
-def test_an_expired_page_token_fails_the_sync_clearly_and_the_next_run_is_exact(db, jira, jira_settings, redis_conn,
-                                                                                big_site):
+def test_an_expired_page_token_fails_the_sync_clearly_and_the_next_run_is_exact(
+    db, jira, jira_settings, redis_conn, big_site
+):
     jira.site = big_site
     jira.expire_next_page_token(1)  # the second page of ids is refused: "nextPageToken ... expired"
     with pytest.raises(SyncError, match="nextPageToken is invalid or has expired"):

@@ -9,6 +9,7 @@
   a dropped connection and delivers again with the same identifier. Whether or not the first
   attempt reached Redis, the mirror ends with exactly one job for the delivery.
 """
+
 import dataclasses
 import socket
 import threading
@@ -35,8 +36,9 @@ def jira_site():
 
 def test_worker_sigkilled_mid_job_has_its_job_retried_and_loses_nothing(jira, jira_settings, redis_conn, tmp_path):
     env = jira_env(jira_settings, WORKER_HEARTBEAT_SECONDS="1")
-    web, url = procs.start_web(jira_settings, tmp_path, workers=1,
-                               **{k: v for k, v in env.items() if k.startswith("JIRA_")})
+    web, url = procs.start_web(
+        jira_settings, tmp_path, workers=1, **{k: v for k, v in env.items() if k.startswith("JIRA_")}
+    )
     pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=jira.site, base_url=jira.url, seed=31)
     first = second = None
     try:
@@ -63,11 +65,18 @@ def test_worker_sigkilled_mid_job_has_its_job_retried_and_loses_nothing(jira, ji
         second = procs.Proc(procs.jira_mirror("worker"), env, tmp_path / "second.log")
 
         def finished_lines():  # a finished issue job is deleted at once (queues.JOB_RESULT_TTL): its log tells
-            return {job_id: line for line in second.output().splitlines() if "job finished" in line
-                    for job_id in killed if f"job={job_id}" in line}
+            return {
+                job_id: line
+                for line in second.output().splitlines()
+                if "job finished" in line
+                for job_id in killed
+                if f"job={job_id}" in line
+            }
 
-        assert wait_for(lambda: len(finished_lines()) == len(killed), 60), (queue_state(redis_conn),
-                                                                            second.output()[-3000:])
+        assert wait_for(lambda: len(finished_lines()) == len(killed), 60), (
+            queue_state(redis_conn),
+            second.output()[-3000:],
+        )
         recovered = time.monotonic() - killed_at
         assert wait_for(lambda: drained(redis_conn), 30), queue_state(redis_conn)
         time.sleep(0.3)
@@ -77,8 +86,10 @@ def test_worker_sigkilled_mid_job_has_its_job_retried_and_loses_nothing(jira, ji
         # A retry read what the dead attempt had claimed (without that, every job would find nothing
         # left to read for two minutes, and the rows would be missing).
         assert any("outcome=refreshed" in line for line in finished_lines().values()), finished_lines()
-        print(f"\nworker SIGKILLed mid-job: {len(killed)} job(s) retried and finished {recovered:.1f}s later; "
-              f"{Issue.select().count()} rows, 0 lost")
+        print(
+            f"\nworker SIGKILLed mid-job: {len(killed)} job(s) retried and finished {recovered:.1f}s later; "
+            f"{Issue.select().count()} rows, 0 lost"
+        )
     finally:
         pusher.stop()
         for proc in (first, second):
@@ -136,8 +147,9 @@ def test_gunicorn_worker_sigkilled_mid_request_redelivery_lands_exactly_once(db,
 
         def post() -> None:
             try:
-                outcome["status"] = requests.post(url + "/webhooks/jira", data=body2, headers=headers2,
-                                                  timeout=10).status_code
+                outcome["status"] = requests.post(
+                    url + "/webhooks/jira", data=body2, headers=headers2, timeout=10
+                ).status_code
             except requests.RequestException as exc:
                 outcome["error"] = type(exc).__name__
 
@@ -160,8 +172,10 @@ def test_gunicorn_worker_sigkilled_mid_request_redelivery_lands_exactly_once(db,
         build_worker(drain_local, (ISSUES,), connection=conn).work(burst=True)
         rows = {r.issue_id: r.summary for r in Issue.select()}
         assert rows == {"20001": "one", "20002": "two"}
-        print(f"\ngunicorn worker killed mid-body: redelivery 202; killed mid-enqueue: first attempt "
-              f"{'landed (redelivery collapsed, 200)' if first_landed else 'did not land (redelivery 202)'}")
+        print(
+            f"\ngunicorn worker killed mid-body: redelivery 202; killed mid-enqueue: first attempt "
+            f"{'landed (redelivery collapsed, 200)' if first_landed else 'did not land (redelivery 202)'}"
+        )
     finally:
         web.terminate()
         server.stop()

@@ -3,6 +3,7 @@ Content-Length), slow clients (a client that sends its headers and stalls must n
 deliveries waiting for long), and what happens when the workers are down for a long time (the
 queue grows in Redis, `jira-mirror status` and /metrics show its depth, and nothing is lost).
 """
+
 import dataclasses
 import json
 import re
@@ -58,7 +59,7 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         # Chunked: no Content-Length to refuse up front; the cap holds while reading.
         def chunks():
             for start in range(0, len(body), 8192):
-                yield body[start:start + 8192]
+                yield body[start : start + 8192]
 
         response = requests.post(url + "/webhooks/jira", data=chunks(), headers=headers, timeout=10)
         assert response.status_code == 413, response.text
@@ -66,8 +67,10 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         # A Content-Length that lies (says small, sends more) cannot smuggle the rest in either.
         host, port = _host_port(url)
         with socket.create_connection((host, port)) as sock:
-            head = (f"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: 10\r\nX-Hub-Signature: {headers['X-Hub-Signature']}\r\n\r\n")
+            head = (
+                f"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 10\r\nX-Hub-Signature: {headers['X-Hub-Signature']}\r\n\r\n"
+            )
             sock.sendall(head.encode() + body[:20000])
             assert _answer(sock).startswith(b"HTTP/1.1 401")  # 10 bytes read: not the signed body
 
@@ -77,9 +80,12 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         assert queue(ISSUES, redis_conn).count == 1
         # The same size chunked (no Content-Length) is read whole and accepted (another delivery:
         # the same body again would be a replay).
-        body, headers = factories.signed(factories.delivery(the_issue=factories.issue(description="y" * (CAP - 4000))),
-                                         SECRET, delivery_id="chunked-fits")
-        pieces = (body[start:start + 8192] for start in range(0, len(body), 8192))
+        body, headers = factories.signed(
+            factories.delivery(the_issue=factories.issue(description="y" * (CAP - 4000))),
+            SECRET,
+            delivery_id="chunked-fits",
+        )
+        pieces = (body[start : start + 8192] for start in range(0, len(body), 8192))
         assert requests.post(url + "/webhooks/jira", data=pieces, headers=headers, timeout=10).status_code == 202
         assert queue(ISSUES, redis_conn).count == 2
     finally:
@@ -97,8 +103,10 @@ def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_c
     try:
         for n in range(2):
             sock = socket.create_connection((host, port))
-            sock.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 5000\r\nX-Hub-Signature: sha256=" + b"0" * 64 + b"\r\n\r\n{\"time")
+            sock.sendall(
+                b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 5000\r\nX-Hub-Signature: sha256=" + b"0" * 64 + b"\r\n\r\n{\"time"
+            )
             stalled.append(sock)
         half = socket.create_connection((host, port))  # and one that never finishes its headers
         half.sendall(b"POST /webhooks/jira HTTP/1.1\r\nHost: x\r\nContent-Ty")
@@ -172,8 +180,10 @@ def test_trickling_clients_do_not_delay_deliveries(db, settings, redis_conn, tmp
         # Cut at the deadline: the server closed them (a write fails once the close is seen).
         assert wait_for(lambda: len(dropped) == len(slow), timeout=15), dropped
         assert all(4 < seconds < 8 for seconds in dropped), dropped  # at the deadline
-        print(f"\nslow loris: deliveries answered in {max(waits):.2f}s at most; slow requests cut after "
-              f"{min(dropped):.0f}-{max(dropped):.0f}s")
+        print(
+            f"\nslow loris: deliveries answered in {max(waits):.2f}s at most; slow requests cut after "
+            f"{min(dropped):.0f}-{max(dropped):.0f}s"
+        )
     finally:
         stop.set()
         for sock in slow:
@@ -220,8 +230,9 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
     conn = Redis.from_url(server.url)
     site = Site.generate({"DEMO": 0}, seed=81)
     web, url = procs.start_web(local, tmp_path, workers=2)
-    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, max_retries=20, backoff_base=0.5,
-                           backoff_max=4, workers=8, seed=81)
+    pusher = WebhookPusher(
+        url + "/webhooks/jira", SECRET, site=site, max_retries=20, backoff_base=0.5, backoff_max=4, workers=8, seed=81
+    )
     workers = []
     try:
         baseline = conn.info("memory")["used_memory"]
@@ -231,8 +242,9 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
         rate = 1000 / (time.monotonic() - started)
         per_job = (conn.info("memory")["used_memory"] - baseline) / 1000
 
-        status = subprocess.run(procs.jira_mirror("status", "--json"), env=procs.env_for(local), capture_output=True,
-                                text=True, timeout=60)
+        status = subprocess.run(
+            procs.jira_mirror("status", "--json"), env=procs.env_for(local), capture_output=True, text=True, timeout=60
+        )
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["queues"]["issues"]["queued"] == 1000
         metrics = requests.get(url + "/metrics", timeout=10).text
@@ -244,8 +256,9 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
         depth = queue(ISSUES, conn).count
         assert memory["used_memory"] < memory["maxmemory"] - 3 * 1024 * 1024  # the reserve is kept
 
-        workers = [procs.start_worker(local, tmp_path, name=f"worker-{i}", WORKER_HEARTBEAT_SECONDS="1")
-                   for i in range(2)]
+        workers = [
+            procs.start_worker(local, tmp_path, name=f"worker-{i}", WORKER_HEARTBEAT_SECONDS="1") for i in range(2)
+        ]
         assert pusher.flush(120), pusher.counters
         assert wait_for(lambda: drained(conn), 120), (queue_state(conn), workers[0].output()[-3000:])
         time.sleep(0.3)
@@ -254,11 +267,13 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
         assert queue_state(conn)["failed"] == 0
         problems = differences(site, ["DEMO"], site_name=local.site)
         assert not problems, problems[:5]
-        print(f"\nworkers down: deliveries queued at {rate:.0f}/s, {per_job:.0f} bytes of Redis a queued job "
-              f"(an hour at 10 deliveries/s: {3600 * 10 * per_job / 1e6:.0f} MB); with maxmemory 12 MB the "
-              f"receiver answered 503 at a depth of {depth} ({memory['used_memory'] / 1e6:.1f} MB used), "
-              f"{counters['by_status'].get(503, 0)} times in all; after the workers came back "
-              f"{sum(site.counts.values())} events, {Issue.select().count()} rows, 0 lost")
+        print(
+            f"\nworkers down: deliveries queued at {rate:.0f}/s, {per_job:.0f} bytes of Redis a queued job "
+            f"(an hour at 10 deliveries/s: {3600 * 10 * per_job / 1e6:.0f} MB); with maxmemory 12 MB the "
+            f"receiver answered 503 at a depth of {depth} ({memory['used_memory'] / 1e6:.1f} MB used), "
+            f"{counters['by_status'].get(503, 0)} times in all; after the workers came back "
+            f"{sum(site.counts.values())} events, {Issue.select().count()} rows, 0 lost"
+        )
     finally:
         pusher.stop()
         for worker in workers:

@@ -6,6 +6,7 @@ last set of tracked projects), so Jira keeps getting 202s; the jobs that meet th
 fail and are retried with backoff (1 s, 2 s, 4 s …); none is dropped, and once the database is
 back the mirror converges on the simulator's truth.
 """
+
 import dataclasses
 import time
 
@@ -40,8 +41,18 @@ def test_postgres_stopped_mid_stream_jobs_retry_and_nothing_is_dropped(cluster, 
     site = Site.generate({"DEMO": 0}, seed=41)
     web, url = procs.start_web(local, tmp_path, workers=2)
     worker = procs.start_worker(local, tmp_path, WORKER_HEARTBEAT_SECONDS="1")
-    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, duplicate_rate=0.1, shuffle=True,
-                           shuffle_window=0.3, backoff_base=0.5, backoff_max=4, workers=4, seed=41)
+    pusher = WebhookPusher(
+        url + "/webhooks/jira",
+        SECRET,
+        site=site,
+        duplicate_rate=0.1,
+        shuffle=True,
+        shuffle_window=0.3,
+        backoff_base=0.5,
+        backoff_max=4,
+        workers=4,
+        seed=41,
+    )
     try:
         mutator = Mutator(site, 300, every=0.02, projects=["DEMO"]).start()
         assert wait_for(lambda: mutator.done >= 80, 30)
@@ -72,9 +83,11 @@ def test_postgres_stopped_mid_stream_jobs_retry_and_nothing_is_dropped(cluster, 
         output = worker.output()
         retried = output.count("outcome=retried")
         assert worker.alive(), output[-3000:]
-        print(f"\npostgres outage {outage:.1f}s: {sum(site.counts.values())} events, {counters['queued']} deliveries, "
-              f"{accepted_while_down} accepted (202/200) while it was down, {retried} job attempts failed and were "
-              f"retried, {rows} rows, 0 lost")
+        print(
+            f"\npostgres outage {outage:.1f}s: {sum(site.counts.values())} events, {counters['queued']} deliveries, "
+            f"{accepted_while_down} accepted (202/200) while it was down, {retried} job attempts failed and were "
+            f"retried, {rows} rows, 0 lost"
+        )
     finally:
         pusher.stop()
         worker.terminate()

@@ -8,6 +8,7 @@ append-only file fsynced at every write, as a production Redis does (Heroku Redi
 the jobs accepted before the kill are still there after the restart: a 202 is a promise that
 outlives the Redis process, not the Redis data.
 """
+
 import dataclasses
 import time
 
@@ -26,9 +27,20 @@ def test_redis_killed_mid_stream_loses_nothing(db, settings, tmp_path):
     site = Site.generate({"DEMO": 0}, seed=21)
     web, url = procs.start_web(local, tmp_path, workers=2)
     worker = procs.start_worker(local, tmp_path, WORKER_HEARTBEAT_SECONDS="1")
-    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, duplicate_rate=0.1, shuffle=True,
-                           shuffle_window=0.3, max_retries=10, backoff_base=0.5, backoff_max=4, timeout=5,
-                           workers=4, seed=21)
+    pusher = WebhookPusher(
+        url + "/webhooks/jira",
+        SECRET,
+        site=site,
+        duplicate_rate=0.1,
+        shuffle=True,
+        shuffle_window=0.3,
+        max_retries=10,
+        backoff_base=0.5,
+        backoff_max=4,
+        timeout=5,
+        workers=4,
+        seed=21,
+    )
     from redis import Redis
 
     conn = Redis.from_url(server.url)
@@ -49,7 +61,7 @@ def test_redis_killed_mid_stream_loses_nothing(db, settings, tmp_path):
         # maintenance moves it back (about a minute): allow for it.
         assert wait_for(lambda: drained(conn), 150), (queue_state(conn), worker.output()[-3000:])
         t3 = time.monotonic()
-        print(f"\nflush {t2-t1:.1f}s drain {t3-t2:.1f}s")
+        print(f"\nflush {t2 - t1:.1f}s drain {t3 - t2:.1f}s")
         time.sleep(0.3)  # the job in hand, if any, commits
 
         counters = pusher.counters
@@ -61,10 +73,12 @@ def test_redis_killed_mid_stream_loses_nothing(db, settings, tmp_path):
         assert not problems, f"{len(problems)} differences: {problems[:5]}"
         assert worker.alive(), worker.output()[-3000:]
         events = sum(site.counts.values())
-        print(f"\nredis outage {outage:.1f}s: {events} events, {counters['queued']} deliveries "
-              f"({counters['duplicates']} duplicates), {counters['attempts']} attempts, "
-              f"{by_status.get(503, 0)} answered 503, {by_status.get('error', 0)} connection errors, "
-              f"{Issue.select().count()} rows, 0 lost")
+        print(
+            f"\nredis outage {outage:.1f}s: {events} events, {counters['queued']} deliveries "
+            f"({counters['duplicates']} duplicates), {counters['attempts']} attempts, "
+            f"{by_status.get(503, 0)} answered 503, {by_status.get('error', 0)} connection errors, "
+            f"{Issue.select().count()} rows, 0 lost"
+        )
     finally:
         pusher.stop()
         worker.terminate()

@@ -8,6 +8,7 @@ and exits 0 well within the 30 s, and the work is completed (by the same process
 * backfill: a sync waiting out a 40 s Retry-After hands itself back; the next run completes it;
 * clock: a tick blocked on Redis completes (its sync is enqueued), then the clock exits 0.
 """
+
 import dataclasses
 import signal
 import threading
@@ -47,8 +48,11 @@ def test_web_sigterm_mid_request_answers_it_and_exits_zero(db, settings, tmp_pat
         body, headers = factories.signed(factories.delivery(the_issue=factories.issue()), SECRET)
         conn.client_pause(1200, all=False)  # the enqueue waits 1.2 s on Redis
         answer: dict[str, object] = {}
-        sender = threading.Thread(target=lambda: answer.update(
-            status=requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=20).status_code))
+        sender = threading.Thread(
+            target=lambda: answer.update(
+                status=requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=20).status_code
+            )
+        )
         sender.start()
         time.sleep(0.4)
         code, took = _sigterm(web)
@@ -71,8 +75,9 @@ def test_worker_sigterm_mid_job_finishes_or_hands_it_back_and_exits_zero(jira, j
     env = jira_env(jira_settings, WORKER_HEARTBEAT_SECONDS="1")
     client = create_app(jira_settings).test_client()
     weights = {"create": 60, "update": 35, "delete": 5}
-    assert set(deliver(client, jira.site, jira.url, mutations(jira.site, 30, projects=["DEMO"], weights=weights),
-                       SECRET)) == {202}
+    assert set(
+        deliver(client, jira.site, jira.url, mutations(jira.site, 30, projects=["DEMO"], weights=weights), SECRET)
+    ) == {202}
 
     # 1. A job in the middle of a 3 s read from Jira: it finishes and writes, then the worker exits.
     jira.latency_ms = 3000
@@ -88,8 +93,9 @@ def test_worker_sigterm_mid_job_finishes_or_hands_it_back_and_exits_zero(jira, j
 
     # 2. A job waiting out a 40 s Retry-After: it stops at once and is retried by the next worker.
     jira.latency_ms = 0
-    assert set(deliver(client, jira.site, jira.url, mutations(jira.site, 20, projects=["DEMO"], weights=weights),
-                       SECRET)) == {202}
+    assert set(
+        deliver(client, jira.site, jira.url, mutations(jira.site, 20, projects=["DEMO"], weights=weights), SECRET)
+    ) == {202}
     jira.fail_next(1, status=429, retry_after=40, route="issue/bulkfetch")
     worker = procs.Proc(procs.jira_mirror("worker"), env, tmp_path / "worker-2.log")
     try:
@@ -109,12 +115,15 @@ def test_worker_sigterm_mid_job_finishes_or_hands_it_back_and_exits_zero(jira, j
     assert queue_state(redis_conn)["failed"] == 0
     problems = differences(jira.site, ["DEMO"], site_name=jira_settings.site)
     assert not problems, problems[:5]
-    print(f"\nworker: exited 0 {took_read:.1f}s after SIGTERM mid-read (job finished), {took_wait:.1f}s after "
-          f"SIGTERM mid-Retry-After (job handed back and retried); {Issue.select().count()} rows, 0 lost")
+    print(
+        f"\nworker: exited 0 {took_read:.1f}s after SIGTERM mid-read (job finished), {took_wait:.1f}s after "
+        f"SIGTERM mid-Retry-After (job handed back and retried); {Issue.select().count()} rows, 0 lost"
+    )
 
 
 def test_backfill_sigterm_during_a_retry_after_wait_exits_zero_and_a_later_run_completes(
-        jira, jira_settings, redis_conn, tmp_path):
+    jira, jira_settings, redis_conn, tmp_path
+):
     from backfill.jobs import enqueue_sync
 
     jira.site = Site.generate({"DEMO": 1500}, seed=52)  # (the module's jira_site has no issues)
@@ -143,8 +152,10 @@ def test_backfill_sigterm_during_a_retry_after_wait_exits_zero_and_a_later_run_c
     assert not problems, problems[:5]
     runs = [r.state for r in SyncRun.select().order_by(SyncRun.id)]
     assert runs[-1] == "succeeded", runs
-    print(f"\nbackfill: exited 0 {took:.1f}s after SIGTERM in a 40 s Retry-After wait; the next run completed "
-          f"the sync ({runs})")
+    print(
+        f"\nbackfill: exited 0 {took:.1f}s after SIGTERM in a 40 s Retry-After wait; the next run completed "
+        f"the sync ({runs})"
+    )
 
 
 def test_clock_sigterm_mid_tick_completes_the_tick_and_exits_zero(db, settings, tmp_path):
@@ -153,8 +164,9 @@ def test_clock_sigterm_mid_tick_completes_the_tick_and_exits_zero(db, settings, 
     local = dataclasses.replace(settings, redis_url=server.url)
     conn = Redis.from_url(server.url)
     conn.client_pause(3000, all=False)  # the clock's first tick blocks on Redis for 3 s
-    clock = procs.Proc(procs.jira_mirror("schedule"), procs.env_for(local, SYNC_INTERVAL_SECONDS="60"),
-                       tmp_path / "clock.log")
+    clock = procs.Proc(
+        procs.jira_mirror("schedule"), procs.env_for(local, SYNC_INTERVAL_SECONDS="60"), tmp_path / "clock.log"
+    )
     try:
         assert wait_for(lambda: len(conn.client_list()) >= 2, 20), clock.output()  # it is connected, mid-tick
         time.sleep(0.3)

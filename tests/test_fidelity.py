@@ -1,6 +1,7 @@
 """Issue 9, "only Jira's word changes the mirror": one test (or two) per case, against the
 bundled simulator (its knobs inject what Atlassian's OpenAPI description allows), real Redis and
 the real database. Each fails on the code before the fix."""
+
 import dataclasses
 import datetime as dt
 import time
@@ -19,7 +20,7 @@ from workers import refresh
 
 
 @pytest.fixture
-def jira_site():  # type: ignore[no-untyped-def]
+def jira_site():
     """Small projects keep these tests fast: DEMO (tracked), OPS and OTHER (not tracked)."""
     from simulator import Site
 
@@ -28,9 +29,13 @@ def jira_site():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def jira_env(jira_settings, monkeypatch):
-    for name, value in (("DATABASE_URL", jira_settings.database_url), ("REDIS_URL", jira_settings.redis_url),
-                        ("JIRA_BASE_URL", jira_settings.jira_base_url), ("JIRA_EMAIL", jira_settings.jira_email),
-                        ("JIRA_API_TOKEN", jira_settings.jira_api_token)):
+    for name, value in (
+        ("DATABASE_URL", jira_settings.database_url),
+        ("REDIS_URL", jira_settings.redis_url),
+        ("JIRA_BASE_URL", jira_settings.jira_base_url),
+        ("JIRA_EMAIL", jira_settings.jira_email),
+        ("JIRA_API_TOKEN", jira_settings.jira_api_token),
+    ):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("JIRA_PROJECTS", raising=False)
     return jira_settings
@@ -55,8 +60,11 @@ def post(app_client, jira, event):
     import json
 
     body = json.dumps(issue_payload(event, jira.site, jira.url)).encode()
-    headers = {"Content-Type": "application/json", "X-Hub-Signature": sign(body, SECRET),
-               "X-Atlassian-Webhook-Identifier": f"{event.issue_id}-{event.timestamp}-{id(event)}"}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Hub-Signature": sign(body, SECRET),
+        "X-Atlassian-Webhook-Identifier": f"{event.issue_id}-{event.timestamp}-{id(event)}",
+    }
     return app_client.post("/webhooks/jira", data=body, headers=headers)
 
 
@@ -65,6 +73,7 @@ def row(issue_id):
 
 
 # --- 1. a retriable error never deletes ------------------------------------------------------------
+
 
 def test_issues_in_issue_errors_are_read_again_and_never_deleted(db, jira, jira_settings, redis_conn):
     sync(jira_settings, redis_conn, full=True)
@@ -91,7 +100,8 @@ def test_issue_errors_that_persist_fail_the_run_visibly_and_delete_nothing(db, j
 
 
 def test_the_webhook_refresh_puts_issue_errors_back_and_confirms_absence_with_a_get(
-        jira, jira_settings, redis_conn, drain):
+    jira, jira_settings, redis_conn, drain
+):
     from receiver import create_app
 
     sync(jira_settings, redis_conn, full=True)
@@ -134,6 +144,7 @@ def test_a_confirmed_deletion_is_not_undone_by_a_late_older_event(db, jira, jira
 
 # --- 2. moves out of scope ---------------------------------------------------------------------------
 
+
 def test_an_issue_moved_to_an_untracked_project_leaves_the_mirror_and_returns(db, jira, jira_settings, redis_conn):
     sync(jira_settings, redis_conn, full=True)
     victim = jira.site.current("DEMO")[3].id
@@ -172,6 +183,7 @@ def test_webhooks_move_issues_out_of_and_into_scope(jira, jira_settings, redis_c
 
 # --- 3. the cursor after a long full sync ------------------------------------------------------------
 
+
 def test_a_change_during_a_long_full_sync_is_seen_by_the_next_incremental(db, jira, jira_settings, redis_conn):
     settings = dataclasses.replace(jira_settings, sync_overlap_seconds=1, backfill_concurrency=1)
     issues = sorted(jira.site.current("DEMO"), key=lambda v: int(v.id))
@@ -199,6 +211,7 @@ def test_a_change_during_a_long_full_sync_is_seen_by_the_next_incremental(db, ji
 
 # --- 4. shifting pages -----------------------------------------------------------------------------
 
+
 def test_an_incremental_misses_nothing_when_an_issue_changes_between_pages(db, jira, jira_settings, redis_conn):
     sync(jira_settings, redis_conn, full=True)
     issues = jira.site.current("DEMO")
@@ -221,6 +234,7 @@ def test_an_incremental_misses_nothing_when_an_issue_changes_between_pages(db, j
 
 # --- 7. no-op writes -------------------------------------------------------------------------------
 
+
 def test_a_sync_that_finds_nothing_new_rewrites_no_row(db, jira, jira_settings, redis_conn):
     sync(jira_settings, redis_conn, full=True)
     then = dt.datetime(2026, 1, 1)
@@ -235,6 +249,7 @@ def test_a_sync_that_finds_nothing_new_rewrites_no_row(db, jira, jira_settings, 
 
 
 # --- 5. renamed project keys -------------------------------------------------------------------------
+
 
 def test_a_renamed_project_is_followed_by_id_its_issue_keys_and_webhooks(jira, jira_settings, redis_conn, drain):
     from receiver import create_app
@@ -261,6 +276,7 @@ def test_a_renamed_project_is_followed_by_id_its_issue_keys_and_webhooks(jira, j
 
 # --- 6. users/search answers 409 when too slow -----------------------------------------------------
 
+
 def test_a_slow_user_search_is_asked_again_with_smaller_pages(db, jira, jira_settings):
     from mirror.users import sync_users
     from mirror.models import User
@@ -275,8 +291,8 @@ def test_a_slow_user_search_is_asked_again_with_smaller_pages(db, jira, jira_set
 
 # --- 8. a second sync queued while one runs ----------------------------------------------------------
 
-def test_a_sync_queued_while_one_runs_keeps_its_progress_and_records_no_error(
-        db, jira, jira_env, redis_conn, drain):
+
+def test_a_sync_queued_while_one_runs_keeps_its_progress_and_records_no_error(db, jira, jira_env, redis_conn, drain):
     jira_settings = jira_env
     import threading
 
@@ -312,6 +328,7 @@ def test_a_sync_queued_while_one_runs_keeps_its_progress_and_records_no_error(
 
 # --- 9. out-of-range timestamps ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("updated", ["0001-01-01T00:00:00.000+0530", "9999-12-31T23:59:59.999-0800"])
 def test_a_timestamp_out_of_range_in_utc_is_a_400_on_both_loaders(client, redis_conn, updated):
     from marshmallow import ValidationError
@@ -338,6 +355,7 @@ def json_text(value):
 
 # --- 10. untrack lasts ---------------------------------------------------------------------------
 
+
 def test_jira_projects_tracks_only_projects_never_seen(settings, db, redis_conn, monkeypatch, caplog):
     from click.testing import CliRunner
 
@@ -357,6 +375,7 @@ def test_jira_projects_tracks_only_projects_never_seen(settings, db, redis_conn,
 
 
 # --- 11. unknown project keys --------------------------------------------------------------------
+
 
 def backfill_jobs(redis_conn):
     from workers.queues import BACKFILL, queue
@@ -399,7 +418,8 @@ def test_a_project_jira_does_not_know_fails_once_and_is_not_queued_again(jira_en
     gone = Project.get(Project.key == "GONE", Project.site == jira_env.site)
     assert gone.sync_state == "not found" and "Jira has no project GONE" in gone.last_error
     Project.update(last_full_sync_at=dt.datetime.utcnow(), sync_cursor=dt.datetime.utcnow()).where(
-        Project.key == "DEMO").execute()
+        Project.key == "DEMO"
+    ).execute()
     assert not any("GONE" in (j.description or "") for j in map(q.fetch_job, Clock(jira_env, redis_conn).tick()))
 
 

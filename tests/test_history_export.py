@@ -1,5 +1,6 @@
 """`changelog export`, `comments export`, `worklogs export` and the typed columns of `issues
 export` (CONTRACT.md, "CLI"), on data synced from the simulator."""
+
 import json
 
 import pytest
@@ -10,11 +11,29 @@ from mirror import history_store, logs
 from mirror.models import ChangelogItem, Comment, Worklog
 from tests.test_history_sync import ahead, conf, server, small, sync  # noqa: F401 (fixtures)
 
-CHANGELOG = {"issue_id", "history_id", "created", "author_account_id", "field", "field_id", "from", "from_string",
-             "to", "to_string"}
+CHANGELOG = {
+    "issue_id",
+    "history_id",
+    "created",
+    "author_account_id",
+    "field",
+    "field_id",
+    "from",
+    "from_string",
+    "to",
+    "to_string",
+}
 COMMENT = {"comment_id", "issue_id", "author_account_id", "created", "updated", "body_text", "deleted"}
-WORKLOG = {"worklog_id", "issue_id", "author_account_id", "started", "time_spent_seconds", "created", "updated",
-           "deleted"}
+WORKLOG = {
+    "worklog_id",
+    "issue_id",
+    "author_account_id",
+    "started",
+    "time_spent_seconds",
+    "created",
+    "updated",
+    "deleted",
+}
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """History and activity made complete by the syncs (issue 13): changelogs, comments, worklogs
 and agile fields, against the simulator, real Redis and the real database."""
+
 import dataclasses
 import time
 
@@ -36,8 +37,7 @@ def server(small):
 
 @pytest.fixture
 def conf(settings, server, db):
-    configured = dataclasses.replace(settings, jira_base_url=server.url, jira_email=SIM_EMAIL,
-                                     jira_api_token=SIM_TOKEN)
+    configured = dataclasses.replace(settings, jira_base_url=server.url, jira_email=SIM_EMAIL, jira_api_token=SIM_TOKEN)
     store.track_projects(configured.site, configured.jira_projects)
     return configured
 
@@ -100,9 +100,14 @@ def test_incremental_keeps_changelogs_comments_and_worklogs_complete(conf, redis
     assert Comment.get(Comment.comment_id == doomed[0].id).deleted_at is not None
     assert Worklog.get(Worklog.worklog_id == gone).deleted_at is not None
     status_at = Issue.get(Issue.issue_id == issues[1].id).status_changed_at
-    assert status_at == ChangelogItem.select().where(
-        ChangelogItem.issue_id == issues[1].id, ChangelogItem.field_id == "status"
-    ).order_by(ChangelogItem.created.desc()).first().created
+    assert (
+        status_at
+        == ChangelogItem.select()
+        .where(ChangelogItem.issue_id == issues[1].id, ChangelogItem.field_id == "status")
+        .order_by(ChangelogItem.created.desc())
+        .first()
+        .created
+    )
 
 
 def test_a_failed_or_cut_comment_read_deletes_nothing(conf, redis_conn, small, server):

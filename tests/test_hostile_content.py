@@ -7,6 +7,7 @@ astral characters, right-to-left overrides, null in every optional field, unknow
 of every JSON type. The one character that does not round-trip is U+0000, replaced by U+FFFD
 because PostgreSQL cannot store it (README, "The data"), on both databases alike.
 """
+
 import datetime as dt
 import json
 import subprocess
@@ -58,11 +59,18 @@ def hostile_issues():
     recorded = json.loads((PAYLOADS / "issue_hostile.json").read_bytes())["issue"]
     cases.append(recorded)
 
-    big = factories.issue("30001", "DEMO-301", summary=(HOSTILE_TEXT * 200)[:32 * 1024])
+    big = factories.issue("30001", "DEMO-301", summary=(HOSTILE_TEXT * 200)[: 32 * 1024])
     cases.append(big)
 
-    everywhere = factories.issue("30002", "DEMO-302", summary=HOSTILE_TEXT, status=HTML + SQL, category=SQL,
-                                 description=HOSTILE_TEXT, labels=[HTML, SQL, EMOJI, CONTROLS, "x" * 255])
+    everywhere = factories.issue(
+        "30002",
+        "DEMO-302",
+        summary=HOSTILE_TEXT,
+        status=HTML + SQL,
+        category=SQL,
+        description=HOSTILE_TEXT,
+        labels=[HTML, SQL, EMOJI, CONTROLS, "x" * 255],
+    )
     everywhere["fields"]["issuetype"]["name"] = SQL + EMOJI
     everywhere["fields"]["priority"]["name"] = HTML
     everywhere["fields"]["assignee"]["accountId"] = "712020:" + HTML
@@ -71,14 +79,37 @@ def hostile_issues():
     cases.append(everywhere)
 
     nulls = factories.issue("30003", "DEMO-303")
-    for name in ("summary", "status", "issuetype", "priority", "assignee", "reporter", "labels", "created",
-                 "resolutiondate", "description", "customfield_10010"):
+    for name in (
+        "summary",
+        "status",
+        "issuetype",
+        "priority",
+        "assignee",
+        "reporter",
+        "labels",
+        "created",
+        "resolutiondate",
+        "description",
+        "customfield_10010",
+    ):
         nulls["fields"][name] = None
     cases.append(nulls)
 
     unknown = factories.issue("30004", "DEMO-304", resolutiondate=factories.jira_time(dt.datetime(2025, 3, 1), "-1130"))
-    for n, value in enumerate([{"type": "doc", "content": [{"text": HOSTILE_TEXT}]}, [[[[]]]], 10**30, 1e-300,
-                               "", [], {}, False, "2025-01-05T14:25:00.500+1345", {"nested": {"deeper": [None]}}]):
+    for n, value in enumerate(
+        [
+            {"type": "doc", "content": [{"text": HOSTILE_TEXT}]},
+            [[[[]]]],
+            10**30,
+            1e-300,
+            "",
+            [],
+            {},
+            False,
+            "2025-01-05T14:25:00.500+1345",
+            {"nested": {"deeper": [None]}},
+        ]
+    ):
         unknown["fields"][f"customfield_{20100 + n}"] = value
     cases.append(unknown)
     return cases
@@ -95,14 +126,21 @@ def expected_export(issue):
 
     status = fields.get("status")
     return {
-        "issue_id": issue["id"], "key": issue["key"], "project_key": fields["project"]["key"],
-        "summary": scrubbed(fields.get("summary")), "status": name(status),
+        "issue_id": issue["id"],
+        "key": issue["key"],
+        "project_key": fields["project"]["key"],
+        "summary": scrubbed(fields.get("summary")),
+        "status": name(status),
         # Typed columns are cut to their length (PostgreSQL checks it); `fields` keeps the whole value.
         "status_category": ((status.get("statusCategory") or {}).get("key") or "")[:32] or None
-        if isinstance(status, dict) else None,
-        "issue_type": name(fields.get("issuetype")), "priority": name(fields.get("priority")),
-        "assignee_account_id": account(fields.get("assignee")), "reporter_account_id": account(fields.get("reporter")),
-        "labels": scrubbed(fields.get("labels") or []), "deleted": False,
+        if isinstance(status, dict)
+        else None,
+        "issue_type": name(fields.get("issuetype")),
+        "priority": name(fields.get("priority")),
+        "assignee_account_id": account(fields.get("assignee")),
+        "reporter_account_id": account(fields.get("reporter")),
+        "labels": scrubbed(fields.get("labels") or []),
+        "deleted": False,
     }
 
 
@@ -124,8 +162,12 @@ def test_hostile_issues_round_trip_exactly_from_webhook_to_export(client, settin
         assert row.summary == scrubbed(issue["fields"].get("summary"))
 
     # Out of the CLI: one JSON line per issue, the same values, valid UTF-8 JSON whatever they hold.
-    export = subprocess.run(procs.jira_mirror("issues", "export", "--project", "DEMO"),
-                            env=procs.env_for(settings), capture_output=True, timeout=60)
+    export = subprocess.run(
+        procs.jira_mirror("issues", "export", "--project", "DEMO"),
+        env=procs.env_for(settings),
+        capture_output=True,
+        timeout=60,
+    )
     assert export.returncode == 0, export.stderr
     lines = export.stdout.decode("utf-8").split("\n")
     assert lines[-1] == "" and len(lines) - 1 == len(issues)  # no value broke a line (U+2028, \n …)
@@ -149,14 +191,18 @@ def test_hostile_text_is_shown_escaped_on_the_status_page(settings, redis_conn, 
     admin = "status-page-token-of-at-least-32-chars"
     store.track_projects(settings.site, ["EVIL"], names={"EVIL": HTML + SQL + EMOJI})
     Project.update(last_error="JiraError: " + HTML).where(Project.key == "EVIL").execute()
-    SyncRun.create(site=settings.site, project_key="EVIL", kind="full", state="failed", started_at=utc_now(),
-                   error=HTML)
+    SyncRun.create(
+        site=settings.site, project_key="EVIL", kind="full", state="failed", started_at=utc_now(), error=HTML
+    )
     # A delivery whose job cannot be written ends in the failed registry with markup in its error.
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     bad = factories.issue("30009", "DEMO-309")
     bad["fields"]["created"] = "2025-13-45T99:99:99.000+0000" + HTML  # fails the worker's own parse only
-    queues.enqueue_issue_jobs(queues.queue(queues.ISSUES, redis_conn), [(
-        "workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})], delivery_id=None)
+    queues.enqueue_issue_jobs(
+        queues.queue(queues.ISSUES, redis_conn),
+        [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
+        delivery_id=None,
+    )
     from workers.worker import build_worker
 
     worker = build_worker(settings, ("issues",), connection=redis_conn)

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from mirror.activity import agile_fields
-
-from mirror.issues import AgileFields, IssueMappingError, parse_jira_datetime, to_row
+from mirror.issues import AgileFields, IssueMappingError, parse_jira_datetime, to_row, utc_iso
 from tests import factories
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -59,12 +58,24 @@ def test_to_row_reads_story_points_and_sprints_by_the_sites_field_ids():
 
 def test_agile_fields_are_found_by_schema_type_then_by_name():
     fields = [
-        {"id": "customfield_10016", "name": "Story point estimate", "custom": True,
-         "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10016}},
-        {"id": "customfield_10028", "name": "Story Points", "custom": True,
-         "schema": {"type": "number", "custom": "com.atlassian.jira.plugin.system.customfieldtypes:float"}},
-        {"id": "customfield_10104", "name": "Sprint", "custom": True,
-         "schema": {"type": "array", "items": "json", "custom": "com.pyxis.greenhopper.jira:gh-sprint"}},
+        {
+            "id": "customfield_10016",
+            "name": "Story point estimate",
+            "custom": True,
+            "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10016},
+        },
+        {
+            "id": "customfield_10028",
+            "name": "Story Points",
+            "custom": True,
+            "schema": {"type": "number", "custom": "com.atlassian.jira.plugin.system.customfieldtypes:float"},
+        },
+        {
+            "id": "customfield_10104",
+            "name": "Sprint",
+            "custom": True,
+            "schema": {"type": "array", "items": "json", "custom": "com.pyxis.greenhopper.jira:gh-sprint"},
+        },
     ]
     assert agile_fields(fields) == AgileFields("customfield_10016", "customfield_10104")
     assert agile_fields(fields[1:2]) == AgileFields("customfield_10028", None)
@@ -96,3 +107,11 @@ def test_to_row_refuses_missing_updated():
     del issue["fields"]["updated"]
     with pytest.raises(IssueMappingError, match="updated"):
         to_row("s", issue, source="webhook", event_ts=1)
+
+
+def test_utc_iso_writes_naive_and_aware_times_as_utc_with_z():
+    naive = dt.datetime(2025, 5, 1, 8, 0, 0, 123456)
+    aware = naive.replace(tzinfo=dt.timezone.utc).astimezone(dt.timezone(dt.timedelta(hours=2)))
+    assert utc_iso(naive) == utc_iso(aware) == "2025-05-01T08:00:00.123Z"
+    assert utc_iso(naive, timespec="seconds") == "2025-05-01T08:00:00Z"
+    assert utc_iso(None) is None

@@ -1,4 +1,5 @@
 """mirror.jira against a fake Jira served on 127.0.0.1 (real sockets, stdlib http.server)."""
+
 from __future__ import annotations
 
 import base64
@@ -426,9 +427,7 @@ def test_429_retry_after_really_waits(jira: FakeJira) -> None:
     assert len(jira.seen) == 2 and first.path == second.path
 
 
-def test_503_honours_retry_after_seconds_and_http_date(
-    jira: FakeJira, client: JiraClient, sleeps: Sleeps
-) -> None:
+def test_503_honours_retry_after_seconds_and_http_date(jira: FakeJira, client: JiraClient, sleeps: Sleeps) -> None:
     later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
     jira.on(
         "GET",
@@ -571,14 +570,17 @@ def test_bad_request_carries_jira_messages_and_field_errors(jira: FakeJira, clie
 
 def test_all_errors_share_one_flat_base() -> None:
     for error_type in (
-        JiraConfigError, JiraAuthError, JiraNotFoundError, JiraGoneError, JiraBadRequestError, JiraUnavailableError
+        JiraConfigError,
+        JiraAuthError,
+        JiraNotFoundError,
+        JiraGoneError,
+        JiraBadRequestError,
+        JiraUnavailableError,
     ):
         assert error_type.__bases__ == (JiraError,)
 
 
-def test_no_secret_in_errors_repr_or_debug_logs(
-    jira: FakeJira, make: Make, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_secret_in_errors_repr_or_debug_logs(jira: FakeJira, make: Make, caplog: pytest.LogCaptureFixture) -> None:
     secrets = [TOKEN, OAUTH, EMAIL, base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()]
     caplog.set_level(logging.DEBUG)  # root: urllib3's and requests' debug lines too
     jira.on("GET", "/rest/api/3/myself", Reply(401, {"errorMessages": ["Client must be authenticated"]}))

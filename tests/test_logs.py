@@ -1,5 +1,6 @@
 """Structured logs: one key=value (or JSON) line per event, with delivery/job/project/duration
 fields, and never a secret, a token or an issue's content, even at DEBUG."""
+
 import base64
 import dataclasses
 import io
@@ -20,7 +21,8 @@ ADMIN_TOKEN = "admin-token-0f9e8d7c6b5a-4f3e2d1c0b9a8f7e"
 SUMMARY = "Quarterly numbers leak 5c1d"
 DESCRIPTION = "Confidential body text 9b2e"
 KV_LINE = re.compile(
-    r'^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=[a-z]+ logger=\S+ msg=("([^"\\]|\\.)*"|\S+)( |$)')
+    r'^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=[a-z]+ logger=\S+ msg=("([^"\\]|\\.)*"|\S+)( |$)'
+)
 
 
 @pytest.fixture
@@ -40,8 +42,10 @@ def test_key_value_lines_carry_bound_fields_and_escape_values(capture):
     log.info("outside")
     first, second, third = capture.getvalue().splitlines()
     assert KV_LINE.match(first) and KV_LINE.match(second) and KV_LINE.match(third)
-    assert first.endswith(r'msg="upsert key=DEMO-1 \"quoted\" =sign" '
-                          "delivery=d-1 project=DEMO job=j-9 duration_ms=12.5 ok=true")
+    assert first.endswith(
+        r'msg="upsert key=DEMO-1 \"quoted\" =sign" '
+        "delivery=d-1 project=DEMO job=j-9 duration_ms=12.5 ok=true"
+    )
     assert "level=warning" in second and r'msg="multi\nline"' in second and "job=" not in second
     assert "delivery=" not in third
 
@@ -75,8 +79,13 @@ def test_secrets_are_masked_and_sql_parameters_never_logged(capture):
 
 def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, settings, redis_conn, tmp_path):
     jira = FakeJira(site_people())
-    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN,
-           "LOG_LEVEL": "DEBUG"}
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JIRA_BASE_URL": jira.url,
+        "JIRA_EMAIL": EMAIL,
+        "JIRA_API_TOKEN": TOKEN,
+        "LOG_LEVEL": "DEBUG",
+    }
     jira_site = dataclasses.replace(settings, jira_base_url=jira.url).site  # the site is Jira's host
     store.track_projects(jira_site, ["DEMO"])
     web, url = procs.start_web(settings, tmp_path, workers=1, **env)
@@ -88,8 +97,12 @@ def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, setting
         assert requests.post(url + "/webhooks/jira", data=raw, headers=headers, timeout=10).status_code == 202
         headers["X-Hub-Signature"] = "sha256=" + "0" * 64
         assert requests.post(url + "/webhooks/jira", data=raw, headers=headers, timeout=10).status_code == 401
-        requests.post(url + "/webhooks/jira", data=b'{"summary": "' + SUMMARY.encode() + b'"', timeout=10,
-                      headers={"Content-Type": "application/json", "X-Hub-Signature": "sha256=" + "1" * 64})
+        requests.post(
+            url + "/webhooks/jira",
+            data=b'{"summary": "' + SUMMARY.encode() + b'"',
+            timeout=10,
+            headers={"Content-Type": "application/json", "X-Hub-Signature": "sha256=" + "1" * 64},
+        )
         assert requests.get(url + "/metrics", timeout=10).status_code == 200
         requests.get(url + "/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
 
@@ -102,11 +115,13 @@ def test_web_worker_and_cli_logs_hold_no_secret_and_no_issue_content(db, setting
         json_worker = procs.start_worker(settings, tmp_path, "--burst", name="json", LOG_FORMAT="json", **env)
         assert json_worker.popen.wait(60) == 0
         cli_env = procs.env_for(settings, **env)
-        sync = subprocess.run(procs.jira_mirror("users", "sync"), env=cli_env, capture_output=True, text=True,
-                              timeout=60)
+        sync = subprocess.run(
+            procs.jira_mirror("users", "sync"), env=cli_env, capture_output=True, text=True, timeout=60
+        )
         assert sync.returncode == 0, sync.stderr
-        export = subprocess.run(procs.jira_mirror("issues", "export"), env=cli_env, capture_output=True,
-                                text=True, timeout=60)
+        export = subprocess.run(
+            procs.jira_mirror("issues", "export"), env=cli_env, capture_output=True, text=True, timeout=60
+        )
         # The data itself is on stdout; its logs (stderr) must not hold it.
         assert SUMMARY in export.stdout, worker.output()[-3000:]
     finally:
@@ -147,9 +162,11 @@ def test_a_failing_job_logs_its_error_but_not_its_arguments(capture, settings, r
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     bad = factories.issue(summary=SUMMARY, description=DESCRIPTION)
     bad["fields"]["updated"] = "not a time"
-    queues.enqueue_issue_jobs(queues.queue(queues.ISSUES, redis_conn),
-                              [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
-                              delivery_id=None)
+    queues.enqueue_issue_jobs(
+        queues.queue(queues.ISSUES, redis_conn),
+        [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
+        delivery_id=None,
+    )
     drain()  # fails, is retried at once, fails again: into the failed registry
     text = capture.getvalue()
     assert "IssueMappingError" in text and "outcome=failed" in text  # RQ's error line and ours
@@ -175,7 +192,7 @@ def handed_back() -> dict:
     return {"project": "DEMO", "handed_back": "job-2"}
 
 
-def _run_in_worker(settings, redis_conn, func: str) -> None:  # type: ignore[no-untyped-def]
+def _run_in_worker(settings, redis_conn, func: str) -> None:
     from workers.queues import ISSUES, queue
     from workers.worker import build_worker
 
@@ -186,8 +203,9 @@ def _run_in_worker(settings, redis_conn, func: str) -> None:  # type: ignore[no-
 
 def test_json_lines_make_key_value_pairs_real_fields(capture):
     logs.configure("INFO", fmt="json", stream=capture)
-    logging.getLogger("backfill.sync").info("sync done project=%s kind=%s seen=%d error=%s", "DEMO", "full", 1500,
-                                            "JiraError: 503 from Jira")
+    logging.getLogger("backfill.sync").info(
+        "sync done project=%s kind=%s seen=%d error=%s", "DEMO", "full", 1500, "JiraError: 503 from Jira"
+    )
     record = json.loads(capture.getvalue())
     assert record["msg"] == "sync done"
     assert (record["project"], record["kind"], record["seen"]) == ("DEMO", "full", 1500)

@@ -3,6 +3,7 @@
 In-process through the Flask client for each outcome and gauge, then end to end: real gunicorn
 with two workers and a real worker process count into the same place.
 """
+
 import dataclasses
 import datetime as dt
 import time
@@ -95,9 +96,13 @@ def test_every_delivery_outcome_is_counted_with_its_ack_time(app, client, redis_
 def test_metrics_page_needs_no_token_and_shows_no_secret(db, settings, redis_conn):
     from receiver import create_app
 
-    local = dataclasses.replace(settings, admin_token="admin-token-value-123-long-enough-for-start",
-                                jira_api_token="jira-token-value-456", jira_email="bot@example.com",
-                                jira_base_url="http://127.0.0.1:9")
+    local = dataclasses.replace(
+        settings,
+        admin_token="admin-token-value-123-long-enough-for-start",
+        jira_api_token="jira-token-value-456",
+        jira_email="bot@example.com",
+        jira_base_url="http://127.0.0.1:9",
+    )
     client = create_app(local).test_client()
     post(client, factories.delivery(the_issue=factories.issue()))
     response = client.get("/metrics")
@@ -146,8 +151,10 @@ def test_job_outcomes_failed_jobs_and_retries_are_counted(client, redis_conn, se
     jobs = [
         ("workers.jobs.upsert_issue", {"site": settings.site, "issue": factories.issue(updated=new), "event_ts": 2}),
         ("workers.jobs.upsert_issue", {"site": settings.site, "issue": factories.issue(updated=old), "event_ts": 1}),
-        ("workers.jobs.delete_issue",
-         {"site": settings.site, "issue": factories.issue("10002", "DEMO-2"), "event_ts": 1}),
+        (
+            "workers.jobs.delete_issue",
+            {"site": settings.site, "issue": factories.issue("10002", "DEMO-2"), "event_ts": 1},
+        ),
     ]
     bad = factories.issue("10003", "DEMO-3")
     bad["fields"]["updated"] = "not a time"
@@ -175,16 +182,34 @@ def test_sync_gauges_per_project_do_not_grow_for_a_quiet_project(client, db, set
     store.track_projects(settings.site, ["OPS"])
     now = utc_now()
     # DEMO is quiet (its newest change is 5 hours old) but synced 10 minutes ago: not behind.
-    row = {"site": settings.site, "issue_id": "1", "key": "DEMO-1", "project_key": "DEMO",
-           "updated": now - dt.timedelta(hours=5), "synced_at": now, "source": "backfill", "event_ts": 0}
+    row = {
+        "site": settings.site,
+        "issue_id": "1",
+        "key": "DEMO-1",
+        "project_key": "DEMO",
+        "updated": now - dt.timedelta(hours=5),
+        "synced_at": now,
+        "source": "backfill",
+        "event_ts": 0,
+    }
     Issue.insert_many([row]).execute()
     run = {"site": settings.site, "project_key": "DEMO", "kind": "full"}
     two_hours_ago = now - dt.timedelta(hours=2)
     SyncRun.create(**run, state="succeeded", started_at=two_hours_ago, finished_at=two_hours_ago)
-    SyncRun.create(**dict(run, kind="incremental"), state="succeeded", started_at=now - dt.timedelta(minutes=10),
-                   finished_at=now - dt.timedelta(minutes=10))
-    SyncRun.create(**dict(run, kind="incremental"), state="failed", started_at=now - dt.timedelta(seconds=330),
-                   finished_at=now - dt.timedelta(minutes=5), error="boom", api_calls=7)
+    SyncRun.create(
+        **dict(run, kind="incremental"),
+        state="succeeded",
+        started_at=now - dt.timedelta(minutes=10),
+        finished_at=now - dt.timedelta(minutes=10),
+    )
+    SyncRun.create(
+        **dict(run, kind="incremental"),
+        state="failed",
+        started_at=now - dt.timedelta(seconds=330),
+        finished_at=now - dt.timedelta(minutes=5),
+        error="boom",
+        api_calls=7,
+    )
     SyncRun.create(**dict(run, kind="incremental"), state="running", started_at=now)  # not finished: not counted
     samples = scrape(client)
     assert 599 <= samples[("jira_mirror_sync_lag_seconds", (("project", "DEMO"),))] < 660
@@ -192,8 +217,9 @@ def test_sync_gauges_per_project_do_not_grow_for_a_quiet_project(client, db, set
     assert samples[("jira_mirror_last_sync_success", (("kind", "full"), ("project", "DEMO")))] == 1
     assert samples[("jira_mirror_last_sync_success", (("kind", "incremental"), ("project", "DEMO")))] == 0
     assert ("jira_mirror_last_sync_success", (("kind", "full"), ("project", "OPS"))) not in samples
-    succeeded = samples[("jira_mirror_last_successful_sync_timestamp_seconds",
-                         (("kind", "incremental"), ("project", "DEMO")))]
+    succeeded = samples[
+        ("jira_mirror_last_successful_sync_timestamp_seconds", (("kind", "incremental"), ("project", "DEMO")))
+    ]
     assert abs(succeeded - (time.time() - 600)) < 60
     # Present before the first success, as 0: `time() - x > 3600` fires for a project never synced.
     for kind in ("full", "incremental"):
@@ -223,11 +249,13 @@ def test_queue_age_workers_last_delivery_and_jira_answers_by_class(client, redis
     assert samples[("jira_mirror_workers", (("queue", "issues"),))] == 1
     assert samples[("jira_mirror_workers", (("queue", "backfill"),))] == 0
     assert abs(samples[("jira_mirror_last_accepted_delivery_timestamp_seconds", ())] - time.time()) < 30
-    by_class = {dict(k[1])["status_class"]: v for k, v in samples.items()
-                if k[0] == "jira_mirror_jira_api_responses_total"}
+    by_class = {
+        dict(k[1])["status_class"]: v for k, v in samples.items() if k[0] == "jira_mirror_jira_api_responses_total"
+    }
     assert by_class == {"2xx": 2, "4xx": 2, "5xx": 1, "none": 1}
-    assert not any(name.startswith("jira_mirror_sync_lag") and dict(labels).get("project") == "DEMO"
-                   for name, labels in samples)  # DEMO never synced: no lag, whatever its rows
+    assert not any(
+        name.startswith("jira_mirror_sync_lag") and dict(labels).get("project") == "DEMO" for name, labels in samples
+    )  # DEMO never synced: no lag, whatever its rows
     worker.register_death()
 
 

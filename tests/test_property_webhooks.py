@@ -12,6 +12,7 @@ by arbitrary JSON (the schema's edges: types, timestamps, ids, keys, NaN, huge n
 surrogates, NUL, deep nesting). Example counts stay moderate so the file runs in well under a
 minute; ``HYPOTHESIS_PROFILE=thorough`` runs ten times as many.
 """
+
 import json
 import os
 
@@ -26,45 +27,92 @@ from workers.queues import ISSUES, queue
 
 URL = "/webhooks/jira"
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1
-COMMON = dict(deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                     HealthCheck.data_too_large])
+COMMON = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # --- strategies -----------------------------------------------------------------------------------
 
 # Text with the troublemakers in it: NUL and other controls, lone surrogates, astral characters.
 TEXT = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=30) | st.sampled_from(
-    ["", "\x00", "\ud800", "\udfff", "a\ud83d", "😀", "<script>alert(1)</script>", "'; DROP TABLE jira_issue;--",
-     "2024-12-29T08:41:23.904+0530", "2024-02-30T08:41:23.904+0530", "2024-12-29", "DEMO-1", "demo-1", "DEMO",
-     "10001", "-1", "9" * 20, " ", "s" * 300, "\x00" * 40])
-NUMBERS = (st.integers() | st.floats(allow_nan=True, allow_infinity=True)
-           | st.sampled_from([0, -1, 2**53, 2**53 + 1, 2**63, 10**40, -0.0, 1e308]))
+    [
+        "",
+        "\x00",
+        "\ud800",
+        "\udfff",
+        "a\ud83d",
+        "😀",
+        "<script>alert(1)</script>",
+        "'; DROP TABLE jira_issue;--",
+        "2024-12-29T08:41:23.904+0530",
+        "2024-02-30T08:41:23.904+0530",
+        "2024-12-29",
+        "DEMO-1",
+        "demo-1",
+        "DEMO",
+        "10001",
+        "-1",
+        "9" * 20,
+        " ",
+        "s" * 300,
+        "\x00" * 40,
+    ]
+)
+NUMBERS = (
+    st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0, -1, 2**53, 2**53 + 1, 2**63, 10**40, -0.0, 1e308])
+)
 SCALARS = st.none() | st.booleans() | NUMBERS | TEXT
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12
+)
 
 # The places of a valid delivery that the schema or the worker look at.
 PATHS = [
-    ("timestamp",), ("webhookEvent",), ("issue",), ("issue", "id"), ("issue", "key"), ("issue", "fields"),
-    ("issue", "fields", "updated"), ("issue", "fields", "created"), ("issue", "fields", "resolutiondate"),
-    ("issue", "fields", "project"), ("issue", "fields", "project", "key"), ("issue", "fields", "summary"),
-    ("issue", "fields", "status"), ("issue", "fields", "status", "name"),
+    ("timestamp",),
+    ("webhookEvent",),
+    ("issue",),
+    ("issue", "id"),
+    ("issue", "key"),
+    ("issue", "fields"),
+    ("issue", "fields", "updated"),
+    ("issue", "fields", "created"),
+    ("issue", "fields", "resolutiondate"),
+    ("issue", "fields", "project"),
+    ("issue", "fields", "project", "key"),
+    ("issue", "fields", "summary"),
+    ("issue", "fields", "status"),
+    ("issue", "fields", "status", "name"),
     ("issue", "fields", "status", "statusCategory"),
-    ("issue", "fields", "issuetype"), ("issue", "fields", "priority"), ("issue", "fields", "assignee"),
-    ("issue", "fields", "assignee", "accountId"), ("issue", "fields", "reporter"), ("issue", "fields", "labels"),
-    ("issue", "fields", "customfield_10010"), ("issue", "fields", "description"), ("changelog",),
-    ("changelog", "items"), ("user",), ("issue_event_type_name",),
+    ("issue", "fields", "issuetype"),
+    ("issue", "fields", "priority"),
+    ("issue", "fields", "assignee"),
+    ("issue", "fields", "assignee", "accountId"),
+    ("issue", "fields", "reporter"),
+    ("issue", "fields", "labels"),
+    ("issue", "fields", "customfield_10010"),
+    ("issue", "fields", "description"),
+    ("changelog",),
+    ("changelog", "items"),
+    ("user",),
+    ("issue_event_type_name",),
 ]
-EVENTS = st.sampled_from(["jira:issue_created", "jira:issue_updated", "jira:issue_deleted", "comment_created",
-                          "jira:issue_updated "])
+EVENTS = st.sampled_from(
+    ["jira:issue_created", "jira:issue_updated", "jira:issue_deleted", "comment_created", "jira:issue_updated "]
+)
 
 
 @st.composite
 def mutated_deliveries(draw):
     """A valid delivery with up to three places replaced by arbitrary JSON, or removed."""
     issue_id = draw(st.integers(10001, 10050))
-    body = factories.delivery(draw(EVENTS), factories.issue(str(issue_id), f"DEMO-{issue_id - 10000}"),
-                              timestamp=draw(st.integers(0, 2**41)))
+    body = factories.delivery(
+        draw(EVENTS), factories.issue(str(issue_id), f"DEMO-{issue_id - 10000}"), timestamp=draw(st.integers(0, 2**41))
+    )
     for _ in range(draw(st.integers(0, 3))):
         path = draw(st.sampled_from(PATHS))
         node = body
@@ -94,18 +142,33 @@ BODIES = (
     st.binary(max_size=300)
     | st.builds(encode, JSON, st.booleans())
     | st.builds(encode, mutated_deliveries(), st.booleans())
-    | st.builds(lambda depth: b'{"timestamp":1,"webhookEvent":"x","a":' + b"[" * depth + b"]" * depth + b"}",
-                st.integers(900, 3000))
+    | st.builds(
+        lambda depth: b'{"timestamp":1,"webhookEvent":"x","a":' + b"[" * depth + b"]" * depth + b"}",
+        st.integers(900, 3000),
+    )
 )
-CONTENT_TYPES = st.sampled_from([
-    "application/json", "application/json; charset=UTF-8", "APPLICATION/JSON", "application/json;charset=latin-1",
-    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", None,
-    "application/json-patch+json", "application/vnd.api+json",
-])
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=UTF-8",
+        "APPLICATION/JSON",
+        "application/json;charset=latin-1",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "",
+        None,
+        "application/json-patch+json",
+        "application/vnd.api+json",
+    ]
+)
 SIGNATURES = st.sampled_from(["valid", "valid", "valid", "wrong", "missing", "malformed", "upper"])
 # What an HTTP header can carry (no CR/LF or other controls): latin-1 text.
-IDENTIFIERS = st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"),
-                                  max_size=40) | st.sampled_from(["same-id", "x" * 300, "../../etc", "é"])
+IDENTIFIERS = (
+    st.none()
+    | st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=40)
+    | st.sampled_from(["same-id", "x" * 300, "../../etc", "é"])
+)
 
 
 def headers_for(body: bytes, content_type, signature: str, identifier) -> dict[str, str]:
@@ -141,13 +204,16 @@ class Mirror:
     def run_jobs(self):
         from workers.worker import build_worker
 
-        build_worker(self.settings, (ISSUES,), connection=self.redis).work(burst=True, with_scheduler=False,
-                                                                           logging_level="ERROR")
+        build_worker(self.settings, (ISSUES,), connection=self.redis).work(
+            burst=True, with_scheduler=False, logging_level="ERROR"
+        )
 
 
 def _rows_digest():
-    return sorted((r.issue_id, r.updated, r.event_ts, r.deleted_at is None) for r in Issue.select(
-        Issue.issue_id, Issue.updated, Issue.event_ts, Issue.deleted_at))
+    return sorted(
+        (r.issue_id, r.updated, r.event_ts, r.deleted_at is None)
+        for r in Issue.select(Issue.issue_id, Issue.updated, Issue.event_ts, Issue.deleted_at)
+    )
 
 
 def check(client, mirror, body: bytes, headers: dict[str, str]) -> int:
@@ -171,7 +237,8 @@ def check(client, mirror, body: bytes, headers: dict[str, str]) -> int:
 @hsettings(max_examples=250 * SCALE, **COMMON)
 @given(body=BODIES, content_type=CONTENT_TYPES, signature=SIGNATURES, identifier=IDENTIFIERS)
 def test_any_request_gets_2xx_or_4xx_and_only_valid_deliveries_change_anything(
-        client, redis_conn, settings, db, body, content_type, signature, identifier):
+    client, redis_conn, settings, db, body, content_type, signature, identifier
+):
     mirror = Mirror(redis_conn, settings)
     status = check(client, mirror, body, headers_for(body, content_type, signature, identifier))
     if signature in ("wrong", "missing", "malformed") and status != 415:
@@ -180,8 +247,9 @@ def test_any_request_gets_2xx_or_4xx_and_only_valid_deliveries_change_anything(
 
 @hsettings(max_examples=300 * SCALE, **COMMON)
 @given(delivery=mutated_deliveries(), ensure_ascii=st.booleans())
-def test_a_signed_delivery_is_accepted_only_if_its_job_can_write_it(client, redis_conn, settings, db, delivery,
-                                                                    ensure_ascii):
+def test_a_signed_delivery_is_accepted_only_if_its_job_can_write_it(
+    client, redis_conn, settings, db, delivery, ensure_ascii
+):
     mirror = Mirror(redis_conn, settings)
     body = encode(delivery, ensure_ascii)
     check(client, mirror, body, headers_for(body, "application/json", "valid", None))
@@ -241,8 +309,11 @@ def _reading(parse, body):
         return "refused", exc.status
 
 
-@given(st.builds(encode, JSON, st.booleans()) | st.builds(encode, mutated_deliveries(), st.booleans())
-       | st.binary(max_size=200))
+@given(
+    st.builds(encode, JSON, st.booleans())
+    | st.builds(encode, mutated_deliveries(), st.booleans())
+    | st.binary(max_size=200)
+)
 @hsettings(max_examples=300 * SCALE, **COMMON)
 def test_orjson_and_the_json_module_read_every_body_alike(body):
     """The endpoint reads most bodies with orjson and the others with the json module

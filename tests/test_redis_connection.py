@@ -1,4 +1,5 @@
 """mirror.redis_connection: one builder for every Redis connection; what it says about itself."""
+
 import ssl
 
 import pytest
@@ -7,12 +8,15 @@ from mirror.redis_connection import describe, redacted_url, redis_for, redis_fro
 from mirror.settings import Settings
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
-    ("redis://:pw@127.0.0.1:6379/2", "redis://***@127.0.0.1:6379/2"),
-    ("rediss://h:secret-pass@ec2-1-2.example.com:25580", "rediss://***@ec2-1-2.example.com:25580"),
-    ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://:pw@127.0.0.1:6379/2", "redis://***@127.0.0.1:6379/2"),
+        ("rediss://h:secret-pass@ec2-1-2.example.com:25580", "rediss://***@ec2-1-2.example.com:25580"),
+        ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
+    ],
+)
 def test_redacted_url_masks_the_credentials(url, expected):
     assert redacted_url(url) == expected
 
@@ -20,8 +24,9 @@ def test_redacted_url_masks_the_credentials(url, expected):
 def test_tls_mode_and_description():
     assert tls_mode(Settings(redis_url="redis://h:1/0")) == "none"
     assert tls_mode(Settings(redis_url="rediss://h:1/0")) == "verified"
-    heroku = Settings(redis_url="rediss://:pw@h:1/0", redis_tls_verify=False,
-                      redis_tls_verify_source="Heroku (DYNO set)")
+    heroku = Settings(
+        redis_url="rediss://:pw@h:1/0", redis_tls_verify=False, redis_tls_verify_source="Heroku (DYNO set)"
+    )
     assert describe(heroku) == "rediss://***@h:1/0 tls=unverified (Heroku (DYNO set))"
 
 
@@ -41,8 +46,12 @@ def test_status_report_and_page_say_which_redis_and_tls_mode(settings, db, redis
     from receiver import create_app
     from workers import status
 
-    heroku = dataclasses.replace(settings, redis_url="rediss://:a-redis-password@h.example.com:25580",
-                                 redis_tls_verify=False, redis_tls_verify_source="Heroku (DYNO set)")
+    heroku = dataclasses.replace(
+        settings,
+        redis_url="rediss://:a-redis-password@h.example.com:25580",
+        redis_tls_verify=False,
+        redis_tls_verify_source="Heroku (DYNO set)",
+    )
     report = status.collect(heroku, redis_conn, jira=False)  # the connection is the test's own
     assert report["redis"] == {"url": "rediss://***@h.example.com:25580", "tls": "unverified (Heroku (DYNO set))"}
     app = create_app(dataclasses.replace(settings, admin_token="page-token-123-of-at-least-32-characters"))

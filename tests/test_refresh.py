@@ -1,5 +1,6 @@
 """Webhook jobs read the current state from Jira, coalesced (workers/refresh.py), against the
 simulator, real Redis and the real database."""
+
 import json
 import time
 
@@ -10,13 +11,16 @@ from tests.mirror_truth import differences
 from workers import jobs, refresh
 
 
-def signed_request(jira, event):  # type: ignore[no-untyped-def]
+def signed_request(jira, event):
     """The delivery Jira would send for a simulator mutation: (body, headers)."""
     from simulator.webhooks import issue_payload, sign
 
     body = json.dumps(issue_payload(event, jira.site, jira.url)).encode()
-    headers = {"Content-Type": "application/json", "X-Hub-Signature": sign(body, SECRET),
-               "X-Atlassian-Webhook-Identifier": f"{event.issue_id}-{event.timestamp}-{id(event)}"}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Hub-Signature": sign(body, SECRET),
+        "X-Atlassian-Webhook-Identifier": f"{event.issue_id}-{event.timestamp}-{id(event)}",
+    }
     return body, headers
 
 

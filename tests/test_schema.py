@@ -1,4 +1,5 @@
 """`jira-mirror db upgrade` from every earlier schema version keeps every row."""
+
 import datetime as dt
 
 import pytest
@@ -31,9 +32,12 @@ def test_upgrade_from_version_1_keeps_rows_and_is_idempotent(env):
             "INSERT INTO jira_issue"
             " (site, issue_id, key, project_key, summary, labels, updated, fields, synced_at, source)"
             " VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[\"a\"]', '2024-12-29 03:11:23.904', '{\"x\": 1}',"
-            " '2024-12-29 03:12:00', 'webhook')")
-        database.execute_sql("INSERT INTO jira_project (site, key, name, is_active, sync_state)"
-                             " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')")
+            " '2024-12-29 03:12:00', 'webhook')"
+        )
+        database.execute_sql(
+            "INSERT INTO jira_project (site, key, name, is_active, sync_state)"
+            " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')"
+        )
 
     runner = CliRunner()
     result = runner.invoke(main, ["db", "upgrade"])
@@ -80,9 +84,12 @@ def test_upgrade_from_version_4_adds_project_ids_deletion_reasons_and_digests(en
         database.execute_sql(
             "INSERT INTO jira_issue (site, issue_id, key, project_key, summary, labels, updated, fields, synced_at,"
             " source, event_ts, deleted_at) VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[]',"
-            " '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5, '2025-01-01 00:00:00')")
-        database.execute_sql("INSERT INTO jira_project (site, key, name, is_active, sync_state)"
-                             " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')")
+            " '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5, '2025-01-01 00:00:00')"
+        )
+        database.execute_sql(
+            "INSERT INTO jira_project (site, key, name, is_active, sync_state)"
+            " VALUES ('local', 'DEMO', 'Demo', TRUE, 'idle')"
+        )
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0 and "from version 4 to" in result.output, result.output
     with database.connection_context():
@@ -103,12 +110,14 @@ def test_upgrade_from_version_5_adds_history_tables_typed_columns_and_utc_timest
         database.execute_sql(
             "INSERT INTO jira_issue (site, issue_id, key, project_key, summary, labels, created, updated, fields,"
             " synced_at, source, event_ts) VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[]',"
-            " '2024-12-28 10:00:00', '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5)")
+            " '2024-12-28 10:00:00', '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5)"
+        )
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0 and "from version 5 to" in result.output, result.output
     with database.connection_context():
-        assert {"parent_id", "resolution", "due_date", "story_points", "sprint_ids",
-                "status_changed_at"} <= _columns(database, "jira_issue")
+        assert {"parent_id", "resolution", "due_date", "story_points", "sprint_ids", "status_changed_at"} <= _columns(
+            database, "jira_issue"
+        )
         for table in ("jira_changelog_item", "jira_comment", "jira_worklog", "jira_field"):
             assert database.table_exists(table)
         row = Issue.get()
@@ -119,9 +128,11 @@ def test_upgrade_from_version_5_adds_history_tables_typed_columns_and_utc_timest
         spans = database.execute_sql("SELECT issue_id, status, ended FROM jira_issue_status_interval").fetchall()
         assert spans == [("10001", None, None)]
         if mirror_db.is_postgres():
-            types = dict(database.execute_sql(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'jira_issue'"
-            ).fetchall())
+            types = dict(
+                database.execute_sql(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'jira_issue'"
+                ).fetchall()
+            )
             assert types["updated"] == types["created"] == "timestamp with time zone"
             # A session in another zone sees the same instant.
             database.execute_sql("SET TIME ZONE 'Asia/Kolkata'")

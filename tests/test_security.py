@@ -1,6 +1,7 @@
 """Security, against real gunicorn and real processes: signatures (constant-time, replays, secret
 rotation), the admin surface (tokens, query strings, CSRF), and secrets that must never reach a
 log line, an error message or a page."""
+
 import base64
 import dataclasses
 import hashlib
@@ -81,11 +82,13 @@ def test_the_admin_token_is_compared_with_hmac_compare_digest(settings, db, monk
 
 
 def test_a_replayed_body_is_answered_duplicate_without_a_job_whatever_its_identifier(
-        db, settings, redis_conn, tmp_path, drain):
+    db, settings, redis_conn, tmp_path, drain
+):
     web, url = procs.start_web(settings, tmp_path, workers=2)
     try:
-        body, headers = factories.signed(factories.delivery(the_issue=factories.issue(summary="once")), SECRET,
-                                         delivery_id="replayed-delivery")
+        body, headers = factories.signed(
+            factories.delivery(the_issue=factories.issue(summary="once")), SECRET, delivery_id="replayed-delivery"
+        )
         codes = [requests.post(url + URL, data=body, headers=headers, timeout=10).status_code for _ in range(5)]
         assert codes == [202, 200, 200, 200, 200]
         assert queue(ISSUES, redis_conn).count == 1
@@ -121,8 +124,12 @@ def test_a_body_is_accepted_again_after_the_replay_window(db, settings, redis_co
     replay = dict(headers, **{"X-Atlassian-Webhook-Identifier": "later"})
     assert client.post(URL, data=body, headers=replay).get_json() == {"ignored": "duplicate"}
     time.sleep(1.2)
-    assert client.post(URL, data=body, headers=dict(replay, **{"X-Atlassian-Webhook-Identifier": "much-later"})
-                       ).status_code == 202
+    assert (
+        client.post(
+            URL, data=body, headers=dict(replay, **{"X-Atlassian-Webhook-Identifier": "much-later"})
+        ).status_code
+        == 202
+    )
 
 
 def test_secret_rotation_end_to_end(db, settings, redis_conn, tmp_path):
@@ -158,8 +165,9 @@ def test_secret_rotation_end_to_end(db, settings, redis_conn, tmp_path):
 # --- the admin surface --------------------------------------------------------------------------
 
 
-def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_forged_forms(db, settings, redis_conn,
-                                                                                          tmp_path):
+def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_forged_forms(
+    db, settings, redis_conn, tmp_path
+):
     web, url = procs.start_web(settings, tmp_path, workers=2, ADMIN_TOKEN=ADMIN)
     try:
         right = {"Authorization": f"Bearer {ADMIN}"}
@@ -168,14 +176,19 @@ def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_for
             kwargs = {"json": {"project": "DEMO"}} if method == "post" else {}
             missing = call(url + path, timeout=10, allow_redirects=False, **kwargs)
             assert missing.status_code in (401, 302), (path, missing.status_code)  # the page sends you to /login
-            for bad in ({"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {ADMIN}"},
-                        {"Authorization": f"bearer {ADMIN.upper()}"}, {"Authorization": f"Bearer {ADMIN} x"}):
+            for bad in (
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": f"Basic {ADMIN}"},
+                {"Authorization": f"bearer {ADMIN.upper()}"},
+                {"Authorization": f"Bearer {ADMIN} x"},
+            ):
                 answer = call(url + path, headers=bad, timeout=10, allow_redirects=False, **kwargs)
                 # 429 once this address has used up its budget of wrong tokens (receiver.auth)
                 assert answer.status_code in (401, 302, 429), (path, bad, answer.status_code)
             for name in ("token", "access_token", "admin_token"):
-                answer = call(url + path + f"?{name}={ADMIN}", headers=right, timeout=10, allow_redirects=False,
-                              **kwargs)
+                answer = call(
+                    url + path + f"?{name}={ADMIN}", headers=right, timeout=10, allow_redirects=False, **kwargs
+                )
                 assert answer.status_code == 401, (path, name)
                 assert ADMIN not in answer.text
         assert requests.get(url + "/admin/projects", headers=right, timeout=10).status_code == 200
@@ -191,13 +204,18 @@ def test_the_admin_surface_refuses_missing_wrong_and_query_string_tokens_and_for
         other = requests.Session()
         theirs = re.search(r'name="csrf_token" value="([^"]+)"', other.get(url + "/login", timeout=10).text).group(1)
         for forged in ({}, {"csrf_token": ""}, {"csrf_token": theirs}, {"csrf_token": mine + "x"}):
-            answer = session.post(url + "/projects/DEMO/backfill", data={"full": "1", **forged}, timeout=10,
-                                  allow_redirects=False)
+            answer = session.post(
+                url + "/projects/DEMO/backfill", data={"full": "1", **forged}, timeout=10, allow_redirects=False
+            )
             assert answer.status_code == 400, (forged, answer.status_code)
         assert queue("backfill", redis_conn).count == 0
         # A cross-site form post would carry the cookie (were it not SameSite=Lax) but never the token.
-        ok = session.post(url + "/projects/DEMO/backfill", data={"full": "1", "confirm": "1", "csrf_token": mine},
-                          timeout=10, allow_redirects=False)
+        ok = session.post(
+            url + "/projects/DEMO/backfill",
+            data={"full": "1", "confirm": "1", "csrf_token": mine},
+            timeout=10,
+            allow_redirects=False,
+        )
         assert ok.status_code == 303 and queue("backfill", redis_conn).count == 1
     finally:
         web.terminate()
@@ -220,11 +238,16 @@ def test_no_secret_reaches_a_log_line_an_error_or_a_page(jira, jira_settings, tm
     redis_password, db_password = "redis-Pa55word-xyz", "db-Pa55word-xyz"
     server = procs.RedisServer(tmp_path, password=redis_password)
     server.start()
-    local = dataclasses.replace(jira_settings, redis_url=server.url,
-                                database_url=_with_password(jira_settings.database_url, db_password))
-    secrets = {"webhook secret": SECRET, "admin token": ADMIN, "jira token": SIM_TOKEN,
-               "basic auth": base64.b64encode(f"{SIM_EMAIL}:{SIM_TOKEN}".encode()).decode(),
-               "redis password": redis_password}
+    local = dataclasses.replace(
+        jira_settings, redis_url=server.url, database_url=_with_password(jira_settings.database_url, db_password)
+    )
+    secrets = {
+        "webhook secret": SECRET,
+        "admin token": ADMIN,
+        "jira token": SIM_TOKEN,
+        "basic auth": base64.b64encode(f"{SIM_EMAIL}:{SIM_TOKEN}".encode()).decode(),
+        "redis password": redis_password,
+    }
     if local.database_url != jira_settings.database_url:
         secrets["database password"] = db_password
     env = jira_env(local, ADMIN_TOKEN=ADMIN, LOG_LEVEL="DEBUG", WORKER_HEARTBEAT_SECONDS="1", SYNC_INTERVAL_SECONDS="2")
@@ -243,27 +266,48 @@ def test_no_secret_reaches_a_log_line_an_error_or_a_page(jira, jira_settings, tm
         pusher.stop()
         body, headers = factories.signed(factories.delivery(the_issue=factories.issue()), "not-the-secret")
         answers.append(requests.post(url + URL, data=body, headers=headers, timeout=10).text)
-        answers.append(requests.post(url + URL, data=b"{", headers={"Content-Type": "application/json",
-                       "X-Hub-Signature": signature.sign(b"{", SECRET)}, timeout=10).text)
+        answers.append(
+            requests.post(
+                url + URL,
+                data=b"{",
+                headers={"Content-Type": "application/json", "X-Hub-Signature": signature.sign(b"{", SECRET)},
+                timeout=10,
+            ).text
+        )
         answers.append(requests.get(url + f"/admin/projects?token={ADMIN}", timeout=10).text)
-        answers.append(requests.get(url + "/admin/projects", headers={"Authorization": "Bearer " + ADMIN[:-1]},
-                                    timeout=10).text)
+        answers.append(
+            requests.get(url + "/admin/projects", headers={"Authorization": "Bearer " + ADMIN[:-1]}, timeout=10).text
+        )
         answers.append(requests.get(url + "/", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).text)
         answers.append(requests.get(url + "/metrics", timeout=10).text)
         answers.append(requests.get(url + "/readyz", timeout=10).text)
         # Jira refuses the token for a while (401): the errors it causes are logged and recorded.
         jira.api_token = "rotated-elsewhere"
-        answers.append(requests.post(url + "/admin/backfill", json={"project": "DEMO", "full": True},
-                                     headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).text)
+        answers.append(
+            requests.post(
+                url + "/admin/backfill",
+                json={"project": "DEMO", "full": True},
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=10,
+            ).text
+        )
         time.sleep(4)
         jira.api_token = SIM_TOKEN
-        cli = [subprocess.run(procs.jira_mirror(*args), env=env, capture_output=True, text=True, timeout=120)
-               for args in (("status",), ("status", "--json"), ("failed", "list"), ("projects", "list", "--remote"),
-                            ("backfill", "DEMO", "--inline"))]
+        cli = [
+            subprocess.run(procs.jira_mirror(*args), env=env, capture_output=True, text=True, timeout=120)
+            for args in (
+                ("status",),
+                ("status", "--json"),
+                ("failed", "list"),
+                ("projects", "list", "--remote"),
+                ("backfill", "DEMO", "--inline"),
+            )
+        ]
         answers += [c.stdout + c.stderr for c in cli]
         bad_env = dict(env, JIRA_API_TOKEN="wrong-" + SIM_TOKEN)  # a failing CLI names the problem, not the token
-        wrong = subprocess.run(procs.jira_mirror("projects", "list", "--remote"), env=bad_env, capture_output=True,
-                               text=True, timeout=60)
+        wrong = subprocess.run(
+            procs.jira_mirror("projects", "list", "--remote"), env=bad_env, capture_output=True, text=True, timeout=60
+        )
         assert wrong.returncode != 0
         answers.append(wrong.stdout + wrong.stderr)
         server.stop()  # Redis goes away: the errors say so without the URL's password

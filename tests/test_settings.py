@@ -18,21 +18,23 @@ def test_defaults_when_environment_is_empty():
 
 
 def test_every_variable_is_read():
-    s = Settings.from_env({
-        "DATABASE_URL": "postgres://u@db.example/mirror",
-        "REDIS_URL": "rediss://cache.example:6380/1",
-        "JIRA_BASE_URL": "https://acme.atlassian.net/",
-        "JIRA_EMAIL": "ops@acme.test",
-        "JIRA_API_TOKEN": "tok",
-        "JIRA_WEBHOOK_SECRET": "old, new",
-        "JIRA_WEBHOOK_ALLOW_UNSIGNED": "0",
-        "JIRA_PROJECTS": "demo, OPS,DEMO",
-        "ADMIN_TOKEN": "adm" * 11,
-        "SYNC_INTERVAL_SECONDS": "60",
-        "PORT": "5000",
-        "FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1",
-        "JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS": "600",
-    })
+    s = Settings.from_env(
+        {
+            "DATABASE_URL": "postgres://u@db.example/mirror",
+            "REDIS_URL": "rediss://cache.example:6380/1",
+            "JIRA_BASE_URL": "https://acme.atlassian.net/",
+            "JIRA_EMAIL": "ops@acme.test",
+            "JIRA_API_TOKEN": "tok",
+            "JIRA_WEBHOOK_SECRET": "old, new",
+            "JIRA_WEBHOOK_ALLOW_UNSIGNED": "0",
+            "JIRA_PROJECTS": "demo, OPS,DEMO",
+            "ADMIN_TOKEN": "adm" * 11,
+            "SYNC_INTERVAL_SECONDS": "60",
+            "PORT": "5000",
+            "FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1",
+            "JIRA_WEBHOOK_REPLAY_WINDOW_SECONDS": "600",
+        }
+    )
     assert s.jira_projects == ("DEMO", "OPS")
     assert s.jira_webhook_secrets == ("old", "new")
     assert s.site == "acme.atlassian.net"
@@ -47,8 +49,14 @@ def test_a_short_admin_token_is_refused_at_start_with_a_clear_message(tmp_path):
     # As the Procfile's web starts it: gunicorn exits, naming the variable, never the token.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JIRA_", "ADMIN_"))}
     env.update(ADMIN_TOKEN="short-token-0123456789", PORT=str(free_port()), DATABASE_URL=f"sqlite:///{tmp_path}/m.db")
-    done = subprocess.run([str(procs.BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"],
-                          env=env, cwd=procs.ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(procs.BIN / "gunicorn"), "--config", "gunicorn.conf.py", "receiver:create_app()"],
+        env=env,
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "ADMIN_TOKEN is 22 characters long" in done.stdout + done.stderr
     assert "short-token-0123456789" not in done.stdout + done.stderr

@@ -96,8 +96,7 @@ def test_search_pages_return_every_id_exactly_once_until_is_last() -> None:
     with JiraServer(big, email="a@b", api_token="t") as srv, requests.Session() as http:
         http.auth = ("a@b", "t")
         seen: list[str] = []
-        body: dict[str, Any] = {"jql": "project in (BIG, SIDE) ORDER BY updated ASC",
-                                "maxResults": 5000}
+        body: dict[str, Any] = {"jql": "project in (BIG, SIDE) ORDER BY updated ASC", "maxResults": 5000}
         pages = []
         while True:
             r = http.post(f"{srv.url}/rest/api/3/search/jql", json=body)
@@ -147,8 +146,7 @@ def test_search_fields_default_to_id_only(http: requests.Session, server: JiraSe
     assert issue["key"] == "DEMO-300"
 
 
-def test_search_clamps_page_size_to_100_when_fields_are_asked(
-        http: requests.Session, server: JiraServer) -> None:
+def test_search_clamps_page_size_to_100_when_fields_are_asked(http: requests.Session, server: JiraServer) -> None:
     with_fields = search(http, server, "project = DEMO", fields="*all", maxResults=1000).json()
     assert len(with_fields["issues"]) == 100 and with_fields["isLast"] is False
     assert "customfield_10031" in with_fields["issues"][0]["fields"]
@@ -164,18 +162,21 @@ def test_search_refuses_unbounded_jql(http: requests.Session, server: JiraServer
         r = search(http, server, jql)
         assert r.status_code == 400
         assert r.json()["errorMessages"] == [
-            "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."]
+            "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."
+        ]
     r = http.post(f"{server.url}/rest/api/3/search/jql", json={"maxResults": 5})
     assert r.status_code == 400 and "Unbounded" in r.json()["errorMessages"][0]
 
 
 def test_search_refuses_jql_it_cannot_parse(http: requests.Session, server: JiraServer) -> None:
-    for jql, fragment in [("project = DEMO AND", "Expecting"),
-                          ("project = NOPE", "does not exist for the field 'project'"),
-                          ("status = Done", "Field 'status' does not exist"),
-                          ("project = DEMO AND updated > \"15/01/2025\"", "Date value"),
-                          ("project = DEMO AND updated > startOfDay()", "Expecting"),
-                          ("key = DEMO-99999", "does not exist for field 'key'")]:
+    for jql, fragment in [
+        ("project = DEMO AND", "Expecting"),
+        ("project = NOPE", "does not exist for the field 'project'"),
+        ("status = Done", "Field 'status' does not exist"),
+        ("project = DEMO AND updated > \"15/01/2025\"", "Date value"),
+        ("project = DEMO AND updated > startOfDay()", "Expecting"),
+        ("key = DEMO-99999", "does not exist for field 'key'"),
+    ]:
         r = search(http, server, jql)
         assert r.status_code == 400, jql
         body = r.json()
@@ -185,8 +186,9 @@ def test_search_refuses_jql_it_cannot_parse(http: requests.Session, server: Jira
 
 def test_legacy_search_is_gone(http: requests.Session, server: JiraServer) -> None:
     for method in ("get", "post"):
-        r = http.request(method, f"{server.url}/rest/api/3/search",
-                         params={"jql": "project = DEMO"}, json={"jql": "project = DEMO"})
+        r = http.request(
+            method, f"{server.url}/rest/api/3/search", params={"jql": "project = DEMO"}, json={"jql": "project = DEMO"}
+        )
         assert r.status_code == 410
         assert "/rest/api/3/search/jql" in r.json()["errorMessages"][0]
 
@@ -200,7 +202,8 @@ def test_approximate_count_counts_matches(http: requests.Session, server: JiraSe
 
 
 def test_jql_dates_are_read_in_a_west_of_utc_user_zone(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     clock.set(dt.datetime(2025, 1, 15, 10, 30, 20, tzinfo=UTC))
     issue = site.update_issue("DEMO-5", summary="touched at 10:30:20 UTC").issue
     server.time_zone = "America/Los_Angeles"  # UTC-8 in January
@@ -214,7 +217,8 @@ def test_jql_dates_are_read_in_a_west_of_utc_user_zone(
 
 
 def test_jql_dates_are_read_in_an_east_of_utc_user_zone(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     clock.set(dt.datetime(2025, 1, 15, 10, 30, 20, tzinfo=UTC))
     issue = site.update_issue("DEMO-6", summary="touched").issue
     server.time_zone = "Asia/Kolkata"  # UTC+05:30
@@ -230,7 +234,8 @@ def test_jql_dates_are_read_in_an_east_of_utc_user_zone(
 
 
 def test_jql_epoch_millisecond_and_relative_literals(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     clock.set(dt.datetime(2025, 1, 15, 10, 30, 20, 500000, tzinfo=UTC))
     issue = site.update_issue("DEMO-7", summary="x").issue
     at = issue.updated
@@ -246,7 +251,8 @@ def test_jql_epoch_millisecond_and_relative_literals(
 
 
 def test_index_lag_hides_changes_from_search_but_not_from_reads(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     server.index_lag_seconds = 30
     base = f"{server.url}/rest/api/3"
     count_before = http.post(f"{base}/search/approximate-count", json={"jql": "project = DEMO"}).json()
@@ -263,8 +269,7 @@ def test_index_lag_hides_changes_from_search_but_not_from_reads(
     assert created.id not in demo  # not indexed yet
     assert deleted.id in demo  # still indexed
     assert moved.id in demo  # still under its old project
-    assert http.post(f"{base}/search/approximate-count",
-                     json={"jql": "project = DEMO"}).json() == count_before
+    assert http.post(f"{base}/search/approximate-count", json={"jql": "project = DEMO"}).json() == count_before
     old = search(http, server, "key = DEMO-10", fields="summary,updated").json()["issues"][0]
     assert old["fields"]["summary"] == updated_before.summary
     # ...and matched on its old `updated`.
@@ -274,9 +279,10 @@ def test_index_lag_hides_changes_from_search_but_not_from_reads(
     assert http.get(f"{base}/issue/{created.id}").json()["fields"]["summary"] == "brand new"
     assert http.get(f"{base}/issue/DEMO-10").json()["fields"]["summary"] == "new summary"
     assert http.get(f"{base}/issue/{deleted.id}").status_code == 404
-    bulk = http.post(f"{base}/issue/bulkfetch",
-                     json={"issueIdsOrKeys": [created.id, deleted.id, "DEMO-12"],
-                           "fields": ["summary", "project"]}).json()
+    bulk = http.post(
+        f"{base}/issue/bulkfetch",
+        json={"issueIdsOrKeys": [created.id, deleted.id, "DEMO-12"], "fields": ["summary", "project"]},
+    ).json()
     assert [i["id"] for i in bulk["issues"]] == [moved.id, created.id]  # ascending ids
     assert bulk["issues"][0]["key"] == moved.key and moved.key.startswith("OPS-")
     assert bulk["issues"][0]["fields"]["project"]["key"] == "OPS"
@@ -291,7 +297,8 @@ def test_index_lag_hides_changes_from_search_but_not_from_reads(
 
 
 def test_reconcile_issues_reads_through_the_index_lag(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     server.index_lag_seconds = 30
     created = site.create_issue("OPS", summary="fresh").issue
     deleted = site.delete_issue("OPS-1").issue
@@ -307,14 +314,18 @@ def test_reconcile_issues_reads_through_the_index_lag(
 
 
 def test_moved_issue_keeps_id_and_old_key_still_resolves(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     event = site.move_issue("DEMO-3", "OPS")
     assert event.after is not None and event.after.key == "OPS-41"
     got = http.get(f"{server.url}/rest/api/3/issue/DEMO-3", params={"fields": "project"}).json()
     assert got["id"] == event.issue_id and got["key"] == "OPS-41"
     # As the recorded move (tests/payloads/issue_moved.json): Workflow and Key without fieldId.
     assert [(i["field"], i.get("fieldId")) for i in event.items] == [
-        ("project", "project"), ("Workflow", None), ("Key", None)]
+        ("project", "project"),
+        ("Workflow", None),
+        ("Key", None),
+    ]
     assert event.items[-1]["fromString"] == "DEMO-3" and event.items[-1]["toString"] == "OPS-41"
 
 
@@ -322,7 +333,8 @@ def test_moved_issue_keeps_id_and_old_key_still_resolves(
 
 
 def test_bulkfetch_refuses_more_than_100_and_leaves_unknown_ids_out_of_both_lists(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     url = f"{server.url}/rest/api/3/issue/bulkfetch"
     too_many = http.post(url, json={"issueIdsOrKeys": [str(10001 + i) for i in range(101)]})
     assert too_many.status_code == 400 and too_many.json()["errorMessages"]
@@ -411,8 +423,7 @@ def test_short_page_still_carries_a_token(http: requests.Session, server: JiraSe
     server.short_next_pages(1)
     page = search(http, server, "project = OPS", maxResults=40).json()
     assert 0 < len(page["issues"]) < 40 and page["isLast"] is False
-    rest = search(http, server, "project = OPS", maxResults=40,
-                  nextPageToken=page["nextPageToken"]).json()
+    rest = search(http, server, "project = OPS", maxResults=40, nextPageToken=page["nextPageToken"]).json()
     got = [i["id"] for i in page["issues"] + rest["issues"]]
     assert len(got) == len(set(got)) == 40 and rest["isLast"] is True
 
@@ -420,14 +431,14 @@ def test_short_page_still_carries_a_token(http: requests.Session, server: JiraSe
 def test_connection_reset_mid_response(http: requests.Session, server: JiraServer) -> None:
     server.reset_next(1, route="search/jql")
     # requests reports the cut body as ChunkedEncodingError (or ConnectionError if nothing came).
-    with pytest.raises((requests.exceptions.ChunkedEncodingError,
-                        requests.exceptions.ConnectionError)):
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
         search(http, server, "project = DEMO")
     assert search(http, server, "project = DEMO").status_code == 200
 
 
 def test_keyset_tokens_skip_nothing_when_issues_change_while_paging(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     jql = "project = DEMO ORDER BY updated ASC"
     first = search(http, server, jql, maxResults=100).json()
     # Touch an issue of page one: it moves to the end of the order.
@@ -457,10 +468,30 @@ def test_keyset_tokens_skip_nothing_when_issues_change_while_paging(
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_serves_https_with_an_ssl_context(tmp_path: Path, site: Site) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
-                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     with JiraServer(site, ssl_context=ctx) as srv:
@@ -498,8 +529,7 @@ class Receiver:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/webhooks/jira"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -526,7 +556,7 @@ def test_webhook_signature_verifies_over_the_raw_body(receiver: Receiver, site: 
         assert pusher.flush(5)
     finally:
         pusher.stop()
-    (headers, body), = receiver.requests
+    ((headers, body),) = receiver.requests
     expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["X-Hub-Signature"], expected)
     assert headers["Content-Type"] == "application/json"
@@ -544,8 +574,7 @@ def test_webhook_signature_verifies_over_the_raw_body(receiver: Receiver, site: 
     # Timestamps carry the actor's offset, not UTC's.
     actor_zone = ZoneInfo(site.users[event.actor].time_zone)
     when = dt.datetime.fromtimestamp(event.timestamp / 1000, actor_zone)
-    assert issue["fields"]["updated"] == (
-        f"{when:%Y-%m-%dT%H:%M:%S}.{event.timestamp % 1000:03d}{when:%z}")
+    assert issue["fields"]["updated"] == (f"{when:%Y-%m-%dT%H:%M:%S}.{event.timestamp % 1000:03d}{when:%z}")
     items = {i["field"]: i for i in payload["changelog"]["items"]}
     assert items["status"]["toString"] == "Done" and items["summary"]["toString"] == "Fixed ✅"
     assert payload["user"]["accountId"] == event.actor
@@ -624,11 +653,11 @@ def test_webhook_refused_connection_is_retried_then_given_up(site: Site) -> None
 def test_webhook_prepare_signs_without_sending(site: Site) -> None:
     pusher = WebhookPusher("http://127.0.0.1:9/none", ["first", "second"], site=site, attach=False)
     try:
-        prepared = pusher.prepare({"webhookEvent": "jira:issue_updated", "timestamp": 1},
-                                  secret="second")
+        prepared = pusher.prepare({"webhookEvent": "jira:issue_updated", "timestamp": 1}, secret="second")
         assert prepared.headers["X-Hub-Signature"] == sign(prepared.body, "second")
         assert prepared.headers["X-Hub-Signature"] == (
-            "sha256=" + hmac.new(b"second", prepared.body, hashlib.sha256).hexdigest())
+            "sha256=" + hmac.new(b"second", prepared.body, hashlib.sha256).hexdigest()
+        )
         assert prepared.headers["X-Atlassian-Webhook-Identifier"]
         raw = pusher.prepare(b'{"a":1}')
         assert raw.body == b'{"a":1}' and raw.headers["X-Hub-Signature"] == sign(b'{"a":1}', "first")
@@ -640,8 +669,7 @@ def test_webhook_prepare_signs_without_sending(site: Site) -> None:
 def test_webhook_non_issue_events(receiver: Receiver, site: Site) -> None:
     pusher = fast_pusher(receiver.url, site)
     try:
-        for kind in ("comment_created", "comment_created_no_issue", "worklog_updated",
-                     "project_created"):
+        for kind in ("comment_created", "comment_created_no_issue", "worklog_updated", "project_created"):
             pusher.push_non_issue(kind)
         assert pusher.flush(5)
     finally:
@@ -659,11 +687,34 @@ def test_webhook_non_issue_events(receiver: Receiver, site: Site) -> None:
 def test_main_serves_changes_and_pushes_webhooks(receiver: Receiver) -> None:
     out = io.StringIO()
     with redirect_stdout(out):
-        code = simulator_main(["--port", "0", "--projects", "DEMO:200,OPS:20", "--tz",
-                               "Asia/Kolkata", "--webhook-url", receiver.url, "--webhook-secret",
-                               "s3cret", "--changes-per-second", "40", "--duration", "1.0",
-                               "--progress-every", "0.4", "--email", "a@b", "--api-token", "t",
-                               "--issue-error-rate", "0.1", "--slow-user-search-above", "100"])
+        code = simulator_main(
+            [
+                "--port",
+                "0",
+                "--projects",
+                "DEMO:200,OPS:20",
+                "--tz",
+                "Asia/Kolkata",
+                "--webhook-url",
+                receiver.url,
+                "--webhook-secret",
+                "s3cret",
+                "--changes-per-second",
+                "40",
+                "--duration",
+                "1.0",
+                "--progress-every",
+                "0.4",
+                "--email",
+                "a@b",
+                "--api-token",
+                "t",
+                "--issue-error-rate",
+                "0.1",
+                "--slow-user-search-above",
+                "100",
+            ]
+        )
     assert code == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("jira-simulator ready url=http://127.0.0.1:")

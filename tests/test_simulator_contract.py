@@ -21,18 +21,30 @@ from simulator.webhooks import issue_payload, project_payload
 
 UTC = dt.timezone.utc
 
-SPEC = json.loads((Path(__file__).parent / "jira_schemas" / "jira-platform-v3-subset.json")
-                  .read_text(encoding="utf-8"))
+SPEC = json.loads((Path(__file__).parent / "jira_schemas" / "jira-platform-v3-subset.json").read_text(encoding="utf-8"))
 SCHEMAS: dict[str, Any] = SPEC["components"]["schemas"]
 
 # The spec leaves IssueBean.fields free-form; these are the beans it uses for the same objects
 # elsewhere (e.g. IssueTransition.to is a StatusDetails), checked on the fields that hold them.
-FIELD_SCHEMAS = {"status": "StatusDetails", "project": "ProjectDetails", "issuetype": "IssueTypeDetails",
-                 "assignee": "UserDetails", "reporter": "UserDetails", "creator": "UserDetails",
-                 "priority": "Priority", "resolution": "Resolution"}
+FIELD_SCHEMAS = {
+    "status": "StatusDetails",
+    "project": "ProjectDetails",
+    "issuetype": "IssueTypeDetails",
+    "assignee": "UserDetails",
+    "reporter": "UserDetails",
+    "creator": "UserDetails",
+    "priority": "Priority",
+    "resolution": "Resolution",
+}
 
-_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool,
-                          "integer": int, "number": (int, float)}
+_TYPES: dict[str, Any] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
+}
 
 
 def violations(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
@@ -103,8 +115,9 @@ def conforms(answer: requests.Response, path: str, method: str | None = None) ->
     for i, issue in enumerate(_issues_of(body)):
         for name, value in (issue.get("fields") or {}).items():
             if name in FIELD_SCHEMAS and value is not None:  # an empty field is null
-                problems += violations(value, {"$ref": f"#/components/schemas/{FIELD_SCHEMAS[name]}"},
-                                       f"$.issues[{i}].fields.{name}")
+                problems += violations(
+                    value, {"$ref": f"#/components/schemas/{FIELD_SCHEMAS[name]}"}, f"$.issues[{i}].fields.{name}"
+                )
     assert not problems, f"{method.upper()} {path} ({answer.status_code}):\n" + "\n".join(problems[:20])
     return body
 
@@ -187,7 +200,8 @@ def ids_of(site: Site, *keys: str) -> list[str]:
 
 
 def test_bulkfetch_answers_in_ascending_id_order_whatever_the_request_order(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     wanted = ids_of(site, "DEMO-9", "OPS-3", "DEMO-1", "ARC-2", "DEMO-30")
     got = bulkfetch(http, server, list(reversed(wanted)) + ["DEMO-9"])
     assert [i["id"] for i in got["issues"]] == sorted(wanted, key=int)
@@ -195,7 +209,8 @@ def test_bulkfetch_answers_in_ascending_id_order_whatever_the_request_order(
 
 
 def test_bulkfetch_leaves_unknown_deleted_and_unseen_issues_out_of_both_lists(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     deleted = site.delete_issue("DEMO-4").issue
     got = bulkfetch(http, server, ["DEMO-5", deleted.id, deleted.key, "99999", "NOPE-1", "OPS-999"])
     assert [i["key"] for i in got["issues"]] == ["DEMO-5"]
@@ -203,7 +218,8 @@ def test_bulkfetch_leaves_unknown_deleted_and_unseen_issues_out_of_both_lists(
 
 
 def test_fail_issues_lists_them_in_issue_errors_for_the_given_number_of_requests(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     a, b, c = ids_of(site, "DEMO-1", "DEMO-2", "DEMO-3")
     server.fail_issues([a, "DEMO-2"], times=2)
     for _ in range(2):
@@ -219,8 +235,7 @@ def test_fail_issues_lists_them_in_issue_errors_for_the_given_number_of_requests
     assert [i["id"] for i in bulkfetch(http, server, [a, b, c])["issues"]] == [a, b, c]
 
 
-def test_fail_issues_always_until_clear_faults(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+def test_fail_issues_always_until_clear_faults(http: requests.Session, server: JiraServer, site: Site) -> None:
     (a,) = ids_of(site, "OPS-1")
     server.fail_issues(["ops-1"], times=-1)
     for _ in range(3):
@@ -232,7 +247,8 @@ def test_fail_issues_always_until_clear_faults(
 
 
 def test_issue_error_rate_lists_found_issues_in_issue_errors(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     refs = [v.id for v in site.current("DEMO")][:40]
     server.issue_error_rate = 1.0
     got = bulkfetch(http, server, refs + ["99999"])
@@ -240,8 +256,9 @@ def test_issue_error_rate_lists_found_issues_in_issue_errors(
     server.issue_error_rate = 0.5
     got = bulkfetch(http, server, refs)
     assert 0 < len(got["issueErrors"]) < 40
-    assert sorted([i["id"] for i in got["issues"]] + [e["id"] for e in got["issueErrors"]], key=int) \
-        == sorted(refs, key=int)
+    assert sorted([i["id"] for i in got["issues"]] + [e["id"] for e in got["issueErrors"]], key=int) == sorted(
+        refs, key=int
+    )
     assert JiraServer(site, issue_error_rate=0.25).issue_error_rate == 0.25
 
 
@@ -249,7 +266,8 @@ def test_issue_error_rate_lists_found_issues_in_issue_errors(
 
 
 def test_users_search_answers_409_above_the_slow_threshold(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     url = api(server, "users/search")
     server.slow_user_search_above = 5
     slow = http.get(url, params={"maxResults": 6})
@@ -274,7 +292,8 @@ def test_users_search_answers_409_above_the_slow_threshold(
 
 
 def test_on_search_page_runs_between_pages_and_can_change_the_site(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     jql = "project = DEMO ORDER BY updated ASC"
     seen: list[int] = []
     touched: list[str] = []
@@ -300,7 +319,8 @@ def test_on_search_page_runs_between_pages_and_can_change_the_site(
 
 
 def test_rename_project_keeps_the_id_and_renumbers_nothing(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     before = {v.id: v for v in site.current("OPS")}
     project_id = site.projects["OPS"].id
     site.rename_project("OPS", "RUN")
@@ -317,7 +337,8 @@ def test_rename_project_keeps_the_id_and_renumbers_nothing(
 
 
 def test_renamed_project_old_keys_resolve_in_jql_get_issue_get_project_and_bulkfetch(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     ops_5 = site.get("OPS-5")
     assert ops_5 is not None
     site.rename_project("OPS", "RUN")
@@ -356,7 +377,8 @@ def test_rename_refuses_bad_and_taken_keys_and_can_go_back(site: Site) -> None:
 
 
 def test_rename_shows_in_search_after_the_index_lag(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     server.index_lag_seconds = 30
     clock.advance(60)
     site.rename_project("OPS", "RUN")
@@ -369,7 +391,8 @@ def test_rename_shows_in_search_after_the_index_lag(
 
 
 def test_get_project_answers_404_with_error_messages_for_an_unknown_or_miscased_key(
-        http: requests.Session, server: JiraServer) -> None:
+    http: requests.Session, server: JiraServer
+) -> None:
     for ref in ("NOPE", "demo", "99999"):
         r = http.get(api(server, f"project/{ref}"))
         assert r.status_code == 404, ref
@@ -380,7 +403,8 @@ def test_get_project_answers_404_with_error_messages_for_an_unknown_or_miscased_
 
 
 def test_move_to_any_project_keeps_the_id_and_the_old_key_resolves(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     event = site.move_issue("DEMO-7", "ARC")
     after = event.after
     assert after is not None and after.key == "ARC-6" and after.project == "ARC" and after.id == event.issue_id
@@ -440,7 +464,8 @@ def lived_in(site: Site, clock: FakeClock) -> Site:
 
 
 def test_search_jql_answers_fit_search_and_reconcile_results(
-        http: requests.Session, server: JiraServer, lived_in: Site) -> None:
+    http: requests.Session, server: JiraServer, lived_in: Site
+) -> None:
     path = "/rest/api/3/search/jql"
     for fields in (None, ["id"], ["*all"], ["*navigable", "-description"], ["summary", "status", "updated"]):
         body: dict[str, Any] = {"jql": "project in (DEMO, OPS, ARC) ORDER BY updated ASC", "maxResults": 30}
@@ -456,13 +481,19 @@ def test_search_jql_answers_fit_search_and_reconcile_results(
                 break
             body["nextPageToken"] = page["nextPageToken"]
         assert pages == 3
-    got = conforms(http.get(api(server, "search/jql"), params={
-        "jql": "project = DEMO", "fields": "*all", "expand": "changelog,transitions", "maxResults": 5}), path)
+    got = conforms(
+        http.get(
+            api(server, "search/jql"),
+            params={"jql": "project = DEMO", "fields": "*all", "expand": "changelog,transitions", "maxResults": 5},
+        ),
+        path,
+    )
     assert len(got["issues"]) == 5 and "changelog" in got["issues"][0]
 
 
 def test_bulkfetch_and_get_issue_answers_fit_their_schemas(
-        http: requests.Session, server: JiraServer, lived_in: Site) -> None:
+    http: requests.Session, server: JiraServer, lived_in: Site
+) -> None:
     refs = [v.id for v in lived_in.current()][:60] + ["DEMO-4", "99999"]
     server.fail_issues(refs[:3], times=1)
     for fields in (None, ["*all"], ["summary", "project"]):
@@ -476,14 +507,14 @@ def test_bulkfetch_and_get_issue_answers_fit_their_schemas(
 
 
 def test_other_reads_fit_their_schemas(http: requests.Session, server: JiraServer, lived_in: Site) -> None:
-    count = conforms(http.post(api(server, "search/approximate-count"), json={"jql": "project = DEMO"}),
-                     "/rest/api/3/search/approximate-count")
+    count = conforms(
+        http.post(api(server, "search/approximate-count"), json={"jql": "project = DEMO"}),
+        "/rest/api/3/search/approximate-count",
+    )
     assert count == {"count": 58}
-    users = conforms(http.get(api(server, "users/search"), params={"maxResults": 1000}),
-                     "/rest/api/3/users/search")
+    users = conforms(http.get(api(server, "users/search"), params={"maxResults": 1000}), "/rest/api/3/users/search")
     assert len(users) == len(lived_in.users)
-    page = conforms(http.get(api(server, "project/search"), params={"maxResults": 2}),
-                    "/rest/api/3/project/search")
+    page = conforms(http.get(api(server, "project/search"), params={"maxResults": 2}), "/rest/api/3/project/search")
     assert page["isLast"] is False and page["nextPage"]
     conforms(http.get(api(server, "project/search"), params={"startAt": 2}), "/rest/api/3/project/search")
     for ref in ("DEMO", "ARC", "ARK", lived_in.projects["OPS"].id):
@@ -494,26 +525,52 @@ def test_other_reads_fit_their_schemas(http: requests.Session, server: JiraServe
     assert {f["id"] for f in fields} >= {"summary", "status", "updated", server.site.story_points_field}
 
 
-@pytest.mark.parametrize(("method", "call", "spec_path", "status"), [
-    ("post", ("search/jql", {"json": {"jql": "project = NOPE"}}), "/rest/api/3/search/jql", 400),
-    ("post", ("search/jql", {"json": {"jql": "order by key"}}), "/rest/api/3/search/jql", 400),
-    ("post", ("search/jql", {"json": {"jql": "project = DEMO", "nextPageToken": "x"}}),
-     "/rest/api/3/search/jql", 400),
-    ("get", ("search/jql", {"params": {"jql": "project = DEMO", "maxResults": "0"}}), "/rest/api/3/search/jql", 400),
-    ("post", ("search/approximate-count", {"json": {"jql": "summary ~"}}),
-     "/rest/api/3/search/approximate-count", 400),
-    ("post", ("issue/bulkfetch", {"json": {"issueIdsOrKeys": []}}), "/rest/api/3/issue/bulkfetch", 400),
-    ("post", ("issue/bulkfetch", {"json": {"issueIdsOrKeys": [str(i) for i in range(101)]}}),
-     "/rest/api/3/issue/bulkfetch", 400),
-    ("get", ("issue/NOPE-1", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
-    ("get", ("issue/DEMO-4", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
-    ("get", ("project/NOPE", {}), "/rest/api/3/project/{projectIdOrKey}", 404),
-    ("get", ("users/search", {"params": {"maxResults": "lots"}}), "/rest/api/3/users/search", 400),
-    ("get", ("users/search", {"params": {"maxResults": "11"}}), "/rest/api/3/users/search", 409),
-])
+@pytest.mark.parametrize(
+    ("method", "call", "spec_path", "status"),
+    [
+        ("post", ("search/jql", {"json": {"jql": "project = NOPE"}}), "/rest/api/3/search/jql", 400),
+        ("post", ("search/jql", {"json": {"jql": "order by key"}}), "/rest/api/3/search/jql", 400),
+        (
+            "post",
+            ("search/jql", {"json": {"jql": "project = DEMO", "nextPageToken": "x"}}),
+            "/rest/api/3/search/jql",
+            400,
+        ),
+        (
+            "get",
+            ("search/jql", {"params": {"jql": "project = DEMO", "maxResults": "0"}}),
+            "/rest/api/3/search/jql",
+            400,
+        ),
+        (
+            "post",
+            ("search/approximate-count", {"json": {"jql": "summary ~"}}),
+            "/rest/api/3/search/approximate-count",
+            400,
+        ),
+        ("post", ("issue/bulkfetch", {"json": {"issueIdsOrKeys": []}}), "/rest/api/3/issue/bulkfetch", 400),
+        (
+            "post",
+            ("issue/bulkfetch", {"json": {"issueIdsOrKeys": [str(i) for i in range(101)]}}),
+            "/rest/api/3/issue/bulkfetch",
+            400,
+        ),
+        ("get", ("issue/NOPE-1", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
+        ("get", ("issue/DEMO-4", {}), "/rest/api/3/issue/{issueIdOrKey}", 404),
+        ("get", ("project/NOPE", {}), "/rest/api/3/project/{projectIdOrKey}", 404),
+        ("get", ("users/search", {"params": {"maxResults": "lots"}}), "/rest/api/3/users/search", 400),
+        ("get", ("users/search", {"params": {"maxResults": "11"}}), "/rest/api/3/users/search", 409),
+    ],
+)
 def test_error_answers_are_documented_error_collections(
-        http: requests.Session, server: JiraServer, lived_in: Site, method: str,
-        call: tuple[str, dict[str, Any]], spec_path: str, status: int) -> None:
+    http: requests.Session,
+    server: JiraServer,
+    lived_in: Site,
+    method: str,
+    call: tuple[str, dict[str, Any]],
+    spec_path: str,
+    status: int,
+) -> None:
     server.slow_user_search_above = 10
     route, kwargs = call
     answer = http.request(method.upper(), api(server, route), **kwargs)
@@ -523,21 +580,26 @@ def test_error_answers_are_documented_error_collections(
 
 
 def test_unauthenticated_answers_are_documented_401s(server: JiraServer) -> None:
-    for path, method in (("/rest/api/3/search/jql", "post"), ("/rest/api/3/issue/bulkfetch", "post"),
-                         ("/rest/api/3/myself", "get"), ("/rest/api/3/field", "get")):
+    for path, method in (
+        ("/rest/api/3/search/jql", "post"),
+        ("/rest/api/3/issue/bulkfetch", "post"),
+        ("/rest/api/3/myself", "get"),
+        ("/rest/api/3/field", "get"),
+    ):
         answer = requests.request(method.upper(), server.url + path, json={}, auth=("bot@example.com", "nope"))
         assert answer.status_code == 401
         conforms(answer, path, method)
 
 
-def test_request_bodies_outside_the_spec_beans_are_refused(
-        http: requests.Session, server: JiraServer) -> None:
+def test_request_bodies_outside_the_spec_beans_are_refused(http: requests.Session, server: JiraServer) -> None:
     # SearchAndReconcileRequestBean, JQLCountRequestBean and BulkFetchIssueRequestBean are all
     # additionalProperties: false.
-    for route, body in (("search/jql", {"jql": "project = DEMO", "failFast": True}),
-                        ("search/jql", {"jql": "project = DEMO", "startAt": 50}),
-                        ("search/approximate-count", {"jql": "project = DEMO", "maxResults": 1}),
-                        ("issue/bulkfetch", {"issueIdsOrKeys": ["DEMO-1"], "validateQuery": True})):
+    for route, body in (
+        ("search/jql", {"jql": "project = DEMO", "failFast": True}),
+        ("search/jql", {"jql": "project = DEMO", "startAt": 50}),
+        ("search/approximate-count", {"jql": "project = DEMO", "maxResults": 1}),
+        ("issue/bulkfetch", {"issueIdsOrKeys": ["DEMO-1"], "validateQuery": True}),
+    ):
         answer = http.post(api(server, route), json=body)
         assert answer.status_code == 400, (route, body)
         assert answer.json()["errorMessages"]
@@ -546,7 +608,8 @@ def test_request_bodies_outside_the_spec_beans_are_refused(
 
 
 def test_page_tokens_expire_after_seven_days_by_default(
-        http: requests.Session, server: JiraServer, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, clock: FakeClock
+) -> None:
     # SearchAndReconcileResults.nextPageToken: "This token will expire in 7 days."
     body: dict[str, Any] = {"jql": "project = DEMO", "maxResults": 10}
     body["nextPageToken"] = http.post(api(server, "search/jql"), json=body).json()["nextPageToken"]
@@ -560,8 +623,9 @@ def test_page_tokens_expire_after_seven_days_by_default(
 # --- history and activity (issue 13): changelogs, comments, worklogs, agile fields ------------
 
 
-def test_changelog_bulkfetch_pages_oldest_first_and_conforms(http: requests.Session, server: JiraServer,
-                                                             site: Site) -> None:
+def test_changelog_bulkfetch_pages_oldest_first_and_conforms(
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     ids = site.issue_ids()
     site.update_issue(ids[0], status="Done")
     expected = sum(len(site.changelog(i)) for i in ids)
@@ -587,28 +651,41 @@ def test_changelog_bulkfetch_pages_oldest_first_and_conforms(http: requests.Sess
     assert conforms(only, "/rest/api/3/changelog/bulkfetch")["issueChangeLogs"] == []
 
 
-@pytest.mark.parametrize("body", [{"issueIdsOrKeys": []}, {"issueIdsOrKeys": [str(i) for i in range(1001)]},
-                                  {"issueIdsOrKeys": ["1"], "maxResults": 0}, {"issueIdsOrKeys": ["1"], "x": 1}])
-def test_changelog_bulkfetch_refuses_what_the_spec_refuses(http: requests.Session, server: JiraServer,
-                                                           body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"issueIdsOrKeys": []},
+        {"issueIdsOrKeys": [str(i) for i in range(1001)]},
+        {"issueIdsOrKeys": ["1"], "maxResults": 0},
+        {"issueIdsOrKeys": ["1"], "x": 1},
+    ],
+)
+def test_changelog_bulkfetch_refuses_what_the_spec_refuses(
+    http: requests.Session, server: JiraServer, body: dict[str, Any]
+) -> None:
     conforms(http.post(api(server, "changelog/bulkfetch"), json=body), "/rest/api/3/changelog/bulkfetch", "post")
 
 
 def test_embedded_comment_and_worklog_pages_overflow_into_the_per_issue_endpoints(
-        http: requests.Session, server: JiraServer, site: Site) -> None:
+    http: requests.Session, server: JiraServer, site: Site
+) -> None:
     issue_id = site.issue_ids()[0]
     for _ in range(23):
         site.add_comment(issue_id)
         site.add_worklog(issue_id)
-    issue = conforms(http.get(api(server, f"issue/{issue_id}"), params={"fields": "comment,worklog"}),
-                     "/rest/api/3/issue/{issueIdOrKey}")
+    issue = conforms(
+        http.get(api(server, f"issue/{issue_id}"), params={"fields": "comment,worklog"}),
+        "/rest/api/3/issue/{issueIdOrKey}",
+    )
     embedded = issue["fields"]["comment"]
     assert violations(embedded, {"$ref": "#/components/schemas/PageOfComments"}) == []
     assert violations(issue["fields"]["worklog"], {"$ref": "#/components/schemas/PageOfWorklogs"}) == []
     total = len(site.comments(issue_id))
     assert embedded["total"] == total > len(embedded["comments"]) == 20
-    page = conforms(http.get(api(server, f"issue/{issue_id}/comment"), params={"startAt": 20}),
-                    "/rest/api/3/issue/{issueIdOrKey}/comment")
+    page = conforms(
+        http.get(api(server, f"issue/{issue_id}/comment"), params={"startAt": 20}),
+        "/rest/api/3/issue/{issueIdOrKey}/comment",
+    )
     assert [c["id"] for c in embedded["comments"] + page["comments"]] == [c.id for c in site.comments(issue_id)]
     assert page["comments"][0]["body"]["type"] == "doc"  # ADF in REST v3
     worklogs = conforms(http.get(api(server, f"issue/{issue_id}/worklog")), "/rest/api/3/issue/{issueIdOrKey}/worklog")
@@ -620,7 +697,8 @@ def test_embedded_comment_and_worklog_pages_overflow_into_the_per_issue_endpoint
 
 
 def test_worklog_feeds_list_changes_after_since_but_not_the_last_minute(
-        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    http: requests.Session, server: JiraServer, site: Site, clock: FakeClock
+) -> None:
     since = site.now_ms()
     clock.advance(1)
     added = site.add_worklog(site.issue_ids()[1]).entity
@@ -630,17 +708,16 @@ def test_worklog_feeds_list_changes_after_since_but_not_the_last_minute(
     early = conforms(http.get(api(server, "worklog/updated"), params={"since": since}), "/rest/api/3/worklog/updated")
     assert early["values"] == [] and early["lastPage"] is True  # changed within the last minute
     clock.advance(61)
-    updated = conforms(http.get(api(server, "worklog/updated"), params={"since": since}),
-                       "/rest/api/3/worklog/updated")
+    updated = conforms(http.get(api(server, "worklog/updated"), params={"since": since}), "/rest/api/3/worklog/updated")
     assert [v["worklogId"] for v in updated["values"]] == [int(added.id), int(gone.id)]
     assert updated["until"] == updated["values"][-1]["updatedTime"]
     again = http.get(api(server, "worklog/updated"), params={"since": updated["until"]}).json()
     assert again["values"] == []  # strictly after `since`
-    deleted = conforms(http.get(api(server, "worklog/deleted"), params={"since": since}),
-                       "/rest/api/3/worklog/deleted")
+    deleted = conforms(http.get(api(server, "worklog/deleted"), params={"since": since}), "/rest/api/3/worklog/deleted")
     assert [v["worklogId"] for v in deleted["values"]] == [int(gone.id)]
-    listed = conforms(http.post(api(server, "worklog/list"), json={"ids": [int(added.id), int(gone.id)]}),
-                      "/rest/api/3/worklog/list")
+    listed = conforms(
+        http.post(api(server, "worklog/list"), json={"ids": [int(added.id), int(gone.id)]}), "/rest/api/3/worklog/list"
+    )
     assert [w["id"] for w in listed] == [added.id]  # a deleted worklog is not returned
     conforms(http.post(api(server, "worklog/list"), json={"ids": []}), "/rest/api/3/worklog/list")
 
@@ -649,8 +726,10 @@ def test_comment_list_reads_comments_by_id(http: requests.Session, server: JiraS
     first = site.add_comment(site.issue_ids()[0]).entity
     second = site.add_comment(site.issue_ids()[1]).entity
     site.delete_comment(second.id)
-    page = conforms(http.post(api(server, "comment/list"), json={"ids": [int(first.id), int(second.id)]}),
-                    "/rest/api/3/comment/list")
+    page = conforms(
+        http.post(api(server, "comment/list"), json={"ids": [int(first.id), int(second.id)]}),
+        "/rest/api/3/comment/list",
+    )
     assert [c["id"] for c in page["values"]] == [first.id]
     conforms(http.post(api(server, "comment/list"), json={"ids": list(range(1001))}), "/rest/api/3/comment/list")
 
@@ -666,8 +745,9 @@ def test_agile_field_ids_differ_per_site_and_issues_use_their_sites() -> None:
             by_id = {f["id"]: f for f in fields}
             assert by_id[site.story_points_field]["schema"]["custom"] == "com.pyxis.greenhopper.jira:jsw-story-points"
             assert by_id[site.sprint_field]["schema"]["custom"] == "com.pyxis.greenhopper.jira:gh-sprint"
-            issues = session.post(f"{srv.url}/rest/api/3/issue/bulkfetch",
-                                  json={"issueIdsOrKeys": site.issue_ids()}).json()["issues"]
+            issues = session.post(
+                f"{srv.url}/rest/api/3/issue/bulkfetch", json={"issueIdsOrKeys": site.issue_ids()}
+            ).json()["issues"]
             with_sprint = [i for i in issues if i["fields"].get(site.sprint_field)]
             assert with_sprint and all(isinstance(s["id"], int) for s in with_sprint[0]["fields"][site.sprint_field])
             assert any(isinstance(i["fields"].get(site.story_points_field), float) for i in issues)

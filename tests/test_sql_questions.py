@@ -1,6 +1,7 @@
 """The view ``jira_issue_status_interval`` and the README's "Questions you can answer in SQL",
 run as written in the README against data synced from the simulator (SQLite, or PostgreSQL
 with TEST_DATABASE_URL)."""
+
 import datetime as dt
 import re
 from collections import defaultdict
@@ -41,8 +42,12 @@ def expected_spans(site, project="DEMO"):
     """Every span of every live issue, from the simulator's changelogs."""
     spans = set()
     for v in site.current(project):
-        changes = [(h.created, i["fromString"], i["toString"]) for h in site.changelog(v.id)
-                   for i in h.items if i.get("fieldId") == "status"]
+        changes = [
+            (h.created, i["fromString"], i["toString"])
+            for h in site.changelog(v.id)
+            for i in h.items
+            if i.get("fieldId") == "status"
+        ]
         if not changes:
             spans.add((v.id, v.status, utc(v.created), None))
             continue
@@ -74,6 +79,7 @@ def test_the_status_interval_view_spans_every_issue_from_creation_to_now(synced,
     # Every live issue has exactly one open span, in its current status.
     open_spans = {issue_id: status for issue_id, status, _, ended in got if ended is None}
     from mirror.models import Issue
+
     assert open_spans == {i.issue_id: i.status for i in Issue.select().where(Issue.deleted_at.is_null())}
 
 

@@ -1,6 +1,7 @@
 """`workers.status.collect()` and `jira-mirror status [--json]`: what an operator sees, from the real
 database and Redis, with Jira played by the bundled simulator (conftest's `jira`, `jira_settings`);
 parts that are down are named, never raised."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,6 @@ import datetime as dt
 import time
 import json
 
-import pytest
-from click.testing import CliRunner
 from redis import Redis
 
 from jira_mirror_cli import main
@@ -24,24 +23,25 @@ from workers.queues import BACKFILL, ISSUES, queue
 UTC = dt.timezone.utc
 
 
-@pytest.fixture
-def runner(settings, db, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    for name in ("JIRA_PROJECTS", "JIRA_BASE_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_OAUTH_TOKEN", "ADMIN_TOKEN",
-                 "JIRA_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
-
-
 def _runs(site: str) -> None:
     now = utc_now()
-    for minutes, kind, state in [(90, "full", "succeeded"), (30, "full", "failed"), (20, "incremental", "succeeded"),
-                                 (5, "incremental", "succeeded")]:
-        SyncRun.create(site=site, project_key="DEMO", kind=kind, state=state,
-                       started_at=now - dt.timedelta(minutes=minutes),
-                       finished_at=now - dt.timedelta(minutes=minutes - 1), issues_seen=minutes,
-                       issues_written=minutes, error="boom" if state == "failed" else None)
+    for minutes, kind, state in [
+        (90, "full", "succeeded"),
+        (30, "full", "failed"),
+        (20, "incremental", "succeeded"),
+        (5, "incremental", "succeeded"),
+    ]:
+        SyncRun.create(
+            site=site,
+            project_key="DEMO",
+            kind=kind,
+            state=state,
+            started_at=now - dt.timedelta(minutes=minutes),
+            finished_at=now - dt.timedelta(minutes=minutes - 1),
+            issues_seen=minutes,
+            issues_written=minutes,
+            error="boom" if state == "failed" else None,
+        )
 
 
 # --- collect() ---------------------------------------------------------------------------------
@@ -84,12 +84,15 @@ def test_collect_reports_webhook_activity(settings, db, redis_conn):
 def test_collect_reports_queues_workers_and_failed_jobs(settings, db, redis_conn, drain):
     from workers.worker import build_worker
 
-    queue(ISSUES, redis_conn).enqueue_call("workers.jobs.upsert_issue", kwargs={
-        "site": settings.site, "issue": {"id": "1", "key": "DEMO-1", "fields": {}}, "event_ts": 1},
-        description="upsert_issue DEMO-1")
+    queue(ISSUES, redis_conn).enqueue_call(
+        "workers.jobs.upsert_issue",
+        kwargs={"site": settings.site, "issue": {"id": "1", "key": "DEMO-1", "fields": {}}, "event_ts": 1},
+        description="upsert_issue DEMO-1",
+    )
     drain()
-    queue(BACKFILL, redis_conn).enqueue_call("backfill.jobs.sync_project", kwargs={
-        "site": settings.site, "project_key": "DEMO", "full": True})
+    queue(BACKFILL, redis_conn).enqueue_call(
+        "backfill.jobs.sync_project", kwargs={"site": settings.site, "project_key": "DEMO", "full": True}
+    )
     worker = build_worker(settings, (ISSUES,), connection=redis_conn)
     worker.register_birth()
     try:
@@ -110,9 +113,11 @@ def test_collect_reports_queues_workers_and_failed_jobs(settings, db, redis_conn
 def test_failed_list_is_bounded_to_the_newest(settings, db, redis_conn, drain, monkeypatch):
     monkeypatch.setattr(ops_status, "LIST_LIMIT", 3)
     for i in range(5):
-        queue(ISSUES, redis_conn).enqueue_call("workers.jobs.upsert_issue", kwargs={
-            "site": settings.site, "issue": {"id": str(i), "key": f"DEMO-{i}", "fields": {}}, "event_ts": 1},
-            description=f"job {i}")
+        queue(ISSUES, redis_conn).enqueue_call(
+            "workers.jobs.upsert_issue",
+            kwargs={"site": settings.site, "issue": {"id": str(i), "key": f"DEMO-{i}", "fields": {}}, "event_ts": 1},
+            description=f"job {i}",
+        )
         drain()
     failed = ops_status.collect(settings, redis_conn)["failed"]
     assert failed["count"] == 5 and [j["description"] for j in failed["jobs"]] == ["job 4", "job 3", "job 2"]
@@ -164,8 +169,10 @@ def test_jira_identity_is_asked_once_a_minute_and_cached_in_redis(jira_settings,
     wrong = ops_status.collect(dataclasses.replace(jira_settings, jira_api_token="wrong"), redis_conn)["jira"]
     assert jira.stats.get("myself") == 2
     assert wrong["ok"] is False and "401" in wrong["error"] and "/rest/api/3/myself" in wrong["error"]
-    assert ops_status.collect(dataclasses.replace(jira_settings, jira_api_token="wrong"), redis_conn)["jira"][
-        "error"] == wrong["error"]  # the error is cached too: a broken Jira is not asked on every refresh
+    assert (
+        ops_status.collect(dataclasses.replace(jira_settings, jira_api_token="wrong"), redis_conn)["jira"]["error"]
+        == wrong["error"]
+    )  # the error is cached too: a broken Jira is not asked on every refresh
     assert jira.stats.get("myself") == 2
 
 
@@ -173,8 +180,9 @@ def test_jira_unreachable_is_reported_quickly(settings, db, redis_conn):
     from tests.conftest import free_port
 
     started = dt.datetime.now()
-    unreachable = dataclasses.replace(settings, jira_base_url=f"http://127.0.0.1:{free_port()}",
-                                      jira_email="a@example.com", jira_api_token="t")
+    unreachable = dataclasses.replace(
+        settings, jira_base_url=f"http://127.0.0.1:{free_port()}", jira_email="a@example.com", jira_api_token="t"
+    )
     info = ops_status.collect(unreachable, redis_conn)["jira"]
     assert info["ok"] is False and info["error"]
     assert (dt.datetime.now() - started).total_seconds() < 5
@@ -204,7 +212,9 @@ def test_collect_never_raises_when_the_database_is_down(settings, redis_conn, tm
 def test_jsonable_writes_utc_iso_datetimes():
     moment = dt.datetime(2025, 5, 1, 8, 0, 0, tzinfo=UTC)
     assert ops_status.jsonable({"a": [moment], "b": dt.datetime(2025, 5, 1, 8)}) == {
-        "a": ["2025-05-01T08:00:00Z"], "b": "2025-05-01T08:00:00Z"}
+        "a": ["2025-05-01T08:00:00Z"],
+        "b": "2025-05-01T08:00:00Z",
+    }
 
 
 # --- the CLI ------------------------------------------------------------------------------------
@@ -214,8 +224,9 @@ def test_status_prints_a_table(runner, settings, redis_conn):
     add_issues(settings.site, "DEMO", 3)
     _runs(settings.site)
     Project.update(last_error="JiraUnavailableError: 503").where(Project.key == "DEMO").execute()
-    queue(BACKFILL, redis_conn).enqueue_call("backfill.jobs.sync_project", kwargs={
-        "site": settings.site, "project_key": "DEMO", "full": True})
+    queue(BACKFILL, redis_conn).enqueue_call(
+        "backfill.jobs.sync_project", kwargs={"site": settings.site, "project_key": "DEMO", "full": True}
+    )
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -241,8 +252,17 @@ def test_status_json_is_the_collected_report(runner, jira_settings, redis_conn, 
     result = runner.invoke(main, ["status", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert set(report) >= {"collected_at", "site", "errors", "jira", "webhooks", "projects", "queues", "workers",
-                           "failed"}
+    assert set(report) >= {
+        "collected_at",
+        "site",
+        "errors",
+        "jira",
+        "webhooks",
+        "projects",
+        "queues",
+        "workers",
+        "failed",
+    }
     assert report["jira"]["ok"] is True and report["jira"]["time_zone"] == "America/Los_Angeles"
     (demo,) = report["projects"]
     assert demo["issues"] == 2 and demo["last_full"]["state"] == "failed"
@@ -288,12 +308,28 @@ def test_status_reports_assignees_matched_to_members(settings, db, redis_conn, t
     from workers.status import collect
 
     now = utc_now()
-    store.upsert_users([
-        {"site": settings.site, "account_id": "acc-1", "display_name": "Ada", "email": "Ada@Example.COM",
-         "active": True, "account_type": "atlassian", "synced_at": now},
-        {"site": settings.site, "account_id": "acc-2", "display_name": "Hidden", "email": None,
-         "active": True, "account_type": "atlassian", "synced_at": now},
-    ])
+    store.upsert_users(
+        [
+            {
+                "site": settings.site,
+                "account_id": "acc-1",
+                "display_name": "Ada",
+                "email": "Ada@Example.COM",
+                "active": True,
+                "account_type": "atlassian",
+                "synced_at": now,
+            },
+            {
+                "site": settings.site,
+                "account_id": "acc-2",
+                "display_name": "Hidden",
+                "email": None,
+                "active": True,
+                "account_type": "atlassian",
+                "synced_at": now,
+            },
+        ]
+    )
     members = tmp_path / "team.csv"
     members.write_text("email,name,external_id\nada@example.com,Ada,E1\n")
     import_members(members)

@@ -1,5 +1,6 @@
 """The status page (`GET /`), its login and its buttons, through Flask's test client on the real
 database and Redis: access rules, CSRF, escaping, and what each button does."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,15 @@ def page_csrf(client) -> str:
 
 def add_issues(site: str, key: str, count: int, *, deleted: int = 0, source: str = "backfill") -> None:
     now = utc_now()
-    rows = [to_row(site, factories.issue(str(90000 + i), f"{key}-{i + 1}", updated=now - dt.timedelta(minutes=5)),
-                   source=source, event_ts=i) for i in range(count)]
+    rows = [
+        to_row(
+            site,
+            factories.issue(str(90000 + i), f"{key}-{i + 1}", updated=now - dt.timedelta(minutes=5)),
+            source=source,
+            event_ts=i,
+        )
+        for i in range(count)
+    ]
     store.upsert_issues(rows)
     if deleted:
         store.mark_deleted(site, [r["issue_id"] for r in rows[:deleted]])
@@ -131,8 +139,11 @@ def test_login_sets_a_safe_session_cookie_and_shows_the_page(browser):
 def test_session_cookie_is_secure_over_https(admin_app):
     client = admin_app.test_client()
     form = client.get("/login", base_url="https://mirror.example")
-    response = client.post("/login", base_url="https://mirror.example",
-                           data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": TOKEN})
+    response = client.post(
+        "/login",
+        base_url="https://mirror.example",
+        data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": TOKEN},
+    )
     assert response.status_code == 303 and "Secure" in response.headers["Set-Cookie"]
 
 
@@ -175,17 +186,32 @@ def test_page_shows_projects_counts_runs_and_queues(admin_settings, browser, red
     add_issues(site, "DEMO", 5, deleted=2)
     store.track_projects(site, ["OPS"], names={"OPS": "Operations"})
     started = utc_now() - dt.timedelta(minutes=3)
-    SyncRun.create(site=site, project_key="DEMO", kind="full", state="succeeded", started_at=started,
-                   finished_at=started + dt.timedelta(seconds=42), issues_seen=5, issues_written=5)
-    SyncRun.create(site=site, project_key="DEMO", kind="incremental", state="failed", started_at=started,
-                   finished_at=started, error="JiraUnavailableError: 503 from Jira")
+    SyncRun.create(
+        site=site,
+        project_key="DEMO",
+        kind="full",
+        state="succeeded",
+        started_at=started,
+        finished_at=started + dt.timedelta(seconds=42),
+        issues_seen=5,
+        issues_written=5,
+    )
+    SyncRun.create(
+        site=site,
+        project_key="DEMO",
+        kind="incremental",
+        state="failed",
+        started_at=started,
+        finished_at=started,
+        error="JiraUnavailableError: 503 from Jira",
+    )
     log_in(browser)
     html = browser.get("/").get_data(as_text=True)
-    demo = html[html.index('id="project-DEMO"'):html.index('id="project-OPS"')]
+    demo = html[html.index('id="project-DEMO"') : html.index('id="project-OPS"')]
     assert '<td data-label="Issues" class="num issues">3</td>' in demo
     assert '<td data-label="Deleted" class="num">2</td>' in demo
     assert "5 seen · 5 written · 0 deleted" in demo
-    history = html[html.index('id="history-DEMO"'):]
+    history = html[html.index('id="history-DEMO"') :]
     assert "JiraUnavailableError: 503 from Jira" in history  # the run's error, in its run history
     assert "Operations" in html
     assert 'id="queue-backfill"' in html and 'id="queue-issues"' in html
@@ -204,11 +230,13 @@ def test_everything_from_jira_or_the_database_is_escaped(admin_settings, browser
     site = admin_settings.site
     store.track_projects(site, ["EVIL"], names={"EVIL": HOSTILE})
     Project.update(last_error=f"JiraError: {HOSTILE}").where(Project.key == "EVIL").execute()
-    SyncRun.create(site=site, project_key="EVIL", kind="full", state="failed", started_at=utc_now(),
-                   error=HOSTILE)
+    SyncRun.create(site=site, project_key="EVIL", kind="full", state="failed", started_at=utc_now(), error=HOSTILE)
     # A failed job whose exception message carries markup, and whose description does too.
-    queue(ISSUES, redis_conn).enqueue_call("workers.jobs.upsert_issue", kwargs={"site": site, "issue": {
-        "id": "1", "key": "EVIL-1", "fields": {"updated": HOSTILE}}, "event_ts": 1}, description=HOSTILE)
+    queue(ISSUES, redis_conn).enqueue_call(
+        "workers.jobs.upsert_issue",
+        kwargs={"site": site, "issue": {"id": "1", "key": "EVIL-1", "fields": {"updated": HOSTILE}}, "event_ts": 1},
+        description=HOSTILE,
+    )
     drain()
     log_in(browser)
     html = browser.get("/").get_data(as_text=True)
@@ -258,16 +286,20 @@ def test_backfill_of_an_untracked_project_is_an_error_message(browser, redis_con
     assert "project NOPE is not tracked" in browser.get("/").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("path,form", [
-    ("/projects/DEMO/backfill", {"full": "1"}),
-    ("/projects/track", {"key": "NEW"}),
-    ("/projects/DEMO/untrack", {}),
-    ("/failed/retry", {"all": "1"}),
-    ("/logout", {}),
-])
+@pytest.mark.parametrize(
+    "path,form",
+    [
+        ("/projects/DEMO/backfill", {"full": "1"}),
+        ("/projects/track", {"key": "NEW"}),
+        ("/projects/DEMO/untrack", {}),
+        ("/failed/retry", {"all": "1"}),
+        ("/logout", {}),
+    ],
+)
 @pytest.mark.parametrize("csrf", [None, "", "wrong-token"])
-def test_post_without_the_right_csrf_token_is_400_and_does_nothing(admin_settings, browser, redis_conn, path,
-                                                                   form, csrf):
+def test_post_without_the_right_csrf_token_is_400_and_does_nothing(
+    admin_settings, browser, redis_conn, path, form, csrf
+):
     log_in(browser)
     page_csrf(browser)
     data = dict(form) if csrf is None else dict(form, csrf_token=csrf)
@@ -289,8 +321,9 @@ def test_csrf_token_of_another_session_is_refused(admin_app, browser, redis_conn
 
 def test_post_without_login_redirects_and_does_nothing(browser, redis_conn):
     page = browser.get("/login")
-    response = browser.post("/projects/DEMO/backfill", data={"csrf_token": csrf_of(page.get_data(as_text=True)),
-                                                             "full": "1"})
+    response = browser.post(
+        "/projects/DEMO/backfill", data={"csrf_token": csrf_of(page.get_data(as_text=True)), "full": "1"}
+    )
     assert response.status_code == 303 and response.headers["Location"].endswith("/login")
     assert backfill_jobs(redis_conn) == []
 
@@ -323,8 +356,9 @@ def test_untrack_button_keeps_the_rows(admin_settings, browser):
 
 def _failed_job(redis_conn: Redis, site: str, key: str) -> str:
     kwargs = {"site": site, "issue": {"id": "1", "key": key, "fields": {}}, "event_ts": 1}
-    job = queue(ISSUES, redis_conn).enqueue_call("workers.jobs.upsert_issue", kwargs=kwargs,
-                                                 description=f"upsert_issue {key}")
+    job = queue(ISSUES, redis_conn).enqueue_call(
+        "workers.jobs.upsert_issue", kwargs=kwargs, description=f"upsert_issue {key}"
+    )
     return job.id
 
 
@@ -334,7 +368,7 @@ def test_failed_jobs_are_listed_and_retried(admin_settings, browser, redis_conn,
     drain()
     log_in(browser)
     html = browser.get("/").get_data(as_text=True)
-    failed = html[html.index('id="failed"'):]
+    failed = html[html.index('id="failed"') :]
     assert "Failed jobs <span class=\"muted\">(2)" in failed
     assert first in failed and second in failed and "upsert_issue DEMO-1" in failed
     assert "IssueMappingError" in failed  # the last line of the exception
@@ -390,7 +424,7 @@ def test_refused_deliveries_of_the_last_hour_by_reason(admin_settings, browser):
     raw, headers = factories.signed(b"{not json", "test-webhook-secret")
     assert browser.post("/webhooks/jira", data=raw, headers=headers).status_code == 400
     html = browser.get("/").get_data(as_text=True)
-    refused = html[html.index('id="refused"'):html.index('id="projects"')]
+    refused = html[html.index('id="refused"') : html.index('id="projects"')]
     assert 'id="refused-unauthorized"' in refused and ">1,203</td>" in refused  # thousands separators
     assert "JIRA_WEBHOOK_SECRET" in refused
     assert refused.index("refused-unauthorized") < refused.index("refused-invalid")  # most first
@@ -403,9 +437,17 @@ def test_run_history_lag_next_run_and_a_running_syncs_eta(admin_settings, browse
     now = utc_now()
     for n in range(12):
         started = now - dt.timedelta(minutes=5 * (12 - n))
-        SyncRun.create(site=site, project_key="DEMO", kind="full" if n == 0 else "incremental", state="succeeded",
-                       started_at=started, finished_at=started + dt.timedelta(seconds=30), issues_seen=1000 + n,
-                       issues_written=n, api_calls=3 + n)
+        SyncRun.create(
+            site=site,
+            project_key="DEMO",
+            kind="full" if n == 0 else "incremental",
+            state="succeeded",
+            started_at=started,
+            finished_at=started + dt.timedelta(seconds=30),
+            issues_seen=1000 + n,
+            issues_written=n,
+            api_calls=3 + n,
+        )
     Project.update(last_full_sync_at=now - dt.timedelta(hours=1)).where(Project.key == "DEMO").execute()
     log_in(browser)
     assert "no clock running" in browser.get("/").get_data(as_text=True)
@@ -413,33 +455,43 @@ def test_run_history_lag_next_run_and_a_running_syncs_eta(admin_settings, browse
     redis_conn.set(f"jira-mirror:clock:last-incremental:{site}:DEMO", (now - dt.timedelta(seconds=60)).timestamp())
     store.track_projects(site, ["OPS"])
     Project.update(sync_state="running").where(Project.key == "OPS").execute()
-    redis_conn.hset(f"jira-mirror:sync-progress:{site}:OPS", mapping={
-        "phase": '"reading"', "kind": '"full"', "seen": "2500", "estimate": "10000", "elapsed": "60"})
+    redis_conn.hset(
+        f"jira-mirror:sync-progress:{site}:OPS",
+        mapping={"phase": '"reading"', "kind": '"full"', "seen": "2500", "estimate": "10000", "elapsed": "60"},
+    )
     html = browser.get("/").get_data(as_text=True)
-    demo = html[html.index('id="project-DEMO"'):html.index('id="project-OPS"')]
+    demo = html[html.index('id="project-DEMO"') : html.index('id="project-OPS"')]
     # Lag: since the last successful sync (4m 30s ago), not since the newest change (3 days).
     assert '<td data-label="Lag" class="nowrap lag" title="since the last successful sync">4m 30s</td>' in demo
     assert "in 4m" in demo  # the next incremental: the clock's last one plus SYNC_INTERVAL_SECONDS (300 s)
-    ops = html[html.index('id="project-OPS"'):html.index('id="history"')]
+    ops = html[html.index('id="project-OPS"') : html.index('id="history"')]
     assert "25 % · ETA 3m" in ops and "2,500/10,000 seen" in ops
-    history = html[html.index('id="history-DEMO"'):]
-    rows = history[:history.index("</table>")].count("<tr>") - 1
+    history = html[html.index('id="history-DEMO"') :]
+    rows = history[: history.index("</table>")].count("<tr>") - 1
     assert rows == 10  # the last ten runs, newest first
     assert history.index("1,011") < history.index("1,002") and ">14</td>" in history  # read, API calls
-    assert "1,001" not in history[:history.index("</table>")]  # the eleventh newest is left out
+    assert "1,001" not in history[: history.index("</table>")]  # the eleventh newest is left out
 
 
 def test_a_long_error_is_shown_once_shortened_with_the_full_text_on_demand(admin_settings, browser, redis_conn):
     site = admin_settings.site
     error = "JiraUnavailableError: GET /rest/api/3/search/jql: " + "x" * 300 + " (attempts exhausted)"
     Project.update(last_error=error, sync_state="failed").where(Project.key == "DEMO").execute()
-    SyncRun.create(site=site, project_key="DEMO", kind="full", state="failed", started_at=utc_now(),
-                   finished_at=utc_now(), error=error)
+    SyncRun.create(
+        site=site,
+        project_key="DEMO",
+        kind="full",
+        state="failed",
+        started_at=utc_now(),
+        finished_at=utc_now(),
+        error=error,
+    )
     log_in(browser)
     html = browser.get("/").get_data(as_text=True)
     assert html.count(error) == 1  # the full text once, inside its <details>
-    assert '<details class="more error-text small"><summary>JiraUnavailableError: GET /rest/api/3/search/jql: xxx' \
-        in html
+    assert (
+        '<details class="more error-text small"><summary>JiraUnavailableError: GET /rest/api/3/search/jql: xxx' in html
+    )
     summary = re.search(r"<summary>([^<]*)</summary>", html).group(1)
     assert len(summary) == 120 and summary.endswith("…")
 

@@ -1,4 +1,5 @@
-"""The one write path on the real database: order, idempotence, deletes (CONTRACT.md 2 and 3)."""
+"""The one write path on the real database: order, idempotence, deletes (docs/contract.md 2 and 3)."""
+
 import datetime as dt
 import random
 
@@ -95,8 +96,9 @@ def test_mark_deleted_only_touches_live_rows(db):
 
 def test_move_keeps_the_row_and_changes_key_and_project(db):
     store.upsert_issues([version(1)])
-    moved = to_row("site", factories.issue("10001", "OPS-7", updated=T0 + dt.timedelta(seconds=2)),
-                   source="webhook", event_ts=5)
+    moved = to_row(
+        "site", factories.issue("10001", "OPS-7", updated=T0 + dt.timedelta(seconds=2)), source="webhook", event_ts=5
+    )
     store.upsert_issues([moved])
     assert Issue.select().count() == 1
     assert (current().key, current().project_key) == ("OPS-7", "OPS")

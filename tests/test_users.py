@@ -1,4 +1,5 @@
 """Jira users (synced from a fake Jira at the HTTP edge), the member list, and the match report."""
+
 import base64
 import datetime as dt
 import json
@@ -7,10 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from click.testing import CliRunner
 
 from jira_mirror_cli import main
-from mirror import logs, metrics, store, users
+from mirror import metrics, store, users
 from mirror.issues import to_row
 from mirror.jira import JiraAuthError, JiraClient
 from mirror.models import Member, User
@@ -22,8 +22,14 @@ T0 = dt.datetime(2025, 6, 1, 12, 0, 0)
 
 
 def jira_user(n: int, *, email: str | None = "", active: bool = True, kind: str = "atlassian") -> dict:
-    user = {"self": f"http://jira/rest/api/3/user?accountId=acc-{n}", "accountId": f"acc-{n}",
-            "accountType": kind, "displayName": f"User {n}", "active": active, "avatarUrls": {}}
+    user = {
+        "self": f"http://jira/rest/api/3/user?accountId=acc-{n}",
+        "accountId": f"acc-{n}",
+        "accountType": kind,
+        "displayName": f"User {n}",
+        "active": active,
+        "avatarUrls": {},
+    }
     if email is not None:
         user["emailAddress"] = email or f"User.{n}@Example.COM"
     return user
@@ -56,7 +62,7 @@ class FakeJira:
                 query = parse_qs(url.query)
                 start = int(query.get("startAt", ["0"])[0])
                 size = min(int(query.get("maxResults", ["50"])[0]), 100)
-                self._answer(200, fake.people[start:start + size])
+                self._answer(200, fake.people[start : start + size])
 
             def do_POST(self) -> None:  # noqa: N802
                 fake.requests.append(self.path)
@@ -85,8 +91,14 @@ class FakeJira:
         self.thread.start()
 
     def client(self, **kwargs) -> JiraClient:
-        return JiraClient(base_url=self.url, email=EMAIL, api_token=kwargs.pop("api_token", TOKEN),
-                          max_attempts=3, backoff_base=0, **kwargs)
+        return JiraClient(
+            base_url=self.url,
+            email=EMAIL,
+            api_token=kwargs.pop("api_token", TOKEN),
+            max_attempts=3,
+            backoff_base=0,
+            **kwargs,
+        )
 
     def close(self) -> None:
         self.server.shutdown()
@@ -111,13 +123,10 @@ def jira():
 
 
 @pytest.fixture
-def runner(settings, db, jira, monkeypatch):
-    for name, value in {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-                        "JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN}.items():
+def jira_env(jira, monkeypatch):
+    """The CLI's commands (conftest's ``runner``) talk to the simulated site."""
+    for name, value in {"JIRA_BASE_URL": jira.url, "JIRA_EMAIL": EMAIL, "JIRA_API_TOKEN": TOKEN}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("JIRA_PROJECTS", raising=False)
-    yield CliRunner()
-    logs.unconfigure()
 
 
 def test_sync_users_mirrors_every_page_with_hidden_emails_and_inactive_users(db, settings, jira):
@@ -144,8 +153,10 @@ def test_sync_users_mirrors_every_page_with_hidden_emails_and_inactive_users(db,
 
 def test_import_members_stores_lower_case_and_updates_on_reimport(db, tmp_path):
     path = tmp_path / "members.csv"
-    path.write_bytes("\ufeffemail,name,external_id\r\nAda@Example.COM,\"Lovelace, Ada\",E-1\r\n\r\n"
-                     "linus@example.com,Linus,\r\n".encode("utf-8"))
+    path.write_bytes(
+        "\ufeffemail,name,external_id\r\nAda@Example.COM,\"Lovelace, Ada\",E-1\r\n\r\n"
+        "linus@example.com,Linus,\r\n".encode("utf-8")
+    )
     assert users.import_members(path) == {"rows": 2, "created": 2, "updated": 0}
     ada = Member.get(Member.email == "ada@example.com")
     assert (ada.name, ada.external_id) == ("Lovelace, Ada", "E-1")
@@ -161,14 +172,16 @@ def test_a_malformed_member_file_names_its_bad_lines_and_imports_nothing(db, tmp
     path = tmp_path / "members.csv"
     path.write_text("email,name\nkeep@example.com,Keep\n", encoding="utf-8")
     users.import_members(path)
-    path.write_text("email,name,external_id\n"
-                    "good@example.com,Good,1\n"      # line 2
-                    "not-an-email,Bad,2\n"           # line 3
-                    ",Nobody,3\n"                    # line 4
-                    "GOOD@example.com,Again,4\n"     # line 5: the same address as line 2
-                    "x@example.com,too,many,fields\n"  # line 6
-                    "keep@example.com,Changed,5\n",  # line 7 (valid, but the file is rejected whole)
-                    encoding="utf-8")
+    path.write_text(
+        "email,name,external_id\n"
+        "good@example.com,Good,1\n"  # line 2
+        "not-an-email,Bad,2\n"  # line 3
+        ",Nobody,3\n"  # line 4
+        "GOOD@example.com,Again,4\n"  # line 5: the same address as line 2
+        "x@example.com,too,many,fields\n"  # line 6
+        "keep@example.com,Changed,5\n",  # line 7 (valid, but the file is rejected whole)
+        encoding="utf-8",
+    )
     with pytest.raises(users.MemberImportError) as caught:
         users.import_members(path)
     problems = caught.value.problems
@@ -177,13 +190,16 @@ def test_a_malformed_member_file_names_its_bad_lines_and_imports_nothing(db, tmp
     assert Member.select().count() == 1 and Member.get().name == "Keep"
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"mail,name\na@example.com,A\n", "no 'email' column"),
-    (b"email,name,phone\na@example.com,A,1\n", "unknown column"),
-    (b"email,email\na@example.com,b@example.com\n", "twice"),
-    ("email\ncaf\u00e9@example.com\n".encode("latin-1"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"mail,name\na@example.com,A\n", "no 'email' column"),
+        (b"email,name,phone\na@example.com,A,1\n", "unknown column"),
+        (b"email,email\na@example.com,b@example.com\n", "twice"),
+        ("email\ncaf\u00e9@example.com\n".encode("latin-1"), "not UTF-8"),
+    ],
+)
 def test_member_file_header_and_encoding_problems(db, tmp_path, content, message):
     path = tmp_path / "members.csv"
     path.write_bytes(content)
@@ -200,29 +216,43 @@ def test_match_report_counts_distinct_live_assignees(db, settings, jira, tmp_pat
 
     def issue(n, assignee, **extra):
         fields = {"assignee": {"accountId": assignee} if assignee else None}
-        return to_row(settings.site, factories.issue(str(50000 + n), f"DEMO-{n}", updated=T0, **fields, **extra),
-                      source="backfill", event_ts=1)
+        return to_row(
+            settings.site,
+            factories.issue(str(50000 + n), f"DEMO-{n}", updated=T0, **fields, **extra),
+            source="backfill",
+            event_ts=1,
+        )
 
-    store.upsert_issues([
-        issue(1, "acc-0"), issue(2, "acc-0"),  # matched (case-insensitive), counted once
-        issue(3, "acc-2"),                     # matched, inactive in Jira
-        issue(4, "acc-1"),                     # e-mail hidden
-        issue(5, "acc-missing"),               # unknown to the mirror
-        issue(6, "acc-7"),                     # e-mail visible, no such member
-        issue(7, None),                        # unassigned: not an assignee
-        issue(8, "acc-9"),                     # deleted below: not live
-    ])
+    store.upsert_issues(
+        [
+            issue(1, "acc-0"),
+            issue(2, "acc-0"),  # matched (case-insensitive), counted once
+            issue(3, "acc-2"),  # matched, inactive in Jira
+            issue(4, "acc-1"),  # e-mail hidden
+            issue(5, "acc-missing"),  # unknown to the mirror
+            issue(6, "acc-7"),  # e-mail visible, no such member
+            issue(7, None),  # unassigned: not an assignee
+            issue(8, "acc-9"),  # deleted below: not live
+        ]
+    )
     store.mark_deleted(settings.site, ["50008"])
     report = users.match_report(settings.site)
     assert {k: report[k] for k in ("assignees", "matched", "unmatched", "matched_inactive")} == {
-        "assignees": 5, "matched": 2, "unmatched": 3, "matched_inactive": 1}
+        "assignees": 5,
+        "matched": 2,
+        "unmatched": 3,
+        "matched_inactive": 1,
+    }
     assert report["unmatched_by_reason"] == {"unknown_user": 1, "hidden_email": 1, "no_member": 1}
     assert [(a["account_id"], a["reason"]) for a in report["unmatched_accounts"]] == [
-        ("acc-1", "hidden_email"), ("acc-7", "no_member"), ("acc-missing", "unknown_user")]
+        ("acc-1", "hidden_email"),
+        ("acc-7", "no_member"),
+        ("acc-missing", "unknown_user"),
+    ]
     assert (report["members"], report["users"]) == (3, 229)
 
 
-def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp_path):
+def test_cli_users_sync_import_and_match(runner, jira_env, settings, jira, redis_conn, tmp_path):
     jira.rate_limit_next = 1  # one 429: retried, and counted in the metrics
     synced = runner.invoke(main, ["users", "sync"])
     assert synced.exit_code == 0, synced.output
@@ -238,9 +268,17 @@ def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp
 
     site = Settings.from_env().site  # the CLI's: the fake Jira's host
     assert site != settings.site
-    store.upsert_issues([to_row(site, factories.issue(str(60000 + n), f"DEMO-{n}", updated=T0,
-                                                      assignee={"accountId": account}),
-                                source="backfill", event_ts=1) for n, account in enumerate(["acc-0", "acc-1", "zz"])])
+    store.upsert_issues(
+        [
+            to_row(
+                site,
+                factories.issue(str(60000 + n), f"DEMO-{n}", updated=T0, assignee={"accountId": account}),
+                source="backfill",
+                event_ts=1,
+            )
+            for n, account in enumerate(["acc-0", "acc-1", "zz"])
+        ]
+    )
     text = runner.invoke(main, ["users", "match"])
     assert text.exit_code == 0
     assert "assignees of live issues: 3" in text.output and "matched:   1" in text.output
@@ -249,7 +287,7 @@ def test_cli_users_sync_import_and_match(runner, settings, jira, redis_conn, tmp
     assert as_json["matched"] == 1 and as_json["unmatched"] == 2
 
 
-def test_cli_users_errors_are_messages(runner, jira, tmp_path, monkeypatch):
+def test_cli_users_errors_are_messages(runner, jira_env, jira, tmp_path, monkeypatch):
     bad = tmp_path / "bad.csv"
     bad.write_text("email\nnope\n")
     malformed = runner.invoke(main, ["members", "import", str(bad)])

@@ -1,4 +1,5 @@
-"""POST /webhooks/jira against real Redis and a real database (CONTRACT.md, "HTTP")."""
+"""POST /webhooks/jira against real Redis and a real database (docs/contract.md, "HTTP")."""
+
 import json
 from pathlib import Path
 
@@ -40,8 +41,17 @@ def test_signed_issue_update_is_enqueued_and_applied(client, redis_conn, drain):
     assert (row.key, row.summary, row.source, row.deleted_at) == ("DEMO-1", "Login fails on Safari", "webhook", None)
 
 
-@pytest.mark.parametrize("name", ["issue_created.json", "issue_updated.json", "issue_updated_assigned.json",
-                                  "issue_commented.json", "issue_custom_event.json", "issue_hostile.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "issue_created.json",
+        "issue_updated.json",
+        "issue_updated_assigned.json",
+        "issue_commented.json",
+        "issue_custom_event.json",
+        "issue_hostile.json",
+    ],
+)
 def test_recorded_issue_events_are_accepted(client, redis_conn, drain, name):
     response = post(client, recorded(name))
     assert response.status_code == 202, response.get_json()
@@ -82,6 +92,7 @@ def test_issue_moved_out_of_a_tracked_project_follows_it(client, redis_conn, dra
 
 
 # --- signatures -------------------------------------------------------------------------------
+
 
 def test_wrong_signature_is_401(client, redis_conn):
     response = post(client, factories.delivery(the_issue=factories.issue()), secret="not-the-secret")
@@ -140,6 +151,7 @@ def test_rotated_secrets_are_both_accepted(settings, db, redis_conn):
 
 # --- bad input --------------------------------------------------------------------------------
 
+
 def _raw(client, data: bytes, content_type="application/json"):
     from receiver.signature import sign
 
@@ -162,6 +174,16 @@ def test_malformed_bodies_are_400_with_json_error(client, redis_conn, data, frag
     response = _raw(client, data)
     assert response.status_code == 400
     assert fragment in response.get_json()["error"]
+    assert_nothing_written(redis_conn)
+
+
+def test_a_project_key_longer_than_any_accepted_elsewhere_is_400(client, redis_conn):
+    # One project-key pattern (mirror.settings.PROJECT_KEY) for settings, CLI, admin API and webhooks.
+    issue = factories.issue()
+    issue["fields"]["project"]["key"] = "A" * 256
+    raw, headers = factories.signed(factories.delivery(the_issue=issue), SECRET)
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 400 and "error" in response.get_json()
     assert_nothing_written(redis_conn)
 
 
@@ -244,8 +266,16 @@ def _without(path):
 
 @pytest.mark.parametrize(
     "path",
-    [("issue", "id"), ("issue", "key"), ("issue", "fields"), ("issue", "fields", "updated"),
-     ("issue", "fields", "project"), ("issue",), ("timestamp",), ("webhookEvent",)],
+    [
+        ("issue", "id"),
+        ("issue", "key"),
+        ("issue", "fields"),
+        ("issue", "fields", "updated"),
+        ("issue", "fields", "project"),
+        ("issue",),
+        ("timestamp",),
+        ("webhookEvent",),
+    ],
 )
 def test_missing_required_fields_are_400(client, redis_conn, path):
     response = post(client, _without(path))
@@ -283,6 +313,7 @@ def test_wrong_types_are_400(client, redis_conn, mutate):
 
 
 # --- duplicates -------------------------------------------------------------------------------
+
 
 def test_retries_of_one_delivery_are_collapsed(client, redis_conn, drain):
     body = factories.delivery(the_issue=factories.issue())

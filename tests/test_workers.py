@@ -1,4 +1,5 @@
 """Jobs through real RQ and real worker processes on the real database."""
+
 import datetime as dt
 import random
 
@@ -44,8 +45,9 @@ def test_a_failing_job_retries_then_lands_in_the_failed_registry(db, settings, r
     q = queues.queue(queues.ISSUES, redis_conn)
     bad = factories.issue()
     bad["fields"]["updated"] = "not a time"  # passes no schema; only a direct enqueue can do this
-    [job_id] = queues.enqueue_issue_jobs(q, [("workers.jobs.upsert_issue", {"site": "s", "issue": bad, "event_ts": 1})],
-                                         delivery_id=None)
+    [job_id] = queues.enqueue_issue_jobs(
+        q, [("workers.jobs.upsert_issue", {"site": "s", "issue": bad, "event_ts": 1})], delivery_id=None
+    )
     for _ in range(3):
         drain()
     registry = FailedJobRegistry(queue=q)

@@ -12,6 +12,7 @@ Comments and worklogs of issues the mirror does not hold live are ignored when a
 project is not tracked, or the issue left the mirror); the receiver already ignores those whose
 delivery names an untracked project.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,14 +20,15 @@ from typing import Any, Mapping
 
 from mirror import history_store
 from mirror.activity import ActivityMappingError, comment_row, issue_id_of, worklog_row
-from mirror.db import database
+from mirror.db import database, tuples
 from mirror.models import Issue
 
 log = logging.getLogger(__name__)
 
 APPLY = "workers.activity.apply_activity"
-EVENTS = frozenset({"comment_created", "comment_updated", "comment_deleted",
-                    "worklog_created", "worklog_updated", "worklog_deleted"})
+EVENTS = frozenset(
+    {"comment_created", "comment_updated", "comment_deleted", "worklog_created", "worklog_updated", "worklog_deleted"}
+)
 _ARGUMENTS = frozenset({"site", "event", "entity", "issue_id", "event_ts"})
 
 
@@ -34,8 +36,7 @@ class ActivityPayloadError(ValueError):
     """A comment or worklog delivery without its comment/worklog, an id, or its issue's id."""
 
 
-def job_for_delivery(site: str, loaded: Mapping[str, Any]) -> tuple[tuple[str, dict[str, Any]], str | None,
-                                                                    str | None]:
+def job_for_delivery(site: str, loaded: Mapping[str, Any]) -> tuple[tuple[str, dict[str, Any]], str | None, str | None]:
     """The job for a loaded comment/worklog delivery, the project key the delivery names (None
     when it names none) and its project id. Raises ActivityPayloadError (a 400)."""
     event = loaded["webhook_event"]
@@ -72,8 +73,9 @@ def apply_activity(site: str, event: str, entity: dict[str, Any], issue_id: str,
     from workers.jobs import db_session  # jobs batches these calls: imported late, no cycle
 
     with db_session(), database.atomic():
-        return apply_together([{"site": site, "event": event, "entity": entity, "issue_id": issue_id,
-                                "event_ts": event_ts}])[0]
+        return apply_together(
+            [{"site": site, "event": event, "entity": entity, "issue_id": issue_id, "event_ts": event_ts}]
+        )[0]
 
 
 def apply_together(calls: list[dict[str, Any]]) -> list[str]:
@@ -86,8 +88,9 @@ def apply_together(calls: list[dict[str, Any]]) -> list[str]:
     for n, call in enumerate(calls):
         kind, action = call["event"].split("_", 1)
         mapper = comment_row if kind == "comment" else worklog_row
-        row = mapper(call["site"], call["entity"], issue_id=call["issue_id"], source="webhook",
-                     event_ts=call["event_ts"])
+        row = mapper(
+            call["site"], call["entity"], issue_id=call["issue_id"], source="webhook", event_ts=call["event_ts"]
+        )
         if action == "deleted":
             deletions.setdefault((call["site"], kind), []).append((n, row[f"{kind}_id"], row["issue_id"]))
         else:
@@ -117,6 +120,12 @@ def _live_issues(idents: set[tuple[str, str]]) -> set[tuple[str, str]]:
     for site, issue_id in idents:
         by_site.setdefault(site, []).append(issue_id)
     for site, ids in by_site.items():
-        live.update((site, i) for (i,) in Issue.select(Issue.issue_id).where(
-            Issue.site == site, Issue.issue_id.in_(ids), Issue.deleted_at.is_null()).tuples())
+        live.update(
+            (site, i)
+            for (i,) in tuples(
+                Issue.select(Issue.issue_id).where(
+                    Issue.site == site, Issue.issue_id.in_(ids), Issue.deleted_at.is_null()
+                )
+            )
+        )
     return live

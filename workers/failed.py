@@ -1,15 +1,16 @@
-"""Jobs that exhausted their retries: listing them and sending them back to their queue.
+"""Jobs that exhausted their retries: sending them back to their queue, or discarding them.
+(Listing and describing them is the operator read model's, ``workers.status.list_failed``.)
 
 They wait in RQ's ``FailedJobRegistry`` of each queue (kept 30 days, ``failure_ttl``) until an
-operator fixes the cause and runs ``jira-mirror failed retry`` (CONTRACT.md, "What always holds"
+operator fixes the cause and runs ``jira-mirror failed retry`` (docs/contract.md, "What always holds"
 4). A retried job gets its retry allowance back: the cause may still be healing (a database
 coming back), and the job should ride that out like a fresh one.
 """
+
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from typing import Any, Iterable
+from typing import Iterable
 
 from redis import Redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -22,9 +23,8 @@ from workers.queues import BACKFILL, ISSUES, queue
 log = logging.getLogger(__name__)
 
 QUEUES = (ISSUES, BACKFILL)
-ERROR_LINE_LIMIT = 300
 
-__all__ = ["UnknownJobError", "list_failed", "retry_failed"]
+__all__ = ["UnknownJobError", "discard_failed", "retry_failed"]
 
 
 class UnknownJobError(LookupError):
@@ -37,63 +37,6 @@ class UnknownJobError(LookupError):
 
 def _registries(connection: Redis) -> list[FailedJobRegistry]:
     return [FailedJobRegistry(queue=queue(name, connection)) for name in QUEUES]
-
-
-def _last_line(text: str | None) -> str | None:
-    """The exception of a traceback on one line (``ExcType: message``, a multi-line message
-    joined), shortened; the last non-empty line of anything else."""
-    if not text or not text.strip():
-        return None
-    lines = text.strip().splitlines()
-    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
-    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
-    # Past the last frame come its source lines (indented), then the exception at column 0.
-    start = next((i for i, line in enumerate(tail) if line and not line[0].isspace()), None)
-    if start is None:
-        start = len(tail) - 1
-    line = " ".join(part.strip() for part in tail[start:] if part.strip())
-    return line if len(line) <= ERROR_LINE_LIMIT else line[: ERROR_LINE_LIMIT - 1] + "…"
-
-
-def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return moment.isoformat(timespec="seconds") + "Z"
-
-
-def _describe(registry: FailedJobRegistry, job_id: str, job: Job | None) -> dict[str, Any]:
-    if job is None:
-        return {"id": job_id, "queue": registry.name, "function": None, "description": None,
-                "failed_at": None, "error": "the job's data has expired from Redis"}
-    error = None
-    try:
-        result = job.latest_result()
-        error = _last_line(result.exc_string if result is not None else None)
-    except Exception:  # an unreadable result still lists the job
-        error = None
-    return {
-        "id": job.id,
-        "queue": registry.name,
-        "function": job.func_name,
-        "description": job.description,
-        "failed_at": _iso(job.ended_at),
-        "error": error,
-    }
-
-
-def list_failed(connection: Redis) -> list[dict[str, Any]]:
-    """Failed jobs of the ``issues`` and ``backfill`` queues, oldest failure first:
-    ``{id, queue, function, description, failed_at (ISO-8601 UTC), error (last line)}``.
-    Raises redis errors."""
-    listed: list[dict[str, Any]] = []
-    for registry in _registries(connection):
-        ids = registry.get_job_ids()
-        jobs = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if ids else []
-        listed.extend(_describe(registry, job_id, job) for job_id, job in zip(ids, jobs))
-    listed.sort(key=lambda item: (item["failed_at"] or "", item["id"]))
-    return listed
 
 
 def retry_failed(connection: Redis, job_ids: Iterable[str] | None = None, all: bool = False) -> list[str]:

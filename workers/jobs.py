@@ -1,5 +1,6 @@
 """Job functions: thin. A pure mapping, one write through ``mirror.store``, errors raised so
 RQ's retries and failed registry see them (STYLE.md, "Jobs are thin")."""
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ def _agile(site: str) -> AgileFields:
     return history_store.agile_for(site)
 
 
-def delivery_changelog(site: str, issue_id: str, changelog: Any, event_ts: int, actor: str | None
-                       ) -> list[dict[str, Any]]:
+def delivery_changelog(
+    site: str, issue_id: str, changelog: Any, event_ts: int, actor: str | None
+) -> list[dict[str, Any]]:
     """The changelog rows a ``jira:issue_*`` delivery carries (its history id and items); the
     history's time is the delivery's (Jira sends none), corrected when a sync reads the history."""
     if not isinstance(changelog, dict) or not changelog.get("id") or not changelog.get("items"):
@@ -79,8 +81,15 @@ def _iso_ms(event_ts: int) -> str:
     return dt.datetime.fromtimestamp(event_ts / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook",
-                 refresh: bool = False, changelog: dict[str, Any] | None = None, actor: str | None = None) -> str:
+def upsert_issue(
+    site: str,
+    issue: dict[str, Any],
+    event_ts: int,
+    source: str = "webhook",
+    refresh: bool = False,
+    changelog: dict[str, Any] | None = None,
+    actor: str | None = None,
+) -> str:
     """Write the issue's version unless the mirror holds a newer one; returns the outcome.
 
     With ``refresh`` (the receiver marked the issue pending), the current state is read from
@@ -96,8 +105,15 @@ def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = 
             if history:
                 history_store.write_changelog(history)
         outcome = "refreshed" if counts["calls"] else "coalesced"
-        log.info("refresh key=%s id=%s outcome=%s calls=%d written=%d deleted=%d", issue.get("key"), issue.get("id"),
-                 outcome, counts["calls"], counts["written"], counts["deleted"])
+        log.info(
+            "refresh key=%s id=%s outcome=%s calls=%d written=%d deleted=%d",
+            issue.get("key"),
+            issue.get("id"),
+            outcome,
+            counts["calls"],
+            counts["written"],
+            counts["deleted"],
+        )
         return outcome
     if job is not None:  # marked pending, but this worker cannot read Jira: the delivery's copy
         job.connection.zrem(refresh_.PENDING_KEY.format(site=site), str(issue.get("id")))
@@ -124,12 +140,17 @@ def runs_together(func_name: str | None, args: Any, kwargs: Any) -> bool:
     enqueues it. Any other job runs alone."""
     if func_name == activity.APPLY:
         return not args and activity.runs_together(kwargs)
-    return (func_name == UPSERT_ISSUE and not args and isinstance(kwargs, dict)
-            and {"site", "issue", "event_ts"} <= set(kwargs) <= _UPSERT_ARGUMENTS)
+    return (
+        func_name == UPSERT_ISSUE
+        and not args
+        and isinstance(kwargs, dict)
+        and {"site", "issue", "event_ts"} <= set(kwargs) <= _UPSERT_ARGUMENTS
+    )
 
 
-def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owner: str | None = None
-                           ) -> list[str | Exception]:
+def upsert_issues_together(
+    calls: list[dict[str, Any]], *, connection: Any, owner: str | None = None
+) -> list[str | Exception]:
     """``upsert_issue(**call)`` for each of ``calls``, with one database transaction for all.
 
     Returns each call's outcome, in order: ``applied``, ``stale`` (older than what the mirror
@@ -153,8 +174,15 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
         if n in is_activity:
             continue
         try:
-            history.extend(delivery_changelog(call["site"], str((call["issue"] or {}).get("id")),
-                                              call.get("changelog"), call["event_ts"], call.get("actor")))
+            history.extend(
+                delivery_changelog(
+                    call["site"],
+                    str((call["issue"] or {}).get("id")),
+                    call.get("changelog"),
+                    call["event_ts"],
+                    call.get("actor"),
+                )
+            )
         except Exception as exc:  # this job runs alone and fails there, with RQ's retries
             outcomes[n] = exc
             continue
@@ -164,15 +192,24 @@ def upsert_issues_together(calls: list[dict[str, Any]], *, connection: Any, owne
         if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
             pending_done.setdefault(call["site"], []).append(str((call["issue"] or {}).get("id")))
         try:
-            rows[n] = to_row(call["site"], call["issue"], source=call.get("source", "webhook"),
-                             event_ts=call["event_ts"], agile=agile[call["site"]])
+            rows[n] = to_row(
+                call["site"],
+                call["issue"],
+                source=call.get("source", "webhook"),
+                event_ts=call["event_ts"],
+                agile=agile[call["site"]],
+            )
         except Exception as exc:  # this job runs alone and fails there, with RQ's retries
             outcomes[n] = exc
     with db_session():
         scopes = {site: store.Scope.of(site) for site in {row["site"] for row in rows.values()}}
-        changed = store.upsert_issues_changed(
-            [scoped for row in rows.values() for scoped in store.out_of_scope([row], scopes[row["site"]])]
-        ) if rows else set()
+        changed = (
+            store.upsert_issues_changed(
+                [scoped for row in rows.values() for scoped in store.out_of_scope([row], scopes[row["site"]])]
+            )
+            if rows
+            else set()
+        )
         for site in {calls[n]["site"] for n in refreshing}:
             counts = refresh_.refresh_pending(connection, client, site, owner=owner)  # type: ignore[arg-type]
             first = True

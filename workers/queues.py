@@ -3,6 +3,7 @@
 The receiver enqueues only through here. Arguments are JSON-safe and jobs are serialised as
 JSON, so a job in Redis is readable by any tool and never unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,6 @@ def delivery_key(delivery_id: str) -> str:
     if not _SAFE_ID.match(delivery_id):
         delivery_id = "sha256-" + sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
     return DELIVERY_KEY.format(delivery_id)
-
-
-def seen_delivery(connection: Redis, delivery_id: str | None) -> bool:
-    return bool(delivery_id) and bool(connection.exists(delivery_key(delivery_id)))  # type: ignore[arg-type]
 
 
 def body_key(digest: str) -> str:
@@ -126,12 +123,20 @@ def _template(issues_queue: Queue, func: str, retry: Retry, result_ttl: int, fai
     Built by RQ itself, so the hash written is the one ``Queue.enqueue_call`` writes and RQ's
     worker, registries and tools read; cached per job shape (the retry intervals may change).
     """
-    shape = (issues_queue.name, issues_queue._default_timeout, func, tuple(retry.intervals), retry.max,
-             result_ttl, failure_ttl)
+    shape = (
+        issues_queue.name,
+        issues_queue._default_timeout,
+        func,
+        tuple(retry.intervals),
+        retry.max,
+        result_ttl,
+        failure_ttl,
+    )
     cached = _templates.get(shape)
     if cached is None:
-        job = issues_queue.create_job(func, kwargs={}, retry=retry, result_ttl=result_ttl, failure_ttl=failure_ttl,
-                                      description="")
+        job = issues_queue.create_job(
+            func, kwargs={}, retry=retry, result_ttl=result_ttl, failure_ttl=failure_ttl, description=""
+        )
         job.origin = issues_queue.name
         job._status = JobStatus.QUEUED
         mapping = {k: v if isinstance(v, str) else str(v) for k, v in job.to_dict().items() if k not in _PER_JOB_FIELDS}
@@ -177,7 +182,7 @@ def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError
-        return JSONSerializer.dumps(value)  # type: ignore[no-any-return]
+        return JSONSerializer.dumps(value)
 
 
 def enqueue_issue_jobs(
@@ -207,14 +212,27 @@ def enqueue_issue_jobs(
     connection = issues_queue.connection
     retry = retry_policy()
     created = utcformat(rq_now())
-    keys: list[str] = [issues_queue.key, Queue.redis_queues_keys,
-                       delivery_key(delivery_id) if delivery_id else issues_queue.key,
-                       body_key(body_digest) if body_digest and replay_window > 0 else issues_queue.key]
+    keys: list[str] = [
+        issues_queue.key,
+        Queue.redis_queues_keys,
+        delivery_key(delivery_id) if delivery_id else issues_queue.key,
+        body_key(body_digest) if body_digest and replay_window > 0 else issues_queue.key,
+    ]
     templates = {_template(issues_queue, func, retry, JOB_RESULT_TTL, JOB_FAILURE_TTL) for func, _ in jobs}
     if len(templates) > 1:  # one template a call; several job shapes go one call each (never in practice)
-        return [job_id for job in jobs for job_id in enqueue_issue_jobs(
-            issues_queue, [job], delivery_id=delivery_id, before_execute=before_execute, refresh=refresh,
-            body_digest=body_digest, replay_window=replay_window)]
+        return [
+            job_id
+            for job in jobs
+            for job_id in enqueue_issue_jobs(
+                issues_queue,
+                [job],
+                delivery_id=delivery_id,
+                before_execute=before_execute,
+                refresh=refresh,
+                body_digest=body_digest,
+                replay_window=replay_window,
+            )
+        ]
     args: list[Any] = [DELIVERY_TTL_SECONDS if delivery_id else 0, templates.pop() if templates else "{}", len(jobs)]
     ids = []
     for func, kwargs in jobs:

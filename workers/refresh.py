@@ -19,6 +19,7 @@ finding the pending set empty and leaving those issues unread until the claims g
 arrives while its issue is being read adds the id to pending again, so the newer state is read
 again: nothing is lost, whatever the timing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -115,15 +116,25 @@ def claim(connection: Redis, site: str, batch: int = BATCH, *, owner: Owners = N
     now = time.time()
     owners = _owners(owner)
     keys = [_claims_key(site, o) for o in owners] or [_claims_key(site, None)]
-    raw = connection.eval(_CLAIM, 2 + len(keys), PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site),
-                          *keys, batch, now, now - STALE_CLAIM_SECONDS, CLAIMS_TTL_SECONDS if owners else 0)
+    raw = connection.eval(
+        _CLAIM,
+        2 + len(keys),
+        PENDING_KEY.format(site=site),
+        PROCESSING_KEY.format(site=site),
+        *keys,
+        batch,
+        now,
+        now - STALE_CLAIM_SECONDS,
+        CLAIMS_TTL_SECONDS if owners else 0,
+    )
     return [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
 
 
 def release(connection: Redis, site: str, ids: list[str], *, owner: Owners = None) -> None:
     if ids:
-        connection.eval(_RELEASE, 2, PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site),
-                        time.time() * 1000, *ids)
+        connection.eval(
+            _RELEASE, 2, PENDING_KEY.format(site=site), PROCESSING_KEY.format(site=site), time.time() * 1000, *ids
+        )
         owners = _owners(owner)
         if owners:
             connection.srem(_claims_key(site, owners[0]), *ids)
@@ -185,13 +196,14 @@ def refresh_pending(connection: Redis, client: JiraClient, site: str, *, owner: 
             raise
         done(connection, site, [i for i in ids if i not in errored], owner=owner)
         if errored:
-            release(connection, site, errored, owner=owner)
+            release(connection, site, sorted(errored), owner=owner)
             unreturned.extend(errored)
             break  # they would be claimed again at once: RQ's retry waits first
     if unreturned:
         raise IssuesNotReturnedError(
             f"Jira could not return {len(unreturned)} issue(s) this time (bulkfetch issueErrors): "
-            f"{', '.join(unreturned[:10])}; they stay pending and are read again")
+            f"{', '.join(unreturned[:10])}; they stay pending and are read again"
+        )
     return counts
 
 
@@ -212,8 +224,15 @@ def _refresh(client: JiraClient, site: str, ids: list[str], counts: dict[str, in
         read_at = epoch_ms(utc_now())
         counts["calls"] += 1
         try:
-            rows.append(to_row(site, client.get_issue(issue_id, fields=ISSUE_FIELDS), source="webhook",
-                               event_ts=read_at, agile=agile))
+            rows.append(
+                to_row(
+                    site,
+                    client.get_issue(issue_id, fields=ISSUE_FIELDS),
+                    source="webhook",
+                    event_ts=read_at,
+                    agile=agile,
+                )
+            )
         except JiraNotFoundError:
             gone.append(issue_id)
     counts["fetched"] += len(rows)

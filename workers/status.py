@@ -1,5 +1,12 @@
-"""Everything an operator looks at, gathered in one dict: the status page (``GET /``), the
-admin API's project list and ``jira-mirror status [--json]`` all read :func:`collect`.
+"""The operator read model: everything an operator looks at, in one module. The status page
+(``GET /``), the admin API's project list and ``jira-mirror status [--json]`` all read
+:func:`collect`; the page's run history reads :func:`run_history`; ``jira-mirror failed list``
+reads :func:`list_failed`, which describes a failed job as the report does (one describer).
+Acting on failed jobs (retry, discard) is ``workers.failed``'s.
+
+It lives in ``workers`` because it reads RQ's queues and registries, which ``workers`` owns
+(docs/contract.md, Layout); ``mirror`` may not import ``workers`` (the import rule), and ``receiver``
+and the CLI may. Its database half reads only (``mirror.models``); it never writes.
 
 It never raises. The database, Redis and Jira are each asked separately; a part that fails is
 named in ``report["errors"]`` (``database``, ``redis``) or in ``report["jira"]["error"]``, and
@@ -7,6 +14,7 @@ the parts that answered are still reported. Lists are bounded (``LIST_LIMIT`` ne
 page stays cheap whatever piles up. Datetimes are timezone-aware UTC; :func:`jsonable` turns
 the report into JSON-ready values (ISO-8601 with ``Z``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +22,7 @@ import hashlib
 import json
 import logging
 import re
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 import peewee as pw
 from redis import Redis
@@ -24,7 +32,8 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegi
 from rq.serializers import JSONSerializer
 
 from mirror import metrics
-from mirror.db import database, init_database
+from mirror.db import database, init_database, tuples
+from mirror.issues import utc_iso
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
 from mirror.redis_connection import redacted_url, tls_mode
@@ -87,8 +96,10 @@ def collect(settings: Settings, connection: Redis, *, jira: bool = True) -> dict
     if redis_ok:
         for project in report["projects"]:
             parts.run("redis", lambda: project.update(_activity(connection, settings.site, project)), None)
-        report["queues"] = parts.run("redis", lambda: _queues(connection, now), {})
-        report["workers"] = parts.run("redis", lambda: _workers(connection), [])
+        no_queues: dict[str, dict[str, Any]] = {}
+        no_workers: list[dict[str, Any]] = []
+        report["queues"] = parts.run("redis", lambda: _queues(connection, now), no_queues)
+        report["workers"] = parts.run("redis", lambda: _workers(connection), no_workers)
         report["failed"] = parts.run("redis", lambda: _failed(connection), report["failed"])
     return report
 
@@ -105,7 +116,7 @@ def jsonable(value: Any) -> Any:
 
 
 def iso(moment: dt.datetime) -> str:
-    return utc(moment).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+    return utc_iso(moment, timespec="auto")
 
 
 def utc(value: Any) -> dt.datetime | None:
@@ -119,10 +130,23 @@ def utc(value: Any) -> dt.datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+ERROR_LINE_LIMIT = 300
+
+
 def last_line(text: str | None) -> str | None:
-    """The last non-blank line of a traceback: the exception and its message."""
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
+    """The exception of a traceback on one line (``ExcType: message``, a multi-line message
+    joined), shortened to ERROR_LINE_LIMIT; the last non-empty line of anything else."""
+    if not text or not text.strip():
+        return None
+    lines = text.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    # Past the last frame come its source lines (indented), then the exception at column 0.
+    start = next((i for i, line in enumerate(tail) if line and not line[0].isspace()), None)
+    if start is None:
+        start = len(tail) - 1
+    line = " ".join(part.strip() for part in tail[start:] if part.strip())
+    return line if len(line) <= ERROR_LINE_LIMIT else line[: ERROR_LINE_LIMIT - 1] + "…"
 
 
 class _Parts:
@@ -161,8 +185,11 @@ def _jira(settings: Settings, connection: Redis | None, now: dt.datetime, *, ask
     info: dict[str, Any] = {
         "site": settings.site,
         "base_url": settings.jira_api_base_url,
-        "auth": "api token" if settings.jira_email and settings.jira_api_token
-        else "oauth" if settings.jira_oauth_token else None,
+        "auth": "api token"
+        if settings.jira_email and settings.jira_api_token
+        else "oauth"
+        if settings.jira_oauth_token
+        else None,
         "configured": settings.jira_configured,
         "ok": False,
         "error": None,
@@ -173,8 +200,10 @@ def _jira(settings: Settings, connection: Redis | None, now: dt.datetime, *, ask
         "cached": False,
     }
     if not info["configured"]:
-        info["error"] = ("Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN "
-                         "(or JIRA_OAUTH_TOKEN with JIRA_CLOUD_ID)")
+        info["error"] = (
+            "Jira is not configured: set JIRA_BASE_URL and JIRA_EMAIL/JIRA_API_TOKEN "
+            "(or JIRA_OAUTH_TOKEN with JIRA_CLOUD_ID)"
+        )
         return info
     if not ask:
         return info
@@ -217,8 +246,10 @@ def _ask_myself(settings: Settings, now: dt.datetime) -> dict[str, Any]:
 
 def _credentials_fingerprint(settings: Settings) -> str:
     """Changes with the site or the credentials, so a fix shows at once; reveals nothing of them."""
-    material = "\0".join(str(v) for v in (settings.jira_api_base_url, settings.jira_email, settings.jira_api_token,
-                                          settings.jira_oauth_token))
+    material = "\0".join(
+        str(v)
+        for v in (settings.jira_api_base_url, settings.jira_email, settings.jira_api_token, settings.jira_oauth_token)
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -262,7 +293,31 @@ def _webhook_activity(connection: Redis, now: dt.datetime) -> dict[str, Any]:
 # --- projects --------------------------------------------------------------------------------
 
 
-def _run(run: SyncRun | None) -> dict[str, Any] | None:
+def run_history(site: str, keys: list[str], length: int) -> dict[str, list[dict[str, Any]]]:
+    """The last ``length`` sync runs of each project in ``keys``, newest first (from jira_sync_run),
+    as :func:`run_summary` describes them. Needs a database connection; raises peewee errors."""
+    history = {}
+    for key in keys:
+        runs = (
+            SyncRun.select()
+            .where(SyncRun.site == site, SyncRun.project_key == key)
+            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .limit(length)
+        )
+        history[key] = [run_summary(run) for run in runs]
+    return history
+
+
+@overload
+def run_summary(run: SyncRun) -> dict[str, Any]: ...
+@overload
+def run_summary(run: None) -> None: ...
+@overload
+def run_summary(run: SyncRun | None) -> dict[str, Any] | None: ...
+
+
+def run_summary(run: SyncRun | None) -> dict[str, Any] | None:
+    """One sync run for an operator: kind, state, times (aware UTC), duration, counts, error."""
     if run is None:
         return None
     started, finished = utc(run.started_at), utc(run.finished_at)
@@ -284,25 +339,58 @@ def _run(run: SyncRun | None) -> dict[str, Any] | None:
 
 def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     live = Issue.deleted_at.is_null()
-    counts = dict(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                  .where(Issue.site == site, live).group_by(Issue.project_key).tuples())
-    deleted = dict(Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
-                   .where(Issue.site == site, ~live).group_by(Issue.project_key).tuples())
-    newest = dict(Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
-                  .where(Issue.site == site).group_by(Issue.project_key).tuples())
+    counts = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+            .where(Issue.site == site, live)
+            .group_by(Issue.project_key)
+        )
+    )
+    deleted = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.COUNT(Issue.id))
+            .where(Issue.site == site, ~live)
+            .group_by(Issue.project_key)
+        )
+    )
+    newest = dict(
+        tuples(
+            Issue.select(Issue.project_key, pw.fn.MAX(Issue.updated))
+            .where(Issue.site == site)
+            .group_by(Issue.project_key)
+        )
+    )
     # Lag is the time since the last successful sync (any kind): a quiet project that syncs is
     # not behind, however old its newest change.
-    succeeded = dict(SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
-                     .where(SyncRun.site == site, SyncRun.state == "succeeded").group_by(SyncRun.project_key)
-                     .tuples())
+    succeeded = dict(
+        tuples(
+            SyncRun.select(SyncRun.project_key, pw.fn.MAX(SyncRun.finished_at))
+            .where(SyncRun.site == site, SyncRun.state == "succeeded")
+            .group_by(SyncRun.project_key)
+        )
+    )
 
     # The latest run of each (project, kind): one query, whatever the number of projects.
-    latest = (SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
-              .where(SyncRun.site == site).group_by(SyncRun.project_key, SyncRun.kind).alias("latest"))
+    latest = (
+        SyncRun.select(SyncRun.project_key, SyncRun.kind, pw.fn.MAX(SyncRun.started_at).alias("newest"))
+        .where(SyncRun.site == site)
+        .group_by(SyncRun.project_key, SyncRun.kind)
+        .alias("latest")
+    )
     runs: dict[tuple[str, str], SyncRun] = {}
-    query = (SyncRun.select().join(latest, on=(
-        (SyncRun.project_key == latest.c.project_key) & (SyncRun.kind == latest.c.kind)
-        & (SyncRun.started_at == latest.c.newest))).where(SyncRun.site == site).order_by(SyncRun.id))
+    query = (
+        SyncRun.select()
+        .join(
+            latest,
+            on=(
+                (SyncRun.project_key == latest.c.project_key)
+                & (SyncRun.kind == latest.c.kind)
+                & (SyncRun.started_at == latest.c.newest)
+            ),
+        )
+        .where(SyncRun.site == site)
+        .order_by(SyncRun.id)
+    )
     for run in query:
         runs[(run.project_key, run.kind)] = run  # ties: the later id wins
 
@@ -310,25 +398,27 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
     for p in Project.select().where(Project.site == site).order_by(Project.is_active.desc(), Project.key):
         newest_updated = utc(newest.get(p.key))
         last_success = utc(succeeded.get(p.key))
-        projects.append({
-            "key": p.key,
-            "name": p.name,
-            "active": bool(p.is_active),
-            "issues": counts.get(p.key, 0),
-            "deleted": deleted.get(p.key, 0),
-            "newest_updated": newest_updated,
-            "last_success_at": last_success,
-            "lag_seconds": max(0, round((now - last_success).total_seconds())) if last_success else None,
-            "sync_state": p.sync_state,
-            "state": p.sync_state,  # refined from Redis by _activity: queued, retrying
-            "last_error": p.last_error,
-            "sync_cursor": utc(p.sync_cursor),
-            "last_full_sync_at": utc(p.last_full_sync_at),
-            "last_incremental": _run(runs.get((p.key, "incremental"))),
-            "last_full": _run(runs.get((p.key, "full"))),
-            "progress": None,
-            "job": None,
-        })
+        projects.append(
+            {
+                "key": p.key,
+                "name": p.name,
+                "active": bool(p.is_active),
+                "issues": counts.get(p.key, 0),
+                "deleted": deleted.get(p.key, 0),
+                "newest_updated": newest_updated,
+                "last_success_at": last_success,
+                "lag_seconds": max(0, round((now - last_success).total_seconds())) if last_success else None,
+                "sync_state": p.sync_state,
+                "state": p.sync_state,  # refined from Redis by _activity: queued, retrying
+                "last_error": p.last_error,
+                "sync_cursor": utc(p.sync_cursor),
+                "last_full_sync_at": utc(p.last_full_sync_at),
+                "last_incremental": run_summary(runs.get((p.key, "incremental"))),
+                "last_full": run_summary(runs.get((p.key, "full"))),
+                "progress": None,
+                "job": None,
+            }
+        )
     return projects
 
 
@@ -338,7 +428,7 @@ def _activity(connection: Redis, site: str, project: dict[str, Any]) -> dict[str
     progress = {}
     for k, v in raw.items():
         try:
-            progress[k.decode()] = json.loads(v)
+            progress[k.decode() if isinstance(k, bytes) else k] = json.loads(v)
         except ValueError:
             continue
     out: dict[str, Any] = {"progress": progress or None}
@@ -404,19 +494,21 @@ def _workers(connection: Redis) -> list[dict[str, Any]]:
         if job_id:
             job = Job.fetch_many([job_id], connection=connection, serializer=JSONSerializer)[0]
             description = job.description if job else None
-        out.append({
-            "name": worker.name,
-            "queues": worker.queue_names(),
-            "state": worker.get_state(),
-            "current_job": job_id,
-            "current_job_description": description,
-            "hostname": worker.hostname,
-            "pid": worker.pid,
-            "birth": utc(worker.birth_date),
-            "last_heartbeat": utc(worker.last_heartbeat),
-            "successful_jobs": worker.successful_job_count,
-            "failed_jobs": worker.failed_job_count,
-        })
+        out.append(
+            {
+                "name": worker.name,
+                "queues": worker.queue_names(),
+                "state": worker.get_state(),
+                "current_job": job_id,
+                "current_job_description": description,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "birth": utc(worker.birth_date),
+                "last_heartbeat": utc(worker.last_heartbeat),
+                "successful_jobs": worker.successful_job_count,
+                "failed_jobs": worker.failed_job_count,
+            }
+        )
     return sorted(out, key=lambda w: w["name"])
 
 
@@ -434,9 +526,41 @@ def _failed(connection: Redis) -> dict[str, Any]:
     return {"count": count, "jobs": jobs[:LIST_LIMIT]}
 
 
+def list_failed(connection: Redis) -> list[dict[str, Any]]:
+    """Every failed job of the ``issues`` and ``backfill`` queues, oldest failure first, as
+    ``jira-mirror failed list`` shows them: ``{id, queue, function, description, failed_at
+    (ISO-8601 UTC, seconds), error (last line)}``. Raises redis errors."""
+    jobs: list[dict[str, Any]] = []
+    for name in QUEUE_NAMES:
+        ids = FailedJobRegistry(queue=queue(name, connection)).get_job_ids()
+        fetched = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if ids else []
+        jobs.extend(_failed_job(name, job_id, job) for job_id, job in zip(ids, fetched))
+    listed = [
+        {
+            "id": j["id"],
+            "queue": j["queue"],
+            "function": j["function"],
+            "description": j["description"],
+            "failed_at": utc_iso(j["ended_at"], timespec="seconds"),
+            "error": j["error"],
+        }
+        for j in jobs
+    ]
+    listed.sort(key=lambda item: (item["failed_at"] or "", item["id"]))
+    return listed
+
+
 def _failed_job(queue_name: str, job_id: str, job: Job | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": job_id, "queue": queue_name, "function": None, "description": None,
-                             "error": None, "ended_at": None, "enqueued_at": None}
+    """A failed job described for an operator (the report's entry; list_failed's, reshaped)."""
+    entry: dict[str, Any] = {
+        "id": job_id,
+        "queue": queue_name,
+        "function": None,
+        "description": None,
+        "error": None,
+        "ended_at": None,
+        "enqueued_at": None,
+    }
     if job is None:
         entry["error"] = "the job's data has expired from Redis"
         return entry
@@ -444,7 +568,10 @@ def _failed_job(queue_name: str, job_id: str, job: Job | None) -> dict[str, Any]
         entry["function"] = job.func_name
     except Exception:  # written with another serializer: still listed, and retryable
         entry["function"] = "(unreadable)"
-    result = job.latest_result()
+    try:
+        result = job.latest_result()
+    except Exception:  # an unreadable result still lists the job
+        result = None
     entry.update(
         description=job.description,
         error=last_line(getattr(result, "exc_string", None)) if result else None,

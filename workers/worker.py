@@ -15,6 +15,7 @@ lives three beats, and registries are cleaned every three beats: the job of a wo
 mid-job is retried within about a minute, whatever its kind. A worker that loses Redis in the
 middle of a job (RQ then quits its loop) waits for Redis and starts again instead of exiting.
 """
+
 from __future__ import annotations
 
 import logging
@@ -156,21 +157,28 @@ class MirrorWorker(SimpleWorker):
         # The return value RQ just stored (job.return_value() would read it back from Redis).
         self._finished(job, queue, metrics.job_outcome_label(getattr(job, "_result", None)))
 
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Any = None) -> None:
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
         self._beat_for(None)
         retried = job.should_retry and self._stopped_job_id != job.id  # RQ's own rule, read before it acts
-        super().handle_job_failure(job=job, queue=queue, started_job_registry=started_job_registry,
-                                   exc_string=exc_string, execution=execution)
+        super().handle_job_failure(
+            job=job, queue=queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+        )
         self._finished(job, queue, "retried" if retried else "failed")
 
     def _finished(self, job: Job, queue: Queue, outcome: str) -> None:
         seconds = (job.ended_at - job.started_at).total_seconds() if job.started_at and job.ended_at else None
         metrics.record_job(self.connection, queue=queue.name, outcome=outcome, seconds=seconds)
-        log.log(logging.WARNING if outcome == "failed" else logging.INFO, "job finished", extra={
-            "func": job.func_name, "outcome": outcome,
-            "duration_ms": round(seconds * 1000, 1) if seconds is not None else None,
-        })
+        log.log(
+            logging.WARNING if outcome == "failed" else logging.INFO,
+            "job finished",
+            extra={
+                "func": job.func_name,
+                "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 1) if seconds is not None else None,
+            },
+        )
 
     def clean_registries(self) -> None:
         """RQ's registry maintenance (abandoned and expired jobs, dead workers, stuck intermediate
@@ -179,8 +187,9 @@ class MirrorWorker(SimpleWorker):
         cleans, say, a batch of abandoned jobs would otherwise stop every retry of abandoned jobs
         for 15 minutes."""
         for rq_queue in self.queues:
-            if not self.connection.set(rq_queue.registry_cleaning_key, 1, nx=True,
-                                       ex=max(30, 3 * int(self.maintenance_interval))):
+            if not self.connection.set(
+                rq_queue.registry_cleaning_key, 1, nx=True, ex=max(30, 3 * int(self.maintenance_interval))
+            ):
                 continue
             try:
                 self.log.info("Worker %s: cleaning registries for queue: %s", self.name, rq_queue.name)
@@ -189,7 +198,7 @@ class MirrorWorker(SimpleWorker):
                 rq_queue.intermediate_queue.cleanup(self, rq_queue)
             finally:
                 rq_queue.release_maintenance_lock()
-        self.last_cleaned_at = rq_now()
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # RQ annotates it None
 
     # --- batches -------------------------------------------------------------------------------
     # A webhook job is one small upsert: run one at a time, RQ's bookkeeping (about ten Redis
@@ -218,8 +227,12 @@ return ids
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # One queue on Redis 6.2+: RQ then dequeues with LMOVE into the intermediate queue, as a batch does.
-        if (self.batch_size <= 1 or len(self.queues) != 1 or self.get_redis_server_version() < (6, 2, 0)
-                or not self._may_run_together(job)):
+        if (
+            self.batch_size <= 1
+            or len(self.queues) != 1
+            or self.get_redis_server_version() < (6, 2, 0)
+            or not self._may_run_together(job)
+        ):
             super().execute_job(job, queue)
             return
         self._execute_batch(job, queue)
@@ -233,15 +246,23 @@ return ids
         except Exception:  # unreadable data: RQ's path reports it
             return False
         return together and not (
-            job._success_callback_name or job._failure_callback_name or job._stopped_callback_name
-            or job.webhooks or job.repeats_left or job.rate_limit_key or job.group_id or job._dependency_ids
+            job._success_callback_name
+            or job._failure_callback_name
+            or job._stopped_callback_name
+            or job.webhooks
+            or job.repeats_left
+            or job.rate_limit_key
+            or job.group_id
+            or job._dependency_ids
         )
 
     def _take_more(self, queue: Queue, first: Job) -> list[tuple[Job, bool]]:
         """Up to ``batch_size - 1`` more jobs of ``queue`` (as RQ dequeues: into the intermediate
         queue), with whether each has dependents; the first job's dependents are asked too."""
-        ids = [i.decode() for i in self.connection.eval(
-            self._TAKE, 2, queue.key, queue.intermediate_queue_key, self.batch_size - 1)]
+        ids = [
+            i.decode()
+            for i in self.connection.eval(self._TAKE, 2, queue.key, queue.intermediate_queue_key, self.batch_size - 1)
+        ]
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.exists(first.dependents_key)
             for job_id in ids:
@@ -309,7 +330,7 @@ return ids
         rest = [job for job in batch if job.id not in done]  # in dequeue order
         self._beat_for_batch([(job, executions[job.id]) for job in rest])
         for n, job in enumerate(rest):
-            self._beat_for_batch([(j, executions[j.id]) for j in rest[n + 1:]])
+            self._beat_for_batch([(j, executions[j.id]) for j in rest[n + 1 :]])
             self.perform_job(job, queue, executions[job.id])
         self._beat_for_batch([])
 
@@ -319,8 +340,9 @@ return ids
         # worker died takes them back at once (workers.refresh).
         owner = [job.id for job in together if job.kwargs.get("refresh")] or None
         with self.death_penalty_class(timeout, JobTimeoutException, job_id=together[0].id):
-            return jobs_module().upsert_issues_together([job.kwargs for job in together], connection=self.connection,
-                                                        owner=owner)
+            return jobs_module().upsert_issues_together(
+                [job.kwargs for job in together], connection=self.connection, owner=owner
+            )
 
     def _finish_batch_surely(self, finished: list[tuple[Job, Execution, str]], queue: Queue) -> None:
         """:meth:`_finish_batch`, waiting out a Redis outage (up to ``finish_patience`` seconds):
@@ -335,8 +357,12 @@ return ids
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if time.monotonic() + delay > deadline or shutdown.requested.is_set():
                     raise
-                log.warning("batch written, not yet recorded: redis unavailable error=%s jobs=%d retry_in=%.1fs",
-                            type(exc).__name__, len(finished), delay)
+                log.warning(
+                    "batch written, not yet recorded: redis unavailable error=%s jobs=%d retry_in=%.1fs",
+                    type(exc).__name__,
+                    len(finished),
+                    delay,
+                )
                 if shutdown.requested.wait(delay):
                     raise
                 delay = min(2.0, delay * 2)
@@ -358,14 +384,27 @@ return ids
                 if result_ttl != 0:
                     # Job._handle_success: the status and what execution changed (Job.save would also
                     # write the job's data again, unchanged), its result, the finished registry.
-                    pipe.hset(job.key, mapping={
-                        "status": JobStatus.FINISHED.value, "started_at": utcformat(job.started_at or ended),
-                        "ended_at": utcformat(ended), "last_heartbeat": utcformat(job.last_heartbeat or ended),
-                        "worker_name": self.name,
-                    })
-                    Result.create(job, Result.Type.SUCCESSFUL, return_value=outcome, ttl=result_ttl,
-                                  worker_name=self.name, pipeline=pipe, execution_id=execution.id,
-                                  execution_started_at=execution.created_at, execution_ended_at=ended)
+                    pipe.hset(
+                        job.key,
+                        mapping={
+                            "status": JobStatus.FINISHED.value,
+                            "started_at": utcformat(job.started_at or ended),
+                            "ended_at": utcformat(ended),
+                            "last_heartbeat": utcformat(job.last_heartbeat or ended),
+                            "worker_name": self.name,
+                        },
+                    )
+                    Result.create(
+                        job,
+                        Result.Type.SUCCESSFUL,
+                        return_value=outcome,
+                        ttl=result_ttl,
+                        worker_name=self.name,
+                        pipeline=pipe,
+                        execution_id=execution.id,
+                        execution_started_at=execution.created_at,
+                        execution_ended_at=ended,
+                    )
                     job.finished_job_registry.add(job, result_ttl, pipe)
                     job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
@@ -374,8 +413,13 @@ return ids
                     # of the job, two or three round trips a job): the status is known (started, in
                     # no other registry) and every key is named from the id. Executions of earlier
                     # attempts expire by themselves.
-                    pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
-                                job.execution_registry.key)
+                    pipe.delete(
+                        job.key,
+                        job.dependents_key,
+                        job.dependencies_key,
+                        Result.get_key(job.id),
+                        job.execution_registry.key,
+                    )
                 metrics.add_job(pipe, queue=queue.name, outcome=metrics.job_outcome_label(outcome), seconds=took)
             pipe.hincrby(self.key, "successful_job_count", len(finished))
             pipe.hincrbyfloat(self.key, "total_working_time", seconds)
@@ -384,13 +428,18 @@ return ids
             with logs.bound(job=job.id, queue=queue.name, project=_project_of(job)):
                 # RQ's own line for a finished job, then ours.
                 self.log.info("Worker %s: %s: %s (%s)", self.name, job.origin, "Job OK", job.id)
-                log.info("job finished", extra={
-                    "func": job.func_name, "outcome": metrics.job_outcome_label(outcome),
-                    "key": (job.kwargs.get("issue") or {}).get("key"),
-                    "duration_ms": (round((ended - job.started_at).total_seconds() * 1000, 1) if job.started_at
-                                    else None),
-                    "batch": len(finished),
-                })
+                log.info(
+                    "job finished",
+                    extra={
+                        "func": job.func_name,
+                        "outcome": metrics.job_outcome_label(outcome),
+                        "key": (job.kwargs.get("issue") or {}).get("key"),
+                        "duration_ms": (
+                            round((ended - job.started_at).total_seconds() * 1000, 1) if job.started_at else None
+                        ),
+                        "batch": len(finished),
+                    },
+                )
 
 
 def jobs_module() -> Any:
@@ -416,8 +465,9 @@ def redis_connection(settings: Settings) -> Redis:
     return redis_for(settings)
 
 
-def build_worker(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *,
-                 connection: Redis | None = None) -> MirrorWorker:
+def build_worker(
+    settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, connection: Redis | None = None
+) -> MirrorWorker:
     connection = connection or redis_connection(settings)
     return MirrorWorker(
         [queue(name, connection) for name in queue_names],
@@ -456,8 +506,7 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
             break
         for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers belong to the worker that quit
             signal.signal(sig, lambda *_: shutdown.requested.set())
-        log.warning("worker lost redis error=%s: starting again once it answers",
-                    type(lost).__name__ if lost else "-")
+        log.warning("worker lost redis error=%s: starting again once it answers", type(lost).__name__ if lost else "-")
         pause = 0.5 if time.monotonic() - began > 60 else min(30.0, pause * 2)
         if shutdown.requested.wait(pause) or not _wait_for_redis(settings):
             break

@@ -42,8 +42,19 @@ ENDPOINTS = (
 
 #: Schemas kept besides the responses': error bodies, and the beans the spec uses elsewhere for
 #: the objects inside ``IssueBean.fields`` (which the spec itself leaves free-form).
-ROOTS = ("ErrorCollection", "StatusDetails", "ProjectDetails", "UserDetails", "IssueTypeDetails",
-         "Priority", "Resolution", "PageOfComments", "PageOfWorklogs", "Comment", "Worklog")
+ROOTS = (
+    "ErrorCollection",
+    "StatusDetails",
+    "ProjectDetails",
+    "UserDetails",
+    "IssueTypeDetails",
+    "Priority",
+    "Resolution",
+    "PageOfComments",
+    "PageOfWorklogs",
+    "Comment",
+    "Worklog",
+)
 
 
 def _refs(node: Any, found: set[str]) -> None:
@@ -104,8 +115,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
-    OUT.write_text(json.dumps(extract(spec), indent=1, sort_keys=True, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
+    OUT.write_text(json.dumps(extract(spec), indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {OUT.name}")
     return 0
 
