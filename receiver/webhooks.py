@@ -32,16 +32,16 @@ from receiver import metrics
 from receiver.errors import ApiError
 from receiver.schemas import ISSUE_EVENTS, load_delivery
 from receiver.signature import SignatureError, verify
-from workers import queues
+from workers import inbox, queues
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/jira"
 
 JOB_FOR_EVENT = {
-    "jira:issue_created": "workers.jobs.upsert_issue",
-    "jira:issue_updated": "workers.jobs.upsert_issue",
-    "jira:issue_deleted": "workers.jobs.delete_issue",
+    "jira:issue_created": queues.UPSERT_JOB,
+    "jira:issue_updated": queues.UPSERT_JOB,
+    "jira:issue_deleted": queues.DELETE_JOB,
 }
 
 
@@ -262,33 +262,35 @@ class WebhookEndpoint:
         }
         refresh = None
         if settings.jira_configured and event != "jira:issue_deleted":
-            # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
+            # One shape for every row: the worker reads the current REST v3 state, coalesced (workers.refresh).
             kwargs["refresh"] = True
-            refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
-        job = (JOB_FOR_EVENT[event], kwargs)
+            refresh = (settings.site, kwargs["issue"]["id"], loaded["timestamp"])
+        pending = inbox.Delivery(item=(JOB_FOR_EVENT[event], kwargs), refresh=refresh)
         if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
             log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
             raise ApiError(503, "the queue is full (Redis is near its memory limit); deliver again later",
                            headers={"Retry-After": "60"})
         try:
-            # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
-            job_ids = queues.enqueue_issue_jobs(extensions["issues_queue"], [job], delivery_id=delivery.id,
-                                                before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                                                refresh=refresh, body_digest=hashlib.sha256(body).hexdigest(),
-                                                replay_window=settings.replay_window_seconds)
-        except queues.DuplicateDeliveryError:
+            # One round trip (two for the first of a burst): the duplicate check, the delivery, the
+            # refresh mark and the count, atomically (workers.inbox).
+            drain_job = inbox.record(extensions["issues_queue"], pending, site=settings.site, delivery_id=delivery.id,
+                                     before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
+                                     body_digest=hashlib.sha256(body).hexdigest(),
+                                     replay_window=settings.replay_window_seconds)
+        except inbox.DuplicateDeliveryError:
             # A retry (same identifier) or a replay (same signed body, any identifier) within
-            # Jira's redelivery window: no job, no Jira call.
+            # Jira's redelivery window: nothing recorded, no Jira call.
             return _ignored(delivery, "duplicate", outcome="duplicate")
         except RedisError as exc:
+            delivery.counted = False  # nothing was written, the count included
             log.warning("delivery refused delivery=%s event=%s reason=queue-unavailable error=%s", delivery.id, event,
                         type(exc).__name__)
             raise ApiError(503, "the queue is unavailable; deliver again later",
                            headers={"Retry-After": "10"}) from None
         # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
         # and the job ids; the binding ends with the delivery.
-        logs.bind(key=issue["key"], jobs=",".join(job_ids))
-        return 202, {"enqueued": len(job_ids)}, {}
+        logs.bind(key=issue["key"], jobs=drain_job or "-")
+        return 202, {"enqueued": 1}, {}
 
 
 def _read_body(environ: dict[str, Any], cap: int) -> bytes:

@@ -30,6 +30,7 @@ from mirror.models import Issue, Project, SyncRun
 from mirror.redis_connection import redacted_url, tls_mode
 from mirror.settings import Settings
 from mirror.users import match_report
+from workers import inbox
 from workers.queues import BACKFILL, ISSUES, queue
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,8 @@ def _queues(connection: Redis, now: dt.datetime) -> dict[str, dict[str, Any]]:
             job = Job.fetch_many(first, connection=connection, serializer=JSONSerializer)[0]
             oldest = utc(job.enqueued_at) if job else None
         out[name] = {
-            "queued": q.count,
+            # The issues queue's backlog is the deliveries waiting for a drain job (workers.inbox).
+            "queued": inbox.backlog(connection, q) if name == ISSUES else q.count,
             # cleanup=False: looking must not move jobs between registries.
             "started": StartedJobRegistry(queue=q).get_job_count(cleanup=False),
             "scheduled": ScheduledJobRegistry(queue=q).get_job_count(cleanup=False),
