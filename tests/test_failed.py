@@ -13,6 +13,8 @@ from tests import factories, procs
 from tests.conftest import free_port
 from workers import failed, queues
 
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
+
 
 @pytest.fixture
 def runner(settings, db, monkeypatch):

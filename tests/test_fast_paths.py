@@ -15,6 +15,8 @@ from tests import factories
 from tests.conftest import SECRET
 from workers import inbox, queues
 
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
+
 PAYLOADS = Path(__file__).parent / "payloads"
 JOB = "workers.jobs.upsert_issue"
 

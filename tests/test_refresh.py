@@ -3,11 +3,15 @@ simulator, real Redis and the real database."""
 import json
 import time
 
+import pytest
+
 from mirror import store
 from mirror.models import Issue
 from tests.conftest import SECRET
 from tests.mirror_truth import differences
 from workers import jobs, queues, refresh
+
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
 
 
 def signed_request(jira, event):  # type: ignore[no-untyped-def]

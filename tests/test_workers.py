@@ -2,11 +2,14 @@
 import datetime as dt
 import random
 
+import pytest
 from rq.registry import FailedJobRegistry
 
 from mirror.models import Issue
 from tests import factories, procs
 from workers import queues
+
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0)
 
