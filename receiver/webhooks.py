@@ -23,14 +23,13 @@ from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
 import orjson
-from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
 from mirror import logs
 from mirror.settings import Settings
 from receiver import metrics
 from receiver.errors import ApiError
-from receiver.schemas import ISSUE_EVENTS, load_delivery
+from receiver.schemas import ISSUE_EVENTS, InvalidDeliveryError, load_delivery
 from receiver.signature import SignatureError, verify
 from workers import inbox, queues
 
@@ -237,7 +236,7 @@ class WebhookEndpoint:
         _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
         try:
             loaded = load_delivery(_parse(body))
-        except ValidationError as exc:
+        except InvalidDeliveryError as exc:
             raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
 
         event = delivery.event = loaded["webhook_event"]
