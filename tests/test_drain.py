@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from mirror import store
 from mirror.models import Issue
 from tests import factories
-from workers import inbox, queues
+from workers import inbox, jobs, queues
 from workers.worker import build_worker
 
 pytestmark = pytest.mark.rq
@@ -52,7 +52,8 @@ def test_one_drain_job_applies_a_burst_and_counts_every_delivery(db, settings, r
     assert (_jobs_total(redis_conn, "applied"), _jobs_total(redis_conn, "stale")) == (300, 600)
     assert _nothing_pending(redis_conn) and q.count == 0
     assert len(StartedJobRegistry(queue=q)) == 0 and len(FailedJobRegistry(queue=q)) == 0
-    assert int(redis_conn.hget(worker.key, "successful_job_count") or 0) == 1
+    # A few RQ jobs for 900 deliveries: a drain that finds a backlog queues one more for other workers.
+    assert 1 <= int(redis_conn.hget(worker.key, "successful_job_count") or 0) <= 900 // jobs.DRAIN_BATCH + 1
     assert 0 < redis_conn.ttl(f"rq:job:{drains[0]}") <= queues.JOB_RESULT_TTL  # RQ lets it expire
 
 

@@ -211,6 +211,14 @@ def unmark(connection: Redis) -> None:
     connection.delete(queues.DRAIN_MARK_KEY)
 
 
+def ensure_drain(issues_queue: Queue, site: str) -> str | None:
+    """Enqueue a drain job unless one is queued (its mark); returns its id, or None. Two callers
+    at once may both enqueue one: the second finds nothing left and costs a job, no more."""
+    if issues_queue.connection.exists(queues.DRAIN_MARK_KEY):
+        return None
+    return queues.enqueue_drain(issues_queue, site)
+
+
 def backlog(connection: Redis, issues_queue: Queue) -> int:
     """What waits for the issues queue's workers: deliveries in the inbox (claimed ones not
     counted) and jobs in the queue, less the drain job queued for those deliveries."""

@@ -120,6 +120,8 @@ def drain(site: str) -> str:
         items = inbox.claim(connection, job.id, DRAIN_BATCH)
         if not items:
             break
+        if len(items) == DRAIN_BATCH:  # a backlog: another worker may take a share of it
+            inbox.ensure_drain(queues.queue(job.origin, connection), site)
         began = time.monotonic()
         try:
             outcomes = write_items(items, refreshing=client is not None, connection=connection)
