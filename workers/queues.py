@@ -50,6 +50,16 @@ CLAIMS_TTL_SECONDS = 7 * 24 * 3600
 # A claim older than this is taken to belong to a dead job and goes back to be read again.
 STALE_CLAIM_SECONDS = 120
 
+# --- syncs (backfill.jobs) ------------------------------------------------------------------------
+SYNC_LOCK_KEY = "jira-mirror:lock:sync:{site}:{key}"
+SYNC_PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"  # the live progress of a running sync
+SYNC_PENDING_KEY = "jira-mirror:sync-pending:{site}:{key}"  # {"job_id", "kind"} of the sync waiting to run
+SYNC_LOCK_TTL = 60
+SYNC_RETRY_INTERVALS = [5, 10, 20, 40, 80, 160, 320, 640]
+# A job that runs longer is stopped and retried, so a stuck sync cannot hold a backfill worker
+# (and the projects queued behind it) for long: an incremental sync reads only recent changes.
+SYNC_TIMEOUT = {"full": 6 * 3600, "incremental": 30 * 60}
+
 DRAIN_JOB = "workers.jobs.drain"
 UPSERT_JOB = "workers.jobs.upsert_issue"
 DELETE_JOB = "workers.jobs.delete_issue"
@@ -67,6 +77,10 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 def retry_policy() -> Retry:
     return Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS)
+
+
+def sync_retry_policy() -> Retry:
+    return Retry(max=len(SYNC_RETRY_INTERVALS), interval=SYNC_RETRY_INTERVALS)
 
 
 def queue(name: str, connection: Redis) -> Queue:

@@ -31,7 +31,7 @@ from mirror.redis_connection import redacted_url, tls_mode
 from mirror.settings import Settings
 from mirror.users import match_report
 from workers import inbox
-from workers.queues import BACKFILL, ISSUES, queue
+from workers.queues import BACKFILL, ISSUES, SYNC_PROGRESS_KEY, queue
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,6 @@ QUEUE_NAMES = (ISSUES, BACKFILL)
 # refresh, every gunicorn worker, the CLI): the answer or the error is kept in Redis.
 MYSELF_TTL_SECONDS = 60
 MYSELF_KEY = "jira-mirror:status:myself:{}"
-# The live progress a sync writes (backfill.jobs.write_progress); read here without importing
-# the backfill package, which imports the Jira client and the sync engine.
-PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
 
 T = TypeVar("T")
 UTC = dt.timezone.utc
@@ -335,7 +332,7 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
 
 def _activity(connection: Redis, site: str, project: dict[str, Any]) -> dict[str, Any]:
     """The live side of a project's sync: its progress hash and the state of its last job."""
-    raw = connection.hgetall(PROGRESS_KEY.format(site=site, key=project["key"]))
+    raw = connection.hgetall(SYNC_PROGRESS_KEY.format(site=site, key=project["key"]))
     progress = {}
     for k, v in raw.items():
         try:
