@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from hashlib import sha1
 from typing import Any, Callable
 
+import orjson
 from redis import Redis
 from redis.exceptions import NoScriptError
 from rq import Queue
@@ -34,7 +36,7 @@ from workers import queues
 RECORDED, DUPLICATE_ID, DUPLICATE_BODY = "recorded", "duplicate-id", "duplicate-body"
 
 # KEYS: delivery key, body key, inbox, refresh pending set, drain mark. ARGV: delivery TTL (0: no
-# id), body TTL (0: no body key), the inbox item ('' for none), the issue id to refresh ('' for
+# id), body TTL (0: no body key), the inbox item (empty for none), the issue id to refresh ('' for
 # none), its event time, the extra commands (JSON: a list of [name, arguments...]). Returns -1
 # (a remembered delivery id) or -2 (a remembered body): nothing written; 0 when no drain job is
 # queued: nothing written either, the caller records the delivery with a drain job (enqueue);
@@ -125,14 +127,25 @@ def _arg(value: Any) -> str:
     return str(value)
 
 
-def encode_item(func: str, kwargs: dict[str, Any]) -> str:
-    """An inbox item: JSON, as RQ's JSONSerializer would write the job's arguments."""
-    return json.dumps({"func": func, "kwargs": kwargs}, separators=(",", ":"))
+def encode_item(func: str, kwargs: dict[str, Any]) -> bytes:
+    """An inbox item: JSON, zlib-compressed (as RQ stores a job's data: an 8 KB delivery takes
+    about a third of the room while it waits, and a full Redis is what the receiver's 503 guards).
+    orjson writes it (several times as fast as the json module, on the hot path); the json module
+    what orjson does not write (integers beyond 64 bits, nesting deeper than 254 levels)."""
+    item = {"func": func, "kwargs": kwargs}
+    try:
+        data = orjson.dumps(item)
+    except TypeError:  # orjson.JSONEncodeError
+        data = json.dumps(item, separators=(",", ":")).encode()
+    return zlib.compress(data, 1)
 
 
-def decode_item(raw: bytes | str) -> tuple[str, dict[str, Any]]:
+def decode_item(raw: bytes) -> tuple[str, dict[str, Any]]:
     """``(function name, kwargs)`` of an inbox item. Raises ValueError when it is not one."""
-    item = json.loads(raw)
+    try:
+        item = json.loads(zlib.decompress(raw))
+    except zlib.error as exc:
+        raise ValueError(f"not an inbox item: {exc}") from None
     if not isinstance(item, dict) or not isinstance(item.get("func"), str) or not isinstance(item.get("kwargs"), dict):
         raise ValueError("not an inbox item")
     return item["func"], item["kwargs"]
@@ -167,7 +180,7 @@ def record(
             queues.INBOX_KEY,
             queues.PENDING_KEY.format(site=delivery.refresh[0]) if delivery.refresh else queues.INBOX_KEY,
             queues.DRAIN_MARK_KEY]
-    item = encode_item(*delivery.item) if delivery.item else ""
+    item = encode_item(*delivery.item) if delivery.item else b""
     extra = _Commands()
     if before_execute is not None:
         before_execute(extra)
