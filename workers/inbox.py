@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import orjson
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, WatchError
 from rq import Queue
 
 from workers import queues
@@ -167,8 +167,8 @@ def record(
 
     ``before_execute(pipe)`` may add plain commands (the delivery counter) to the same atomic
     step: they run only when the delivery is recorded. One round trip; two for the delivery that
-    finds no drain job queued (the second a transaction: the drain job through RQ's API, the
-    delivery and the mark).
+    finds no drain job queued (the second a transaction, after a WATCH of the mark: the drain job
+    through RQ's API, the delivery and the mark).
 
     Raises DuplicateDeliveryError when ``delivery_id`` was accepted before, or the same body
     within the replay window (nothing is recorded), and redis errors (nothing is remembered).
@@ -197,21 +197,30 @@ def record(
         raise DuplicateDeliveryError(f"the body of delivery {delivery_id} was accepted before (a replay)")
     if answer == 1:
         return None
-    # No drain job queued: the delivery, its drain job and the mark, in one transaction.
+    # No drain job queued: the delivery, its drain job and the mark, in one transaction, which
+    # fails (WatchError) if another delivery set the mark meanwhile: there is one drain job
+    # queued per mark (the queue depth counts on it), and this delivery takes the script's path.
     with connection.pipeline() as pipe:
-        job_id = queues.enqueue_drain(issues_queue, site, pipeline=pipe)
-        if before_execute is not None:
-            before_execute(pipe)
-        if item:
-            pipe.rpush(queues.INBOX_KEY, item)
-        if delivery.refresh:
-            pipe.zadd(keys[3], {delivery.refresh[1]: delivery.refresh[2]}, nx=True)
-        if delivery_id:
-            pipe.set(keys[0], "1", ex=queues.DELIVERY_TTL_SECONDS)
-        if body_ttl:
-            pipe.set(keys[1], "1", ex=body_ttl)
-        pipe.execute()
-    return job_id
+        try:
+            pipe.watch(queues.DRAIN_MARK_KEY)
+            if not pipe.exists(queues.DRAIN_MARK_KEY):
+                job_id = queues.enqueue_drain(issues_queue, site, pipeline=pipe)
+                if before_execute is not None:
+                    before_execute(pipe)
+                if item:
+                    pipe.rpush(queues.INBOX_KEY, item)
+                if delivery.refresh:
+                    pipe.zadd(keys[3], {delivery.refresh[1]: delivery.refresh[2]}, nx=True)
+                if delivery_id:
+                    pipe.set(keys[0], "1", ex=queues.DELIVERY_TTL_SECONDS)
+                if body_ttl:
+                    pipe.set(keys[1], "1", ex=body_ttl)
+                pipe.execute()
+                return job_id
+        except WatchError:
+            pass
+    return record(issues_queue, delivery, site=site, delivery_id=delivery_id, before_execute=before_execute,
+                  body_digest=body_digest, replay_window=replay_window)
 
 
 class DuplicateDeliveryError(Exception):
@@ -225,11 +234,16 @@ def unmark(connection: Redis) -> None:
 
 
 def ensure_drain(issues_queue: Queue, site: str) -> str | None:
-    """Enqueue a drain job unless one is queued (its mark); returns its id, or None. Two callers
-    at once may both enqueue one: the second finds nothing left and costs a job, no more."""
-    if issues_queue.connection.exists(queues.DRAIN_MARK_KEY):
-        return None
-    return queues.enqueue_drain(issues_queue, site)
+    """Enqueue a drain job unless one is queued (its mark): one transaction, which fails
+    (WatchError) if the mark was set meanwhile; returns the job's id, or None."""
+    with issues_queue.connection.pipeline() as pipe:
+        try:
+            pipe.watch(queues.DRAIN_MARK_KEY)
+            if pipe.exists(queues.DRAIN_MARK_KEY):
+                return None
+            return queues.enqueue_drain(issues_queue, site, pipeline=pipe, execute=True)
+        except WatchError:
+            return None
 
 
 def backlog(connection: Redis, issues_queue: Queue) -> int:

@@ -132,7 +132,7 @@ def drain(site: str) -> str:
             raise
         _done(connection, job.id, job.origin, items, outcomes, time.monotonic() - began)
         if shutdown.requested.is_set() or time.monotonic() - started > DRAIN_SECONDS:
-            queues.enqueue_drain(queues.queue(job.origin, connection), site)  # the rest, to the next drain
+            inbox.ensure_drain(queues.queue(job.origin, connection), site)  # the rest, to the next drain
             break
     if client is not None and refresh_.pending_count(connection, site):  # marked by an earlier drain's receiver
         _refresh(connection, client, site, job.id, [])

@@ -112,17 +112,18 @@ def enqueue_job(rq_queue: Queue, func: str, kwargs: dict[str, Any], *, descripti
     return str(job.id)
 
 
-def enqueue_drain(rq_queue: Queue, site: str, pipeline: Pipeline | None = None) -> str:
-    """Enqueue a drain job (``workers.jobs.drain``) and set the drain mark, atomically.
-
-    Without ``pipeline`` it is one transaction of its own. Raises redis errors.
+def enqueue_drain(rq_queue: Queue, site: str, pipeline: Pipeline | None = None, *, execute: bool = False) -> str:
+    """Enqueue a drain job (``workers.jobs.drain``) and set the drain mark, atomically: in
+    ``pipeline`` (the caller executes it unless ``execute``), else in a transaction of its own.
+    Raises redis errors (WatchError when the caller watched a key that changed).
     """
     pipe = pipeline if pipeline is not None else rq_queue.connection.pipeline()
     # RQ starts the transaction (MULTI) on the pipeline itself: the job first, our commands after.
     job_id = enqueue_job(rq_queue, DRAIN_JOB, {"site": site}, description=f"drain {site}",
                          timeout=DRAIN_TIMEOUT_SECONDS, pipeline=pipe)
     pipe.set(DRAIN_MARK_KEY, job_id, ex=DRAIN_MARK_TTL_SECONDS)
-    if pipeline is None:
+    if pipeline is None or execute:
         pipe.execute()
+    if pipeline is None:
         pipe.reset()
     return job_id
