@@ -183,7 +183,7 @@ def record(
     item = encode_item(*delivery.item) if delivery.item else b""
     extra = _Commands()
     if before_execute is not None:
-        before_execute(extra)
+        before_execute(extra)  # once per delivery: it may keep state of its own (the metrics do)
     args = [queues.DELIVERY_TTL_SECONDS if delivery_id else 0, body_ttl, item,
             delivery.refresh[1] if delivery.refresh else "", delivery.refresh[2] if delivery.refresh else 0,
             json.dumps([[name, *map(_arg, call_args)] for name, call_args in extra.calls])]
@@ -205,8 +205,8 @@ def record(
             pipe.watch(queues.DRAIN_MARK_KEY)
             if not pipe.exists(queues.DRAIN_MARK_KEY):
                 job_id = queues.enqueue_drain(issues_queue, site, pipeline=pipe)
-                if before_execute is not None:
-                    before_execute(pipe)
+                for name, call_args in extra.calls:  # the same commands the script would have run
+                    pipe.execute_command(name, *map(_arg, call_args))
                 if item:
                     pipe.rpush(queues.INBOX_KEY, item)
                 if delivery.refresh:
@@ -219,8 +219,15 @@ def record(
                 return job_id
         except WatchError:
             pass
-    return record(issues_queue, delivery, site=site, delivery_id=delivery_id, before_execute=before_execute,
-                  body_digest=body_digest, replay_window=replay_window)
+    # A drain job was queued meanwhile: the script's path again, with the same commands.
+    return record(issues_queue, delivery, site=site, delivery_id=delivery_id,
+                  before_execute=lambda pipe: _replay(extra, pipe), body_digest=body_digest,
+                  replay_window=replay_window)
+
+
+def _replay(recorded: _Commands, commands: Any) -> None:
+    for name, call_args in recorded.calls:
+        getattr(commands, name)(*call_args)
 
 
 class DuplicateDeliveryError(Exception):
