@@ -155,7 +155,7 @@ def test_a_snake_case_twin_of_the_event_key_cannot_override_it(client, redis_con
     body["webhook_event"] = {"not": "an event"}  # with INCLUDE it used to replace the checked value (or crash)
     raw, headers = factories.signed(body, SECRET)
     response = client.post("/webhooks/jira", data=raw, headers=headers)
-    assert response.status_code == 202 and redis_conn.llen("rq:queue:issues") == 1
+    assert response.status_code == 202 and redis_conn.llen("jira-mirror:inbox") == 1
 
 
 def test_one_line_per_accepted_delivery_carries_its_key_and_job(client, redis_conn):

@@ -323,7 +323,7 @@ def test_a_timestamp_out_of_range_in_utc_is_a_400(client, redis_conn, updated):
     response = client.post("/webhooks/jira", data=raw, headers=headers)
     assert response.status_code == 400, response.get_json()
     assert "Out of range once normalised to UTC" in json_text(response.get_json())
-    assert redis_conn.llen("rq:queue:issues") == 0
+    assert redis_conn.llen("jira-mirror:inbox") == 0 and redis_conn.llen("rq:queue:issues") == 0
     with pytest.raises(schemas.InvalidDeliveryError, match="Out of range once normalised to UTC"):
         schemas.load_delivery(delivery)
 
