@@ -297,8 +297,13 @@ def sync_users_job(site: str) -> dict[str, int]:
     settings = Settings.from_env()
     if settings.site != site:
         raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
+    from backfill.history import refresh_fields
+
     with client_for(settings) as client, database.connection_context():
-        return sync_users(client, site)
+        counts = sync_users(client, site)
+        # The site's fields (story points, sprints: ids differ per site) change as rarely.
+        counts["fields"] = refresh_fields(client, site)
+        return counts
 
 
 def enqueue_users_sync(connection: Redis, *, site: str) -> str:

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import peewee as pw
 
-from mirror import store
+from backfill.history import EMBEDDED, HistorySync, changed_ids
+from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
@@ -130,6 +131,7 @@ class ProjectSync:
         self.retry_delays = tuple(retry_delays)
         self._calls_before = client.stats.calls
         self._retries_before = client.stats.retries
+        self.history = HistorySync(client, site, concurrency=self.concurrency)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -148,7 +150,8 @@ class ProjectSync:
         return f"project = {self.project_id}" if self.project_id else f"project = {_quote_key(self.key)}"
 
     def _rows(self, issues: Iterable[dict[str, Any]], read_at_ms: int) -> list[dict[str, Any]]:
-        return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms) for issue in issues]
+        agile = history_store.agile_for(self.site)
+        return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms, agile=agile) for issue in issues]
 
     def _write(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
         """Write a current read: rows of untracked projects leave the live mirror (invariant 6)."""
@@ -178,7 +181,8 @@ class ProjectSync:
 
     def _fetch(self, chunk: list[str]) -> Fetched:
         read_at = epoch_ms(utc_now())
-        issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS)
+        # With the first page of each issue's comments and worklogs (issue 13).
+        issues, errors = self.client.bulkfetch(chunk, fields=ISSUE_FIELDS + EMBEDDED)
         found = {str(issue.get("id")) for issue in issues} | {str(issue.get("key")) for issue in issues}
         errored = issue_error_ids(errors, chunk, found)
         absent = [i for i in chunk if i not in found and i not in set(errored)]
@@ -188,22 +192,24 @@ class ProjectSync:
 
     def _fetch_in_bulk(self, ids: Sequence[str], size: int = DETAIL_PAGE) -> Iterator[Fetched]:
         """Yield a :class:`Fetched` for ``ids`` in chunks of ``size``, fetched in parallel with at
-        most ``concurrency`` requests in flight (memory stays bounded)."""
+        most ``concurrency`` × 2 requests queued (memory stays bounded), each as soon as it is
+        read: a chunk waiting out a 429 holds up no other (writes are order-safe)."""
         chunks = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
         pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}")
         try:
-            pending: list[cf.Future[Fetched]] = []
+            pending: set[cf.Future[Fetched]] = set()
             queue = iter(chunks)
             for chunk in queue:
-                pending.append(pool.submit(self._fetch, chunk))
+                pending.add(pool.submit(self._fetch, chunk))
                 if len(pending) >= self.concurrency * 2:
                     break
             while pending:
-                result = pending.pop(0).result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.append(pool.submit(self._fetch, nxt))
-                yield result
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(self._fetch, nxt))
+                    yield future.result()
         finally:
             # On an error or a shutdown, do not wait for reads whose results nobody will use.
             pool.shutdown(wait=False, cancel_futures=True)
@@ -218,6 +224,8 @@ class ProjectSync:
         errored: list[str] = []
         for fetched in self._fetch_in_bulk(ids):
             self._write(stats, self._rows(fetched.issues, fetched.read_at))
+            self.history.embedded(fetched.issues, fetched.read_at, defer=True)
+            self.history.write_changelogs_ready()
             absent.extend(fetched.absent)
             errored.extend(fetched.errored)
             self._tick(stats)
@@ -228,6 +236,7 @@ class ProjectSync:
             again, errored = errored, []
             for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
                 self._write(stats, self._rows(fetched.issues, fetched.read_at))
+                self.history.embedded(fetched.issues, fetched.read_at, defer=True)
                 absent.extend(fetched.absent)
                 errored.extend(fetched.errored)
             self._tick(stats)
@@ -260,15 +269,26 @@ class ProjectSync:
         # The cursor may not pass this moment: an issue changed while the sync ran (after it was
         # read) must be seen by the next incremental, whatever the sync's length.
         began = utc_now()
+        self.history.ensure_fields()
         self._tick(stats, "listing")
         ids = self._all_ids(stats)
         # The listing is exact and fast (5000 ids a call): no approximate count beforehand (a
         # call saved for GET project, which follows renames).
         stats.estimate = len(ids)
         self._tick(stats, "fetching")
-        # Listed by search, then absent from a current read: confirmed one by one (rare).
-        gone = self._confirm_absent(stats, self._read(stats, ids))
-        self._reconcile(stats, set(ids), gone)
+        # Changelogs are read beside the issues (1000 issues a call), comments and worklogs come
+        # embedded in them; only issues with more than the embedded page are read on their own.
+        self.history.start_changelogs(ids)
+        try:
+            # Listed by search, then absent from a current read: confirmed one by one (rare).
+            gone = self._confirm_absent(stats, self._read(stats, ids))
+            self._reconcile(stats, set(ids), gone)
+            self._tick(stats, "changelogs")
+            self.history.flush_overflow()
+            self.history.finish_changelogs(self._live_ids(ids))
+        finally:
+            self.history.close()
+        self.history.start_worklog_feeds(began)
         self._advance_cursor(stats, full_sync_at=began)
         self._tick(stats, "done")
         return stats
@@ -291,17 +311,29 @@ class ProjectSync:
         move, which search cannot show), a reconciliation of ids."""
         stats = SyncStats("incremental", self.key)
         self._tick(stats, "fetching")
-        self._walk_changes(stats, epoch_ms(cursor - self.overlap))
+        changed: set[str] = set()
+        self._walk_changes(stats, epoch_ms(cursor - self.overlap), changed)
+        # Changelogs of the issues that changed; worklogs site-wide, by Jira's worklog feeds.
+        self.history.changelogs(sorted(changed, key=int))
+        self.history.worklog_feeds(cursor - self.overlap)
         in_jira = self.client.approximate_count(self._project_jql())
         in_mirror = Issue.select().where(self._project_rows()).count()
         if in_mirror != in_jira:
             log.info("counts differ project=%s jira=%d mirror=%d: reconciling ids", self.key, in_jira, in_mirror)
             self._reconcile(stats, set(self._all_ids(stats)), [])
+        self.history.flush_overflow()  # issues a reconciliation read with more comments than embedded
+        try:
+            self.history.wait_writes()
+        finally:
+            self.history.close()
         self._advance_cursor(stats)
         self._tick(stats, "done")
         return stats
 
-    def _walk_changes(self, stats: SyncStats, since_ms: int) -> None:
+    def _live_ids(self, ids: Sequence[str]) -> list[str]:
+        return sorted(history_store.live_issue_ids(self.site, ids), key=int)
+
+    def _walk_changes(self, stats: SyncStats, since_ms: int, changed: set[str] | None = None) -> None:
         """Every issue updated at or after ``since_ms``, oldest first, robust to pages that shift.
 
         A page token of ``ORDER BY updated`` can be a position: an issue already read that
@@ -310,18 +342,27 @@ class ProjectSync:
         ``updated`` read so far (keyset): everything older was on the pages read. A bare number
         in JQL is epoch milliseconds (JIRA.md), exact and free of the user's time zone. Only a
         page whose issues all share one millisecond goes on with the token.
+
+        Each issue comes with the first page of its comments; those of issues whose history may
+        be new (``history.changed_ids``) are written, and their ids added to ``changed``.
         """
         lower, token = since_ms, None
         seen: dict[str, int] = {}
         while True:
             jql = f"{self._project_jql()} AND updated >= {lower} ORDER BY updated ASC, id ASC"
             read_at = epoch_ms(utc_now())
-            page = self.client.search_page(jql, fields=ISSUE_FIELDS, max_results=DETAIL_PAGE,
+            page = self.client.search_page(jql, fields=ISSUE_FIELDS + ("comment",), max_results=DETAIL_PAGE,
                                            next_page_token=token)
             rows = self._rows(page.get("issues", []), read_at)
             fresh = [row for row in rows if seen.get(row["issue_id"]) != epoch_ms(row["updated"])]
             seen.update((row["issue_id"], epoch_ms(row["updated"])) for row in rows)
+            new = set(changed_ids(self.site, fresh))
             self._write(stats, fresh)
+            if new:
+                self.history.embedded([i for i in page.get("issues", []) if str(i.get("id")) in new], read_at,
+                                      worklogs=False)
+                if changed is not None:
+                    changed.update(new)
             self._tick(stats)
             next_token = page.get("nextPageToken")
             if page.get("isLast") or not next_token or not rows:
@@ -388,7 +429,10 @@ def run_project_sync(
     project_key = sync.key = stats.project_key = project.key
     sync.project_id = project.project_id
     try:
-        stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+        try:
+            stats = sync.full() if kind == "full" else sync.incremental(project.sync_cursor)
+        finally:
+            sync.history.close()  # its writer thread and connection end with the run
     except ShutdownRequested:
         sync.count_calls(stats)
         store.finish_sync_run(run, stats_fields(stats), error="interrupted by shutdown; handed back to the queue")

@@ -13,12 +13,17 @@ worker`` process, on PostgreSQL.
   mirrored by a full sync, are edited at once and their 1,000 webhooks sent as fast as the
   receiver takes them. Printed: wall time from the first POST to the last row holding its new
   version, and the Jira calls it took (the same figure tests/test_refresh.py asserts: <= 20).
+* Comment edits: 1,000 comments of mirrored issues edited, their 1,000 ``comment_updated``
+  webhooks (rendered by the simulator) sent as fast as the receiver takes them, gunicorn + one
+  worker, PostgreSQL. Printed: wall time from the first POST to the last comment row holding
+  its edit (target <= 5 s).
 
-    .venv/bin/python -m benchmarks.freshness [--rate 200] [--seconds 30] [--bulk 1000]
+    .venv/bin/python -m benchmarks.freshness [--rate 200] [--seconds 30] [--bulk 1000] [--comments 1000]
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import threading
 import time
@@ -174,6 +179,76 @@ def bulk_edit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def comment_edits(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """1,000 comment edits by webhook: first POST to the last row holding its edit."""
+    from mirror import db as mirror_db
+    from mirror import history_store, store
+    from mirror.activity import comment_row
+    from mirror.issues import parse_jira_datetime, to_row
+    from receiver.signature import sign
+    from simulator import Site
+    from simulator.render import FieldSelection, comment_json, issue_v3
+    from simulator.webhooks import activity_payload
+
+    count = args.comments
+    say(f"== comment edits: {count:,} comments edited, {count:,} comment_updated webhooks, "
+        "gunicorn + 1 worker, PostgreSQL")
+    base = "https://acme.atlassian.net"
+    site = Site.generate({"DEMO": count}, seed=41, activity=False)
+    versions = site.current("DEMO")
+    comments = [site.add_comment(v.id).entity for v in versions]
+    redis = common.redis_client()
+    redis.flushdb()
+    db_url = common.fresh_postgres()
+    common.prepare_database(db_url)
+    database = mirror_db.init_database(db_url)
+    selection = FieldSelection("*navigable")
+    with database.connection_context():
+        store.upsert_issues([to_row("local", issue_v3(site.get(v.id), site, base, "UTC", selection), source="backfill",
+                                    event_ts=1) for v in versions])
+        history_store.upsert_comments([comment_row("local", comment_json(c, site, base, "UTC"), source="backfill")
+                                       for c in comments])
+    bodies, expected = [], {}
+    for c in comments:
+        event = site.update_comment(c.id, f"{c.body} (edited)")
+        body = json.dumps(activity_payload(event, site, base), separators=(",", ":")).encode()
+        bodies.append((body, sign(body, common.SECRET)))
+        expected[c.id] = parse_jira_datetime(json.loads(body)["comment"]["updated"])
+    env = common.base_env(DATABASE_URL=db_url)
+    web, url = common.start_gunicorn("receiver:create_app()", env, tmp)
+    worker = common.Proc(common.jira_mirror("worker"), env, tmp / "worker-comments.log")
+    import psycopg2
+
+    conn = psycopg2.connect(db_url)
+    conn.autocommit = True
+    try:
+        time.sleep(2.0)
+        started = time.monotonic()
+        res = fixed_rate(url, bodies, rate=5000, seconds=len(bodies) / 5000, max_in_flight=16, tag="comments")
+        sent_in = time.monotonic() - started
+        deadline, applied, done = time.monotonic() + 60, 0, started
+        while time.monotonic() < deadline:
+            with conn.cursor() as cur:
+                cur.execute("SELECT comment_id, updated FROM jira_comment WHERE body_text LIKE %s",
+                            ("%(edited)",))
+                rows = cur.fetchall()
+            done = time.monotonic()
+            applied = sum(1 for cid, updated in rows
+                          if updated.astimezone(dt.timezone.utc).replace(tzinfo=None) == expected.get(cid))
+            if applied >= count:
+                break
+            time.sleep(0.02)
+    finally:
+        conn.close()
+        worker.stop()
+        web.stop()
+    out = {"seconds": done - started, "applied": applied, "sent_in": sent_in, "statuses": res.statuses}
+    say(f"  {count:,} webhooks sent in {sent_in:.2f} s (statuses {res.statuses}); {applied:,} comments hold "
+        f"their edit {out['seconds']:.2f} s after the first POST")
+    redis.flushdb()
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=200)
@@ -182,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bulk-latency-ms", type=float, default=100)
     parser.add_argument("--skip-freshness", action="store_true")
     parser.add_argument("--skip-bulk", action="store_true")
+    parser.add_argument("--comments", type=int, default=1000)
+    parser.add_argument("--skip-comments", action="store_true")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {}
     with common.temp_dir() as tmp:
@@ -200,6 +277,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    target="<= 5 s, <= 20 calls", met=bulk["seconds"] <= 5 and bulk["calls"] <= 20
                    and bulk["applied"] == args.bulk,
                    note=f"{bulk['calls']} bulkfetch calls; webhooks sent in {bulk['sent_in']:.1f} s")
+        if not args.skip_comments:
+            edits = out["comments"] = comment_edits(args, tmp)
+            say(f"\n{args.comments:,} comment edits by webhook: applied {edits['seconds']:.2f} s after the first POST "
+                "(target <= 5 s)")
+            record(f"{args.comments:,} comment edits by webhook: first POST -> last row", edits["seconds"], unit="s",
+                   target="<= 5 s", met=edits["seconds"] <= 5 and edits["applied"] == args.comments,
+                   note=f"webhooks sent in {edits['sent_in']:.1f} s; statuses {edits['statuses']}")
     return out
 
 

@@ -23,7 +23,8 @@ LISTED_UNMATCHED = 50
 EXPORT_COLUMNS = (
     Issue.id, Issue.issue_id, Issue.key, Issue.project_key, Issue.summary, Issue.status, Issue.status_category,
     Issue.issue_type, Issue.priority, Issue.assignee_account_id, Issue.reporter_account_id, Issue.labels,
-    Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at,
+    Issue.created, Issue.updated, Issue.resolved, Issue.deleted_at, Issue.parent_id, Issue.resolution, Issue.due_date,
+    Issue.story_points, Issue.sprint_ids, Issue.status_changed_at,
 )
 
 
@@ -54,7 +55,8 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
         if not rows:
             return
         for (_, issue_id, key, project_key, summary, status, category, issue_type, priority, assignee, reporter,
-             labels, created, updated, resolved, deleted_at) in rows:
+             labels, created, updated, resolved, deleted_at, parent_id, resolution, due_date, story_points,
+             sprint_ids, status_changed_at) in rows:
             yield {
                 "issue_id": issue_id,
                 "key": key,
@@ -72,6 +74,12 @@ def iter_export_rows(site: str, projects: Sequence[str] = (), *, include_deleted
                 "resolved": utc_iso(resolved),
                 "deleted": deleted_at is not None,
                 "deleted_at": utc_iso(deleted_at),
+                "parent_id": parent_id,
+                "resolution": resolution,
+                "due_date": due_date.isoformat() if isinstance(due_date, dt.date) else due_date,
+                "story_points": story_points,
+                "sprint_ids": sprint_ids,
+                "status_changed_at": utc_iso(status_changed_at),
             }
         last = rows[-1][0]
 
@@ -111,6 +119,70 @@ def issues_export(projects: tuple[str, ...], include_deleted: bool) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
     click.echo(f"exported {count} issue(s)", err=True)
+
+
+# --- changelog, comments, worklogs export (the logic: mirror.export) ----------------------------
+
+
+def _export(kind: str, projects: tuple[str, ...], **options: Any) -> None:
+    from mirror.export import EXPORTS, write_json_lines
+
+    keys = project_keys(projects) if projects else []
+    settings = settings_from_env()
+    configure_logging(stream=sys.stderr)  # stdout is the data
+    database = init_database(settings.database_url)
+    try:
+        with database.connection_context():
+            count = write_json_lines(EXPORTS[kind](settings.site, keys, **options), sys.stdout.buffer)
+    except BrokenPipeError:  # the reader stopped early: as `issues export`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    click.echo(f"exported {count} {kind} row(s)", err=True)
+
+
+_PROJECT = click.option("--project", "projects", multiple=True, metavar="KEY", help="Only this project (repeatable).")
+_DELETED = click.option("--include-deleted", is_flag=True, help="Include rows deleted in Jira (deleted: true).")
+
+
+@main.group()
+def changelog() -> None:
+    """Mirrored changelogs."""
+
+
+@changelog.command("export")
+@_PROJECT
+@fail_cleanly
+def changelog_export(projects: tuple[str, ...]) -> None:
+    """Changelog items as JSON lines on stdout, one item a line."""
+    _export("changelog", projects)
+
+
+@main.group()
+def comments() -> None:
+    """Mirrored comments."""
+
+
+@comments.command("export")
+@_PROJECT
+@_DELETED
+@fail_cleanly
+def comments_export(projects: tuple[str, ...], include_deleted: bool) -> None:
+    """Comments as JSON lines on stdout, one comment a line."""
+    _export("comments", projects, include_deleted=include_deleted)
+
+
+@main.group()
+def worklogs() -> None:
+    """Mirrored worklogs."""
+
+
+@worklogs.command("export")
+@_PROJECT
+@_DELETED
+@fail_cleanly
+def worklogs_export(projects: tuple[str, ...], include_deleted: bool) -> None:
+    """Worklogs as JSON lines on stdout, one worklog a line."""
+    _export("worklogs", projects, include_deleted=include_deleted)
 
 
 # --- failed jobs ------------------------------------------------------------------------------

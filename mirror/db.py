@@ -14,10 +14,15 @@ from playhouse.db_url import connect as connect_url
 database = pw.DatabaseProxy()
 
 # A JSONField declares the type "JSON"; each engine gets its own column type.
+# A UTCDateTimeField declares "TIMESTAMPTZ": time-zone aware on PostgreSQL (schema version 7),
+# SQLite's usual DATETIME text (naive UTC, ISO-8601) there.
 FIELD_TYPES = {
-    "sqlite": {"JSON": "TEXT"},
-    "postgres": {"JSON": "JSONB"},
+    "sqlite": {"JSON": "TEXT", "TIMESTAMPTZ": "DATETIME"},
+    "postgres": {"JSON": "JSONB", "TIMESTAMPTZ": "TIMESTAMPTZ"},
 }
+# Every PostgreSQL session reads and writes timestamps in UTC: a naive UTC value sent to a
+# timestamptz column is then the instant it means, whatever the server's TimeZone setting.
+POSTGRES_OPTIONS = "-c timezone=UTC"
 
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
@@ -44,7 +49,7 @@ def open_database(url: str) -> pw.Database:
                 raise DatabaseURLError(f"DATABASE_URL: the folder of the SQLite file does not exist: {folder}")
         return pw.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, field_types=FIELD_TYPES["sqlite"], timeout=15)
     if scheme in ("postgres", "postgresql"):
-        return connect_url(url, field_types=FIELD_TYPES["postgres"])
+        return connect_url(url, field_types=FIELD_TYPES["postgres"], options=POSTGRES_OPTIONS)
     raise DatabaseURLError(f"DATABASE_URL: unsupported scheme {scheme!r} (sqlite, postgres, postgresql)")
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import orjson
@@ -128,9 +129,85 @@ def project_id_of(issue: Mapping[str, Any]) -> str | None:
     return value[:32] if isinstance(value, str) and value else None
 
 
+@dataclass(frozen=True)
+class AgileFields:
+    """The ids of the site's story-point and sprint fields (None: the site has none)."""
+
+    story_points: str | None = None
+    sprint: str | None = None
+
+
+# --- typed columns (CONTRACT.md, "Schema") ------------------------------------------------
+
+
+def story_points(fields: Mapping[str, Any], agile: AgileFields | None) -> float | None:
+    value = fields.get(agile.story_points) if agile and agile.story_points else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value and abs(value) < 1e15 else None  # no NaN, no absurd size
+
+
+def sprint_ids(fields: Mapping[str, Any], agile: AgileFields | None) -> list[int] | None:
+    """The ids of the issue's sprints, current and past (the sprint field is a list of sprint
+    objects in REST v3; very old sites rendered them as strings ``...[id=12,...]``)."""
+    if not agile or not agile.sprint:
+        return None
+    value = fields.get(agile.sprint)
+    if not isinstance(value, list):
+        return [] if value is None else None
+    ids: list[int] = []
+    for sprint in value:
+        sid: Any = None
+        if isinstance(sprint, Mapping):
+            sid = sprint.get("id")
+        elif isinstance(sprint, str):
+            match = re.search(r"\bid=(\d+)", sprint)
+            sid = int(match.group(1)) if match else None
+        if isinstance(sid, str) and sid.isdigit():
+            sid = int(sid)
+        if isinstance(sid, int) and not isinstance(sid, bool) and sid not in ids:
+            ids.append(sid)
+    return ids
+
+
+def parent_id(fields: Mapping[str, Any]) -> str | None:
+    parent = fields.get("parent")
+    value = parent.get("id") if isinstance(parent, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value[:32] if isinstance(value, str) and value else None
+
+
+def resolution(fields: Mapping[str, Any]) -> str | None:
+    value = fields.get("resolution")
+    name = value.get("name") if isinstance(value, Mapping) else None
+    return name[:255] if isinstance(name, str) else None
+
+
+def due_date(fields: Mapping[str, Any]) -> dt.date | None:
+    value = fields.get("duedate")
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip()[:10])
+    except ValueError:
+        raise IssueMappingError(f"fields.duedate: not a date: {value[:40]!r}") from None
+
+
+def typed_columns(fields: Mapping[str, Any], agile: AgileFields | None) -> dict[str, Any]:
+    """The columns analysts filter on, from an issue's fields (CONTRACT.md, "Schema")."""
+    return {
+        "parent_id": parent_id(fields),
+        "resolution": resolution(fields),
+        "due_date": due_date(fields),
+        "story_points": story_points(fields, agile),
+        "sprint_ids": sprint_ids(fields, agile),
+    }
+
+
 # Bookkeeping columns: not what a row shows (a version differing only in them changes nothing).
 _NOT_CONTENT = frozenset({"site", "issue_id", "synced_at", "source", "event_ts", "deleted_at", "deleted_reason",
-                          "content_hash"})
+                          "content_hash", "status_changed_at"})
 
 
 def content_hash(row: Mapping[str, Any]) -> str:
@@ -144,13 +221,20 @@ def content_hash(row: Mapping[str, Any]) -> str:
     return hashlib.blake2b(text, digest_size=20).hexdigest()
 
 
+# Kept in tables of their own (jira_comment, jira_worklog): a row's ``fields`` never holds them,
+# so it has one shape whether or not the read asked for them.
+_OWN_TABLES = ("comment", "worklog")
+
+
 def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
-           synced_at: dt.datetime | None = None) -> dict[str, Any]:
+           synced_at: dt.datetime | None = None, agile: AgileFields | None = None) -> dict[str, Any]:
     """One ``jira_issue`` row from an issue's JSON (``{id, key, fields}``).
 
-    ``fields`` is kept as received; the typed columns are derived from it. Raises
-    IssueMappingError when the issue cannot make a row.
+    ``fields`` is kept as received (less comments and worklogs); the typed columns are derived
+    from it. ``agile``: the site's story-point and sprint field ids (``AgileFields``).
+    Raises IssueMappingError when the issue cannot make a row.
     """
+
     issue_id = issue.get("id")
     if isinstance(issue_id, int) and not isinstance(issue_id, bool):
         issue_id = str(issue_id)
@@ -185,7 +269,8 @@ def to_row(site: str, issue: Mapping[str, Any], *, source: str, event_ts: int,
         "created": _optional_time(fields, "created"),
         "updated": updated,
         "resolved": _optional_time(fields, "resolutiondate"),
-        "fields": dict(fields),
+        "fields": {k: v for k, v in fields.items() if k not in _OWN_TABLES},
+        **typed_columns(fields, agile),
         "deleted_at": None,
         "deleted_reason": None,
         "synced_at": synced_at or utc_now(),

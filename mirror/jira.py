@@ -57,6 +57,8 @@ CLOUD_GATEWAY = "https://api.atlassian.com/ex/jira/{cloud_id}"
 DEFAULT_USER_AGENT = "jira-mirror"
 BULKFETCH_MAX = 100  # issue/bulkfetch: "up to 100 issues" for the general request shape
 PROJECT_PAGE_SIZE = 100  # project/search: maxResults is capped at 100
+CHANGELOG_BULK_MAX = 1000  # changelog/bulkfetch, worklog/list, comment/list: 1000 ids a request
+CHANGELOG_PAGE = 10000  # changelog/bulkfetch: histories a page (spec: default 1000, at most 10000)
 USER_PAGE_SIZE = 1000  # users/search: maxResults is capped at 1000
 USER_PAGE_MIN = 10  # users/search pages are halved down to this while Jira answers 409 (too slow)
 
@@ -487,6 +489,97 @@ class JiraClient:
         params = None if fields is None else {"fields": ",".join(_str_list("fields", fields))}
         path = "/rest/api/3/issue/" + quote(str(id_or_key), safe="")
         return self._json_dict("GET", path, template="/rest/api/3/issue/{issueIdOrKey}", params=params)
+
+    # --- history and activity ----------------------------------------------------------------
+
+    def changelog_page(self, ids_or_keys: Sequence[str], *, next_page_token: str | None = None,
+                       max_results: int = CHANGELOG_PAGE) -> JSONDict:
+        """One page of ``POST /rest/api/3/changelog/bulkfetch``: the change histories of up to
+        1000 issues, oldest first (``issueChangeLogs``, ``nextPageToken`` absent on the last).
+        Raises ``ValueError`` for more than 1000 ids and the :class:`JiraError` subclasses."""
+        ids = _str_list("ids_or_keys", ids_or_keys)
+        if not ids or len(ids) > CHANGELOG_BULK_MAX:
+            raise ValueError(f"changelog/bulkfetch takes 1 to {CHANGELOG_BULK_MAX} ids, got {len(ids)}")
+        body: JSONDict = {"issueIdsOrKeys": ids, "maxResults": max_results}
+        if next_page_token:
+            body["nextPageToken"] = next_page_token
+        return self._json_dict("POST", "/rest/api/3/changelog/bulkfetch", json_body=body)
+
+    def iter_changelog_pages(self, ids_or_keys: Sequence[str]) -> Iterator[JSONDict]:
+        """Every page of :meth:`changelog_page` for the ids. Raises :class:`JiraError` when Jira
+        hands back the same token twice."""
+        token: str | None = None
+        while True:
+            page = self.changelog_page(ids_or_keys, next_page_token=token)
+            yield page
+            next_token = page.get("nextPageToken")
+            if not next_token:
+                return
+            if next_token == token:
+                raise JiraError("POST /rest/api/3/changelog/bulkfetch: Jira repeated the same nextPageToken",
+                                method="POST", path="/rest/api/3/changelog/bulkfetch")
+            token = next_token
+
+    def _offset_pages(self, path: str, template: str, key: str, size: int, start: int) -> list[JSONDict]:
+        """Every item of an offset-paged list (``startAt``/``maxResults``/``total``) from ``start``."""
+        items: list[JSONDict] = []
+        while True:
+            page = self._json_dict("GET", path, template=template, params={"startAt": start, "maxResults": size})
+            got = list(page.get(key) or [])
+            items.extend(got)
+            start += len(got)
+            total = page.get("total")
+            if not got or not isinstance(total, int) or start >= total:
+                return items
+
+    def issue_comments(self, id_or_key: str, *, start_at: int = 0) -> list[JSONDict]:
+        """Every comment of an issue from ``start_at`` (``GET issue/{id}/comment``, 100 a page).
+        Raises :class:`JiraNotFoundError` when the issue does not exist or cannot be seen."""
+        path = "/rest/api/3/issue/" + quote(str(id_or_key), safe="") + "/comment"
+        return self._offset_pages(path, "/rest/api/3/issue/{issueIdOrKey}/comment", "comments", 100, start_at)
+
+    def issue_worklogs(self, id_or_key: str, *, start_at: int = 0) -> list[JSONDict]:
+        """Every worklog of an issue from ``start_at`` (``GET issue/{id}/worklog``, 5000 a page).
+        Raises :class:`JiraNotFoundError` when the issue does not exist or cannot be seen."""
+        path = "/rest/api/3/issue/" + quote(str(id_or_key), safe="") + "/worklog"
+        return self._offset_pages(path, "/rest/api/3/issue/{issueIdOrKey}/worklog", "worklogs", 5000, start_at)
+
+    def worklog_changes(self, since_ms: int, *, deleted: bool = False) -> tuple[list[JSONDict], int]:
+        """``GET /rest/api/3/worklog/updated`` (or ``deleted``) since ``since_ms``, every page:
+        returns the ``values`` (``worklogId``, ``updatedTime``) and the position to ask from next
+        time (the last page's ``until``; Jira leaves out the last minute's changes)."""
+        path = "/rest/api/3/worklog/" + ("deleted" if deleted else "updated")
+        values: list[JSONDict] = []
+        since = max(0, int(since_ms))
+        while True:
+            page = self._json_dict("GET", path, params={"since": since})
+            got = list(page.get("values") or [])
+            values.extend(got)
+            until = page.get("until")
+            moved = isinstance(until, int) and until > since
+            if moved:
+                since = until
+            if page.get("lastPage", True) or not got or not moved:
+                return values, since
+
+    def worklog_list(self, ids: Sequence[str]) -> list[JSONDict]:
+        """``POST /rest/api/3/worklog/list``: up to 1000 worklogs by id (deleted ones are left out)."""
+        wanted = [int(i) for i in ids]
+        if not wanted or len(wanted) > CHANGELOG_BULK_MAX:
+            raise ValueError(f"worklog/list takes 1 to {CHANGELOG_BULK_MAX} ids, got {len(wanted)}")
+        answer = self._request("POST", "/rest/api/3/worklog/list", "/rest/api/3/worklog/list",
+                               json_body={"ids": wanted})
+        if not isinstance(answer, list):
+            raise JiraError("POST /rest/api/3/worklog/list: expected a JSON list", method="POST",
+                            path="/rest/api/3/worklog/list")
+        return answer
+
+    def fields(self) -> list[JSONDict]:
+        """``GET /rest/api/3/field``: every system and custom field of the site."""
+        answer = self._request("GET", "/rest/api/3/field", "/rest/api/3/field")
+        if not isinstance(answer, list):
+            raise JiraError("GET /rest/api/3/field: expected a JSON list", method="GET", path="/rest/api/3/field")
+        return answer
 
     def sleep(self, seconds: float) -> None:
         """Wait as the client waits between retries (interruptible in workers: a SIGTERM ends it)."""

@@ -1,15 +1,17 @@
 """Tables, fields only. The schema is a public interface (CONTRACT.md, "Schema").
 
-Timestamps are stored as naive UTC (``timestamp without time zone`` on PostgreSQL).
+Timestamps are UTC: ``timestamptz`` on PostgreSQL (schema version 7), naive UTC ISO-8601 text on
+SQLite. Python code handles them as naive UTC datetimes (:class:`UTCDateTimeField`).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 import peewee as pw
 
-from mirror.db import database
+from mirror.db import database, is_postgres
 
 
 def scrub_nul(value: Any) -> Any:
@@ -41,9 +43,31 @@ class JSONField(pw.Field):
         return text
 
     def python_value(self, value: Any) -> Any:
-        # psycopg2 already decodes jsonb; SQLite hands back the text.
-        if isinstance(value, (str, bytes)):
+        # psycopg2 already decodes jsonb (a JSON string, such as a webhook's comment body, comes
+        # back as a str); SQLite hands back the text.
+        if isinstance(value, (str, bytes)) and not is_postgres():
             return json.loads(value)
+        return value
+
+
+class UTCDateTimeField(pw.DateTimeField):
+    """A UTC timestamp: ``timestamptz`` on PostgreSQL, DATETIME text on SQLite (``db.FIELD_TYPES``).
+
+    The code handles naive UTC datetimes: an aware value is converted to UTC before it is
+    written, and PostgreSQL's aware answers come back as naive UTC (the session runs in UTC).
+    """
+
+    field_type = "TIMESTAMPTZ"
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value: Any) -> Any:
+        value = super().python_value(value)
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
         return value
 
 
@@ -66,12 +90,12 @@ class Issue(BaseModel):
     assignee_account_id = pw.CharField(max_length=128, null=True)
     reporter_account_id = pw.CharField(max_length=128, null=True)
     labels = JSONField(default=list)
-    created = pw.DateTimeField(null=True)
-    updated = pw.DateTimeField()
-    resolved = pw.DateTimeField(null=True)
+    created = UTCDateTimeField(null=True)
+    updated = UTCDateTimeField()
+    resolved = UTCDateTimeField(null=True)
     fields = JSONField(default=dict)
-    deleted_at = pw.DateTimeField(null=True)
-    synced_at = pw.DateTimeField()
+    deleted_at = UTCDateTimeField(null=True)
+    synced_at = UTCDateTimeField()
     source = pw.CharField(max_length=16)
     # Tie-breaker for two versions with the same ``updated``: the webhook's ``timestamp``
     # (epoch ms), or the time a backfill read the issue (CONTRACT.md, "Order").
@@ -85,6 +109,15 @@ class Issue(BaseModel):
     # A digest of what the row shows (key, project, fields): a version that changes nothing is
     # not written (CONTRACT.md invariant 8).
     content_hash = pw.CharField(max_length=64, null=True)
+    # The columns analysts filter on (CONTRACT.md, "Schema"; schema version 6).
+    parent_id = pw.CharField(max_length=32, null=True)
+    resolution = pw.CharField(max_length=255, null=True)
+    due_date = pw.DateField(null=True)
+    story_points = pw.DoubleField(null=True)
+    sprint_ids = JSONField(null=True)
+    # The time of the last status change (from the changelog), ``created`` when it never changed:
+    # kept by ``history_store``, never by an issue upsert.
+    status_changed_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "jira_issue"
@@ -93,6 +126,10 @@ class Issue(BaseModel):
             (("site", "project_key", "updated"), False),
             (("site", "source", "synced_at"), False),
             (("site", "project_id"), False),
+            (("site", "key"), False),
+            (("site", "assignee_account_id"), False),
+            (("site", "status"), False),
+            (("site", "created"), False),
         )
 
 
@@ -103,11 +140,11 @@ class Project(BaseModel):
     key = pw.CharField(max_length=255)
     name = pw.CharField(max_length=255, null=True)
     is_active = pw.BooleanField(default=True)
-    sync_cursor = pw.DateTimeField(null=True)
-    last_full_sync_at = pw.DateTimeField(null=True)
+    sync_cursor = UTCDateTimeField(null=True)
+    last_full_sync_at = UTCDateTimeField(null=True)
     sync_state = pw.CharField(max_length=32, default="idle")
     last_error = pw.TextField(null=True)
-    created_at = pw.DateTimeField(null=True)
+    created_at = UTCDateTimeField(null=True)
     # Keys the project had before Jira renamed it (JIRA_PROJECTS may still name one).
     former_keys = JSONField(default=list)
 
@@ -123,8 +160,8 @@ class SyncRun(BaseModel):
     project_key = pw.CharField(max_length=255)
     kind = pw.CharField(max_length=16)  # full | incremental
     state = pw.CharField(max_length=16, default="running")  # running | succeeded | failed
-    started_at = pw.DateTimeField()
-    finished_at = pw.DateTimeField(null=True)
+    started_at = UTCDateTimeField()
+    finished_at = UTCDateTimeField(null=True)
     issues_seen = pw.IntegerField(default=0)
     issues_written = pw.IntegerField(default=0)
     issues_deleted = pw.IntegerField(default=0)
@@ -147,7 +184,7 @@ class User(BaseModel):
     email = pw.CharField(max_length=320, null=True)
     active = pw.BooleanField(default=True)
     account_type = pw.CharField(max_length=32, null=True)
-    synced_at = pw.DateTimeField()
+    synced_at = UTCDateTimeField()
 
     class Meta:
         table_name = "jira_user"
@@ -160,18 +197,129 @@ class Member(BaseModel):
     email = pw.CharField(max_length=320, unique=True)  # stored lower-case
     name = pw.CharField(max_length=255, null=True)
     external_id = pw.CharField(max_length=255, null=True)
-    imported_at = pw.DateTimeField()
+    imported_at = UTCDateTimeField()
 
     class Meta:
         table_name = "jira_member"
 
 
+class Field(BaseModel):
+    """A field of the site (``GET /rest/api/3/field``), refreshed daily with the users: maps
+    custom field ids to names and types (story points and sprints differ from site to site)."""
+
+    site = pw.CharField(max_length=255)
+    field_id = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=255, null=True)
+    custom = pw.BooleanField(default=False)
+    schema_type = pw.CharField(max_length=64, null=True)  # schema.type: number, array, ...
+    custom_type = pw.CharField(max_length=255, null=True)  # schema.custom: com.pyxis...:gh-sprint
+    custom_id = pw.BigIntegerField(null=True)  # schema.customId
+    synced_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "jira_field"
+        indexes = ((("site", "field_id"), True),)
+
+
+class ChangelogItem(BaseModel):
+    """One item of one change history of an issue (``changelog/bulkfetch``, or a webhook's
+    ``changelog``); Jira never edits a history, so a row is written once (its ``created``
+    corrected when a webhook's estimate meets Jira's own)."""
+
+    site = pw.CharField(max_length=255)
+    issue_id = pw.CharField(max_length=32)
+    history_id = pw.CharField(max_length=32)
+    item_index = pw.IntegerField()
+    created = UTCDateTimeField()
+    author_account_id = pw.CharField(max_length=128, null=True)
+    field = pw.CharField(max_length=255, null=True)
+    field_id = pw.CharField(max_length=255, null=True)
+    field_type = pw.CharField(max_length=32, null=True)
+    from_value = pw.TextField(null=True)
+    from_string = pw.TextField(null=True)
+    to_value = pw.TextField(null=True)
+    to_string = pw.TextField(null=True)
+    synced_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "jira_changelog_item"
+        indexes = (
+            (("site", "history_id", "item_index"), True),
+            (("site", "issue_id", "created"), False),
+            (("site", "field_id", "created"), False),
+        )
+
+
+class Comment(BaseModel):
+    """A comment; ``deleted_at`` is a tombstone no later version undoes."""
+
+    site = pw.CharField(max_length=255)
+    comment_id = pw.CharField(max_length=32)
+    issue_id = pw.CharField(max_length=32)
+    author_account_id = pw.CharField(max_length=128, null=True)
+    created = UTCDateTimeField(null=True)
+    updated = UTCDateTimeField(null=True)
+    body = JSONField(null=True)
+    body_text = pw.TextField(null=True)
+    deleted_at = UTCDateTimeField(null=True)
+    synced_at = UTCDateTimeField()
+    source = pw.CharField(max_length=16)
+    event_ts = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "jira_comment"
+        indexes = (
+            (("site", "comment_id"), True),
+            (("site", "issue_id"), False),
+        )
+
+
+class Worklog(BaseModel):
+    """A worklog; ``deleted_at`` is a tombstone no later version undoes."""
+
+    site = pw.CharField(max_length=255)
+    worklog_id = pw.CharField(max_length=32)
+    issue_id = pw.CharField(max_length=32)
+    author_account_id = pw.CharField(max_length=128, null=True)
+    started = UTCDateTimeField(null=True)
+    time_spent_seconds = pw.BigIntegerField(null=True)
+    comment_text = pw.TextField(null=True)
+    created = UTCDateTimeField(null=True)
+    updated = UTCDateTimeField(null=True)
+    deleted_at = UTCDateTimeField(null=True)
+    synced_at = UTCDateTimeField()
+    source = pw.CharField(max_length=16)
+    event_ts = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "jira_worklog"
+        indexes = (
+            (("site", "worklog_id"), True),
+            (("site", "issue_id"), False),
+            (("site", "author_account_id", "started"), False),
+        )
+
+
+class Cursor(BaseModel):
+    """A site-wide position of a feed (``worklog/updated``, ``worklog/deleted``: epoch ms)."""
+
+    site = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=64)
+    position = pw.BigIntegerField()
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "jira_cursor"
+        indexes = ((("site", "name"), True),)
+
+
 class SchemaVersion(BaseModel):
     version = pw.IntegerField()
-    applied_at = pw.DateTimeField()
+    applied_at = UTCDateTimeField()
 
     class Meta:
         table_name = "jira_mirror_schema"
 
 
-MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member)
+MODELS: tuple[type[BaseModel], ...] = (Issue, Project, SyncRun, User, Member, Field, ChangelogItem, Comment,
+                                       Worklog, Cursor)

@@ -152,7 +152,167 @@ def _v5(db: pw.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+def _v6(db: pw.Database) -> None:
+    """History and activity (issue 13): changelog items, comments, worklogs, the site's field
+    table; the typed columns analysts filter on; indexes for key, assignee, status, created."""
+
+    class V6Base(pw.Model):
+        class Meta:
+            database = db
+
+    class Field(V6Base):
+        site = pw.CharField(max_length=255)
+        field_id = pw.CharField(max_length=255)
+        name = pw.CharField(max_length=255, null=True)
+        custom = pw.BooleanField(default=False)
+        schema_type = pw.CharField(max_length=64, null=True)
+        custom_type = pw.CharField(max_length=255, null=True)
+        custom_id = pw.BigIntegerField(null=True)
+        synced_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_field"
+            indexes = ((("site", "field_id"), True),)
+
+    class ChangelogItem(V6Base):
+        site = pw.CharField(max_length=255)
+        issue_id = pw.CharField(max_length=32)
+        history_id = pw.CharField(max_length=32)
+        item_index = pw.IntegerField()
+        created = pw.DateTimeField()
+        author_account_id = pw.CharField(max_length=128, null=True)
+        field = pw.CharField(max_length=255, null=True)
+        field_id = pw.CharField(max_length=255, null=True)
+        field_type = pw.CharField(max_length=32, null=True)
+        from_value = pw.TextField(null=True)
+        from_string = pw.TextField(null=True)
+        to_value = pw.TextField(null=True)
+        to_string = pw.TextField(null=True)
+        synced_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_changelog_item"
+            indexes = ((("site", "history_id", "item_index"), True), (("site", "issue_id", "created"), False),
+                       (("site", "field_id", "created"), False))
+
+    class Comment(V6Base):
+        site = pw.CharField(max_length=255)
+        comment_id = pw.CharField(max_length=32)
+        issue_id = pw.CharField(max_length=32)
+        author_account_id = pw.CharField(max_length=128, null=True)
+        created = pw.DateTimeField(null=True)
+        updated = pw.DateTimeField(null=True)
+        body = JSONField(null=True)
+        body_text = pw.TextField(null=True)
+        deleted_at = pw.DateTimeField(null=True)
+        synced_at = pw.DateTimeField()
+        source = pw.CharField(max_length=16)
+        event_ts = pw.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "jira_comment"
+            indexes = ((("site", "comment_id"), True), (("site", "issue_id"), False))
+
+    class Worklog(V6Base):
+        site = pw.CharField(max_length=255)
+        worklog_id = pw.CharField(max_length=32)
+        issue_id = pw.CharField(max_length=32)
+        author_account_id = pw.CharField(max_length=128, null=True)
+        started = pw.DateTimeField(null=True)
+        time_spent_seconds = pw.BigIntegerField(null=True)
+        comment_text = pw.TextField(null=True)
+        created = pw.DateTimeField(null=True)
+        updated = pw.DateTimeField(null=True)
+        deleted_at = pw.DateTimeField(null=True)
+        synced_at = pw.DateTimeField()
+        source = pw.CharField(max_length=16)
+        event_ts = pw.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "jira_worklog"
+            indexes = ((("site", "worklog_id"), True), (("site", "issue_id"), False),
+                       (("site", "author_account_id", "started"), False))
+
+    class Cursor(V6Base):
+        site = pw.CharField(max_length=255)
+        name = pw.CharField(max_length=64)
+        position = pw.BigIntegerField()
+        updated_at = pw.DateTimeField()
+
+        class Meta:
+            table_name = "jira_cursor"
+            indexes = ((("site", "name"), True),)
+
+    db.create_tables([Field, ChangelogItem, Comment, Worklog, Cursor])
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        migrator.add_column("jira_issue", "parent_id", pw.CharField(max_length=32, null=True)),
+        migrator.add_column("jira_issue", "resolution", pw.CharField(max_length=255, null=True)),
+        migrator.add_column("jira_issue", "due_date", pw.DateField(null=True)),
+        migrator.add_column("jira_issue", "story_points", pw.DoubleField(null=True)),
+        migrator.add_column("jira_issue", "sprint_ids", JSONField(null=True)),
+        migrator.add_column("jira_issue", "status_changed_at", pw.DateTimeField(null=True)),
+        migrator.add_index("jira_issue", ("site", "key"), False),
+        migrator.add_index("jira_issue", ("site", "assignee_account_id"), False),
+        migrator.add_index("jira_issue", ("site", "status"), False),
+        migrator.add_index("jira_issue", ("site", "created"), False),
+    )
+    # Rows written before: their typed columns fill in at their next read (their digest, which
+    # did not cover these columns, no longer matches); until then the last status change is
+    # taken as their creation.
+    db.execute_sql("UPDATE jira_issue SET status_changed_at = created, content_hash = NULL")
+
+
+def _v7(db: pw.Database) -> None:
+    """PostgreSQL keeps time-zone-aware timestamps: every ``timestamp`` column of the mirror's
+    tables becomes ``timestamptz``. The stored values are UTC (they always were), so each is
+    read as UTC. SQLite has no such type: its ISO-8601 text stays as it is."""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        return
+    columns = db.execute_sql(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND data_type = 'timestamp without time zone'"
+        " ORDER BY table_name, ordinal_position").fetchall()
+    for table, column in columns:
+        if table.startswith("jira_"):
+            db.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE timestamptz'
+                           f' USING "{column}" AT TIME ZONE \'UTC\'')
+
+
+# Every span an issue spent in a status, from its creation to now (``ended`` NULL while it is
+# still in it). The first span starts at ``created`` in the status the first status change left
+# (``from_string``), or the current status when it never changed; each change opens the next.
+# Deleted issues are left out. Both databases have window functions (SQLite 3.25+).
+STATUS_INTERVAL_VIEW = """
+CREATE VIEW jira_issue_status_interval AS
+WITH changes AS (
+  SELECT c.site, c.issue_id, c.created, c.from_string, c.to_string,
+         ROW_NUMBER() OVER w AS n,
+         LEAD(c.created) OVER w AS next_created
+  FROM jira_changelog_item c
+  WHERE c.field_id = 'status' OR (c.field_id IS NULL AND c.field = 'status')
+  WINDOW w AS (PARTITION BY c.site, c.issue_id ORDER BY c.created, c.history_id, c.item_index)
+)
+SELECT i.site, i.issue_id, COALESCE(ch.from_string, i.status) AS status, i.created AS started,
+       ch.created AS ended
+FROM jira_issue i
+LEFT JOIN changes ch ON ch.site = i.site AND ch.issue_id = i.issue_id AND ch.n = 1
+WHERE i.deleted_at IS NULL
+UNION ALL
+SELECT ch.site, ch.issue_id, ch.to_string AS status, ch.created AS started, ch.next_created AS ended
+FROM changes ch
+JOIN jira_issue i ON i.site = ch.site AND i.issue_id = ch.issue_id
+WHERE i.deleted_at IS NULL
+"""
+
+
+def _v8(db: pw.Database) -> None:
+    """The view ``jira_issue_status_interval`` (CONTRACT.md, "Schema"), after the column types
+    it reads are final (PostgreSQL refuses to change the type of a column a view uses)."""
+    db.execute_sql(STATUS_INTERVAL_VIEW)
+
+
+MIGRATIONS: tuple[Callable[[pw.Database], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8)
 LATEST = len(MIGRATIONS)
 
 

@@ -53,6 +53,11 @@ UPSERT_FIELDS = (
     Issue.project_id,
     Issue.deleted_reason,
     Issue.content_hash,
+    Issue.parent_id,
+    Issue.resolution,
+    Issue.due_date,
+    Issue.story_points,
+    Issue.sprint_ids,
 )
 
 # Why a row left the live mirror (``jira_issue.deleted_reason``).
@@ -72,8 +77,11 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         held = newest.get(ident)
         if held is None or (row["updated"], row["event_ts"]) > (held["updated"], held["event_ts"]):
             newest[ident] = row
+    # ``status_changed_at`` starts as ``created`` on insert; the changelog moves it
+    # (``history_store.refresh_status_changed``), an issue upsert never does.
     return [dict(row, content_hash=content_hash(row), deleted_reason=row.get("deleted_reason"),
-                 project_id=row.get("project_id")) for row in newest.values()]
+                 project_id=row.get("project_id"), status_changed_at=row.get("created"))
+            for row in newest.values()]
 
 
 def _is_newer(current: bool) -> pw.Expression:

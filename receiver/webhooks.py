@@ -33,7 +33,7 @@ from receiver import metrics
 from receiver.errors import ApiError
 from receiver.schemas import ISSUE_EVENTS, InvalidDeliveryError, load_delivery
 from receiver.signature import SignatureError, verify
-from workers import inbox, queues
+from workers import activity, inbox, queues
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ def handle_delivery(headers: Mapping[str, str | None], body: bytes, settings: Se
         return Decision(exc.status, exc.body(), exc.headers)
 
     event = loaded["webhook_event"]
+    if event in activity.EVENTS:
+        return _activity_decision(loaded, settings, tracked)
     if event not in ISSUE_EVENTS:
         return _ignored(f"event {event} is not mirrored", event=event)
 
@@ -293,8 +295,33 @@ def handle_delivery(headers: Mapping[str, str | None], body: bytes, settings: Se
         # One shape for every row: the worker reads the current REST v3 state, coalesced (workers.refresh).
         kwargs["refresh"] = True
         refresh = (settings.site, kwargs["issue"]["id"], loaded["timestamp"])
+    if isinstance(loaded.get("changelog"), dict) and loaded["changelog"].get("items") \
+            and event == "jira:issue_updated":
+        # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
+        # creation's changelog lists the initial values: Jira's REST changelog has no such
+        # history, so it is not kept (the status view starts an issue at its creation).
+        kwargs["changelog"] = {"id": loaded["changelog"].get("id"), "items": loaded["changelog"]["items"]}
+        actor = (loaded.get("user") or {}).get("accountId")
+        if isinstance(actor, str):
+            kwargs["actor"] = actor
     return Decision(202, {"enqueued": 1}, event=event, project=project_key, key=issue["key"],
                     pending=inbox.Delivery(item=(JOB_FOR_EVENT[event], kwargs), refresh=refresh))
+
+
+def _activity_decision(loaded: dict[str, Any], settings: Settings, tracked: Any) -> Decision:
+    """A comment or worklog delivery (``workers.activity``): 202 with what to record, 200 when it
+    names an untracked project, 400 when it lacks its comment/worklog or their ids."""
+    event = loaded["webhook_event"]
+    try:
+        job, project_key, project_id = activity.job_for_delivery(settings.site, loaded)
+    except activity.ActivityPayloadError as exc:
+        error = ApiError(400, f"payload does not match a Jira {event} webhook: {exc}")
+        return Decision(error.status, error.body(), error.headers, event=event)
+    if project_key is not None and tracked.tracks(project_id, project_key) is False:
+        return _ignored(f"project {project_key} is not tracked", event=event, project=project_key)
+    label = f"{job[1]['event'].split('_')[0]}:{job[1]['entity'].get('id')}"
+    return Decision(202, {"enqueued": 1}, event=event, project=project_key, key=label,
+                    pending=inbox.Delivery(item=job))
 
 
 def _ignored(why: str, *, event: Any, project: str | None = None, outcome: str = "ignored") -> Decision:

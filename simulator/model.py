@@ -31,7 +31,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 __all__ = [
+    "ActivityEvent",
     "ChangeEvent",
+    "Comment",
+    "History",
+    "Worklog",
     "IssueNotFoundError",
     "IssueVersion",
     "Project",
@@ -98,15 +102,33 @@ SEVERITIES: dict[str, str] = {"S1 - Critical": "10100", "S2 - Major": "10101",
                               "S3 - Minor": "10102", "S4 - Trivial": "10103"}
 
 #: Custom fields of the site: id -> (name, schema type, IssueVersion attribute or None).
-#: ``customfield_10032`` exists but is never set, as so many custom fields on real sites.
+#: ``customfield_10032`` exists but is never set, as so many custom fields on real sites. Story
+#: points and sprints are Jira Software fields whose ids differ per site (AGILE_FIELD_CHOICES).
 CUSTOM_FIELDS: dict[str, tuple[str, str, str | None]] = {
-    "customfield_10016": ("Story point estimate", "number", "story_points"),
     "customfield_10030": ("Customer reference", "string", "customer_ref"),
     "customfield_10031": ("Severity", "option", "severity"),
     "customfield_10032": ("Legacy ticket", "string", None),
 }
 
 _ATTR_BY_CUSTOM_ID = {cid: attr for cid, (_n, _t, attr) in CUSTOM_FIELDS.items() if attr}
+
+#: Jira Software's story-point and sprint fields are custom fields created per site, so their
+#: ids differ from site to site (JIRA.md; e.g. team-managed "Story point estimate" 10016,
+#: company-managed "Story Points" 10026/10028, "Sprint" 10020 or 10010 on older sites). A site
+#: takes one pair by its seed: (story points id, its name, sprint id).
+AGILE_FIELD_CHOICES: tuple[tuple[str, str, str], ...] = (
+    ("customfield_10016", "Story point estimate", "customfield_10020"),
+    ("customfield_10026", "Story Points", "customfield_10010"),
+    ("customfield_10028", "Story Points", "customfield_10104"),
+    ("customfield_10106", "Story point estimate", "customfield_10007"),
+)
+#: Every id a story-point or sprint field may have on some site (fields a request may name).
+AGILE_FIELD_IDS: tuple[str, ...] = tuple(dict.fromkeys(
+    [sp for sp, _n, _s in AGILE_FIELD_CHOICES] + [sprint for _sp, _n, sprint in AGILE_FIELD_CHOICES]))
+STORY_POINTS_TYPE = "com.pyxis.greenhopper.jira:jsw-story-points"
+SPRINT_TYPE = "com.pyxis.greenhopper.jira:gh-sprint"
+#: Sprints of every board: id -> (name suffix, state). Ids 1-6 closed, 7 active, 8 future.
+SPRINTS: dict[int, str] = {n: ("closed" if n < 7 else "active" if n == 7 else "future") for n in range(1, 9)}
 
 TIME_ZONES = (
     "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Europe/London",
@@ -200,6 +222,7 @@ class IssueVersion:
     story_points: float | None
     customer_ref: str | None
     severity: str | None
+    sprints: tuple[int, ...] = ()
 
     @property
     def status_category(self) -> str:
@@ -250,6 +273,55 @@ class ProjectEvent:
     timestamp: int
 
 
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment: ``body`` plain text (ADF in REST v3, wiki markup in webhooks); times in ms."""
+
+    id: str
+    issue_id: str
+    author: str
+    body: str
+    created: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class Worklog:
+    """A worklog: ``started``, ``created``, ``updated`` in ms, ``seconds`` spent."""
+
+    id: str
+    issue_id: str
+    author: str
+    started: int
+    seconds: int
+    comment: str | None
+    created: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """One change history of an issue's changelog: id, time (ms), author, items."""
+
+    id: str
+    created: int
+    author: str
+    items: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ActivityEvent:
+    """A comment or worklog change, for the webhook pusher: ``kind`` is the webhook event
+    (``comment_created``...``worklog_deleted``), ``entity`` the record (its last state for a
+    deletion), ``issue`` the issue's current version."""
+
+    kind: str
+    entity: Comment | Worklog
+    issue: IssueVersion
+    actor: str
+    timestamp: int
+
+
 # History of one issue: (time it became current in the site's search index, version or None
 # for a deletion tombstone), oldest first.
 _History = list[tuple[int, "IssueVersion | None"]]
@@ -289,7 +361,25 @@ class Site:
         self._last_since = 0
         self._listeners: list[Callable[[Any], None]] = []
         self.counts: dict[str, int] = {"created": 0, "updated": 0, "moved": 0, "deleted": 0,
-                                       "project_updated": 0}
+                                       "project_updated": 0, "comment_created": 0, "comment_updated": 0,
+                                       "comment_deleted": 0, "worklog_created": 0, "worklog_updated": 0,
+                                       "worklog_deleted": 0}
+        self.seed = seed
+        choice = AGILE_FIELD_CHOICES[seed % len(AGILE_FIELD_CHOICES)]
+        #: This site's story-point field (id, name) and sprint field id.
+        self.story_points_field, self.story_points_name, self.sprint_field = choice
+        # Changelogs, comments and worklogs: what mutations recorded; generated issues derive
+        # theirs from their first version (_origin) on demand, so a big site costs no memory.
+        self._origin: dict[str, IssueVersion] = {}
+        self._histories: dict[str, list[History]] = {}
+        self._comments: dict[str, dict[str, Comment]] = {}
+        self._worklogs: dict[str, dict[str, Worklog]] = {}
+        self._comment_index: dict[str, str] = {}  # comment id -> issue id
+        self._worklog_index: dict[str, str] = {}
+        self._worklog_changes: list[tuple[int, int]] = []  # (updated ms, worklog id), in time order
+        self._worklog_deletions: list[tuple[int, int]] = []
+        self._next_comment = 20000
+        self._next_worklog = 30000
 
     # --- time ---------------------------------------------------------------------------
 
@@ -326,13 +416,16 @@ class Site:
     def generate(cls, projects: Mapping[str, int] | None = None, *, seed: int = 1, users: int = 40,
                  clock: Clock | None = None, now_ms: int | None = None, history_days: float = 365.0,
                  me_email: str = "sim@example.com", me_time_zone: str = "America/Los_Angeles",
-                 history_keep_seconds: float = 3600.0) -> "Site":
+                 history_keep_seconds: float = 3600.0, activity: bool = True) -> "Site":
         """Builds a site with ``projects`` (key -> issue count) of deterministic random issues.
 
         The same seed and ``now_ms`` give the same site. Issues are created over the last
         ``history_days`` days, ids in creation order across projects (as Jira allocates them),
         keys numbered per project. Generated versions are indexed from the start (the index lag
         only hides changes made afterwards). 100,000 issues take about two seconds.
+
+        With ``activity``, issues get changelogs (derived from their status and dates, on
+        demand), comments and worklogs; a few get more than one embedded page of either.
         """
         site = cls(clock=clock, seed=seed, history_keep_seconds=history_keep_seconds)
         rng = random.Random(seed)
@@ -359,6 +452,9 @@ class Site:
                 version = site._random_version(rng, key, created, now, account_ids)
                 site._history[version.id] = [(0, version)]
                 site._by_key[version.key] = version.id
+                site._origin[version.id] = version
+            if activity:
+                site._generate_activity(random.Random(seed * 7919 + 1), account_ids)
         return site
 
     def _random_version(self, rng: random.Random, project: str, created: int, now: int,
@@ -382,6 +478,7 @@ class Site:
             story_points=None if rng.random() < 0.4 else float(rng.choice((1, 2, 3, 5, 8, 13, 0.5))),
             customer_ref=None if rng.random() < 0.7 else f"CASE-{rng.randrange(100000):05d}",
             severity=None if rng.random() < 0.5 else rng.choice(_SEVERITY_NAMES),
+            sprints=_sprints_for(issue_id),
         )
 
     # --- listeners ----------------------------------------------------------------------
@@ -573,7 +670,7 @@ class Site:
             updated = max(since, before.updated + 1)
             after = self._apply(before, changes, updated)
             after = dataclasses.replace(after, updated=updated)
-            items = tuple(_diff(before, after, self.users, self.projects))
+            items = tuple(_diff(before, after, self.users, self.projects, self))
             self._record(before.id, since, after)
             fields_changed = {i.get("fieldId") for i in items}
             if "status" in fields_changed:
@@ -584,6 +681,7 @@ class Site:
                 event_type = "issue_updated"
             event = ChangeEvent("updated", event_type, before.id, before, after, actor_id, updated,
                                 self._changelog_id(), items)
+            self._record_history(event)
         return self._emit(event)
 
     def move_issue(self, issue_id: str, to_project: str, *, actor: str | None = None) -> ChangeEvent:
@@ -609,9 +707,10 @@ class Site:
             del self._by_key[before.key]
             self._aliases[before.key] = before.id
             self._by_key[after.key] = after.id
-            items = tuple(_diff(before, after, self.users, self.projects))
+            items = tuple(_diff(before, after, self.users, self.projects, self))
             event = ChangeEvent("moved", "issue_moved", before.id, before, after, actor_id,
                                 after.updated, self._changelog_id(), items)
+            self._record_history(event)
         return self._emit(event)
 
     def rename_project(self, old_key: str, new_key: str, *, actor: str | None = None) -> None:
@@ -671,9 +770,183 @@ class Site:
                                 since, None, ())
         return self._emit(event)
 
+    # --- changelogs, comments, worklogs ---------------------------------------------------
+
+    def _record_history(self, event: ChangeEvent) -> None:
+        # Caller holds the lock. Jira keeps a change history per edit (not for the creation).
+        if event.items and event.changelog_id:
+            self._histories.setdefault(event.issue_id, []).append(
+                History(event.changelog_id, event.timestamp, event.actor, tuple(event.items)))
+
+    def changelog(self, issue_id: str) -> list[History]:
+        """The issue's change histories, oldest first: those derived from a generated issue's
+        first version, then those its mutations recorded. Empty for an unknown issue."""
+        with self._lock:
+            origin = self._origin.get(issue_id)
+            out = _generated_histories(self, origin) if origin is not None else []
+            return out + list(self._histories.get(issue_id, ()))
+
+    def comments(self, issue_id: str) -> list[Comment]:
+        """The issue's comments, oldest first."""
+        with self._lock:
+            return sorted(self._comments.get(issue_id, {}).values(), key=lambda c: (c.created, int(c.id)))
+
+    def worklogs(self, issue_id: str) -> list[Worklog]:
+        """The issue's worklogs, by creation time."""
+        with self._lock:
+            return sorted(self._worklogs.get(issue_id, {}).values(), key=lambda w: (w.created, int(w.id)))
+
+    def comment(self, comment_id: str) -> Comment | None:
+        with self._lock:
+            issue_id = self._comment_index.get(str(comment_id))
+            return self._comments.get(issue_id, {}).get(str(comment_id)) if issue_id else None
+
+    def worklog(self, worklog_id: str) -> Worklog | None:
+        with self._lock:
+            issue_id = self._worklog_index.get(str(worklog_id))
+            return self._worklogs.get(issue_id, {}).get(str(worklog_id)) if issue_id else None
+
+    def worklog_changes(self, since_ms: int, until_ms: int, *, deleted: bool = False) -> list[tuple[int, int]]:
+        """(time, worklog id) of worklogs updated (or deleted) after ``since_ms`` up to ``until_ms``,
+        oldest first; a worklog changed several times is listed at its last change."""
+        with self._lock:
+            log = self._worklog_deletions if deleted else self._worklog_changes
+            start = bisect.bisect_right(log, (since_ms, 2**62))
+            latest: dict[int, int] = {}
+            for when, wid in log[start:]:
+                if when > until_ms:
+                    break
+                latest[wid] = when
+            return sorted((when, wid) for wid, when in latest.items())
+
+    def _put_comment(self, comment: Comment) -> None:
+        self._comments.setdefault(comment.issue_id, {})[comment.id] = comment
+        self._comment_index[comment.id] = comment.issue_id
+
+    def _put_worklog(self, worklog: Worklog) -> None:
+        self._worklogs.setdefault(worklog.issue_id, {})[worklog.id] = worklog
+        self._worklog_index[worklog.id] = worklog.issue_id
+        bisect.insort(self._worklog_changes, (worklog.updated, int(worklog.id)))
+
+    def _touch(self, issue: IssueVersion) -> tuple[int, IssueVersion]:
+        # Caller holds the lock. A comment bumps the issue's `updated` (Jira: issue_commented).
+        since = self._stamp()
+        after = dataclasses.replace(issue, updated=max(since, issue.updated + 1))
+        self._record(issue.id, since, after)
+        return after.updated, after
+
+    def add_comment(self, issue_id: str, body: str | None = None, *, actor: str | None = None) -> ActivityEvent:
+        """Adds a comment (random text unless given). Raises IssueNotFoundError / SiteError."""
+        with self._lock:
+            issue = self._live(issue_id)
+            actor_id = self._actor(actor)
+            self._next_comment += 1
+            now, issue = self._touch(issue)
+            comment = Comment(str(self._next_comment), issue.id, actor_id, body or self.rng.choice(_SENTENCES),
+                              now, now)
+            self._put_comment(comment)
+            event = ActivityEvent("comment_created", comment, issue, actor_id, now)
+        return self._emit(event)
+
+    def update_comment(self, comment_id: str, body: str | None = None, *, actor: str | None = None
+                       ) -> ActivityEvent:
+        """Edits a comment: new body, later ``updated``. Raises SiteError for an unknown comment."""
+        with self._lock:
+            old = self.comment(comment_id)
+            if old is None:
+                raise SiteError(f"unknown comment {comment_id}")
+            issue = self._live(old.issue_id)
+            actor_id = self._actor(actor)
+            now, issue = self._touch(issue)
+            comment = dataclasses.replace(old, body=body or f"{old.body} (edited)", updated=max(now, old.updated + 1))
+            self._put_comment(comment)
+            event = ActivityEvent("comment_updated", comment, issue, actor_id, comment.updated)
+        return self._emit(event)
+
+    def delete_comment(self, comment_id: str, *, actor: str | None = None) -> ActivityEvent:
+        """Deletes a comment. Raises SiteError for an unknown comment."""
+        with self._lock:
+            old = self.comment(comment_id)
+            if old is None:
+                raise SiteError(f"unknown comment {comment_id}")
+            issue = self._live(old.issue_id)
+            actor_id = self._actor(actor)
+            now, issue = self._touch(issue)
+            del self._comments[old.issue_id][old.id]
+            del self._comment_index[old.id]
+            event = ActivityEvent("comment_deleted", old, issue, actor_id, now)
+        return self._emit(event)
+
+    def add_worklog(self, issue_id: str, seconds: int | None = None, *, started: int | None = None,
+                    comment: str | None = None, actor: str | None = None) -> ActivityEvent:
+        """Logs work on an issue. Raises IssueNotFoundError / SiteError."""
+        with self._lock:
+            issue = self._live(issue_id)
+            actor_id = self._actor(actor)
+            now = self._stamp()
+            self._next_worklog += 1
+            worklog = Worklog(str(self._next_worklog), issue.id, actor_id, started or now - 3_600_000,
+                              seconds or 60 * self.rng.choice((15, 30, 60, 90, 120, 240)), comment, now, now)
+            self._put_worklog(worklog)
+            event = ActivityEvent("worklog_created", worklog, issue, actor_id, now)
+        return self._emit(event)
+
+    def update_worklog(self, worklog_id: str, seconds: int | None = None, *, actor: str | None = None
+                       ) -> ActivityEvent:
+        """Changes a worklog's time spent. Raises SiteError for an unknown worklog."""
+        with self._lock:
+            old = self.worklog(worklog_id)
+            if old is None:
+                raise SiteError(f"unknown worklog {worklog_id}")
+            issue = self._live(old.issue_id)
+            actor_id = self._actor(actor)
+            now = self._stamp()
+            worklog = dataclasses.replace(old, seconds=seconds or old.seconds + 900, updated=max(now, old.updated + 1))
+            self._put_worklog(worklog)
+            event = ActivityEvent("worklog_updated", worklog, issue, actor_id, worklog.updated)
+        return self._emit(event)
+
+    def delete_worklog(self, worklog_id: str, *, actor: str | None = None) -> ActivityEvent:
+        """Deletes a worklog (``worklog/deleted`` lists it). Raises SiteError for an unknown worklog."""
+        with self._lock:
+            old = self.worklog(worklog_id)
+            if old is None:
+                raise SiteError(f"unknown worklog {worklog_id}")
+            issue = self._live(old.issue_id)
+            actor_id = self._actor(actor)
+            now = self._stamp()
+            del self._worklogs[old.issue_id][old.id]
+            del self._worklog_index[old.id]
+            bisect.insort(self._worklog_deletions, (now, int(old.id)))
+            event = ActivityEvent("worklog_deleted", old, issue, actor_id, now)
+        return self._emit(event)
+
+    def _generate_activity(self, rng: random.Random, account_ids: Sequence[str]) -> None:
+        # Caller holds the lock. About a third of the issues have comments and a sixth have
+        # worklogs; one in 500 has more comments (one in 1,000 more worklogs) than
+        # an issue embeds (EMBEDDED_PAGE), so that the per-issue endpoints are needed.
+        for issue_id, v in self._origin.items():
+            roll = rng.random()
+            count = 0 if roll < 0.65 else EMBEDDED_PAGE + 5 if roll > 0.998 else rng.randint(1, 3)
+            span = max(1, v.updated - v.created)
+            for _ in range(count):
+                self._next_comment += 1
+                created = v.created + rng.randrange(span)
+                self._put_comment(Comment(str(self._next_comment), issue_id, rng.choice(account_ids),
+                                          _shared(rng.choice(_SENTENCES)), created, created))
+            roll = rng.random()
+            count = 0 if roll < 0.84 else EMBEDDED_PAGE + 3 if roll > 0.999 else rng.randint(1, 2)
+            for _ in range(count):
+                self._next_worklog += 1
+                created = v.created + rng.randrange(span)
+                self._put_worklog(Worklog(str(self._next_worklog), issue_id, rng.choice(account_ids),
+                                          created - 3_600_000, 60 * rng.choice((15, 30, 60, 90, 120, 240, 480)),
+                                          None, created, created))
+
     def random_mutation(self, *, weights: Mapping[str, float] | None = None,
-                        projects: Iterable[str] | None = None) -> ChangeEvent:
-        """One random create / update / move / delete (default weights 25/65/4/6 %)."""
+                        projects: Iterable[str] | None = None) -> ChangeEvent | ActivityEvent:
+        """One random create / update / move / delete (default weights 25/65/4/6 %); with
+        ``comment`` or ``worklog`` weights, a random add, edit or deletion of one of those too."""
         w = dict(weights or {"create": 25, "update": 65, "move": 4, "delete": 6})
         keys = [k.upper() for k in (projects or self.projects)]
         with self._lock:
@@ -698,7 +971,19 @@ class Site:
         if kind == "move":
             assert target is not None
             return self.move_issue(live.id, target)
+        if kind in ("comment", "worklog"):
+            return self._random_activity(kind, live)
         return self.delete_issue(live.id)
+
+    def _random_activity(self, kind: str, live: IssueVersion) -> ActivityEvent:
+        existing = self.comments(live.id) if kind == "comment" else self.worklogs(live.id)
+        roll = self.rng.random()
+        if not existing or roll < 0.5:
+            return self.add_comment(live.id) if kind == "comment" else self.add_worklog(live.id)
+        target = self.rng.choice(existing).id
+        if roll < 0.85:
+            return self.update_comment(target) if kind == "comment" else self.update_worklog(target)
+        return self.delete_comment(target) if kind == "comment" else self.delete_worklog(target)
 
     def _random_live(self, projects: Sequence[str]) -> IssueVersion | None:
         # Caller holds the lock. Sample ids until a live one of the wanted projects turns up.
@@ -755,6 +1040,16 @@ class Site:
         values: dict[str, Any] = {}
         for name, value in changes.items():
             attr = _ATTR_BY_CUSTOM_ID.get(name, name)
+            if name == self.story_points_field:
+                attr = "story_points"
+            elif name == self.sprint_field:
+                attr = "sprints"
+            if attr == "sprints":
+                ids = tuple(int(x["id"] if isinstance(x, dict) else x) for x in value or ())
+                if any(i not in SPRINTS for i in ids):
+                    raise SiteError(f"unknown sprint in {value!r}")
+                values["sprints"] = ids
+                continue
             if attr == "status":
                 if value not in STATUSES:
                     raise SiteError(f"unknown status {value!r}")
@@ -860,7 +1155,7 @@ def _workflow_id(project: Project) -> str:
 
 
 def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
-          projects: Mapping[str, Project]) -> list[dict[str, Any]]:
+          projects: Mapping[str, Project], site: "Site | None" = None) -> list[dict[str, Any]]:
     """Jira changelog items for the difference between two versions of an issue."""
 
     def user_name(account_id: str | None) -> str | None:
@@ -908,4 +1203,59 @@ def _diff(a: IssueVersion, b: IssueVersion, users: Mapping[str, User],
                                    y, fieldtype="custom"))
             else:
                 items.append(_item(cname, cid, None, x, None, y, fieldtype="custom"))
+    if site is not None and a.story_points != b.story_points:
+        items.append(_item(site.story_points_name, site.story_points_field, None, a.story_points, None,
+                           b.story_points, fieldtype="custom"))
+    if site is not None and a.sprints != b.sprints:
+        items.append(_item("Sprint", site.sprint_field, ", ".join(map(str, a.sprints)) or None,
+                           ", ".join(_sprint_name(i) for i in a.sprints) or None,
+                           ", ".join(map(str, b.sprints)) or None,
+                           ", ".join(_sprint_name(i) for i in b.sprints) or None, fieldtype="custom"))
     return items
+
+
+#: Comments and worklogs an issue embeds (``fields.comment``, ``fields.worklog``: the first page).
+EMBEDDED_PAGE = 20
+
+# A generated issue's workflow path to its status: the statuses it went through after To Do.
+_PATHS: dict[str, tuple[str, ...]] = {
+    "To Do": (), "Backlog": ("Backlog",), "In Progress": ("In Progress",),
+    "In Review": ("In Progress", "In Review"), "Done": ("In Progress", "In Review", "Done"),
+    "Won't Do": ("Won't Do",),
+}
+
+
+def _generated_histories(site: "Site", v: IssueVersion) -> list[History]:
+    """The change histories of a generated issue, derived from its first version: the status
+    changes that led from To Do to its status, spread between ``created`` and ``updated`` (the
+    last at ``updated``), now and then an assignee change. Deterministic per site seed and issue."""
+    rng = random.Random(f"{site.seed}:{v.id}")
+    path = _PATHS.get(v.status, ())
+    if v.status == "To Do" and rng.random() < 0.2:
+        path = ("In Progress", "To Do")  # started, then put back
+    span = v.updated - v.created
+    if not path or span < len(path) + 1:
+        return []
+    times = sorted(v.created + 1 + rng.randrange(span - 1) for _ in range(len(path) - 1)) + [v.updated]
+    author = v.assignee or v.reporter
+    out: list[History] = []
+    before = "To Do"
+    base = 5_000_000_000 + int(v.id) * 16
+    for n, (status, when) in enumerate(zip(path, times)):
+        a, b = STATUSES[before], STATUSES[status]
+        out.append(History(str(base + n), when, author, (_item("status", "status", a.id, a.name, b.id, b.name),)))
+        before = status
+    return out
+
+
+def _sprint_name(sprint_id: int) -> str:
+    return f"Sprint {sprint_id}"
+
+
+def _sprints_for(issue_id: str) -> tuple[int, ...]:
+    """A generated issue's sprints, from its id (no draw from the site's random sequence)."""
+    n = int(issue_id)
+    if n % 5 < 2:
+        return ()
+    first = 1 + n % len(SPRINTS)
+    return (first,) if n % 3 else tuple(sorted({first, 1 + (first % len(SPRINTS))}))

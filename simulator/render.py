@@ -22,14 +22,18 @@ from functools import lru_cache
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from .model import (CUSTOM_FIELDS, ISSUE_TYPES, PRIORITIES, SEVERITIES, STATUS_CATEGORIES,
-                    STATUSES, IssueVersion, Project, Site, User)
+from .model import (AGILE_FIELD_IDS, CUSTOM_FIELDS, EMBEDDED_PAGE, ISSUE_TYPES, PRIORITIES, SEVERITIES, SPRINT_TYPE,
+                    SPRINTS, STATUS_CATEGORIES, STATUSES, STORY_POINTS_TYPE, Comment, History, IssueVersion, Project,
+                    Site, User, Worklog)
 
 __all__ = [
     "ALL_FIELDS",
     "NAVIGABLE_FIELDS",
     "FieldSelection",
     "adf",
+    "comment_json",
+    "history_json",
+    "worklog_json",
     "field_definitions",
     "format_time",
     "issue_types_json",
@@ -40,14 +44,17 @@ __all__ = [
     "wiki",
 ]
 
-#: Every field id an issue of the simulator has, in the order Jira tends to list them.
-ALL_FIELDS: tuple[str, ...] = (
+#: ``*navigable``: the fields the issue navigator can show, in the order Jira tends to list them.
+#: Story points and sprint are named by every id they may have on some site; an issue shows
+#: only its site's (AGILE_FIELD_IDS).
+NAVIGABLE_FIELDS: tuple[str, ...] = (
     "summary", "status", "issuetype", "priority", "assignee", "reporter", "creator", "labels",
-    "created", "updated", "resolutiondate", "resolution", "project", "description",
-    *CUSTOM_FIELDS,
+    "created", "updated", "resolutiondate", "resolution", "project", "description", "parent", "duedate",
+    *CUSTOM_FIELDS, *AGILE_FIELD_IDS,
 )
-#: ``*navigable``: the fields the issue navigator can show (all of ours).
-NAVIGABLE_FIELDS: tuple[str, ...] = ALL_FIELDS
+#: Every field id an issue of the simulator has: the navigable ones, and ``comment`` and
+#: ``worklog``, which only ``*all`` or their names bring (their first page: EMBEDDED_PAGE).
+ALL_FIELDS: tuple[str, ...] = NAVIGABLE_FIELDS + ("comment", "worklog")
 
 
 @lru_cache(maxsize=256)
@@ -253,8 +260,21 @@ def _fields(v: IssueVersion, site: Site, base_url: str, tz: str, api: int,
             out[name] = project_json(project, base_url, api=api)
         elif name == "description":
             out[name] = adf(v.description) if api == 3 else wiki(v.description)
-        elif name == "customfield_10016":
+        elif name == site.story_points_field:
             out[name] = v.story_points
+        elif name == site.sprint_field:
+            out[name] = [sprint_json(n) for n in v.sprints] or None
+        elif name in ("parent", "duedate"):
+            out[name] = None  # no sub-tasks nor due dates here; the fields exist, empty
+        elif name == "comment" and api == 3:
+            comments = site.comments(v.id)
+            out[name] = {"comments": [comment_json(c, site, base_url, tz) for c in comments[:EMBEDDED_PAGE]],
+                         "self": f"{base_url}/rest/api/3/issue/{v.id}/comment", "maxResults": EMBEDDED_PAGE,
+                         "total": len(comments), "startAt": 0}
+        elif name == "worklog" and api == 3:
+            worklogs = site.worklogs(v.id)
+            out[name] = {"startAt": 0, "maxResults": EMBEDDED_PAGE, "total": len(worklogs),
+                         "worklogs": [worklog_json(w, site, base_url, tz) for w in worklogs[:EMBEDDED_PAGE]]}
         elif name == "customfield_10030":
             out[name] = v.customer_ref
         elif name == "customfield_10031":
@@ -308,8 +328,54 @@ def issue_v2(v: IssueVersion, site: Site, base_url: str, tz: str) -> dict[str, A
             "fields": fields}
 
 
-def field_definitions() -> list[dict[str, Any]]:
-    """``GET /rest/api/3/field``: system fields and the site's custom fields."""
+def sprint_json(sprint_id: int) -> dict[str, Any]:
+    """A sprint as the sprint field holds it (tests/payloads/issue_created.json): dates in UTC."""
+    start = _dt.datetime(2024, 1, 1, 9, tzinfo=_dt.timezone.utc) + _dt.timedelta(days=14 * (sprint_id - 1))
+    out: dict[str, Any] = {"id": sprint_id, "name": f"Sprint {sprint_id}", "state": SPRINTS[sprint_id],
+                           "boardId": 1, "goal": ""}
+    if SPRINTS[sprint_id] != "future":
+        out["startDate"] = f"{start:%Y-%m-%dT%H:%M:%S}.000Z"
+        out["endDate"] = f"{start + _dt.timedelta(days=14):%Y-%m-%dT%H:%M:%S}.000Z"
+    if SPRINTS[sprint_id] == "closed":
+        out["completeDate"] = out["endDate"]
+    return out
+
+
+def comment_json(c: Comment, site: Site, base_url: str, tz: str, *, api: int = 3) -> dict[str, Any]:
+    """A comment (spec: Comment): ADF body in REST v3, wiki markup in webhooks (api 2)."""
+    author = user_json(site.users.get(c.author), base_url, api=api)
+    return {"self": f"{base_url}/rest/api/{api}/issue/{c.issue_id}/comment/{c.id}", "id": c.id,
+            "author": author, "body": adf(c.body) if api == 3 else wiki(c.body), "updateAuthor": author,
+            "created": format_time(c.created, tz), "updated": format_time(c.updated, tz), "jsdPublic": True}
+
+
+def worklog_json(w: Worklog, site: Site, base_url: str, tz: str, *, api: int = 3) -> dict[str, Any]:
+    """A worklog (spec: Worklog): ``comment`` ADF in REST v3, a string in webhooks (api 2)."""
+    author = user_json(site.users.get(w.author), base_url, api=api)
+    out: dict[str, Any] = {"self": f"{base_url}/rest/api/{api}/issue/{w.issue_id}/worklog/{w.id}",
+                           "author": author, "updateAuthor": author}
+    if w.comment is not None:
+        out["comment"] = adf(w.comment) if api == 3 else w.comment
+    hours, minutes = divmod(w.seconds // 60, 60)
+    out.update({"created": format_time(w.created, tz), "updated": format_time(w.updated, tz),
+                "started": format_time(w.started, tz),
+                "timeSpent": " ".join(p for p in (f"{hours}h" if hours else "", f"{minutes}m" if minutes else "") if p)
+                or "0m",
+                "timeSpentSeconds": w.seconds, "id": w.id, "issueId": w.issue_id})
+    return out
+
+
+def history_json(h: History, site: Site, base_url: str, tz: str) -> dict[str, Any]:
+    """A change history (spec: Changelog): ``created`` a date-time string, as the schema says;
+    an empty ``from``/``to`` is left out (ChangeDetails declares strings, not nullable)."""
+    return {"id": h.id, "author": user_json(site.users.get(h.author), base_url),
+            "created": format_time(h.created, tz),
+            "items": [{k: v for k, v in i.items() if v is not None} for i in h.items]}
+
+
+def field_definitions(site: Site | None = None) -> list[dict[str, Any]]:
+    """``GET /rest/api/3/field``: system fields and the site's custom fields (the story-point
+    and sprint fields with this site's ids)."""
     system = {
         "summary": ("Summary", {"type": "string", "system": "summary"}),
         "status": ("Status", {"type": "status", "system": "status"}),
@@ -350,4 +416,12 @@ def field_definitions() -> list[dict[str, Any]]:
                     "orderable": True, "navigable": True, "searchable": True,
                     "clauseNames": [f"cf[{num}]", name],
                     "schema": {"type": kind, "custom": custom_types[kind], "customId": num}})
+    if site is not None:
+        for cid, name, schema in (
+                (site.story_points_field, site.story_points_name, {"type": "number", "custom": STORY_POINTS_TYPE}),
+                (site.sprint_field, "Sprint", {"type": "array", "items": "json", "custom": SPRINT_TYPE})):
+            num = int(cid.rsplit("_", 1)[1])
+            out.append({"id": cid, "key": cid, "name": name, "custom": True, "orderable": True, "navigable": True,
+                        "searchable": True, "clauseNames": [f"cf[{num}]", name],
+                        "schema": dict(schema, customId=num)})
     return out

@@ -30,7 +30,17 @@ Endpoints and the Atlassian behaviour each imitates
 ``GET /rest/api/3/project/{idOrKey}``
     A project by id or key (case-sensitive, as the spec says), former keys too; 404 otherwise.
 ``GET /rest/api/3/myself``, ``serverInfo``, ``project/search``, ``field``
-    As documented; ``myself.timeZone`` is the ``time_zone`` knob.
+    As documented; ``myself.timeZone`` is the ``time_zone`` knob; ``field`` lists the site's
+    story-point and sprint fields with the ids the site's seed chose.
+``POST /rest/api/3/changelog/bulkfetch``
+    Change histories of up to 1000 issues (optionally of up to 10 field ids), oldest first, then
+    by issue id, ``maxResults`` (default 1000) a page, chained by ``nextPageToken``.
+``GET /rest/api/3/issue/{idOrKey}/comment`` and ``/worklog``
+    Offset pages (``startAt``/``maxResults``/``total``); an issue's ``fields.comment`` and
+    ``fields.worklog`` (``*all`` or named) embed only the first ``EMBEDDED_PAGE``.
+``GET /rest/api/3/worklog/updated|deleted?since=``, ``POST worklog/list``, ``POST comment/list``
+    Site-wide changed/deleted worklog ids (1000 a page, ``nextPage``/``lastPage``/``until``,
+    nothing of the last minute), and reads of up to 1000 worklogs or comments by id.
 
 Failure modes, each a knob that can be changed while the server runs: per-request latency,
 random 429s carrying ``Retry-After`` / ``X-RateLimit-Reset`` / ``RateLimit-Reason``
@@ -67,8 +77,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
-from .render import (FieldSelection, field_definitions, format_time, issue_types_json, issue_v3,
-                     project_json, user_json, zone)
+from .render import (FieldSelection, comment_json, field_definitions, format_time, history_json, issue_types_json,
+                     issue_v3, project_json, user_json, worklog_json, zone)
 
 __all__ = ["JiraServer", "ROUTES"]
 
@@ -77,7 +87,8 @@ log = logging.getLogger(__name__)
 #: Route names used as keys of :attr:`JiraServer.stats` (and of the ``route`` filter of faults).
 ROUTES = ("search/jql", "search/approximate-count", "search", "issue/bulkfetch", "issue",
           "myself", "serverInfo", "project/search", "project", "users/search", "field",
-          "tenant_info", "unknown")
+          "changelog/bulkfetch", "issue/comment", "issue/worklog", "worklog/updated", "worklog/deleted",
+          "worklog/list", "comment/list", "tenant_info", "unknown")
 
 INVALID_TOKEN = "The provided nextPageToken is invalid or has expired."
 GONE = ("The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
@@ -98,6 +109,12 @@ _SEARCH_BODY_KEYS = {"jql", "nextPageToken", "maxResults", "fields", "expand", "
                      "fieldsByKeys", "reconcileIssues"}
 _COUNT_BODY_KEYS = {"jql"}  # JQLCountRequestBean
 _BULKFETCH_BODY_KEYS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
+_CHANGELOG_BODY_KEYS = {"issueIdsOrKeys", "fieldIds", "maxResults", "nextPageToken"}  # BulkChangelogRequestBean
+_IDS_BODY_KEYS = {"ids"}  # WorklogIdsRequestBean, IssueCommentListRequestBean
+# worklog/updated and worklog/deleted: "does not return worklogs updated during the minute
+# preceding the request"; 1000 a page.
+WORKLOG_FEED_DELAY_MS = 60_000
+WORKLOG_FEED_PAGE = 1000
 
 
 class _ApiError(Exception):
@@ -380,9 +397,17 @@ class JiraServer:
             "project/search": ("project/search", self._project_search, ("GET",)),
             "users/search": ("users/search", self._users_search, ("GET",)),
             "field": ("field", self._fields, ("GET",)),
+            "changelog/bulkfetch": ("changelog/bulkfetch", self._changelog_bulkfetch, ("POST",)),
+            "worklog/updated": ("worklog/updated", self._worklog_feed, ("GET",)),
+            "worklog/deleted": ("worklog/deleted", self._worklog_feed, ("GET",)),
+            "worklog/list": ("worklog/list", self._worklog_list, ("POST",)),
+            "comment/list": ("comment/list", self._comment_list, ("POST",)),
         }
         if rest in table:
             return table[rest]
+        if rest.startswith("issue/") and rest.count("/") == 2 and rest.endswith(("/comment", "/worklog")):
+            kind = rest.rsplit("/", 1)[1]
+            return f"issue/{kind}", (self._issue_comments if kind == "comment" else self._issue_worklogs), ("GET",)
         if rest.startswith("issue/") and rest.count("/") == 1:
             return "issue", self._get_issue, ("GET",)
         if rest.startswith("project/") and rest.count("/") == 1:
@@ -829,23 +854,151 @@ class JiraServer:
         return _Response(200, [user_json(u, self.base_url) for u in users], {})
 
     def _fields(self, **_: Any) -> _Response:
-        return _Response(200, field_definitions(), {})
+        return _Response(200, field_definitions(self.site), {})
+
+    # --- history and activity ------------------------------------------------------------
+
+    def _changelog_bulkfetch(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
+        # Spec (POST /rest/api/3/changelog/bulkfetch, BulkChangelogRequestBean/ResponseBean): up
+        # to 1000 issues, up to 10 field ids, maxResults 1..10000 (default 1000) change histories
+        # a page; "sorted by changelog date and issue IDs, starting from the oldest changelog and
+        # smallest issue ID"; nextPageToken absent on the last page. Unknown issues are skipped.
+        data = self._json_body(headers, body)
+        if set(data) - _CHANGELOG_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
+        refs = data.get("issueIdsOrKeys")
+        if not isinstance(refs, list) or not refs:
+            raise _ApiError(400, "issueIdsOrKeys must not be empty.")
+        if len(refs) > 1000:
+            raise _ApiError(400, "The number of issues requested exceeds the limit of 1000.")
+        field_ids = data.get("fieldIds") or []
+        if not isinstance(field_ids, list) or len(field_ids) > 10:
+            raise _ApiError(400, "fieldIds must be a list of at most 10 field IDs.")
+        size = data.get("maxResults", 1000)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10000:
+            raise _ApiError(400, "maxResults must be between 1 and 10000.")
+        ids = sorted({i for i in (self.site.resolve(str(r)) for r in refs) if i is not None}, key=int)
+        wanted = set(field_ids)
+        entries = []
+        for issue_id in ids:
+            for h in self.site.changelog(issue_id):
+                if wanted and not any(i.get("fieldId") in wanted for i in h.items):
+                    continue
+                entries.append((h.created, int(issue_id), h))
+        entries.sort(key=lambda e: (e[0], e[1], int(e[2].id)))
+        qhash = hashlib.sha256(json.dumps([ids, sorted(wanted)]).encode()).hexdigest()[:16]
+        offset = 0
+        if data.get("nextPageToken") is not None:
+            offset = int(self._read_token(str(data["nextPageToken"]), qhash).get("o", 0))
+        page = entries[offset:offset + size]
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        order: list[int] = []
+        for _, issue_id, h in page:
+            if issue_id not in grouped:
+                grouped[issue_id] = []
+                order.append(issue_id)
+            history = history_json(h, self.site, self.base_url, self.time_zone)
+            if wanted:
+                history["items"] = [i for i in history["items"] if i.get("fieldId") in wanted]
+            grouped[issue_id].append(history)
+        answer: dict[str, Any] = {"issueChangeLogs": [{"issueId": str(i), "changeHistories": grouped[i]}
+                                                      for i in order]}
+        if offset + size < len(entries):
+            answer["nextPageToken"] = self._token(qhash, offset + size, None, 0)
+        return _Response(200, answer, {})
+
+    def _issue_of_path(self, path: str) -> IssueVersion:
+        ref = path.rstrip("/").rsplit("/", 2)[1]
+        version = self.site.get(ref)
+        if version is None:
+            raise _ApiError(404, NOT_FOUND_ISSUE)
+        return version
+
+    def _issue_comments(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/issue/{issueIdOrKey}/comment, PageOfComments): startAt, maxResults
+        # (default 100; Jira caps it at 100), orderBy created/-created/+created (else 400).
+        version = self._issue_of_path(path)
+        start = _int_param(query, "startAt", 0, minimum=0)
+        size = min(_int_param(query, "maxResults", 100, minimum=0), 100)
+        order = query.get("orderBy", ["created"])[-1]
+        if order not in ("created", "-created", "+created"):
+            raise _ApiError(400, "orderBy must be one of created, -created, +created.")
+        comments = self.site.comments(version.id)
+        if order == "-created":
+            comments.reverse()
+        page = comments[start:start + size]
+        return _Response(200, {"startAt": start, "maxResults": size, "total": len(comments),
+                               "comments": [comment_json(c, self.site, self.base_url, self.time_zone)
+                                            for c in page]}, {})
+
+    def _issue_worklogs(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/issue/{issueIdOrKey}/worklog, PageOfWorklogs): startAt,
+        # maxResults (default 5000), ordered by created time; startedAfter/startedBefore filter.
+        version = self._issue_of_path(path)
+        start = _int_param(query, "startAt", 0, minimum=0)
+        size = min(_int_param(query, "maxResults", 5000, minimum=0), 5000)
+        after = _int_param(query, "startedAfter", -2**62, minimum=-2**62)
+        before = _int_param(query, "startedBefore", 2**62, minimum=-2**62)
+        worklogs = [w for w in self.site.worklogs(version.id) if after <= w.started < before]
+        page = worklogs[start:start + size]
+        return _Response(200, {"startAt": start, "maxResults": size, "total": len(worklogs),
+                               "worklogs": [worklog_json(w, self.site, self.base_url, self.time_zone)
+                                            for w in page]}, {})
+
+    def _worklog_feed(self, *, path: str, query: dict[str, list[str]], **_: Any) -> _Response:
+        # Spec (GET /rest/api/3/worklog/updated|deleted, ChangedWorklogs): worklogs changed after
+        # `since` (epoch ms, default 0), oldest first, 1000 a page; `until` is the youngest on
+        # the page, `nextPage` the URL of the next one, `lastPage` true on the last; nothing of
+        # the minute preceding the request.
+        deleted = path.rstrip("/").endswith("deleted")
+        since = _int_param(query, "since", 0, minimum=0)
+        changes = self.site.worklog_changes(since, self.site.now_ms() - WORKLOG_FEED_DELAY_MS, deleted=deleted)
+        page = changes[:WORKLOG_FEED_PAGE]
+        until = page[-1][0] if page else since
+        kind = "deleted" if deleted else "updated"
+        base = f"{self.base_url}/rest/api/3/worklog/{kind}"
+        answer: dict[str, Any] = {
+            "values": [{"worklogId": wid, "updatedTime": when, "properties": []} for when, wid in page],
+            "since": since, "until": until, "self": f"{base}?since={since}",
+            "lastPage": len(changes) <= WORKLOG_FEED_PAGE}
+        if not answer["lastPage"]:
+            answer["nextPage"] = f"{base}?since={until}"
+        return _Response(200, answer, {})
+
+    def _ids_body(self, headers: Any, body: bytes) -> list[str]:
+        data = self._json_body(headers, body)
+        if set(data) - _IDS_BODY_KEYS:
+            raise _ApiError(400, BAD_PAYLOAD)
+        ids = data.get("ids")
+        if not isinstance(ids, list) or not ids or len(ids) > 1000:
+            raise _ApiError(400, "ids must hold between 1 and 1000 IDs.")
+        if any(isinstance(i, bool) or not isinstance(i, (int, str)) or not str(i).isdigit() for i in ids):
+            raise _ApiError(400, BAD_PAYLOAD)
+        return list(dict.fromkeys(str(i) for i in ids))
+
+    def _worklog_list(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
+        # Spec (POST /rest/api/3/worklog/list): a bare list of Worklog, at most 1000 ids; ids
+        # not found (deleted) are left out.
+        found = [w for w in (self.site.worklog(i) for i in self._ids_body(headers, body)) if w is not None]
+        return _Response(200, [worklog_json(w, self.site, self.base_url, self.time_zone) for w in found], {})
+
+    def _comment_list(self, *, headers: Any, body: bytes, **_: Any) -> _Response:
+        # Spec (POST /rest/api/3/comment/list, PageBeanComment): one page of the comments found.
+        found = [c for c in (self.site.comment(i) for i in self._ids_body(headers, body)) if c is not None]
+        return _Response(200, {"isLast": True, "maxResults": 1000, "startAt": 0, "total": len(found),
+                               "values": [comment_json(c, self.site, self.base_url, self.time_zone)
+                                          for c in found]}, {})
 
 
 def _expand(issues: list[dict[str, Any]], expand: set[str], *, all_fields: bool, base_url: str) -> None:
-    """What ``expand=changelog,transitions`` and ``fields=*all`` add to search results: the
-    issue's change histories and transitions (none kept here, so empty), and the non-navigable
-    ``comment`` and ``worklog`` fields (empty)."""
+    """What ``expand=changelog,transitions`` adds to search results: the issue's change
+    histories and transitions (not rendered here, so empty: read them with changelog/bulkfetch)."""
     for issue in issues:
         if "changelog" in expand:
             issue["changelog"] = {"startAt": 0, "maxResults": 0, "total": 0, "histories": []}
         if "transitions" in expand:
             issue["transitions"] = []
-        if all_fields and "fields" in issue:
-            issue["fields"].setdefault("comment", {
-                "comments": [], "self": f"{base_url}/rest/api/3/issue/{issue['id']}/comment",
-                "maxResults": 0, "total": 0, "startAt": 0})
-            issue["fields"].setdefault("worklog", {"startAt": 0, "maxResults": 20, "total": 0, "worklogs": []})
+        # `*all` brings `comment` and `worklog` through the field selection (render._fields).
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int, *, minimum: int) -> int:

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from .model import ChangeEvent, ProjectEvent, Site
-from .render import format_time, issue_v2, user_json
+from .model import ActivityEvent, ChangeEvent, Comment, ProjectEvent, Site
+from .render import comment_json, format_time, issue_v2, user_json, worklog_json
 
 __all__ = ["NON_ISSUE_KINDS", "PreparedRequest", "WebhookPusher", "issue_payload",
            "non_issue_payload", "project_payload", "sign"]
@@ -89,6 +89,30 @@ def issue_payload(event: ChangeEvent, site: Site, base_url: str,
     }
     if event.kind != "deleted":
         body["changelog"] = {"id": event.changelog_id, "items": [dict(i) for i in event.items]}
+    return body
+
+
+def activity_payload(event: ActivityEvent, site: Site, base_url: str, webhook_id: int = 1) -> dict[str, Any]:
+    """The body Jira sends for a comment or worklog change (``comment_*``, ``worklog_*``).
+
+    Shaped like the recorded bodies (tests/payloads/comment_created.json, worklog_updated.json;
+    zulip's Jira webhook fixtures): REST-v2 rendering (a wiki-markup body), the actor's offsets;
+    a comment event carries a short form of its issue (no ``updated``), a worklog event only
+    the worklog with its ``issueId``.
+    """
+    actor = site.users.get(event.actor)
+    tz = actor.time_zone if actor else "UTC"
+    body: dict[str, Any] = {"timestamp": event.timestamp, "webhookEvent": event.kind,
+                            "matchedWebhookIds": [webhook_id]}
+    if isinstance(event.entity, Comment):
+        body["comment"] = comment_json(event.entity, site, base_url, tz, api=2)
+        full = issue_v2(event.issue, site, base_url, tz)["fields"]
+        body["issue"] = {"id": event.issue.id, "self": f"{base_url}/rest/api/2/issue/{event.issue.id}",
+                         "key": event.issue.key,
+                         "fields": {k: full.get(k) for k in ("summary", "issuetype", "project", "assignee",
+                                                             "priority", "status")}}
+    else:
+        body["worklog"] = worklog_json(event.entity, site, base_url, tz, api=2)
     return body
 
 
@@ -263,11 +287,15 @@ class WebhookPusher:
 
     # --- queueing -----------------------------------------------------------------------
 
-    def push_event(self, event: ChangeEvent | ProjectEvent) -> None:
+    def push_event(self, event: ChangeEvent | ProjectEvent | ActivityEvent) -> None:
         """Queues the webhooks of one site mutation (site listener): ``jira:issue_*`` for an
-        issue change, ``project_updated`` for a project key rename."""
+        issue change, ``project_updated`` for a project key rename, ``comment_*``/``worklog_*``."""
         if self.site is None:
             raise RuntimeError("WebhookPusher needs a site to render issue events")
+        if isinstance(event, ActivityEvent):
+            for n, secret in enumerate(self.secrets, start=1):
+                self._enqueue(activity_payload(event, self.site, self.base_url, webhook_id=n), secret)
+            return
         for n, secret in enumerate(self.secrets, start=1):
             if isinstance(event, ProjectEvent):
                 self._enqueue(project_payload(event, self.site, self.base_url, webhook_id=n), secret)

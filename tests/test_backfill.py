@@ -10,7 +10,7 @@ from backfill.sync import SyncError
 from mirror import store
 from mirror.jira import JiraClient
 from mirror.models import Issue, Project, SyncRun
-from tests.mirror_truth import differences
+from tests.mirror_truth import differences, full_sync_calls, history_differences
 
 
 def sync(settings, redis_conn, key="DEMO", *, full=False, **kw):
@@ -27,8 +27,11 @@ def test_full_sync_equals_the_truth_field_by_field(db, jira, jira_settings, redi
     result = sync(jira_settings, redis_conn, full=True)
     assert result["kind"] == "full" and result["seen"] == 1500 and result["written"] == 1500
     assert_exact(jira, jira_settings)
-    # ids in pages of 5000, details 100 a call: 1 count + 1 id page + 15 bulkfetch
-    assert result["api_calls"] <= 1500 / 100 + 10
+    assert not history_differences(jira.site, ["DEMO"], site_name=jira_settings.site)[:5]
+    # At the floor the endpoints allow: GET project, count, GET field, ids 5000 a page, details
+    # 100 a call, changelogs 1000 issues a call (and their cut pages), overflowing issues.
+    formula, floor = full_sync_calls(jira.site, "DEMO")
+    assert result["api_calls"] == floor, formula
     run = SyncRun.get()
     assert (run.state, run.issues_written, run.api_calls) == ("succeeded", 1500, result["api_calls"])
     project = Project.get(Project.key == "DEMO", Project.site == jira_settings.site)
@@ -79,10 +82,13 @@ def test_incremental_with_index_lag_misses_nothing_once_the_index_catches_up(db,
     assert Issue.get(Issue.issue_id == created.issue_id).deleted_at is None
 
 
-def test_empty_incremental_costs_three_calls(db, jira, jira_settings, redis_conn):
+def test_empty_incremental_costs_three_calls_plus_two_for_worklogs(db, jira, jira_settings, redis_conn):
     sync(jira_settings, redis_conn, full=True)
+    jira.reset_stats()
     result = sync(jira_settings, redis_conn)
-    assert result["kind"] == "incremental" and result["api_calls"] <= 3
+    assert result["kind"] == "incremental" and result["api_calls"] <= 5
+    worklog_calls = jira.stats["worklog/updated"] + jira.stats["worklog/deleted"]
+    assert worklog_calls == 2 and result["api_calls"] - worklog_calls <= 3, jira.stats
 
 
 def test_reconciliation_keeps_issues_too_new_for_the_index(db, jira, jira_settings, redis_conn, drain):

@@ -16,7 +16,7 @@ from tests import factories, procs
 
 FIELDS = {"issue_id", "key", "project_key", "summary", "status", "status_category", "issue_type", "priority",
           "assignee_account_id", "reporter_account_id", "labels", "created", "updated", "resolved", "deleted",
-          "deleted_at"}
+          "deleted_at", "parent_id", "resolution", "due_date", "story_points", "sprint_ids", "status_changed_at"}
 T0 = dt.datetime(2025, 6, 1, 12, 0, 0)
 
 

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror.issues import IssueMappingError, parse_jira_datetime, to_row
+from mirror.activity import agile_fields
+
+from mirror.issues import AgileFields, IssueMappingError, parse_jira_datetime, to_row
 from tests import factories
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -37,8 +39,35 @@ def test_to_row_maps_typed_columns_from_recorded_webhook():
     assert row["status"] == "In Progress" and row["status_category"] == "indeterminate"
     assert row["updated"] == dt.datetime(2024, 12, 29, 5, 10, 12, 640000)
     assert row["assignee_account_id"] == body["issue"]["fields"]["assignee"]["accountId"]
-    assert row["fields"] == body["issue"]["fields"]
+    # Comments and worklogs live in tables of their own: one shape whatever the read asked for.
+    fields = {k: v for k, v in body["issue"]["fields"].items() if k not in ("comment", "worklog")}
+    assert row["fields"] == fields
     assert row["event_ts"] == body["timestamp"] and row["source"] == "webhook"
+    # Without the site's field table, no story points nor sprints are guessed.
+    assert (row["story_points"], row["sprint_ids"], row["due_date"]) == (None, None, dt.date(2025, 1, 10))
+
+
+def test_to_row_reads_story_points_and_sprints_by_the_sites_field_ids():
+    body = json.loads((PAYLOADS / "issue_updated.json").read_text())
+    agile = AgileFields(story_points="customfield_10016", sprint="customfield_10020")
+    row = to_row("acme.atlassian.net", body["issue"], source="webhook", event_ts=1, agile=agile)
+    assert (row["story_points"], row["sprint_ids"], row["resolution"], row["parent_id"]) == (5.0, [12], None, None)
+    other = AgileFields(story_points="customfield_10019", sprint="customfield_10099")  # another site's ids
+    row = to_row("acme.atlassian.net", body["issue"], source="webhook", event_ts=1, agile=other)
+    assert (row["story_points"], row["sprint_ids"]) == (None, [])
+
+
+def test_agile_fields_are_found_by_schema_type_then_by_name():
+    fields = [
+        {"id": "customfield_10016", "name": "Story point estimate", "custom": True,
+         "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10016}},
+        {"id": "customfield_10028", "name": "Story Points", "custom": True,
+         "schema": {"type": "number", "custom": "com.atlassian.jira.plugin.system.customfieldtypes:float"}},
+        {"id": "customfield_10104", "name": "Sprint", "custom": True,
+         "schema": {"type": "array", "items": "json", "custom": "com.pyxis.greenhopper.jira:gh-sprint"}},
+    ]
+    assert agile_fields(fields) == AgileFields("customfield_10016", "customfield_10104")
+    assert agile_fields(fields[1:2]) == AgileFields("customfield_10028", None)
 
 
 def test_to_row_keeps_nulls_for_hostile_issue():

@@ -61,7 +61,7 @@ def test_every_delivery_outcome_is_counted_with_its_ack_time(app, client, redis_
     issue = factories.issue()
     assert post(client, factories.delivery(the_issue=issue), delivery_id="d-1").status_code == 202
     assert post(client, factories.delivery(the_issue=issue), delivery_id="d-1").status_code == 200  # duplicate
-    assert post(client, factories.delivery("comment_created", comment={"id": "1"})).status_code == 200
+    assert post(client, factories.delivery("attachment_created", attachment={"id": "1"})).status_code == 200
     other = factories.issue("20001", "OTHER-1")
     assert post(client, factories.delivery(the_issue=other)).status_code == 200  # untracked project
     assert post(client, factories.delivery(the_issue=issue), secret="wrong").status_code == 401
@@ -77,7 +77,7 @@ def test_every_delivery_outcome_is_counted_with_its_ack_time(app, client, redis_
     samples = scrape(client)
     assert deliveries(samples, "jira:issue_updated", "accepted") == 1
     assert deliveries(samples, "jira:issue_updated", "duplicate") == 1
-    assert deliveries(samples, "comment_created", "ignored") == 1
+    assert deliveries(samples, "attachment_created", "ignored") == 1
     assert deliveries(samples, "jira:issue_updated", "ignored") == 1
     assert deliveries(samples, "unknown", "unauthorized") == 1
     assert deliveries(samples, "unknown", "invalid") == 1

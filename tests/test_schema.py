@@ -94,3 +94,37 @@ def test_upgrade_from_version_4_adds_project_ids_deletion_reasons_and_digests(en
         assert row.deleted_at == dt.datetime(2025, 1, 1)
         project = Project.get()
         assert (project.key, project.project_id, project.former_keys) == ("DEMO", None, [])
+
+
+def test_upgrade_from_version_5_adds_history_tables_typed_columns_and_utc_timestamps(env):
+    database = mirror_db.init_database(env.database_url)
+    assert schema.upgrade(database, target=5) == (0, 5)
+    with database.connection_context():
+        database.execute_sql(
+            "INSERT INTO jira_issue (site, issue_id, key, project_key, summary, labels, created, updated, fields,"
+            " synced_at, source, event_ts) VALUES ('local', '10001', 'DEMO-1', 'DEMO', 'kept', '[]',"
+            " '2024-12-28 10:00:00', '2024-12-29 03:11:23.904', '{}', '2024-12-29 03:12:00', 'backfill', 5)")
+    result = CliRunner().invoke(main, ["db", "upgrade"])
+    assert result.exit_code == 0 and "from version 5 to" in result.output, result.output
+    with database.connection_context():
+        assert {"parent_id", "resolution", "due_date", "story_points", "sprint_ids",
+                "status_changed_at"} <= _columns(database, "jira_issue")
+        for table in ("jira_changelog_item", "jira_comment", "jira_worklog", "jira_field"):
+            assert database.table_exists(table)
+        row = Issue.get()
+        # The same instants, as UTC, whatever the column type became.
+        assert row.updated == dt.datetime(2024, 12, 29, 3, 11, 23, 904000)
+        assert row.status_changed_at == dt.datetime(2024, 12, 28, 10, 0)
+        assert (row.story_points, row.sprint_ids, row.content_hash) == (None, None, None)
+        spans = database.execute_sql("SELECT issue_id, status, ended FROM jira_issue_status_interval").fetchall()
+        assert spans == [("10001", None, None)]
+        if mirror_db.is_postgres():
+            types = dict(database.execute_sql(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'jira_issue'"
+            ).fetchall())
+            assert types["updated"] == types["created"] == "timestamp with time zone"
+            # A session in another zone sees the same instant.
+            database.execute_sql("SET TIME ZONE 'Asia/Kolkata'")
+            shown = database.execute_sql("SELECT to_char(updated, 'HH24:MI') FROM jira_issue").fetchone()[0]
+            database.execute_sql("SET TIME ZONE 'UTC'")
+            assert shown == "08:41"

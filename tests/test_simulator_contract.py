@@ -491,7 +491,7 @@ def test_other_reads_fit_their_schemas(http: requests.Session, server: JiraServe
     conforms(http.get(api(server, "myself")), "/rest/api/3/myself")
     conforms(http.get(api(server, "serverInfo")), "/rest/api/3/serverInfo")
     fields = conforms(http.get(api(server, "field")), "/rest/api/3/field")
-    assert {f["id"] for f in fields} >= {"summary", "status", "updated", "customfield_10016"}
+    assert {f["id"] for f in fields} >= {"summary", "status", "updated", server.site.story_points_field}
 
 
 @pytest.mark.parametrize(("method", "call", "spec_path", "status"), [
@@ -555,3 +555,120 @@ def test_page_tokens_expire_after_seven_days_by_default(
     clock.advance(120)
     expired = http.post(api(server, "search/jql"), json=body)
     assert expired.status_code == 400 and expired.json()["errorMessages"]
+
+
+# --- history and activity (issue 13): changelogs, comments, worklogs, agile fields ------------
+
+
+def test_changelog_bulkfetch_pages_oldest_first_and_conforms(http: requests.Session, server: JiraServer,
+                                                             site: Site) -> None:
+    ids = site.issue_ids()
+    site.update_issue(ids[0], status="Done")
+    expected = sum(len(site.changelog(i)) for i in ids)
+    assert expected > 10
+    histories: list[tuple[str, dict[str, Any]]] = []
+    body: dict[str, Any] = {"issueIdsOrKeys": ids, "maxResults": 7}
+    spans = []
+    while True:
+        page = conforms(http.post(api(server, "changelog/bulkfetch"), json=body), "/rest/api/3/changelog/bulkfetch")
+        got = [(entry["issueId"], h) for entry in page["issueChangeLogs"] for h in entry["changeHistories"]]
+        times = [dt.datetime.strptime(h["created"], "%Y-%m-%dT%H:%M:%S.%f%z") for _, h in got]
+        spans.append((min(times), max(times)))
+        histories += got
+        if not page.get("nextPageToken"):
+            break
+        body["nextPageToken"] = page["nextPageToken"]
+    assert len(histories) == expected and len(spans) == -(-expected // 7)
+    # Oldest first: each page's histories are older than the next page's (a page groups by issue).
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert {h["id"] for _, h in histories} == {h.id for i in ids for h in site.changelog(i)}
+    # Only the status items when asked for the status field.
+    only = http.post(api(server, "changelog/bulkfetch"), json={"issueIdsOrKeys": ids[:5], "fieldIds": ["summary"]})
+    assert conforms(only, "/rest/api/3/changelog/bulkfetch")["issueChangeLogs"] == []
+
+
+@pytest.mark.parametrize("body", [{"issueIdsOrKeys": []}, {"issueIdsOrKeys": [str(i) for i in range(1001)]},
+                                  {"issueIdsOrKeys": ["1"], "maxResults": 0}, {"issueIdsOrKeys": ["1"], "x": 1}])
+def test_changelog_bulkfetch_refuses_what_the_spec_refuses(http: requests.Session, server: JiraServer,
+                                                           body: dict[str, Any]) -> None:
+    conforms(http.post(api(server, "changelog/bulkfetch"), json=body), "/rest/api/3/changelog/bulkfetch", "post")
+
+
+def test_embedded_comment_and_worklog_pages_overflow_into_the_per_issue_endpoints(
+        http: requests.Session, server: JiraServer, site: Site) -> None:
+    issue_id = site.issue_ids()[0]
+    for _ in range(23):
+        site.add_comment(issue_id)
+        site.add_worklog(issue_id)
+    issue = conforms(http.get(api(server, f"issue/{issue_id}"), params={"fields": "comment,worklog"}),
+                     "/rest/api/3/issue/{issueIdOrKey}")
+    embedded = issue["fields"]["comment"]
+    assert violations(embedded, {"$ref": "#/components/schemas/PageOfComments"}) == []
+    assert violations(issue["fields"]["worklog"], {"$ref": "#/components/schemas/PageOfWorklogs"}) == []
+    total = len(site.comments(issue_id))
+    assert embedded["total"] == total > len(embedded["comments"]) == 20
+    page = conforms(http.get(api(server, f"issue/{issue_id}/comment"), params={"startAt": 20}),
+                    "/rest/api/3/issue/{issueIdOrKey}/comment")
+    assert [c["id"] for c in embedded["comments"] + page["comments"]] == [c.id for c in site.comments(issue_id)]
+    assert page["comments"][0]["body"]["type"] == "doc"  # ADF in REST v3
+    worklogs = conforms(http.get(api(server, f"issue/{issue_id}/worklog")), "/rest/api/3/issue/{issueIdOrKey}/worklog")
+    assert worklogs["total"] == len(worklogs["worklogs"]) == len(site.worklogs(issue_id))
+    # Not navigable: *navigable leaves them out.
+    navigable = http.get(api(server, f"issue/{issue_id}"), params={"fields": "*navigable"}).json()
+    assert "comment" not in navigable["fields"]
+    assert http.get(api(server, "issue/NOPE-1/comment")).status_code == 404
+
+
+def test_worklog_feeds_list_changes_after_since_but_not_the_last_minute(
+        http: requests.Session, server: JiraServer, site: Site, clock: FakeClock) -> None:
+    since = site.now_ms()
+    clock.advance(1)
+    added = site.add_worklog(site.issue_ids()[1]).entity
+    gone = site.add_worklog(site.issue_ids()[2]).entity
+    clock.advance(1)
+    site.delete_worklog(gone.id)
+    early = conforms(http.get(api(server, "worklog/updated"), params={"since": since}), "/rest/api/3/worklog/updated")
+    assert early["values"] == [] and early["lastPage"] is True  # changed within the last minute
+    clock.advance(61)
+    updated = conforms(http.get(api(server, "worklog/updated"), params={"since": since}),
+                       "/rest/api/3/worklog/updated")
+    assert [v["worklogId"] for v in updated["values"]] == [int(added.id), int(gone.id)]
+    assert updated["until"] == updated["values"][-1]["updatedTime"]
+    again = http.get(api(server, "worklog/updated"), params={"since": updated["until"]}).json()
+    assert again["values"] == []  # strictly after `since`
+    deleted = conforms(http.get(api(server, "worklog/deleted"), params={"since": since}),
+                       "/rest/api/3/worklog/deleted")
+    assert [v["worklogId"] for v in deleted["values"]] == [int(gone.id)]
+    listed = conforms(http.post(api(server, "worklog/list"), json={"ids": [int(added.id), int(gone.id)]}),
+                      "/rest/api/3/worklog/list")
+    assert [w["id"] for w in listed] == [added.id]  # a deleted worklog is not returned
+    conforms(http.post(api(server, "worklog/list"), json={"ids": []}), "/rest/api/3/worklog/list")
+
+
+def test_comment_list_reads_comments_by_id(http: requests.Session, server: JiraServer, site: Site) -> None:
+    first = site.add_comment(site.issue_ids()[0]).entity
+    second = site.add_comment(site.issue_ids()[1]).entity
+    site.delete_comment(second.id)
+    page = conforms(http.post(api(server, "comment/list"), json={"ids": [int(first.id), int(second.id)]}),
+                    "/rest/api/3/comment/list")
+    assert [c["id"] for c in page["values"]] == [first.id]
+    conforms(http.post(api(server, "comment/list"), json={"ids": list(range(1001))}), "/rest/api/3/comment/list")
+
+
+def test_agile_field_ids_differ_per_site_and_issues_use_their_sites() -> None:
+    chosen = set()
+    for seed in range(4):
+        site = Site.generate({"DEMO": 30}, seed=seed, users=3)
+        chosen.add((site.story_points_field, site.sprint_field))
+        with JiraServer(site) as srv, requests.Session() as session:
+            session.auth = ("sim@example.com", "sim-token")
+            fields = conforms(session.get(f"{srv.url}/rest/api/3/field"), "/rest/api/3/field")
+            by_id = {f["id"]: f for f in fields}
+            assert by_id[site.story_points_field]["schema"]["custom"] == "com.pyxis.greenhopper.jira:jsw-story-points"
+            assert by_id[site.sprint_field]["schema"]["custom"] == "com.pyxis.greenhopper.jira:gh-sprint"
+            issues = session.post(f"{srv.url}/rest/api/3/issue/bulkfetch",
+                                  json={"issueIdsOrKeys": site.issue_ids()}).json()["issues"]
+            with_sprint = [i for i in issues if i["fields"].get(site.sprint_field)]
+            assert with_sprint and all(isinstance(s["id"], int) for s in with_sprint[0]["fields"][site.sprint_field])
+            assert any(isinstance(i["fields"].get(site.story_points_field), float) for i in issues)
+    assert len(chosen) == 4

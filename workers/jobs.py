@@ -10,12 +10,13 @@ from typing import Any, Iterator
 import peewee as pw
 from rq import get_current_job
 
-from mirror import logs, metrics, shutdown, store
+from mirror import history_store, logs, metrics, shutdown, store
+from mirror.activity import ActivityMappingError, changelog_rows
 from mirror.db import database
-from mirror.issues import project_key_of, to_row
+from mirror.issues import AgileFields, parse_jira_datetime, project_key_of, to_row
 from mirror.jira import JiraClient
 from mirror.settings import Settings
-from workers import inbox, queues
+from workers import activity, inbox, queues
 from workers import refresh as refresh_
 
 log = logging.getLogger(__name__)
@@ -59,30 +60,56 @@ def jira_client() -> JiraClient | None:
     return _client
 
 
+def _agile(site: str) -> AgileFields:
+    return history_store.agile_for(site)
+
+
+def delivery_changelog(site: str, issue_id: str, changelog: Any, event_ts: int, actor: str | None
+                       ) -> list[dict[str, Any]]:
+    """The changelog rows a ``jira:issue_*`` delivery carries (its history id and items); the
+    history's time is the delivery's (Jira sends none), corrected when a sync reads the history."""
+    if not isinstance(changelog, dict) or not changelog.get("id") or not changelog.get("items"):
+        return []
+    created = parse_jira_datetime(_iso_ms(event_ts))
+    return changelog_rows(site, issue_id, changelog, created=created, author_account_id=actor)
+
+
+def _iso_ms(event_ts: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(event_ts / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def upsert_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook",
-                 refresh: bool = False) -> str:
+                 refresh: bool = False, changelog: dict[str, Any] | None = None, actor: str | None = None) -> str:
     """Write the issue's version unless the mirror holds a newer one; returns the outcome.
 
     A job of its own only for what a drain could not write in its batch (``drain``: RQ then
     retries it and keeps it in the failed registry). With ``refresh`` (the receiver marked the
     issue pending), the current state is read from Jira in bulk with every other pending issue
-    instead (``workers.refresh``).
+    instead (``workers.refresh``). The delivery's
+    ``changelog`` (history id and items) is written as it arrived, either way.
     """
+    history = delivery_changelog(site, str(issue.get("id")), changelog, event_ts, actor)
     client = jira_client() if refresh else None
     job = get_current_job() if refresh else None
     if client is not None and job is not None:
         with db_session():
             counts = refresh_.refresh_pending(job.connection, client, site, owner=job.id)
+            if history:
+                history_store.write_changelog(history)
         outcome = "refreshed" if counts["calls"] else "coalesced"
         log.info("refresh key=%s id=%s outcome=%s calls=%d written=%d deleted=%d", issue.get("key"), issue.get("id"),
                  outcome, counts["calls"], counts["written"], counts["deleted"])
         return outcome
     if job is not None:  # marked pending, but this worker cannot read Jira: the delivery's copy
         refresh_.forget(job.connection, site, [str(issue.get("id"))])
-    row = to_row(site, issue, source=source, event_ts=event_ts)
     with db_session():
+        row = to_row(site, issue, source=source, event_ts=event_ts, agile=_agile(site))
         # An issue now in an untracked project leaves the live mirror (CONTRACT.md invariant 6).
         changed = store.upsert_issues(store.out_of_scope([row], store.Scope.of(site)))
+        if history:
+            history_store.write_changelog(history)
     outcome = "applied" if changed else "stale"
     log.info("upsert key=%s id=%s source=%s outcome=%s", row["key"], row["issue_id"], source, outcome)
     return outcome
@@ -173,34 +200,50 @@ def _done(connection: Any, owner: str, queue_name: str, items: list[Any], outcom
 
 def write_items(items: list[tuple[str, dict[str, Any]] | Exception], *, refreshing: bool, connection: Any
                 ) -> list[str | None]:
-    """Write inbox items (``(function name, kwargs)`` of ``upsert_issue``/``delete_issue``), the
-    upserts in one transaction; returns each item's outcome, in order: ``applied``, ``stale``
-    (older than what the mirror holds, or than another version of the same issue here),
-    ``deleted``/``already-deleted``, ``REFRESH`` (``refreshing``: the refresh read writes it),
-    or None for an item handed to RQ as a job of its own (its issue cannot be mapped) or one
-    that cannot be read (logged). Raises what the write raised.
+    """Write inbox items (``(function name, kwargs)`` of ``upsert_issue``/``delete_issue`` and of
+    comment/worklog deliveries, ``workers.activity``) in one transaction, with the changelogs the
+    issue deliveries carry; returns each item's outcome, in order: ``applied``, ``stale`` (older
+    than what the mirror holds, or than another version of the same issue here),
+    ``deleted``/``already-deleted``, the activity outcomes (``written``, ``stale``, ``deleted``,
+    ``ignored``), ``REFRESH`` (``refreshing``: the refresh read writes it), or None for an item
+    handed to RQ as a job of its own (it cannot be mapped) or one that cannot be read (logged).
+    Raises what the write raised.
     """
     outcomes: list[str | None] = [None] * len(items)
     rows: dict[int, dict[str, Any]] = {}
     deletes: dict[int, dict[str, Any]] = {}
     forget: dict[str, list[str]] = {}
     alone: list[tuple[str, dict[str, Any]]] = []
+    history: list[dict[str, Any]] = []
+    activities: list[int] = []
+    sites = {item[1].get("site") for item in items if not isinstance(item, Exception)}
+    with db_session():
+        agile = {site: _agile(site) for site in sites if isinstance(site, str)}
     for n, item in enumerate(items):
         if isinstance(item, Exception):
             log.error("inbox item unreadable, dropped error=%s", item)
             continue
         func, call = item
-        if call.get("refresh") and refreshing:
-            outcomes[n] = REFRESH  # the refresh read writes its current state
+        if func == activity.APPLY:
+            if activity.runs_together(call):
+                activities.append(n)
+            else:
+                alone.append((func, call))
             continue
-        if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
-            forget.setdefault(call["site"], []).append(str((call.get("issue") or {}).get("id")))
         try:
-            row = to_row(call["site"], call["issue"], source=call.get("source", "webhook"), event_ts=call["event_ts"])
+            history.extend(delivery_changelog(call["site"], str((call.get("issue") or {}).get("id")),
+                                              call.get("changelog"), call["event_ts"], call.get("actor")))
+            if call.get("refresh") and refreshing:
+                outcomes[n] = REFRESH  # the refresh read writes its current state
+                continue
+            row = to_row(call["site"], call["issue"], source=call.get("source", "webhook"), event_ts=call["event_ts"],
+                         agile=agile[call["site"]])
         except Exception as exc:  # a job of its own, to fail as RQ decides
             log.warning("delivery not mappable, run alone error=%s", type(exc).__name__)
             alone.append((func, call))
             continue
+        if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
+            forget.setdefault(call["site"], []).append(str((call.get("issue") or {}).get("id")))
         (deletes if func == queues.DELETE_JOB else rows)[n] = row
     with db_session():
         scopes = {site: store.Scope.of(site) for site in {row["site"] for row in rows.values()}}
@@ -209,11 +252,23 @@ def write_items(items: list[tuple[str, dict[str, Any]] | Exception], *, refreshi
         ) if rows else set()
         for n, row in deletes.items():
             outcomes[n] = "deleted" if store.delete_issues([row]) else "already-deleted"
+        if history:
+            history_store.write_changelog(history)
+        if activities:
+            try:
+                with database.atomic():
+                    applied = activity.apply_together([items[n][1] for n in activities])  # type: ignore[index]
+            except (ActivityMappingError, KeyError, TypeError, ValueError):  # each runs alone, fails there
+                alone.extend(items[n] for n in activities)  # type: ignore[misc]
+            else:
+                for n, outcome in zip(activities, applied):
+                    outcomes[n] = outcome
     for site, ids in forget.items():
         refresh_.forget(connection, site, ids)
     for func, call in alone:
+        label = (call.get("issue") or {}).get("key") or call.get("event", "")
         queues.enqueue_job(queues.queue(queues.ISSUES, connection), func, call,
-                           description=f"{func.rsplit('.', 1)[-1]} {(call.get('issue') or {}).get('key', '')}")
+                           description=f"{func.rsplit('.', 1)[-1]} {label}".strip())
     newest: dict[tuple[str, str], int] = {}
     for n, row in rows.items():
         ident = (row["site"], row["issue_id"])
@@ -226,7 +281,7 @@ def write_items(items: list[tuple[str, dict[str, Any]] | Exception], *, refreshi
     return outcomes
 
 
-def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook") -> str:
+def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook", **_: Any) -> str:
     """Soft-delete the issue (a tombstone when the mirror never saw it)."""
     row = to_row(site, issue, source=source, event_ts=event_ts)
     with db_session():

@@ -27,7 +27,7 @@ from typing import Sequence, Union
 
 from redis import Redis
 
-from mirror import store
+from mirror import history_store, store
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraClient, JiraNotFoundError, issue_error_ids
 from workers.queues import CLAIMS_KEY, CLAIMS_TTL_SECONDS, PENDING_KEY, PROCESSING_KEY, STALE_CLAIM_SECONDS
@@ -199,7 +199,8 @@ def _refresh(client: JiraClient, site: str, ids: list[str], counts: dict[str, in
     counts["calls"] += 1
     found = {str(i.get("id")) for i in issues}
     errored = set(issue_error_ids(errors, ids, found))
-    rows = [to_row(site, issue, source="webhook", event_ts=read_at) for issue in issues]
+    agile = history_store.agile_for(site)
+    rows = [to_row(site, issue, source="webhook", event_ts=read_at, agile=agile) for issue in issues]
     gone: list[str] = []
     for issue_id in ids:
         if issue_id in found or issue_id in errored:
@@ -209,7 +210,7 @@ def _refresh(client: JiraClient, site: str, ids: list[str], counts: dict[str, in
         counts["calls"] += 1
         try:
             rows.append(to_row(site, client.get_issue(issue_id, fields=ISSUE_FIELDS), source="webhook",
-                               event_ts=read_at))
+                               event_ts=read_at, agile=agile))
         except JiraNotFoundError:
             gone.append(issue_id)
     counts["fetched"] += len(rows)

@@ -31,12 +31,19 @@ ENDPOINTS = (
     ("/rest/api/3/myself", "get"),
     ("/rest/api/3/serverInfo", "get"),
     ("/rest/api/3/field", "get"),
+    ("/rest/api/3/changelog/bulkfetch", "post"),
+    ("/rest/api/3/issue/{issueIdOrKey}/comment", "get"),
+    ("/rest/api/3/issue/{issueIdOrKey}/worklog", "get"),
+    ("/rest/api/3/worklog/updated", "get"),
+    ("/rest/api/3/worklog/deleted", "get"),
+    ("/rest/api/3/worklog/list", "post"),
+    ("/rest/api/3/comment/list", "post"),
 )
 
 #: Schemas kept besides the responses': error bodies, and the beans the spec uses elsewhere for
 #: the objects inside ``IssueBean.fields`` (which the spec itself leaves free-form).
 ROOTS = ("ErrorCollection", "StatusDetails", "ProjectDetails", "UserDetails", "IssueTypeDetails",
-         "Priority", "Resolution")
+         "Priority", "Resolution", "PageOfComments", "PageOfWorklogs", "Comment", "Worklog")
 
 
 def _refs(node: Any, found: set[str]) -> None:
