@@ -58,8 +58,10 @@ def test_the_core_decides_every_answer_without_io():
     held = _decide(factories.delivery(the_issue=factories.issue("10002", "OTHER-1")), settings,
                    tracked=Tracked(mirrored={"10002"}))
     assert held.status == 202  # an issue the mirror holds live, moved out: its row must follow
-    comment = _decide(factories.delivery("comment_created", comment={"id": "1"}), settings)
-    assert comment.status == 200 and comment.pending is None
+    other_event = _decide(factories.delivery("attachment_created", attachment={"id": "1"}), settings)
+    assert other_event.status == 200 and other_event.pending is None
+    no_issue = _decide(factories.delivery("comment_created", comment={"id": "1"}), settings)
+    assert no_issue.status == 400 and no_issue.pending is None  # a comment event names its issue (issue 13)
 
 
 def test_with_jira_configured_an_accepted_delivery_marks_its_issue_for_a_refresh():
