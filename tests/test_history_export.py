@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from jira_mirror_cli import main
 from mirror import history_store, logs
 from mirror.models import ChangelogItem, Comment, Worklog
 from tests.test_history_sync import ahead, conf, server, small, sync  # noqa: F401 (fixtures)
