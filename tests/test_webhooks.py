@@ -20,8 +20,7 @@ def post(client, body, *, secret=SECRET, delivery_id=None, headers=None):
 
 
 def queued(redis_conn) -> int:
-    """Deliveries recorded for the workers (workers.inbox; one RQ drain job serves a burst)."""
-    return redis_conn.llen("jira-mirror:inbox")
+    return redis_conn.llen("rq:queue:issues")
 
 
 def assert_nothing_written(redis_conn):
