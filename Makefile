@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck format install clean bench
+.PHONY: run test test-rq2 lint typecheck format install clean bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -23,6 +23,15 @@ run: install
 test: install
 	$(BIN)/python scripts/testenv.py
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that touch RQ (marked `rq`) with the newest RQ 2.x instead of the pinned 3.x: the
+# product uses RQ's public API only and must work with both. RQ 2.x is installed into its own
+# directory, ahead of the pinned one on the path; the venv itself is left as it is.
+RQ2 := $(VENV)/rq2
+test-rq2: install
+	$(BIN)/pip install --quiet --upgrade --no-deps --target $(RQ2) 'rq>=2,<3'
+	PYTHONPATH=$(RQ2) $(BIN)/python -c 'import rq, sys; print("rq", rq.__version__); sys.exit(rq.__version__[0] != "2")'
+	PYTHONPATH=$(RQ2) $(BIN)/python -m pytest -m rq -p no:cacheprovider $(PYTEST_ARGS)
 
 # flake8, the formatter's check (ruff.toml) and the type checker: what CI runs before the tests.
 lint: install typecheck

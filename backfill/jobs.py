@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from redis import Redis
-from rq import Retry, get_current_job
+from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -28,18 +28,15 @@ from mirror.db import database
 from mirror.jira import JiraClient
 from mirror.redis_connection import redis_for
 from mirror.settings import Settings
-from workers.queues import BACKFILL, queue
+from workers.queues import BACKFILL, SYNC_TIMEOUT, queue, sync_retry_policy
+from workers.queues import SYNC_LOCK_KEY as LOCK_KEY
+from workers.queues import SYNC_LOCK_TTL as LOCK_TTL
+from workers.queues import SYNC_PENDING_KEY as PENDING_KEY
+from workers.queues import SYNC_PROGRESS_KEY as PROGRESS_KEY
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "jira-mirror:lock:sync:{site}:{key}"
-PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
-PENDING_KEY = "jira-mirror:sync-pending:{site}:{key}"  # {"job_id", "kind"} of the sync waiting to run
-LOCK_TTL = 60
-SYNC_RETRY_INTERVALS = [5, 10, 20, 40, 80, 160, 320, 640]
-# A job that runs longer is stopped and retried, so a stuck sync cannot hold a backfill worker
-# (and the projects queued behind it) for long: an incremental sync reads only recent changes.
-SYNC_TIMEOUT = {"full": 6 * 3600, "incremental": 30 * 60}
+# Keys, TTLs and the retry policy of syncs: workers.queues.
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
@@ -92,10 +89,6 @@ class SyncLock:
             self.connection.eval(_RELEASE, 1, self.name, self.token)
         except Exception as error:  # the lock expires by itself
             log.warning("sync lock release failed lock=%s error=%s", self.name, type(error).__name__)
-
-
-def sync_retry_policy() -> Retry:
-    return Retry(max=len(SYNC_RETRY_INTERVALS), interval=SYNC_RETRY_INTERVALS)
 
 
 def enqueue_sync(connection: Redis, *, site: str, project_key: str, full: bool) -> str:

@@ -2,7 +2,7 @@
 
 A queue preloaded with 20,000 issue jobs over 5,000 distinct issues (four versions each; a fifth
 of the issues arrive as a burst of consecutive versions, the rest interleaved, some versions out
-of order), enqueued the way the receiver enqueues them (``workers.queues.enqueue_issue_jobs``,
+of order), recorded the way the receiver records them (``workers.inbox.record``: one drain job for them all,
 realistic ~8 KB deliveries, no Jira credentials: the payload path of ``workers.jobs.upsert_issue``).
 Drained by 1 and by 2 ``jira-mirror worker --burst`` processes (as the Procfile runs them), into
 PostgreSQL and into SQLite, each time from an empty table. Beside it, in the same run:
@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from benchmarks import common
 from benchmarks.common import record, say, table
+from workers import queues
 
 JOB = "workers.jobs.upsert_issue"
 
@@ -89,8 +90,10 @@ def preload(
                     pipe.execute()
             pipe.execute()
         return
-    for start in range(0, len(jobs), 100):
-        queues.enqueue_issue_jobs(q, [(func, kw) for kw in jobs[start : start + 100]], delivery_id=None)
+    from workers import inbox
+
+    for kwargs in jobs:
+        inbox.record(q, inbox.Delivery(item=(func, kwargs)), site=kwargs["site"], delivery_id=None)
 
 
 def finished_in_registries(redis: Any, queue_name: str) -> int:
@@ -114,7 +117,8 @@ def drain(
     done_count: Callable[[Any, str], int] = finished_in_registries,
 ) -> tuple[float, list[common.Proc]]:
     """Start the workers; seconds from the first job taken to the last job done (finished+failed)."""
-    key = f"rq:queue:{queue_name}"
+    # Issue deliveries wait in the inbox for a drain job (workers.inbox); other jobs in RQ's queue.
+    key = queues.INBOX_KEY if queue_name == queues.ISSUES else f"rq:queue:{queue_name}"
     procs = start()
     deadline = time.monotonic() + timeout
     t0 = None

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings.admin_token)  # session cookie; key derived from ADMIN_TOKEN
     app.register_blueprint(status.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(webhooks.bp)  # the Flask adapter; the WSGI one below serves the path first
     # POST /webhooks/jira, the hot path, is served ahead of Flask (receiver.webhooks).
     app.wsgi_app = webhooks.WebhookEndpoint(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
     return app

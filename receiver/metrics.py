@@ -39,7 +39,7 @@ from mirror import metrics as counters
 from mirror.db import database
 from mirror.issues import utc_now
 from mirror.models import Project, SyncRun
-from workers.queues import BACKFILL, ISSUES, queue
+from workers.queues import BACKFILL, DRAIN_MARK_KEY, INBOX_KEY, ISSUES, queue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -65,7 +65,7 @@ OUTCOME_BY_STATUS = {
 
 
 def count_accepted(pipe: Pipeline, delivery: Any) -> None:
-    """``enqueue_issue_jobs``' ``before_execute``: the ``accepted`` count joins the enqueue's
+    """``workers.inbox.record``' ``before_execute``: the ``accepted`` count joins the record's
     atomic step, so it moves exactly when the jobs are in Redis (ack time measured up to it).
     A duplicate or a failed enqueue runs none of it; :func:`delivery_answered` then counts that outcome."""
     counters.add_delivery(
@@ -149,6 +149,10 @@ class MirrorCollector:
                 pipe.zcard(ScheduledJobRegistry(queue=q).key)
                 pipe.lindex(q.key, 0)
                 pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+            # The issues queue's backlog is the deliveries waiting for a drain job (workers.inbox),
+            # less the one drain job queued for them (its mark).
+            pipe.llen(INBOX_KEY)
+            pipe.exists(DRAIN_MARK_KEY)
             pipe.get(counters.LAST_ACCEPTED_KEY)
             answers = pipe.execute()
         depth = GaugeMetricFamily("jira_mirror_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
@@ -168,7 +172,9 @@ class MirrorCollector:
         workers = GaugeMetricFamily("jira_mirror_workers", "Workers registered on the queue.", labels=["queue"])
         heads = {}
         for index, name in enumerate(QUEUES):
-            depth.add_metric([name], answers[5 * index])
+            depth.add_metric(
+                [name], max(0, answers[5 * index] + answers[-3] - answers[-2]) if name == ISSUES else answers[5 * index]
+            )
             failed.add_metric([name], answers[5 * index + 1])
             scheduled.add_metric([name], answers[5 * index + 2])
             workers.add_metric([name], answers[5 * index + 4])
@@ -191,7 +197,7 @@ class MirrorCollector:
             return {}
         with self.connection.pipeline(transaction=False) as pipe:
             for job_id in heads.values():
-                pipe.hget(Job.redis_job_namespace_prefix + job_id, "enqueued_at")
+                pipe.hget(Job.key_for(job_id), "enqueued_at")
             answers = pipe.execute()
         out = {}
         for name, raw in zip(heads, answers):

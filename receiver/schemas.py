@@ -1,19 +1,23 @@
-"""marshmallow schemas for Jira Cloud webhook deliveries (JIRA.md, "Webhooks").
+"""The one validator of a Jira Cloud webhook delivery's envelope (docs: JIRA.md, "Webhooks").
 
 Built for the real payloads: issues rendered REST-v2 style with timestamps that carry the
 actor's offset, an optional ``user``, a ``changelog`` on creation too, comment events with or
-without an ``issue``. Only what the mirror relies on is declared; everything else is kept
-(``unknown = INCLUDE``) since ``fields`` is stored as received. camelCase stays at the edge:
-loaded keys are snake_case.
+without an ``issue``. Only what the mirror relies on is checked; everything else is kept as sent
+(``fields`` is stored as received). camelCase stays at the edge: loaded keys are snake_case.
+The timestamps are checked by the issue mapping's own parser (``mirror.issues``), so what is
+accepted here is what the worker can write.
+
+Plain functions over the parsed JSON, not a schema library: this runs on every delivery, on the
+one hot path, and a schema library cost about ten times as much here (marshmallow: ~450 µs a
+delivery against ~45 µs). Errors are reported as a schema library would, by key as sent:
+``{"issue": {"fields": {"updated": ["Not a Jira timestamp …"]}}}``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
-
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from typing import Any, Callable
 
 from mirror.issues import parse_jira_date
 from mirror.settings import PROJECT_KEY  # the one project-key pattern (capped)
@@ -21,331 +25,222 @@ from mirror.settings import PROJECT_KEY  # the one project-key pattern (capped)
 ISSUE_EVENTS = frozenset({"jira:issue_created", "jira:issue_updated", "jira:issue_deleted"})
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 
+MISSING = "Missing data for required field."
+NULL = "Field may not be null."
+NOT_TEXT = "Not a valid string."
+NOT_OBJECT = "Not a valid mapping type."
+NOT_LIST = "Not a valid list."
+NOT_TIMESTAMP = "Not a Jira timestamp (e.g. 2024-12-29T08:41:23.904+0530)."
+OUT_OF_RANGE = "Out of range once normalised to UTC (years 1 to 9999)."
 
-class JiraTimestamp(fields.String):
-    """A Jira timestamp string; validated, returned unchanged."""
-
-    default_error_messages = {
-        "invalid_timestamp": "Not a Jira timestamp (e.g. 2024-12-29T08:41:23.904+0530).",
-        "out_of_range": "Out of range once normalised to UTC (years 1 to 9999).",
-    }
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            parse_jira_date(text)
-        except ValueError as exc:
-            raise self.make_error("out_of_range" if "out of range" in str(exc) else "invalid_timestamp") from None
-        return text
+Errors = dict[str, Any]
 
 
-class IssueId(fields.Field):
-    """Jira ids are numeric strings; a number is accepted and turned into its string."""
+class InvalidDeliveryError(ValueError):
+    """The delivery is not a Jira webhook the mirror can take; ``messages``: what is wrong, by key."""
 
-    default_error_messages = {"invalid": "Not an issue id (digits)."}
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        if isinstance(value, int) and value > 0:
-            return str(value)
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-            return value
-        raise self.make_error("invalid")
+    def __init__(self, messages: Errors):
+        super().__init__(messages)
+        self.messages = messages
 
 
-class _Open(Schema):
-    class Meta:
-        unknown = INCLUDE
-
-
-class NamedSchema(_Open):
-    name = fields.String(allow_none=True)
-
-
-class StatusCategorySchema(_Open):
-    key = fields.String(allow_none=True)
-
-
-class StatusSchema(_Open):
-    name = fields.String(allow_none=True)
-    status_category = fields.Nested(StatusCategorySchema, data_key="statusCategory", allow_none=True)
-
-
-class UserSchema(_Open):
-    account_id = fields.String(data_key="accountId", allow_none=True)
-
-
-class ProjectSchema(_Open):
-    key = fields.String(required=True, validate=validate.Regexp(PROJECT_KEY, error="Not a Jira project key."))
-
-
-class IssueFieldsSchema(_Open):
-    updated = JiraTimestamp(required=True)
-    created = JiraTimestamp(allow_none=True)
-    resolutiondate = JiraTimestamp(allow_none=True)
-    project = fields.Nested(ProjectSchema, required=True)
-    summary = fields.String(allow_none=True)
-    status = fields.Nested(StatusSchema, allow_none=True)
-    issuetype = fields.Nested(NamedSchema, allow_none=True)
-    priority = fields.Nested(NamedSchema, allow_none=True)
-    assignee = fields.Nested(UserSchema, allow_none=True)
-    reporter = fields.Nested(UserSchema, allow_none=True)
-    labels = fields.List(fields.String(), allow_none=True)
-
-
-class IssueSchema(_Open):
-    id = IssueId(required=True)
-    key = fields.String(required=True, validate=validate.Regexp(ISSUE_KEY, error="Not a Jira issue key."))
-    self = fields.String(allow_none=True)
-    fields = fields.Nested(IssueFieldsSchema, required=True)  # type: ignore[assignment]  # Jira names it so
-
-
-class ChangelogItemSchema(_Open):
-    field = fields.String(allow_none=True)
-    from_string = fields.String(data_key="fromString", allow_none=True)
-    to_string = fields.String(data_key="toString", allow_none=True)
-
-
-class ChangelogSchema(_Open):
-    items = fields.List(fields.Nested(ChangelogItemSchema), allow_none=True)
-
-
-class WebhookSchema(_Open):
-    """Any delivery: the event name and time are required; issue events need a whole issue."""
-
-    webhook_event = fields.String(required=True, data_key="webhookEvent", validate=validate.Length(min=1, max=200))
-    timestamp = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2**53))
-    issue_event_type_name = fields.String(allow_none=True)
-    user = fields.Dict(allow_none=True)
-    issue = fields.Dict(allow_none=True)
-    changelog = fields.Nested(ChangelogSchema, allow_none=True)
-
-    @validates_schema
-    def _issue_events_carry_an_issue(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("webhook_event") not in ISSUE_EVENTS:
-            return
-        issue = data.get("issue")
-        if issue is None:
-            raise ValidationError({"issue": ["Missing data for required field."]})
-        errors = _ISSUE.validate(issue)
-        if errors:
-            raise ValidationError({"issue": errors})
-
-
-_WEBHOOK = WebhookSchema()
-_ISSUE = IssueSchema()
-
-
-def _keys_of(schema: type[Schema]) -> tuple[str, ...]:
-    return tuple(f.data_key or name for name, f in schema._declared_fields.items())
-
-
-# What the schemas declare, by the keys Jira sends: the rest of a delivery is never validated.
-_TOP_KEYS = _keys_of(WebhookSchema)
-_ISSUE_KEYS = _keys_of(IssueSchema)
-_FIELD_KEYS = _keys_of(IssueFieldsSchema)
-
-
-def _declared_only(payload: dict[str, Any]) -> dict[str, Any]:
-    """The delivery cut down to the keys the schemas declare (``unknown = INCLUDE`` never fails
-    on the others): the same errors for a fraction of the work on a large issue."""
-    slim = {key: payload[key] for key in _TOP_KEYS if key in payload}
-    issue = slim.get("issue")
-    if isinstance(issue, dict):
-        slim["issue"] = issue = {key: issue[key] for key in _ISSUE_KEYS if key in issue}
-        fields_ = issue.get("fields")
-        if isinstance(fields_, dict):
-            issue["fields"] = {key: fields_[key] for key in _FIELD_KEYS if key in fields_}
-    return slim
-
-
-def load_delivery(payload: Any) -> dict[str, Any]:
-    """Validate a parsed delivery; returns snake_case keys. Raises ValidationError.
-
-    The answer holds the declared keys loaded, the delivery's other keys as sent, and ``issue``
-    as sent (its whole ``fields``: they are stored as received). A delivery of the usual shape
-    is checked by :func:`_fast_load` without marshmallow, to the same rules; anything else (an
-    error, an odd type) goes through the schemas, cut down to the keys they declare, which word
-    the errors.
-    """
-    if not isinstance(payload, dict):
-        raise ValidationError({"_schema": ["The body must be a JSON object."]})
-    fast = _fast_load(payload)
-    if fast is not None:
-        return fast
-    loaded = _WEBHOOK.load(_declared_only(payload))
-    for key, value in payload.items():
-        if key not in _TOP_KEYS:
-            loaded.setdefault(key, value)
-    if isinstance(loaded.get("issue"), dict):
-        loaded["issue"] = dict(payload["issue"])
-    return loaded
-
-
-# --- the fast path: the schemas' rules, for deliveries that pass them ---------------------------
-# Each check answers True only when marshmallow would accept the value; anything else returns
-# None from _fast_load and marshmallow decides. tests/test_webhooks.py holds both to the same
-# answers on every recorded payload and on mutated ones.
-
-_MISSING = object()
-
-
-def _absent_none_or(value: Any, check: Any) -> bool:
-    return value is _MISSING or value is None or check(value)
-
-
-def _text(value: Any) -> bool:  # fields.String(allow_none=True), given
-    return value is None or isinstance(value, str)
-
+_ABSENT = object()
 
 # Jira's own rendering (2024-12-29T08:41:23.904+0530): when it matches and the date exists, the
 # full parser would accept it too; anything else is left to that parser.
 _JIRA_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-](?:[01]\d|2[0-3])[0-5]\d")
 
 
-def _timestamp(value: Any) -> bool:  # JiraTimestamp
+def _timestamp(value: Any) -> str | None:
+    """What is wrong with a Jira timestamp string, or None."""
     if not isinstance(value, str):
-        return False
+        return NOT_TEXT
     if _JIRA_TIME.fullmatch(value):
         try:
             # In range once normalised to UTC too (year 1 +0530 is not): the worker normalises it.
             dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc)
-            return True
+            return None
         except (ValueError, OverflowError):
             pass
     try:
         parse_jira_date(value)
-    except ValueError:
-        return False
-    return True
+    except ValueError as exc:
+        return OUT_OF_RANGE if "out of range" in str(exc) else NOT_TIMESTAMP
+    return None
 
 
-def _issue_id(value: Any) -> bool:  # IssueId
+def _issue_id(value: Any) -> str | None:
+    """Jira ids are numeric strings; a positive number is accepted too (and loaded as its string)."""
     if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return value > 0
-    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19
+        return "Not an issue id (digits)."
+    if isinstance(value, int) and value > 0:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        return None
+    return "Not an issue id (digits)."
 
 
-def _object_with_texts(value: Any, *keys: str) -> bool:  # a Nested(_Open) of allow_none Strings
-    return isinstance(value, dict) and all(_text(value.get(key)) for key in keys)
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else NOT_TEXT
 
 
-def _status(value: Any) -> bool:
-    return _object_with_texts(value, "name") and _absent_none_or(
-        value.get("statusCategory", _MISSING), lambda c: _object_with_texts(c, "key")
-    )
+def _pattern(pattern: re.Pattern[str], message: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return NOT_TEXT
+        return None if pattern.match(value) else message
+
+    return check
 
 
-def _issue_fields(value: Any) -> bool:
-    if not isinstance(value, dict) or not _timestamp(value.get("updated")):
-        return False
-    project = value.get("project")
-    if (
-        not isinstance(project, dict)
-        or not isinstance(project.get("key"), str)
-        or not PROJECT_KEY.match(project["key"])
-    ):
-        return False
-    get = value.get
-    return (
-        _absent_none_or(get("created", _MISSING), _timestamp)
-        and _absent_none_or(get("resolutiondate", _MISSING), _timestamp)
-        and _text(get("summary"))
-        and _absent_none_or(get("status", _MISSING), _status)
-        and _absent_none_or(get("issuetype", _MISSING), lambda v: _object_with_texts(v, "name"))
-        and _absent_none_or(get("priority", _MISSING), lambda v: _object_with_texts(v, "name"))
-        and _absent_none_or(get("assignee", _MISSING), lambda v: _object_with_texts(v, "accountId"))
-        and _absent_none_or(get("reporter", _MISSING), lambda v: _object_with_texts(v, "accountId"))
-        and _absent_none_or(
-            get("labels", _MISSING), lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
-        )
-    )
+def _object(checks: dict[str, tuple[bool, Callable[[Any], Any]]]) -> Callable[[Any], Any]:
+    """A check of a JSON object: ``checks`` by key as sent, each (required, check of a non-null value)."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return [NOT_OBJECT]
+        errors: Errors = {}
+        for key, (required, check_value) in checks.items():
+            problem = _field(value.get(key, _ABSENT), required, check_value)
+            if problem:
+                errors[key] = problem
+        return errors or None
+
+    return check
 
 
-def _issue(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and _issue_id(value.get("id", None))
-        and isinstance(value.get("key"), str)
-        and ISSUE_KEY.match(value["key"]) is not None
-        and _text(value.get("self"))
-        and _issue_fields(value.get("fields"))
-    )
+def _field(value: Any, required: bool, check: Callable[[Any], Any]) -> Any:
+    """The error of one value (a message list, or nested errors), or None."""
+    if value is _ABSENT:
+        return [MISSING] if required else None
+    if value is None:
+        return [NULL] if required else None
+    problem = check(value)
+    return [problem] if isinstance(problem, str) else problem
 
 
+def _labels(value: Any) -> Any:
+    if not isinstance(value, list):
+        return NOT_LIST
+    errors = {str(n): [NOT_TEXT] for n, item in enumerate(value) if not isinstance(item, str)}
+    return errors or None
+
+
+_OPTIONAL_TEXT = (False, _text)
+_NAMED = _object({"name": _OPTIONAL_TEXT})
+_USER = _object({"accountId": _OPTIONAL_TEXT})
+_ISSUE = _object(
+    {
+        "id": (True, _issue_id),
+        "key": (True, _pattern(ISSUE_KEY, "Not a Jira issue key.")),
+        "self": _OPTIONAL_TEXT,
+        "fields": (
+            True,
+            _object(
+                {
+                    "updated": (True, _timestamp),
+                    "created": (False, _timestamp),
+                    "resolutiondate": (False, _timestamp),
+                    "project": (True, _object({"key": (True, _pattern(PROJECT_KEY, "Not a Jira project key."))})),
+                    "summary": _OPTIONAL_TEXT,
+                    "status": (
+                        False,
+                        _object({"name": _OPTIONAL_TEXT, "statusCategory": (False, _object({"key": _OPTIONAL_TEXT}))}),
+                    ),
+                    "issuetype": (False, _NAMED),
+                    "priority": (False, _NAMED),
+                    "assignee": (False, _USER),
+                    "reporter": (False, _USER),
+                    "labels": (False, _labels),
+                }
+            ),
+        ),
+    }
+)
 _ITEM_KEYS = {"field": "field", "fromString": "from_string", "toString": "to_string"}
 
 
-def _changelog(value: Any) -> Any:
-    """The loaded changelog (as ChangelogSchema loads it), or _MISSING when it would not pass."""
-    if value is None:
-        return None
+def _event(value: Any) -> str | None:
+    return None if isinstance(value, str) and 1 <= len(value) <= 200 else "Not an event name (1 to 200 characters)."
+
+
+def _timestamp_ms(value: Any) -> str | None:
+    # An integer as JSON writes one (not a float, not a boolean), within what a double holds exactly.
+    return None if type(value) is int and 0 <= value <= 2**53 else "Not a time in milliseconds (an integer)."
+
+
+def _changelog(value: Any) -> tuple[Any, Any]:
+    """(error, loaded changelog: its items' keys in snake_case)."""
     if not isinstance(value, dict):
-        return _MISSING
-    out = dict(value)
-    items = value.get("items", _MISSING)
-    if items is _MISSING or items is None:
-        return out
+        return [NOT_OBJECT], None
+    loaded = dict(value)
+    items = value.get("items")
+    if items is None:
+        return None, loaded
     if not isinstance(items, list):
-        return _MISSING
-    loaded = []
-    for item in items:
+        return {"items": [NOT_LIST]}, None
+    errors: Errors = {}
+    rows = []
+    for n, item in enumerate(items):
         if not isinstance(item, dict):
-            return _MISSING
-        row = {}
-        for key, item_value in item.items():
-            name = _ITEM_KEYS.get(key)
-            if name is None:
-                if key in _ITEM_KEYS.values():  # a snake_case key Jira never sends: let marshmallow decide
-                    return _MISSING
-                row[key] = item_value
-            elif not _text(item_value):
-                return _MISSING
-            else:
-                row[name] = item_value
-        loaded.append(row)
-    out["items"] = loaded
-    return out
+            errors[str(n)] = [NOT_OBJECT]
+            continue
+        row = {key: v for key, v in item.items() if key not in _ITEM_KEYS.values()}
+        for key, name in _ITEM_KEYS.items():
+            if item.get(key) is not None and not isinstance(item[key], str):
+                errors.setdefault(str(n), {})[key] = [NOT_TEXT]
+            elif key in item:
+                row[name] = item[key]
+        rows.append(row)
+    if errors:
+        return {"items": errors}, None
+    loaded["items"] = rows
+    return None, loaded
 
 
-def _fast_load(payload: dict[str, Any]) -> dict[str, Any] | None:
-    """What ``WebhookSchema().load`` answers for ``payload`` (as :func:`load_delivery` shapes
-    it), or None when the payload is not of the usual, valid shape (marshmallow then decides)."""
-    event = payload.get("webhookEvent")
-    timestamp = payload.get("timestamp")
-    if not isinstance(event, str) or not 1 <= len(event) <= 200:
-        return None
-    if type(timestamp) is not int or not 0 <= timestamp <= 2**53:
-        return None
-    if "webhook_event" in payload:  # snake_case twins of declared keys: marshmallow's business
-        return None
-    kind = payload.get("issue_event_type_name", _MISSING)
-    user = payload.get("user", _MISSING)
-    issue = payload.get("issue", _MISSING)
-    changelog = _changelog(payload["changelog"]) if "changelog" in payload else None
-    if not _absent_none_or(kind, lambda v: isinstance(v, str)) or not _absent_none_or(
-        user, lambda v: isinstance(v, dict)
+def load_delivery(payload: Any) -> dict[str, Any]:
+    """Validate a parsed delivery; returns it with its known keys in snake_case (``webhook_event``,
+    ``timestamp``, ``issue_event_type_name``, ``user``, ``issue`` as sent, ``changelog`` with
+    snake_case items) and its other keys as sent.
+
+    Raises InvalidDeliveryError with what is wrong, by key as sent.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidDeliveryError({"_schema": ["The body must be a JSON object."]})
+    errors: Errors = {}
+    event = payload.get("webhookEvent", _ABSENT)
+    for key, value, check in (
+        ("webhookEvent", event, _event),
+        ("timestamp", payload.get("timestamp", _ABSENT), _timestamp_ms),
     ):
-        return None
-    if event in ISSUE_EVENTS:
-        if not _issue(issue):
-            return None
-    elif not _absent_none_or(issue, lambda v: isinstance(v, dict)):
-        return None
-    if changelog is _MISSING:
-        return None
-    loaded = {key: value for key, value in payload.items() if key not in _TOP_KEYS}
+        problem = _field(value, True, check)
+        if problem:
+            errors[key] = problem
+    kind = payload.get("issue_event_type_name")
+    if kind is not None and not isinstance(kind, str):
+        errors["issue_event_type_name"] = [NOT_TEXT]
+    user = payload.get("user")
+    if user is not None and not isinstance(user, dict):
+        errors["user"] = [NOT_OBJECT]
+    issue = payload.get("issue", _ABSENT)
+    if isinstance(event, str) and event in ISSUE_EVENTS:
+        problem = _field(issue, True, _ISSUE)
+    else:
+        problem = [NOT_OBJECT] if issue not in (_ABSENT, None) and not isinstance(issue, dict) else None
+    if problem:
+        errors["issue"] = problem
+    changelog = payload.get("changelog")
+    if changelog is not None:
+        problem, changelog = _changelog(changelog)
+        if problem:
+            errors["changelog"] = problem
+    if errors:
+        raise InvalidDeliveryError(errors)
+    # The known keys win over any snake_case twin a delivery may carry.
+    loaded = {key: value for key, value in payload.items() if key not in ("webhookEvent", "changelog")}
     loaded["webhook_event"] = event
-    loaded["timestamp"] = timestamp
-    if kind is not _MISSING:
-        loaded["issue_event_type_name"] = kind
-    if user is not _MISSING:
-        loaded["user"] = None if user is None else dict(user)
-    if issue is not _MISSING:
-        loaded["issue"] = None if issue is None else dict(issue)
+    if isinstance(issue, dict):
+        loaded["issue"] = dict(issue)
     if "changelog" in payload:
         loaded["changelog"] = changelog
     return loaded

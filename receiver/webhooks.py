@@ -21,28 +21,29 @@ import math
 import re
 import time
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
-from marshmallow import ValidationError
+from flask import Blueprint, Response, current_app, request
 from redis.exceptions import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from mirror import logs
 from mirror.settings import Settings
 from receiver import metrics
 from receiver.errors import ApiError
-from receiver.schemas import ISSUE_EVENTS, load_delivery
+from receiver.schemas import ISSUE_EVENTS, InvalidDeliveryError, load_delivery
 from receiver.signature import SignatureError, verify
-from workers import activity, queues
+from workers import activity, inbox, queues
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/jira"
 
 JOB_FOR_EVENT = {
-    "jira:issue_created": "workers.jobs.upsert_issue",
-    "jira:issue_updated": "workers.jobs.upsert_issue",
-    "jira:issue_deleted": "workers.jobs.delete_issue",
+    "jira:issue_created": queues.UPSERT_JOB,
+    "jira:issue_updated": queues.UPSERT_JOB,
+    "jira:issue_deleted": queues.DELETE_JOB,
 }
 
 
@@ -180,7 +181,7 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
 class Delivery:
     """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
 
-    __slots__ = ("id", "started", "event", "project", "outcome", "counted", "digest")
+    __slots__ = ("id", "started", "event", "project", "outcome", "counted")
 
     def __init__(self, delivery_id: str | None):
         self.id = delivery_id
@@ -189,7 +190,6 @@ class Delivery:
         self.project: str | None = None
         self.outcome: str | None = None
         self.counted = False
-        self.digest: str | None = None  # the body's SHA-256 (hex): a replay of it is a duplicate
 
 
 StartResponse = Callable[..., Any]
@@ -218,20 +218,16 @@ class WebhookEndpoint:
                 _STATUS_LINES[405], [("Content-Type", _JSON), ("Content-Length", str(len(body))), ("Allow", "POST")]
             )
             return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
-        delivery = Delivery((environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER") or None))
-        # Bound for the whole delivery: every line logged on its behalf carries its id.
-        token = logs.bind(delivery=delivery.id[:100] if delivery.id else None)
-        try:
-            try:
-                status, answer, headers = self.receive(environ, delivery)
-            except ApiError as exc:
-                status, answer, headers = exc.status, exc.body(), exc.headers
-            except Exception as exc:  # never a traceback to Jira: a 500, which Jira retries
-                log.exception("unhandled error type=%s", type(exc).__name__)
-                status, answer, headers = 500, {"error": "internal error"}, {}
-            metrics.delivery_answered(self.extensions["redis"], delivery, status)
-        finally:
-            logs.unbind(token)
+        headers = {
+            "content-type": environ.get("CONTENT_TYPE", ""),
+            "x-hub-signature": environ.get("HTTP_X_HUB_SIGNATURE"),
+            "x-atlassian-webhook-identifier": environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER"),
+        }
+
+        def read() -> bytes:
+            return _read_body(environ, self.extensions["settings"].max_body_bytes) if is_json(headers) else b""
+
+        status, answer, headers = answer_delivery(self.extensions, headers, read)
         body = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
         start_response(
             _STATUS_LINES.get(status, f"{status} Error"),
@@ -239,122 +235,248 @@ class WebhookEndpoint:
         )
         return [body]
 
-    def receive(self, environ: dict[str, Any], delivery: Delivery) -> tuple[int, Any, dict[str, str]]:
-        extensions = self.extensions
-        settings: Settings = extensions["settings"]
-        if environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower() != _JSON:
+
+# --- the core: pure (no Redis, no Flask, no request object) ------------------------------------
+
+
+class Decision:
+    """What :func:`handle_delivery` decided: the answer (``status``, ``body``, ``headers``), and for
+    a delivery to accept (202), what to record for the workers (``pending``), which the adapter
+    writes to Redis (:func:`answer_delivery`) before it may answer."""
+
+    __slots__ = ("status", "body", "headers", "event", "project", "key", "pending", "outcome")
+
+    def __init__(
+        self,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        *,
+        event: Any = None,
+        project: str | None = None,
+        key: str | None = None,
+        pending: inbox.Delivery | None = None,
+        outcome: str | None = None,
+    ):
+        self.status, self.body, self.headers = status, body, headers or {}
+        self.event, self.project, self.key, self.pending, self.outcome = event, project, key, pending, outcome
+
+
+def is_json(headers: Mapping[str, str | None]) -> bool:
+    """A Jira webhook is sent as application/json (whatever the parameters)."""
+    return (headers.get("content-type") or "").split(";", 1)[0].strip().lower() == _JSON
+
+
+def handle_delivery(headers: Mapping[str, str | None], body: bytes, settings: Settings, *, tracked: Any) -> Decision:
+    """Judge one delivery: ``headers`` by lower-case name, the raw ``body``, ``tracked`` the
+    tracked projects (``receiver.projects.TrackedProjects``: read from memory, refreshed from the
+    database now and then). Every refusal is a Decision (4xx, a JSON ``error``): it raises only
+    on a bug (the adapters answer 500).
+
+    The sans-I/O core of the endpoint (in the manner of gidgethub's ``sansio``): the signature,
+    the JSON, the envelope, the event, the project; the adapters read the request and write the
+    answer, and :func:`answer_delivery` records an accepted delivery in Redis.
+    """
+    event = None
+    try:
+        if not is_json(headers):
             raise ApiError(415, "a Jira webhook is sent as application/json")
-        body = _read_body(environ, settings.max_body_bytes)
-        _check_signature(settings, environ.get("HTTP_X_HUB_SIGNATURE"), body)
-        delivery.digest = hashlib.sha256(body).hexdigest()
+        if len(body) > settings.max_body_bytes:
+            raise ApiError(413, f"the body is larger than the {settings.max_body_bytes:,} bytes a delivery may have")
+        _check_signature(settings, headers.get("x-hub-signature"), body)
         try:
             loaded = load_delivery(_parse(body))
-        except ValidationError as exc:
+        except InvalidDeliveryError as exc:
             raise ApiError(400, "payload does not match a Jira webhook", details=exc.messages) from None
+    except ApiError as exc:
+        return Decision(exc.status, exc.body(), exc.headers)
 
-        event = delivery.event = loaded["webhook_event"]
-        if event in activity.EVENTS:
-            return self.receive_activity(loaded, delivery, settings)
-        if event not in ISSUE_EVENTS:
-            return _ignored(delivery, f"event {event} is not mirrored")
+    event = loaded["webhook_event"]
+    if event in activity.EVENTS:
+        return _activity_decision(loaded, settings, tracked)
+    if event not in ISSUE_EVENTS:
+        return _ignored(f"event {event} is not mirrored", event=event)
 
-        issue = loaded["issue"]
-        project = issue["fields"]["project"]
-        project_key = delivery.project = project["key"]
-        project_id = project.get("id")
-        projects = extensions["tracked"]
-        if (
-            projects.tracks(str(project_id) if project_id is not None else None, project_key) is False
-            and not _moved_from_tracked(loaded, projects.keys() or frozenset())
-            and not projects.mirrors(str(issue["id"]))
-        ):
-            # Not tracked, and not an issue the mirror holds live (whose move out must be applied).
-            return _ignored(delivery, f"project {project_key} is not tracked")
+    issue = loaded["issue"]
+    project = issue["fields"]["project"]
+    project_key = project["key"]
+    project_id = project.get("id")
+    if (
+        tracked.tracks(str(project_id) if project_id is not None else None, project_key) is False
+        and not _moved_from_tracked(loaded, tracked.keys() or frozenset())
+        and not tracked.mirrors(str(issue["id"]))
+    ):
+        # Not tracked, and not an issue the mirror holds live (whose move out must be applied).
+        return _ignored(f"project {project_key} is not tracked", event=event, project=project_key)
 
-        kwargs = {
-            "site": settings.site,
-            "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
-            "event_ts": loaded["timestamp"],
-        }
-        refresh = None
-        if settings.jira_configured and event != "jira:issue_deleted":
-            # One shape for every row: the job reads the current REST v3 state, coalesced (workers.refresh).
-            kwargs["refresh"] = True
-            refresh = [(settings.site, kwargs["issue"]["id"], loaded["timestamp"])]
-        if (
-            isinstance(loaded.get("changelog"), dict)
-            and loaded["changelog"].get("items")
-            and event == "jira:issue_updated"
-        ):
-            # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
-            # creation's changelog lists the initial values: Jira's REST changelog has no such
-            # history, so it is not kept (the status view starts an issue at its creation).
-            kwargs["changelog"] = {"id": loaded["changelog"].get("id"), "items": loaded["changelog"]["items"]}
-            actor = (loaded.get("user") or {}).get("accountId")
-            if isinstance(actor, str):
-                kwargs["actor"] = actor
-        return self.enqueue(delivery, (JOB_FOR_EVENT[event], kwargs), refresh, issue["key"])
+    kwargs = {
+        "site": settings.site,
+        "issue": {"id": str(issue["id"]), "key": issue["key"], "fields": issue["fields"]},
+        "event_ts": loaded["timestamp"],
+    }
+    refresh = None
+    if settings.jira_configured and event != "jira:issue_deleted":
+        # One shape for every row: the worker reads the current REST v3 state, coalesced (workers.refresh).
+        kwargs["refresh"] = True
+        refresh = (settings.site, kwargs["issue"]["id"], loaded["timestamp"])
+    if isinstance(loaded.get("changelog"), dict) and loaded["changelog"].get("items") and event == "jira:issue_updated":
+        # The change's history is written as it arrives (workers.jobs.delivery_changelog). A
+        # creation's changelog lists the initial values: Jira's REST changelog has no such
+        # history, so it is not kept (the status view starts an issue at its creation).
+        kwargs["changelog"] = {"id": loaded["changelog"].get("id"), "items": loaded["changelog"]["items"]}
+        actor = (loaded.get("user") or {}).get("accountId")
+        if isinstance(actor, str):
+            kwargs["actor"] = actor
+    return Decision(
+        202,
+        {"enqueued": 1},
+        event=event,
+        project=project_key,
+        key=issue["key"],
+        pending=inbox.Delivery(item=(JOB_FOR_EVENT[event], kwargs), refresh=refresh),
+    )
 
-    def receive_activity(
-        self, loaded: dict[str, Any], delivery: Delivery, settings: Settings
-    ) -> tuple[int, Any, dict[str, str]]:
-        """A comment or worklog delivery (``workers.activity``): 202 with its job, 200 when it
-        names an untracked project, 400 when it lacks its comment/worklog or their ids."""
+
+def _activity_decision(loaded: dict[str, Any], settings: Settings, tracked: Any) -> Decision:
+    """A comment or worklog delivery (``workers.activity``): 202 with what to record, 200 when it
+    names an untracked project, 400 when it lacks its comment/worklog or their ids."""
+    event = loaded["webhook_event"]
+    try:
+        job, project_key, project_id = activity.job_for_delivery(settings.site, loaded)
+    except activity.ActivityPayloadError as exc:
+        error = ApiError(400, f"payload does not match a Jira {event} webhook: {exc}")
+        return Decision(error.status, error.body(), error.headers, event=event)
+    if project_key is not None and tracked.tracks(project_id, project_key) is False:
+        return _ignored(f"project {project_key} is not tracked", event=event, project=project_key)
+    label = f"{job[1]['event'].split('_')[0]}:{job[1]['entity'].get('id')}"
+    return Decision(202, {"enqueued": 1}, event=event, project=project_key, key=label, pending=inbox.Delivery(item=job))
+
+
+def _ignored(why: str, *, event: Any, project: str | None = None, outcome: str = "ignored") -> Decision:
+    return Decision(200, {"ignored": why}, event=event, project=project, outcome=outcome)
+
+
+# --- the I/O: one delivery's answer, its Redis record, its count and its log line -------------
+
+
+def answer_delivery(
+    extensions: dict[str, Any], headers: Mapping[str, str | None], read_body: Callable[[], bytes]
+) -> tuple[int, Any, dict[str, str]]:
+    """Read the body, judge the delivery (:func:`handle_delivery`), record it when accepted,
+    count it and log its line; returns (status, JSON body, headers). Used by both adapters.
+
+    ``extensions``: the Flask app's ``extensions`` (settings, issues queue, capacity, tracked
+    projects, redis). Never raises: an unexpected error is a 500, which Jira retries.
+    """
+    delivery = Delivery(headers.get("x-atlassian-webhook-identifier") or None)
+    # Bound for the whole delivery: every line logged on its behalf carries its id.
+    token = logs.bind(delivery=delivery.id[:100] if delivery.id else None)
+    try:
         try:
-            job, project_key, project_id = activity.job_for_delivery(settings.site, loaded)
-        except activity.ActivityPayloadError as exc:
-            raise ApiError(400, f"payload does not match a Jira {delivery.event} webhook: {exc}") from None
-        delivery.project = project_key
-        if project_key is not None and self.extensions["tracked"].tracks(project_id, project_key) is False:
-            return _ignored(delivery, f"project {project_key} is not tracked")
-        return self.enqueue(delivery, job, None, f"{job[1]['event'].split('_')[0]}:{job[1]['entity'].get('id')}")
+            try:
+                body = read_body()
+            except ApiError as exc:
+                decision = Decision(exc.status, exc.body(), exc.headers)
+            else:
+                decision = handle_delivery(headers, body, extensions["settings"], tracked=extensions["tracked"])
+            delivery.event, delivery.project = decision.event, decision.project
+            if decision.outcome is not None:
+                delivery.outcome = decision.outcome
+                log.info(
+                    "delivery ignored delivery=%s event=%s why=%s",
+                    delivery.id,
+                    delivery.event,
+                    decision.body.get("ignored"),
+                )
+            status, answer, answer_headers = decision.status, decision.body, decision.headers
+            if decision.pending is not None:
+                status, answer, answer_headers = _record(extensions, decision, body, delivery)
+        except ApiError as exc:
+            status, answer, answer_headers = exc.status, exc.body(), exc.headers
+        except Exception as exc:  # never a traceback to Jira: a 500, which Jira retries
+            log.exception("unhandled error type=%s", type(exc).__name__)
+            status, answer, answer_headers = 500, {"error": "internal error"}, {}
+        metrics.delivery_answered(extensions["redis"], delivery, status)
+    finally:
+        logs.unbind(token)
+    return status, answer, answer_headers
 
-    def enqueue(
-        self,
-        delivery: Delivery,
-        job: tuple[str, dict[str, Any]],
-        refresh: list[tuple[str, str, int]] | None,
-        label: str,
-    ) -> tuple[int, Any, dict[str, str]]:
-        """Enqueue the delivery's job (with its refresh mark) and answer 202; 503 when the queue
-        cannot take it, 200 for a duplicate delivery."""
-        extensions, event = self.extensions, delivery.event
-        if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
-            log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, event)
-            raise ApiError(
-                503,
-                "the queue is full (Redis is near its memory limit); deliver again later",
-                headers={"Retry-After": "60"},
-            )
+
+def _record(
+    extensions: dict[str, Any], decision: Decision, body: bytes, delivery: Delivery
+) -> tuple[int, Any, dict[str, str]]:
+    """Record an accepted delivery for the workers: the 202 only once it is in Redis (CONTRACT.md
+    invariant 4); 503 when Redis cannot take it, so that Jira delivers again."""
+    settings: Settings = extensions["settings"]
+    if extensions["capacity"].full():  # keep Redis's last room for the workers (receiver.capacity)
+        log.warning("delivery refused delivery=%s event=%s reason=queue-full", delivery.id, delivery.event)
+        raise ApiError(
+            503,
+            "the queue is full (Redis is near its memory limit); deliver again later",
+            headers={"Retry-After": "60"},
+        )
+    try:
+        # One round trip (two for the first of a burst): the duplicate check, the delivery, the
+        # refresh mark and the count, atomically (workers.inbox).
+        assert decision.pending is not None  # a decision to record carries what to record
+        drain_job = inbox.record(
+            extensions["issues_queue"],
+            decision.pending,
+            site=settings.site,
+            delivery_id=delivery.id,
+            before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
+            body_digest=hashlib.sha256(body).hexdigest(),
+            replay_window=settings.replay_window_seconds,
+        )
+    except inbox.DuplicateDeliveryError:
+        # A retry (same identifier) or a replay (same signed body, any identifier) within
+        # Jira's redelivery window: nothing recorded, no Jira call.
+        delivery.outcome = "duplicate"
+        log.info("delivery ignored delivery=%s event=%s why=duplicate", delivery.id, delivery.event)
+        return 200, {"ignored": "duplicate"}, {}
+    except RedisError as exc:
+        delivery.counted = False  # nothing was written, the count included
+        log.warning(
+            "delivery refused delivery=%s event=%s reason=queue-unavailable error=%s",
+            delivery.id,
+            delivery.event,
+            type(exc).__name__,
+        )
+        raise ApiError(503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}) from None
+    # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
+    # and the drain job it enqueued, if any; the binding ends with the delivery.
+    logs.bind(key=decision.key, jobs=drain_job or "-")
+    return decision.status, decision.body, decision.headers
+
+
+# --- the Flask adapter ---------------------------------------------------------------------------
+# create_app installs the WSGI adapter (WebhookEndpoint) ahead of Flask, and it serves every
+# request to PATH; this view serves the same endpoint for an app used without it (an app embedding
+# the receiver's blueprints, a test of the adapters), with the same answers.
+
+bp = Blueprint("webhooks", __name__)
+
+
+@bp.post(PATH)
+def receive() -> Response:
+    headers = {
+        name: request.headers.get(name)
+        for name in ("content-type", "x-hub-signature", "x-atlassian-webhook-identifier")
+    }
+
+    def read() -> bytes:
+        if not is_json(headers):
+            return b""
         try:
-            # One round trip: the duplicate check, the job, the refresh mark and the count, atomically.
-            job_ids = queues.enqueue_issue_jobs(
-                extensions["issues_queue"],
-                [job],
-                delivery_id=delivery.id,
-                before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
-                refresh=refresh,
-                body_digest=delivery.digest,
-                replay_window=extensions["settings"].replay_window_seconds,
-            )
-        except queues.DuplicateDeliveryError:
-            # A retry (same identifier) or a replay (same signed body, any identifier) within
-            # Jira's redelivery window: no job, no Jira call.
-            return _ignored(delivery, "duplicate", outcome="duplicate")
-        except RedisError as exc:
-            log.warning(
-                "delivery refused delivery=%s event=%s reason=queue-unavailable error=%s",
-                delivery.id,
-                event,
-                type(exc).__name__,
-            )
-            raise ApiError(
-                503, "the queue is unavailable; deliver again later", headers={"Retry-After": "10"}
-            ) from None
-        # One line per delivery: its "delivery answered" line (receiver.metrics) carries the key
-        # and the job ids; the binding ends with the delivery.
-        logs.bind(key=label, jobs=",".join(job_ids))
-        return 202, {"enqueued": len(job_ids)}, {}
+            return request.get_data(cache=False)  # Flask refuses more than MAX_CONTENT_LENGTH (create_app)
+        except RequestEntityTooLarge:
+            cap = current_app.extensions["settings"].max_body_bytes
+            raise ApiError(413, f"the body is larger than the {cap:,} bytes a delivery may have") from None
+
+    status, answer, answer_headers = answer_delivery(current_app.extensions, headers, read)
+    return Response(
+        json.dumps(answer, separators=(",", ":")) + "\n", status=status, headers=answer_headers, mimetype=_JSON
+    )
 
 
 def _read_body(environ: dict[str, Any], cap: int) -> bytes:
@@ -386,9 +508,3 @@ def _read_body(environ: dict[str, Any], cap: int) -> bytes:
         return b"".join(chunks)
     except OSError:  # a read that waited past the client timeout
         raise ApiError(408, "the request body did not arrive in time") from None
-
-
-def _ignored(delivery: Delivery, why: str, *, outcome: str = "ignored") -> tuple[int, Any, dict[str, str]]:
-    delivery.outcome = outcome
-    log.info("delivery ignored delivery=%s event=%s why=%s", delivery.id, delivery.event, why)
-    return 200, {"ignored": why}, {}

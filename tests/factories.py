@@ -90,3 +90,13 @@ def signed(
     headers["X-Atlassian-Webhook-Identifier"] = delivery_id or f"delivery-{next(_ids)}"
     headers["X-Atlassian-Webhook-Flow"] = "Primary"
     return raw, headers
+
+
+def record_deliveries(redis_conn, items, *, site="test"):  # type: ignore[no-untyped-def]
+    """Leave ``items`` (``(job function name, kwargs)``) for the workers as the receiver does
+    (workers.inbox.record, no delivery id); returns the ids of the drain jobs enqueued."""
+    from workers import inbox, queues
+
+    q = queues.queue(queues.ISSUES, redis_conn)
+    drains = [inbox.record(q, inbox.Delivery(item=item), site=site, delivery_id=None) for item in items]
+    return [job_id for job_id in drains if job_id]

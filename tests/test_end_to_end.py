@@ -10,12 +10,15 @@ import json
 import random
 import time
 
+import pytest
 import requests
 from redis import Redis
 
 from mirror.models import Issue
 from tests import factories, procs
 from tests.conftest import SECRET
+
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
 
 T0 = dt.datetime(2025, 5, 1, 8, 0, 0)
 

@@ -13,6 +13,8 @@ from tests.conftest import free_port
 from workers import failed, queues
 from workers import status as ops_status
 
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
+
 
 def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(
     runner, settings, redis_conn, tmp_path, drain, monkeypatch
@@ -20,8 +22,11 @@ def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])  # stored in the job: the worker process uses it too
     q = queues.queue(queues.ISSUES, redis_conn)
     issue = factories.issue("10001", "DEMO-1", summary="written after the outage")
-    [job_id] = queues.enqueue_issue_jobs(
-        q, [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})], delivery_id=None
+    # The delivery waits in the inbox; its drain job is what fails, and holds it while it waits.
+    [job_id] = factories.record_deliveries(
+        redis_conn,
+        [("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 1})],
+        site=settings.site,
     )
 
     # A real worker whose database does not answer: nothing listens on that port.
@@ -36,10 +41,10 @@ def test_job_failed_while_the_database_was_down_is_retried_once_it_is_back(
 
     listed = runner.invoke(main, ["failed", "list"])
     assert listed.exit_code == 0, listed.output
-    assert job_id in listed.output and "upsert_issue DEMO-1" in listed.output
+    assert job_id in listed.output and f"drain {settings.site}" in listed.output
     assert "OperationalError" in listed.output and "Traceback" not in listed.output
     [entry] = json.loads(runner.invoke(main, ["failed", "list", "--json"]).output)
-    assert entry["id"] == job_id and entry["queue"] == "issues" and entry["function"] == "workers.jobs.upsert_issue"
+    assert entry["id"] == job_id and entry["queue"] == "issues" and entry["function"] == "workers.jobs.drain"
     assert entry["failed_at"].endswith("Z") and "OperationalError" in entry["error"]
     assert "\n" not in entry["error"]
 

@@ -22,7 +22,7 @@ from tests import factories, procs
 from tests.conftest import SECRET
 from tests.faults import drained, mutations, queue_state, wait_for
 from tests.mirror_truth import differences
-from workers.queues import ISSUES, queue
+from workers.queues import INBOX_KEY
 
 CAP = 64 * 1024
 
@@ -77,7 +77,7 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         fits = factories.delivery(the_issue=factories.issue(description="y" * (CAP - 4000)))
         body, headers = factories.signed(fits, SECRET)
         assert requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=10).status_code == 202
-        assert queue(ISSUES, redis_conn).count == 1
+        assert redis_conn.llen(INBOX_KEY) == 1
         # The same size chunked (no Content-Length) is read whole and accepted (another delivery:
         # the same body again would be a replay).
         body, headers = factories.signed(
@@ -87,7 +87,7 @@ def test_a_body_over_the_cap_is_413_with_or_without_a_content_length(db, setting
         )
         pieces = (body[start : start + 8192] for start in range(0, len(body), 8192))
         assert requests.post(url + "/webhooks/jira", data=pieces, headers=headers, timeout=10).status_code == 202
-        assert queue(ISSUES, redis_conn).count == 2
+        assert redis_conn.llen(INBOX_KEY) == 2
     finally:
         web.terminate()
 
@@ -250,10 +250,12 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
         metrics = requests.get(url + "/metrics", timeout=10).text
         assert re.search(r'^jira_mirror_queue_depth\{queue="issues"\} 1000(\.0)?$', metrics, re.M), metrics[:2000]
 
-        mutations(site, 3000, projects=["DEMO"], weights={"create": 70, "update": 30})
-        assert wait_for(lambda: pusher.counters["by_status"].get(503, 0) >= 100, 60), pusher.counters
+        # Enough deliveries to fill what is left of Redis, and some (a queued delivery's size is measured).
+        more = int((12 * 1024 * 1024 - conn.info("memory")["used_memory"]) / per_job) + 500
+        mutations(site, more, projects=["DEMO"], weights={"create": 70, "update": 30})
+        assert wait_for(lambda: pusher.counters["by_status"].get(503, 0) >= 100, 120), pusher.counters
         memory = conn.info("memory")
-        depth = queue(ISSUES, conn).count
+        depth = conn.llen(INBOX_KEY)
         assert memory["used_memory"] < memory["maxmemory"] - 3 * 1024 * 1024  # the reserve is kept
 
         workers = [

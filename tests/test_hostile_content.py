@@ -198,10 +198,10 @@ def test_hostile_text_is_shown_escaped_on_the_status_page(settings, redis_conn, 
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     bad = factories.issue("30009", "DEMO-309")
     bad["fields"]["created"] = "2025-13-45T99:99:99.000+0000" + HTML  # fails the worker's own parse only
-    queues.enqueue_issue_jobs(
-        queues.queue(queues.ISSUES, redis_conn),
+    factories.record_deliveries(
+        redis_conn,
         [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
-        delivery_id=None,
+        site=settings.site,
     )
     from workers.worker import build_worker
 

@@ -162,10 +162,10 @@ def test_a_failing_job_logs_its_error_but_not_its_arguments(capture, settings, r
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0])
     bad = factories.issue(summary=SUMMARY, description=DESCRIPTION)
     bad["fields"]["updated"] = "not a time"
-    queues.enqueue_issue_jobs(
-        queues.queue(queues.ISSUES, redis_conn),
+    factories.record_deliveries(
+        redis_conn,
         [("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1})],
-        delivery_id=None,
+        site=settings.site,
     )
     drain()  # fails, is retried at once, fails again: into the failed registry
     text = capture.getvalue()

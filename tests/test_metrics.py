@@ -159,7 +159,7 @@ def test_job_outcomes_failed_jobs_and_retries_are_counted(client, redis_conn, se
     bad = factories.issue("10003", "DEMO-3")
     bad["fields"]["updated"] = "not a time"
     jobs.append(("workers.jobs.upsert_issue", {"site": settings.site, "issue": bad, "event_ts": 1}))
-    queues.enqueue_issue_jobs(q, jobs, delivery_id=None)
+    factories.record_deliveries(redis_conn, jobs, site=settings.site)
     assert scrape(client)[("jira_mirror_queue_depth", (("queue", "issues"),))] == 4
     drain()
     drain()

@@ -4,11 +4,15 @@ simulator, real Redis and the real database."""
 import json
 import time
 
+import pytest
+
 from mirror import store
 from mirror.models import Issue
 from tests.conftest import SECRET
 from tests.mirror_truth import differences
-from workers import jobs, refresh
+from workers import jobs, queues, refresh
+
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
 
 
 def signed_request(jira, event):
@@ -72,7 +76,7 @@ def test_a_failed_read_puts_the_ids_back_and_the_retry_applies_them(jira, jira_s
     ids = [v.id for v in jira.site.current("DEMO")[:5]]
     with redis_conn.pipeline() as pipe:
         for i in ids:
-            refresh.add_pending(pipe, jira_settings.site, i, 1)
+            pipe.zadd(queues.PENDING_KEY.format(site=jira_settings.site), {i: 1}, nx=True)
         pipe.execute()
     client = JiraClient.from_settings(jira_settings, max_attempts=1)
     jira.fail_next(1, status=500)
@@ -91,7 +95,7 @@ def test_claims_of_a_dead_job_are_taken_back(jira, jira_settings, redis_conn, mo
 
     issue_id = jira.site.current("DEMO")[0].id
     with redis_conn.pipeline() as pipe:
-        refresh.add_pending(pipe, jira_settings.site, issue_id, 1)
+        pipe.zadd(queues.PENDING_KEY.format(site=jira_settings.site), {issue_id: 1}, nx=True)
         pipe.execute()
     assert refresh.claim(redis_conn, jira_settings.site) == [issue_id]  # ... and the claimer dies
     assert refresh.claim(redis_conn, jira_settings.site) == []
@@ -110,7 +114,7 @@ def test_a_refresh_of_an_issue_deleted_meanwhile_marks_it_deleted(jira, jira_set
     run_sync(jira_settings, redis_conn, project_key="DEMO", full=True)
     jira.site.delete_issue(victim.id)
     with redis_conn.pipeline() as pipe:
-        refresh.add_pending(pipe, jira_settings.site, victim.id, 1)
+        pipe.zadd(queues.PENDING_KEY.format(site=jira_settings.site), {victim.id: 1}, nx=True)
         pipe.execute()
     counts = refresh.refresh_pending(redis_conn, JiraClient.from_settings(jira_settings), jira_settings.site)
     assert counts["deleted"] == 1 and Issue.get(Issue.issue_id == victim.id).deleted_at is not None

@@ -20,7 +20,8 @@ def post(client, body, *, secret=SECRET, delivery_id=None, headers=None):
 
 
 def queued(redis_conn) -> int:
-    return redis_conn.llen("rq:queue:issues")
+    """Deliveries recorded for the workers (workers.inbox; one RQ drain job serves a burst)."""
+    return redis_conn.llen("jira-mirror:inbox")
 
 
 def assert_nothing_written(redis_conn):

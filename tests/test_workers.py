@@ -3,22 +3,24 @@
 import datetime as dt
 import random
 
+import pytest
 from rq.registry import FailedJobRegistry
 
 from mirror.models import Issue
 from tests import factories, procs
 from workers import queues
 
+pytestmark = pytest.mark.rq  # run with the newest RQ 2.x too (make test-rq2)
+
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0)
 
 
 def enqueue_versions(redis_conn, settings, versions, *, issue_id="10001", key="DEMO-1"):
-    q = queues.queue(queues.ISSUES, redis_conn)
     jobs = []
     for n in versions:
         issue = factories.issue(issue_id, key, updated=T0 + dt.timedelta(milliseconds=n), summary=f"version {n}")
         jobs.append(("workers.jobs.upsert_issue", {"site": settings.site, "issue": issue, "event_ts": 10_000 + n}))
-    return queues.enqueue_issue_jobs(q, jobs, delivery_id=None)
+    return factories.record_deliveries(redis_conn, jobs, site=settings.site)
 
 
 def test_updates_for_one_issue_from_several_workers_at_once(db, settings, redis_conn, tmp_path):
@@ -44,15 +46,14 @@ def test_a_failing_job_retries_then_lands_in_the_failed_registry(db, settings, r
     monkeypatch.setattr(queues, "RETRY_INTERVALS", [0, 0])
     q = queues.queue(queues.ISSUES, redis_conn)
     bad = factories.issue()
-    bad["fields"]["updated"] = "not a time"  # passes no schema; only a direct enqueue can do this
-    [job_id] = queues.enqueue_issue_jobs(
-        q, [("workers.jobs.upsert_issue", {"site": "s", "issue": bad, "event_ts": 1})], delivery_id=None
-    )
+    bad["fields"]["updated"] = "not a time"  # passes no schema; only a direct record can do this
+    factories.record_deliveries(redis_conn, [("workers.jobs.upsert_issue", {"site": "s", "issue": bad, "event_ts": 1})])
     for _ in range(3):
         drain()
-    registry = FailedJobRegistry(queue=q)
-    assert job_id in registry.get_job_ids()
+    # The drain hands the delivery it cannot write to RQ as a job of its own, which RQ retries and fails.
+    [job_id] = FailedJobRegistry(queue=q).get_job_ids()
     job = q.fetch_job(job_id)
+    assert job.func_name == "workers.jobs.upsert_issue" and job.kwargs["issue"]["key"] == bad["key"]
     assert job.retries_left == 0 and "IssueMappingError" in job.latest_result().exc_string
 
 

@@ -4,19 +4,20 @@ RQ's retries and failed registry see them (STYLE.md, "Jobs are thin")."""
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import peewee as pw
 from rq import get_current_job
 
-from mirror import history_store, shutdown, store
+from mirror import history_store, logs, metrics, shutdown, store
 from mirror.activity import ActivityMappingError, changelog_rows
 from mirror.db import database
-from mirror.issues import AgileFields, parse_jira_datetime, to_row
+from mirror.issues import AgileFields, parse_jira_datetime, project_key_of, to_row
 from mirror.jira import JiraClient
 from mirror.settings import Settings
-from workers import activity
+from workers import activity, inbox, queues
 from workers import refresh as refresh_
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,10 @@ def upsert_issue(
 ) -> str:
     """Write the issue's version unless the mirror holds a newer one; returns the outcome.
 
-    With ``refresh`` (the receiver marked the issue pending), the current state is read from
-    Jira in bulk with every other pending issue instead (``workers.refresh``). The delivery's
+    A job of its own only for what a drain could not write in its batch (``drain``: RQ then
+    retries it and keeps it in the failed registry). With ``refresh`` (the receiver marked the
+    issue pending), the current state is read from Jira in bulk with every other pending issue
+    instead (``workers.refresh``). The delivery's
     ``changelog`` (history id and items) is written as it arrived, either way.
     """
     history = delivery_changelog(site, str(issue.get("id")), changelog, event_ts, actor)
@@ -116,7 +119,7 @@ def upsert_issue(
         )
         return outcome
     if job is not None:  # marked pending, but this worker cannot read Jira: the delivery's copy
-        job.connection.zrem(refresh_.PENDING_KEY.format(site=site), str(issue.get("id")))
+        refresh_.forget(job.connection, site, [str(issue.get("id"))])
     with db_session():
         row = to_row(site, issue, source=source, event_ts=event_ts, agile=_agile(site))
         # An issue now in an untracked project leaves the live mirror (CONTRACT.md invariant 6).
@@ -128,79 +131,157 @@ def upsert_issue(
     return outcome
 
 
-# --- many jobs at once (workers.worker.MirrorWorker takes the queue in batches) -----------------
+# --- the drain: every pending delivery, in batches (workers.inbox) -------------------------------
 
-UPSERT_ISSUE = "workers.jobs.upsert_issue"
-_UPSERT_ARGUMENTS = frozenset({"site", "issue", "event_ts", "source", "refresh", "changelog", "actor"})
-
-
-def runs_together(func_name: str | None, args: Any, kwargs: Any) -> bool:
-    """Whether a job can run in a batch with others (:func:`upsert_issues_together`): an
-    ``upsert_issue`` or a comment/worklog job (``workers.activity``) called as the receiver
-    enqueues it. Any other job runs alone."""
-    if func_name == activity.APPLY:
-        return not args and activity.runs_together(kwargs)
-    return (
-        func_name == UPSERT_ISSUE
-        and not args
-        and isinstance(kwargs, dict)
-        and {"site", "issue", "event_ts"} <= set(kwargs) <= _UPSERT_ARGUMENTS
-    )
+# Items written in one transaction: a webhook's write is one small upsert, and a database commit
+# and a Redis round trip per delivery would cost far more than the write.
+DRAIN_BATCH = 250
+# A drain hands what is left to the next drain job after this long (and on SIGTERM), so that no
+# job runs long: RQ's timeout and abandoned-job handling stay meaningful.
+DRAIN_SECONDS = 60.0
+REFRESH = "refresh"  # an item's outcome until the refresh read has told
 
 
-def upsert_issues_together(
-    calls: list[dict[str, Any]], *, connection: Any, owner: str | None = None
-) -> list[str | Exception]:
-    """``upsert_issue(**call)`` for each of ``calls``, with one database transaction for all.
+def drain(site: str) -> str:
+    """Write every delivery pending in the inbox, in batches, then read the site's issues marked
+    for a refresh from Jira (``workers.refresh``); returns ``drained``.
 
-    Returns each call's outcome, in order: ``applied``, ``stale`` (older than what the mirror
-    holds, or than another version of the same issue in the batch), ``refreshed``/``coalesced``
-    (refresh calls: one coalesced read from Jira serves them all, ``owner`` its claim holder),
-    or the exception a call's issue raised when mapped to a row (that job must then run alone,
-    to fail as RQ decides). Raises what the write or the read raised (nothing is then reported
-    done: each job is run again alone).
+    Each delivery is counted in ``jira_mirror_jobs_total`` with its outcome (applied, stale,
+    deleted, refreshed, coalesced...), as a job of its own would be. A delivery whose issue
+    cannot be mapped becomes an RQ job of its own (``upsert_issue``), which fails, is retried and
+    lands in the failed registry as RQ decides. Raises what a batch's write or the read raised,
+    after putting the batch back in the inbox (RQ retries this job with backoff).
     """
-    outcomes: list[str | Exception | None] = [None] * len(calls)
-    client = jira_client() if any(call.get("refresh") for call in calls) else None
-    rows: dict[int, dict[str, Any]] = {}
-    pending_done: dict[str, list[str]] = {}
-    refreshing = []
-    history: list[dict[str, Any]] = []
-    activities = [n for n, call in enumerate(calls) if "entity" in call]
-    is_activity = set(activities)
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("drain runs as an RQ job")
+    connection = job.connection
+    inbox.unmark(connection)  # from now on a delivery enqueues the next drain (see workers.inbox)
+    client = jira_client()
+    started = time.monotonic()
+    while True:
+        items = inbox.claim(connection, job.id, DRAIN_BATCH)
+        if not items:
+            break
+        if len(items) == DRAIN_BATCH:  # a backlog: another worker may take a share of it
+            inbox.ensure_drain(queues.queue(job.origin, connection), site)
+        began = time.monotonic()
+        try:
+            outcomes = write_items(items, refreshing=client is not None, connection=connection)
+            if client is not None and REFRESH in outcomes:
+                _refresh(connection, client, site, job.id, outcomes)
+        except BaseException:
+            inbox.release(connection, job.id)
+            raise
+        _done(connection, job.id, job.origin, items, outcomes, time.monotonic() - began)
+        if shutdown.requested.is_set() or time.monotonic() - started > DRAIN_SECONDS:
+            inbox.ensure_drain(queues.queue(job.origin, connection), site)  # the rest, to the next drain
+            break
+    if client is not None and refresh_.pending_count(connection, site):  # marked by an earlier drain's receiver
+        _refresh(connection, client, site, job.id, [])
+    return "drained"
+
+
+def _refresh(connection: Any, client: JiraClient, site: str, owner: str, outcomes: list[str | None]) -> None:
+    """Read the site's pending issues from Jira (``workers.refresh``); the first of the batch's
+    refresh deliveries is ``refreshed`` when that took a call, the others ``coalesced``."""
     with db_session():
-        agile = {site: _agile(site) for site in {call["site"] for call in calls}}
-    for n, call in enumerate(calls):
-        if n in is_activity:
+        counts = refresh_.refresh_pending(connection, client, site, owner=owner)
+    log.info("refresh calls=%d written=%d deleted=%d", counts["calls"], counts["written"], counts["deleted"])
+    first = bool(counts["calls"])
+    for n, outcome in enumerate(outcomes):
+        if outcome == REFRESH:
+            outcomes[n] = "refreshed" if first else "coalesced"
+            first = False
+
+
+def _done(
+    connection: Any, owner: str, queue_name: str, items: list[Any], outcomes: list[str | None], seconds: float
+) -> None:
+    """Forget the written batch, and count and log each delivery's outcome."""
+    inbox.done(connection, owner)
+    counted = [(item, outcome) for item, outcome in zip(items, outcomes) if outcome is not None]
+    each = seconds / max(1, len(counted))
+    with connection.pipeline(transaction=False) as pipe:
+        for _, outcome in counted:
+            metrics.add_job(pipe, queue=queue_name, outcome=metrics.job_outcome_label(outcome), seconds=each)
+        pipe.execute()
+    for item, outcome in counted:
+        func, kwargs = item
+        issue = kwargs.get("issue") if isinstance(kwargs.get("issue"), dict) else {}
+        with logs.bound(project=project_key_of(issue)):
+            log.info(
+                "job finished",
+                extra={
+                    "func": func,
+                    "outcome": metrics.job_outcome_label(outcome),
+                    "key": issue.get("key"),
+                    "duration_ms": round(each * 1000, 1),
+                    "batch": len(counted),
+                },
+            )
+
+
+def write_items(
+    items: list[tuple[str, dict[str, Any]] | Exception], *, refreshing: bool, connection: Any
+) -> list[str | None]:
+    """Write inbox items (``(function name, kwargs)`` of ``upsert_issue``/``delete_issue`` and of
+    comment/worklog deliveries, ``workers.activity``) in one transaction, with the changelogs the
+    issue deliveries carry; returns each item's outcome, in order: ``applied``, ``stale`` (older
+    than what the mirror holds, or than another version of the same issue here),
+    ``deleted``/``already-deleted``, the activity outcomes (``written``, ``stale``, ``deleted``,
+    ``ignored``), ``REFRESH`` (``refreshing``: the refresh read writes it), or None for an item
+    handed to RQ as a job of its own (it cannot be mapped) or one that cannot be read (logged).
+    Raises what the write raised.
+    """
+    outcomes: list[str | None] = [None] * len(items)
+    rows: dict[int, dict[str, Any]] = {}
+    deletes: dict[int, dict[str, Any]] = {}
+    forget: dict[str, list[str]] = {}
+    alone: list[tuple[str, dict[str, Any]]] = []
+    history: list[dict[str, Any]] = []
+    activities: list[int] = []
+    sites = {item[1].get("site") for item in items if not isinstance(item, Exception)}
+    with db_session():
+        agile = {site: _agile(site) for site in sites if isinstance(site, str)}
+    for n, item in enumerate(items):
+        if isinstance(item, Exception):
+            log.error("inbox item unreadable, dropped error=%s", item)
+            continue
+        func, call = item
+        if func == activity.APPLY:
+            if activity.runs_together(call):
+                activities.append(n)
+            else:
+                alone.append((func, call))
             continue
         try:
             history.extend(
                 delivery_changelog(
                     call["site"],
-                    str((call["issue"] or {}).get("id")),
+                    str((call.get("issue") or {}).get("id")),
                     call.get("changelog"),
                     call["event_ts"],
                     call.get("actor"),
                 )
             )
-        except Exception as exc:  # this job runs alone and fails there, with RQ's retries
-            outcomes[n] = exc
-            continue
-        if call.get("refresh") and client is not None:
-            refreshing.append(n)
-            continue
-        if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
-            pending_done.setdefault(call["site"], []).append(str((call["issue"] or {}).get("id")))
-        try:
-            rows[n] = to_row(
+            if call.get("refresh") and refreshing:
+                outcomes[n] = REFRESH  # the refresh read writes its current state
+                continue
+            row = to_row(
                 call["site"],
                 call["issue"],
                 source=call.get("source", "webhook"),
                 event_ts=call["event_ts"],
                 agile=agile[call["site"]],
             )
-        except Exception as exc:  # this job runs alone and fails there, with RQ's retries
-            outcomes[n] = exc
+        except Exception as exc:  # a job of its own, to fail as RQ decides
+            log.warning("delivery not mappable, run alone error=%s", type(exc).__name__)
+            alone.append((func, call))
+            continue
+        if call.get("refresh"):  # marked pending, but this worker cannot read Jira: the delivery's copy
+            forget.setdefault(call["site"], []).append(str((call.get("issue") or {}).get("id")))
+        (deletes if func == queues.DELETE_JOB else rows)[n] = row
     with db_session():
         scopes = {site: store.Scope.of(site) for site in {row["site"] for row in rows.values()}}
         changed = (
@@ -210,25 +291,29 @@ def upsert_issues_together(
             if rows
             else set()
         )
-        for site in {calls[n]["site"] for n in refreshing}:
-            counts = refresh_.refresh_pending(connection, client, site, owner=owner)  # type: ignore[arg-type]
-            first = True
-            for n in refreshing:
-                if calls[n]["site"] == site:
-                    outcomes[n] = "refreshed" if counts["calls"] and first else "coalesced"
-                    first = False
+        for n, row in deletes.items():
+            outcomes[n] = "deleted" if store.delete_issues([row]) else "already-deleted"
         if history:
             history_store.write_changelog(history)
         if activities:
             try:
                 with database.atomic():
-                    applied = activity.apply_together([calls[n] for n in activities])
-            except (ActivityMappingError, KeyError, TypeError, ValueError) as exc:  # each runs alone, fails there
-                applied = [exc] * len(activities)  # type: ignore[list-item]
-            for n, outcome in zip(activities, applied):
-                outcomes[n] = outcome
-    for site, ids in pending_done.items():
-        connection.zrem(refresh_.PENDING_KEY.format(site=site), *ids)
+                    applied = activity.apply_together([items[n][1] for n in activities])  # type: ignore[index]
+            except (ActivityMappingError, KeyError, TypeError, ValueError):  # each runs alone, fails there
+                alone.extend(items[n] for n in activities)  # type: ignore[misc]
+            else:
+                for n, outcome in zip(activities, applied):
+                    outcomes[n] = outcome
+    for site, ids in forget.items():
+        refresh_.forget(connection, site, ids)
+    for func, call in alone:
+        label = (call.get("issue") or {}).get("key") or call.get("event", "")
+        queues.enqueue_job(
+            queues.queue(queues.ISSUES, connection),
+            func,
+            call,
+            description=f"{func.rsplit('.', 1)[-1]} {label}".strip(),
+        )
     newest: dict[tuple[str, str], int] = {}
     for n, row in rows.items():
         ident = (row["site"], row["issue_id"])
@@ -237,9 +322,8 @@ def upsert_issues_together(
             newest[ident] = n
     for n, row in rows.items():
         ident = (row["site"], row["issue_id"])
-        if not isinstance(outcomes[n], Exception):
-            outcomes[n] = "applied" if newest[ident] == n and ident in changed else "stale"
-    return outcomes  # type: ignore[return-value]
+        outcomes[n] = "applied" if newest[ident] == n and ident in changed else "stale"
+    return outcomes
 
 
 def delete_issue(site: str, issue: dict[str, Any], event_ts: int, source: str = "webhook", **_: Any) -> str:

@@ -24,22 +24,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 from redis import Redis
 
 from mirror import history_store, store
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import JiraClient, JiraNotFoundError, issue_error_ids
+from workers.queues import CLAIMS_KEY, CLAIMS_TTL_SECONDS, PENDING_KEY, PROCESSING_KEY, STALE_CLAIM_SECONDS
 
 log = logging.getLogger(__name__)
 
-PENDING_KEY = "jira-mirror:refresh:pending:{site}"
-PROCESSING_KEY = "jira-mirror:refresh:processing:{site}"
-CLAIMS_KEY = "jira-mirror:refresh:claims:{site}:{owner}"  # what one job (RQ job id) holds
-CLAIMS_TTL_SECONDS = 7 * 24 * 3600
 BATCH = 100
-STALE_CLAIM_SECONDS = 120
 MAX_BATCHES_PER_JOB = 50
 # A claim waits up to this long while webhooks of a burst keep arriving (see gather).
 LINGER_SECONDS = 0.5
@@ -87,13 +83,14 @@ return #ARGV - 1
 """
 
 
-def add_pending(pipe: Any, site: str, issue_id: str, event_ts: int) -> None:
-    """Mark an issue for a refresh (in the receiver's transaction)."""
-    pipe.zadd(PENDING_KEY.format(site=site), {issue_id: event_ts}, nx=True)
-
-
 def pending_count(connection: Redis, site: str) -> int:
     return int(connection.zcard(PENDING_KEY.format(site=site)))
+
+
+def forget(connection: Redis, site: str, ids: list[str]) -> None:
+    """Unmark ``ids``: a worker that cannot read Jira wrote the deliveries' copies instead."""
+    if ids:
+        connection.zrem(PENDING_KEY.format(site=site), *ids)
 
 
 Owners = Union[str, Sequence[str], None]

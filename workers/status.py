@@ -39,7 +39,8 @@ from mirror.models import Issue, Project, SyncRun
 from mirror.redis_connection import redacted_url, tls_mode
 from mirror.settings import Settings
 from mirror.users import match_report
-from workers.queues import BACKFILL, ISSUES, queue
+from workers import inbox
+from workers.queues import BACKFILL, ISSUES, SYNC_PROGRESS_KEY, queue
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ QUEUE_NAMES = (ISSUES, BACKFILL)
 # refresh, every gunicorn worker, the CLI): the answer or the error is kept in Redis.
 MYSELF_TTL_SECONDS = 60
 MYSELF_KEY = "jira-mirror:status:myself:{}"
-# The live progress a sync writes (backfill.jobs.write_progress); read here without importing
-# the backfill package, which imports the Jira client and the sync engine.
-PROGRESS_KEY = "jira-mirror:sync-progress:{site}:{key}"
 
 T = TypeVar("T")
 UTC = dt.timezone.utc
@@ -424,7 +422,7 @@ def _projects(site: str, now: dt.datetime) -> list[dict[str, Any]]:
 
 def _activity(connection: Redis, site: str, project: dict[str, Any]) -> dict[str, Any]:
     """The live side of a project's sync: its progress hash and the state of its last job."""
-    raw = connection.hgetall(PROGRESS_KEY.format(site=site, key=project["key"]))
+    raw = connection.hgetall(SYNC_PROGRESS_KEY.format(site=site, key=project["key"]))
     progress = {}
     for k, v in raw.items():
         try:
@@ -474,7 +472,8 @@ def _queues(connection: Redis, now: dt.datetime) -> dict[str, dict[str, Any]]:
             job = Job.fetch_many(first, connection=connection, serializer=JSONSerializer)[0]
             oldest = utc(job.enqueued_at) if job else None
         out[name] = {
-            "queued": q.count,
+            # The issues queue's backlog is the deliveries waiting for a drain job (workers.inbox).
+            "queued": inbox.backlog(connection, q) if name == ISSUES else q.count,
             # cleanup=False: looking must not move jobs between registries.
             "started": StartedJobRegistry(queue=q).get_job_count(cleanup=False),
             "scheduled": ScheduledJobRegistry(queue=q).get_job_count(cleanup=False),
