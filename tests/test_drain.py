@@ -140,3 +140,27 @@ def test_a_delivery_recorded_once_a_drain_has_started_enqueues_the_next_one(db, 
     assert q.get_job_ids() == [first, second]
     _drain(settings, redis_conn)
     assert Issue.select().count() == 3 and _nothing_pending(redis_conn)
+
+
+def test_a_drain_job_lost_between_dequeue_and_start_does_not_hold_deliveries_back(db, settings, redis_conn):
+    q = queues.queue(queues.ISSUES, redis_conn)
+    [drain_id] = factories.record_deliveries(
+        redis_conn, [_upsert(settings, n, 0) for n in range(5)], site=settings.site
+    )
+    # A worker dequeued it (RQ moves it to its intermediate queue) and died before it started,
+    # so its mark stays and later deliveries enqueue no drain of their own.
+    assert redis_conn.lmove(q.key, q.intermediate_queue_key, "LEFT", "RIGHT") == drain_id.encode()
+    assert (
+        factories.record_deliveries(redis_conn, [_upsert(settings, n, 1) for n in range(5)], site=settings.site) == []
+    )
+    assert q.count == 0
+    _drain(settings, redis_conn)  # its maintenance, at start, finds the mark without a queued job
+    assert {r.summary for r in Issue.select()} == {f"issue {n} v1" for n in range(5)}
+    assert not redis_conn.exists(queues.INBOX_KEY)
+
+
+def test_a_queued_drain_job_is_left_to_run(db, settings, redis_conn):
+    q = queues.queue(queues.ISSUES, redis_conn)
+    [drain_id] = factories.record_deliveries(redis_conn, [_upsert(settings, 1, 0)], site=settings.site)
+    assert inbox.recover_drain(q, settings.site) is None
+    assert q.job_ids == [drain_id] and redis_conn.get(queues.DRAIN_MARK_KEY) == drain_id.encode()

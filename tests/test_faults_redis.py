@@ -10,13 +10,16 @@ outlives the Redis process, not the Redis data.
 """
 
 import dataclasses
+import os
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from mirror.models import Issue
 from simulator import Site, WebhookPusher
 from tests import procs
 from tests.conftest import SECRET
-from tests.faults import Mutator, drained, failed_jobs, queue_state, wait_for
+from tests.faults import Mutator, child_pids, drained, failed_jobs, kill_group, queue_state, wait_for
 from tests.mirror_truth import differences
 
 
@@ -82,5 +85,76 @@ def test_redis_killed_mid_stream_loses_nothing(db, settings, tmp_path):
     finally:
         pusher.stop()
         worker.terminate()
+        web.terminate()
+        server.stop()
+
+
+def _database_descriptors(pid: int, database_url: str) -> list[str]:
+    """The open file descriptors of process ``pid`` that reach the database: sockets to
+    PostgreSQL's port, or the SQLite file (and its -wal and -shm files)."""
+    parts = urlsplit(database_url)
+    fds = Path(f"/proc/{pid}/fd")
+    targets = {}
+    for fd in fds.iterdir():
+        try:
+            targets[fd.name] = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+    if parts.scheme == "sqlite":
+        path = os.path.abspath(database_url[len("sqlite:///") :])
+        return [f"{fd} -> {target}" for fd, target in targets.items() if target.startswith(path)]
+    port = f"{parts.port or 5432:04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[2].endswith(f":{port}"):  # the remote end is PostgreSQL
+                    inodes.add(f"socket:[{fields[9]}]")
+    return [f"{fd} -> {target}" for fd, target in targets.items() if target in inodes]
+
+
+def test_the_scheduler_a_worker_forks_holds_no_database_connection(db, settings, tmp_path):
+    """RQ forks its scheduler from the worker process, again after Redis came back. A child that
+    inherited the worker's database connection kept it open after the worker died: on
+    PostgreSQL, the transaction of a worker SIGKILLed mid-batch stayed open with its row locks,
+    and every other worker waited on them for good (the chaos test saw it)."""
+    server = procs.RedisServer(tmp_path, persistent=True)
+    server.start()
+    local = dataclasses.replace(settings, redis_url=server.url)
+    site = Site.generate({"DEMO": 0}, seed=23)
+    web, url = procs.start_web(local, tmp_path, workers=1)
+    worker = procs.start_worker(local, tmp_path, WORKER_HEARTBEAT_SECONDS="1")
+    pusher = WebhookPusher(url + "/webhooks/jira", SECRET, site=site, seed=23)
+    from redis import Redis
+
+    conn = Redis.from_url(server.url)
+    try:
+        for _ in range(5):
+            site.random_mutation(projects=["DEMO"])
+        assert pusher.flush(30) and pusher.counters["failed"] == 0, pusher.counters
+        assert wait_for(lambda: drained(conn) and Issue.select().count() > 0, 30), worker.output()[-3000:]
+        # The worker holds its connection across jobs: what a fork would hand down.
+        assert _database_descriptors(worker.popen.pid, local.database_url)
+
+        first = set(child_pids(worker.popen.pid))
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        # The worker's loop starts again once Redis answers, and forks a new scheduler.
+        assert wait_for(lambda: set(child_pids(worker.popen.pid)) - first, 60), worker.output()[-3000:]
+        time.sleep(0.5)
+        children = set(child_pids(worker.popen.pid)) - first
+        held = {pid: _database_descriptors(pid, local.database_url) for pid in children}
+        assert held and not any(held.values()), held
+        # The worker reconnects on its next job.
+        for _ in range(3):
+            site.random_mutation(projects=["DEMO"])
+        assert pusher.flush(30) and pusher.counters["failed"] == 0, pusher.counters
+        assert wait_for(lambda: drained(conn), 30), (queue_state(conn), worker.output()[-3000:])
+        assert not differences(site, ["DEMO"], site_name=local.site)
+    finally:
+        pusher.stop()
+        kill_group(worker)
         web.terminate()
         server.stop()

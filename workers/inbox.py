@@ -266,6 +266,27 @@ def ensure_drain(issues_queue: Queue, site: str) -> str | None:
             return None
 
 
+def recover_drain(issues_queue: Queue, site: str) -> str | None:
+    """Enqueue a drain job when the mark names one that is no longer queued; returns its id, or
+    None when the mark is absent or its job still waits in the queue.
+
+    A drain job caught between RQ's dequeue and its start when Redis or its worker died sits in
+    RQ's intermediate queue, and RQ gives it back only about a minute later: meanwhile its mark
+    stays, so no delivery enqueues a drain and deliveries wait. The workers call this at every
+    maintenance (workers.worker). A job that was only dequeued a moment ago starts and removes
+    the new mark: the next delivery enqueues one more drain, which finds little or nothing to do.
+    """
+    with issues_queue.connection.pipeline() as pipe:
+        try:
+            pipe.watch(queues.DRAIN_MARK_KEY)
+            marked = pipe.get(queues.DRAIN_MARK_KEY)
+            if marked is None or pipe.lpos(issues_queue.key, _arg(marked)) is not None:
+                return None
+            return queues.enqueue_drain(issues_queue, site, pipeline=pipe, execute=True)
+        except WatchError:  # a drain started or was enqueued meanwhile
+            return None
+
+
 def backlog(connection: Redis, issues_queue: Queue) -> int:
     """What waits for the issues queue's workers: deliveries in the inbox (claimed ones not
     counted) and jobs in the queue, less the drain job queued for those deliveries."""

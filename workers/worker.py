@@ -3,7 +3,8 @@
 Jobs run in the worker process itself (RQ's ``SimpleWorker``), not in a child forked per job:
 a fork costs far more than a short job, and jobs are our own code over JSON arguments. Webhook
 deliveries are not jobs of their own: a drain job writes them in batches (``workers.inbox``). The
-database connection stays open across jobs. SIGTERM (Heroku sends it on every restart) asks
+database connection stays open across jobs, and is closed before the process forks (RQ's
+scheduler must not inherit it: see ``_close_before_fork``). SIGTERM (Heroku sends it on every restart) asks
 for a warm shutdown: the job in hand finishes, then the process exits 0; RQ re-queues the job
 of a worker that died without finishing (abandoned-job handling) and retries it.
 
@@ -20,10 +21,13 @@ middle of a job (RQ then quits its loop) waits for Redis and starts again instea
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from typing import Any, Sequence
+
+import peewee as pw
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -36,6 +40,7 @@ from mirror.issues import project_key_of
 from mirror.db import init_database
 from mirror.redis_connection import log_connection, redis_for
 from mirror.settings import Settings
+from workers import inbox
 from workers.queues import DRAIN_JOB, ISSUES, queue
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,8 @@ class MirrorWorker(SimpleWorker):
     ``heartbeat_seconds``: see the module docstring (abandoned jobs).
     """
 
-    def __init__(self, *args: Any, heartbeat_seconds: int = 10, **kwargs: Any):
+    def __init__(self, *args: Any, heartbeat_seconds: int = 10, site: str | None = None, **kwargs: Any):
+        self.site = site  # the site whose drain jobs this worker may enqueue (run_maintenance_tasks)
         beat = max(1, int(heartbeat_seconds))
         kwargs.setdefault("job_monitoring_interval", beat)
         kwargs.setdefault("maintenance_interval", 3 * beat)
@@ -94,6 +100,25 @@ class MirrorWorker(SimpleWorker):
     def teardown(self) -> None:
         self.beat_stop.set()
         super().teardown()
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance (at start, then every three beats), then a drain job for deliveries
+        whose marked drain job is no longer queued (``workers.inbox.recover_drain``): caught
+        between dequeue and start when Redis or its worker died, RQ gives it back only a minute
+        later."""
+        super().run_maintenance_tasks()
+        if self.site is None:
+            return
+        for rq_queue in self.queues:
+            if rq_queue.name != ISSUES:
+                continue
+            try:
+                job_id = inbox.recover_drain(rq_queue, self.site)
+            except RedisError as exc:  # Redis blinked: the next maintenance tries again
+                log.warning("drain recovery failed error=%s", type(exc).__name__)
+                continue
+            if job_id is not None:
+                log.warning("drain mark without a queued drain job: drain enqueued job=%s", job_id)
 
     def handle_warm_shutdown_request(self) -> None:
         # SIGTERM: a job that can stop early (a sync, a drain) sees it and hands its work back.
@@ -176,6 +201,7 @@ def build_worker(
         connection=connection,
         serializer=JSONSerializer,
         heartbeat_seconds=settings.worker_heartbeat_seconds,
+        site=settings.site,
     )
 
 
@@ -186,6 +212,7 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
 
     jobs.configure(settings)
     db = init_database(settings.database_url)
+    os.register_at_fork(before=lambda: _close_before_fork(db))
     if settings.jira_projects:  # only projects never seen: an untracked one stays untracked
         with db.connection_context():
             store.track_new_projects(settings.site, settings.jira_projects)
@@ -215,6 +242,19 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
         _release_scheduler(worker)
     log.info("worker stop queues=%s", ",".join(queue_names))
     return 0
+
+
+def _close_before_fork(db: pw.Database) -> None:
+    """Close the worker's database connection before the process forks.
+
+    RQ forks its scheduler from the worker process: at start, and between jobs when this worker
+    takes the scheduler over. A child inherits the open connection's socket (or file), which then
+    outlives the worker: on PostgreSQL, a worker SIGKILLed in the middle of a transaction left it
+    open, its row locks held, for as long as the orphaned scheduler lived, and every other worker
+    waited on them. Forks happen between jobs, outside any transaction; the next query reconnects.
+    """
+    if not db.is_closed() and not db.in_transaction():
+        db.close()
 
 
 def _drop_subscription(worker: MirrorWorker) -> None:
