@@ -74,6 +74,8 @@ class RowWatcher:
                 if waiting:
                     cur.execute("SELECT issue_id, updated FROM jira_issue WHERE issue_id = ANY(%s)", (waiting,))
                     for issue_id, updated in cur.fetchall():
+                        if updated.tzinfo is not None:  # timestamptz (schema 7): compared as naive UTC
+                            updated = updated.astimezone(dt.timezone.utc).replace(tzinfo=None)
                         if updated >= self.expected[issue_id]:
                             self.seen.setdefault(issue_id, now)
             self._stop.wait(self.interval)
