@@ -62,7 +62,10 @@ class DeadlineThreadWorker(_ThreadWorker):
         with self._deadlines_lock:
             self._deadlines[conn] = _time.monotonic() + request_deadline
         try:
-            return super().handle(conn)
+            keep = super().handle(conn)
+            if keep is False:  # answered and not kept alive (True: kept alive; else deferred)
+                _linger(conn.sock)
+            return keep
         finally:
             with self._deadlines_lock:
                 self._deadlines.pop(conn, None)
@@ -87,6 +90,28 @@ class DeadlineThreadWorker(_ThreadWorker):
                     request_deadline,
                     conn.client[0] if isinstance(conn.client, tuple) else "-",
                 )
+
+
+def _linger(sock):  # type: ignore[no-untyped-def]
+    """The waiting half of gunicorn's graceful close (RFC 9112 section 9.6), done on the request's
+    own thread. gunicorn does it on the worker's main thread, which also accepts connections: each
+    closed connection held every new one back until its client closed too (up to 2 s), so a few
+    clients that keep their end open after the answer (or a slow network) stalled all deliveries.
+    Here the write side is shut (the client sees the end of the answer), what the client still
+    sends is read and dropped until it closes (2 s at most), and the read side is shut, so the
+    main thread's close finds the end at once."""
+    try:
+        sock.shutdown(_socket.SHUT_WR)
+        sock.settimeout(2.0)
+        drained = 0
+        while drained < 65536 and (data := sock.recv(4096)):
+            drained += len(data)
+    except OSError:  # reset, timed out or already closed: nothing more to wait for
+        pass
+    try:
+        sock.shutdown(_socket.SHUT_RD)
+    except OSError:
+        pass
 
 
 worker_class = ClientTimeoutSyncWorker if threads == 1 else DeadlineThreadWorker

@@ -282,3 +282,36 @@ def test_workers_down_the_queue_grows_until_redis_keeps_a_reserve_then_drains_lo
             worker.terminate()
         web.terminate()
         server.stop()
+
+
+def test_clients_that_keep_their_end_open_after_the_answer_do_not_delay_deliveries(db, settings, redis_conn, tmp_path):
+    """A client that reads its answer but does not close its end (or closes it a network round
+    trip later): gunicorn waited for that close on the worker's main thread, the one that also
+    accepts connections, for up to 2 s a connection; eight such clients held every delivery back
+    for seconds. The wait now happens on the request's own thread."""
+    web, url = procs.start_web(settings, tmp_path, workers=2)
+    host, port = _host_port(url)
+    lingering = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection((host, port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            lingering.append(sock)  # answered, then left open
+        time.sleep(0.2)
+        waits = []
+        for n in range(3):
+            body, headers = factories.signed(
+                factories.delivery(the_issue=factories.issue()), SECRET, delivery_id=f"d{n}"
+            )
+            started = time.monotonic()
+            answer = requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=30)
+            waits.append(time.monotonic() - started)
+            assert answer.status_code == 202
+        assert max(waits) < 1, f"deliveries waited {waits} behind 8 clients that kept their end open"
+        answers = [_answer(sock, 5) for sock in lingering]
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers  # each got its whole answer
+        print(f"\nlingering clients: deliveries answered in {max(waits):.3f}s at most")
+    finally:
+        for sock in lingering:
+            sock.close()
+        web.terminate()
