@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import peewee as pw
 
-from mirror.db import database, tuples
+from mirror.db import BulkInsert, database, tuples
 from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
@@ -115,12 +115,21 @@ def _changes_something() -> pw.Expression:
     )
 
 
-def _upsert(rows: Sequence[dict[str, Any]], current: bool) -> pw.Insert:
-    return Issue.insert_many(rows).on_conflict(
-        conflict_target=[Issue.site, Issue.issue_id],
-        preserve=UPSERT_FIELDS,
-        where=_is_newer(current) & _changes_something(),
-    )
+def _on_conflict(current: bool) -> Callable[[pw.ModelInsert], pw.Insert]:
+    def finish(query: pw.ModelInsert) -> pw.Insert:
+        return query.on_conflict(
+            conflict_target=[Issue.site, Issue.issue_id],
+            preserve=UPSERT_FIELDS,
+            where=_is_newer(current) & _changes_something(),
+        )
+
+    return finish
+
+
+# The upsert, rendered once and bound per batch (``db.BulkInsert``): by a current read or not,
+# and answering which rows changed.
+_UPSERT = {current: BulkInsert(Issue, _on_conflict(current)) for current in (False, True)}
+_UPSERT_RETURNING = BulkInsert(Issue, lambda q: _on_conflict(False)(q).returning(Issue.site, Issue.issue_id))
 
 
 def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> int:
@@ -132,7 +141,7 @@ def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> i
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            changed += database.execute(_upsert(rows[start : start + BATCH], current)).rowcount
+            changed += _UPSERT[current].execute(rows[start : start + BATCH]).rowcount
     return changed
 
 
@@ -179,8 +188,8 @@ def upsert_issues_changed(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            query = _upsert(rows[start : start + BATCH], False).returning(Issue.site, Issue.issue_id)
-            changed.update((site, issue_id) for site, issue_id in database.execute(query).fetchall())
+            cursor = _UPSERT_RETURNING.execute(rows[start : start + BATCH])
+            changed.update((site, issue_id) for site, issue_id in cursor.fetchall())
     return changed
 
 
