@@ -11,7 +11,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, overload
+from collections.abc import Mapping
+from typing import Any, overload
 
 import orjson
 
