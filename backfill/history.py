@@ -20,19 +20,19 @@ listed by ``worklog/deleted``; never because a call failed or a page was cut.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from backfill.writer import Writer
 from mirror import history_store
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
-from mirror.db import database, tuples
-from mirror.models import Field
+from mirror.db import analyze, database, tuples
+from mirror.models import ChangelogItem, Field, Issue
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,8 @@ class HistoryCounts:
 WRITES_IN_FLIGHT = 4
 # Issues whose comment/worklog lists are written in one transaction.
 BUFFERED_LISTS = 1000
-
-
-def _on_own_connection(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life)."""
-    database.connect(reuse_if_open=True)
-    return fn(*args)
-
-
-def _close_own_connection() -> None:
-    if not database.is_closed():
-        database.close()
+# Reads of the rest of overflowing comment/worklog lists in flight beside a full sync's issue reads.
+OVERFLOW_READS = 2
 
 
 def refresh_fields(client: JiraClient, site: str) -> int:
@@ -82,17 +73,17 @@ class HistorySync:
         self.site = site
         self.concurrency = max(1, concurrency)
         self.counts = HistoryCounts()
-        # Issues whose embedded page did not hold everything, read later all together (a full
-        # sync reads them in parallel at its end rather than one batch of issues at a time).
-        self._deferred: list[tuple[str, str, list[dict[str, Any]], int]] = []
+        # Issues whose embedded page did not hold everything: with ``defer`` (a full sync) the rest
+        # is read beside the issue reads, and written as it arrives or at the end.
+        self._deferred: list[tuple[str, str, list[dict[str, Any]], int, cf.Future[list[dict[str, Any]] | None]]] = []
+        self._overflow_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
         self._changelog_chunks: Iterator[list[str]] = iter(())
         self._changelog_ahead = 0
         # History rows are written by a thread of their own, on its own connection, while the
         # run goes on reading and writing issues: the database's time overlaps the rest.
-        self._writer: cf.ThreadPoolExecutor | None = None
-        self._writes: collections.deque[cf.Future[None]] = collections.deque()
+        self._writer = Writer("history-writer", in_flight=WRITES_IN_FLIGHT)
         self._buffer: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]] = []
         self._buffered = 0
 
@@ -101,17 +92,12 @@ class HistorySync:
     def _write(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the writer thread, in order; at most WRITES_IN_FLIGHT queued (memory
         stays bounded). Raises what an earlier write raised."""
-        if self._writer is None:
-            self._writer = cf.ThreadPoolExecutor(1, thread_name_prefix="history-writer")
-        self._writes.append(self._writer.submit(_on_own_connection, fn, *args))
-        while self._writes and (len(self._writes) > WRITES_IN_FLIGHT or self._writes[0].done()):
-            self._writes.popleft().result()
+        self._writer.submit(fn, *args)
 
     def wait_writes(self) -> None:
         """Every buffered and queued write done; raises what one raised."""
         self.write_buffer()
-        while self._writes:
-            self._writes.popleft().result()
+        self._writer.wait()
 
     def ensure_fields(self) -> None:
         """The site's fields, read once before its first sync (story points and sprints are
@@ -142,7 +128,7 @@ class HistorySync:
                 total = page.get("total")
                 if isinstance(total, int) and total > len(items):
                     if defer:
-                        self._deferred.append((kind, issue_id, items, read_at_ms))
+                        self._defer(kind, issue_id, items, read_at_ms)
                         continue
                     overflow.append((kind, issue_id, len(items)))
                 lists.append((kind, issue_id, items))
@@ -174,40 +160,56 @@ class HistorySync:
                 read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
                 self._write_lists(kind, pairs, read_at, read_at_ms)
 
-    def flush_overflow(self) -> None:
-        """Read and write the deferred issues' lists in full (``concurrency`` × 2 in flight)."""
-        deferred, self._deferred = self._deferred, []
-        if not deferred:
+    def _defer(self, kind: str, issue_id: str, items: list[dict[str, Any]], read_at_ms: int) -> None:
+        """Read the rest of an issue's list now, beside the issue reads (``OVERFLOW_READS`` in
+        flight); written by :meth:`write_overflow_ready` as the reads finish, or at
+        :meth:`flush_overflow`."""
+        if self._overflow_pool is None:
+            self._overflow_pool = cf.ThreadPoolExecutor(OVERFLOW_READS, thread_name_prefix="history-overflow")
+        self.counts.overflow_reads += 1
+        future = self._overflow_pool.submit(self._read_rest, (kind, issue_id, len(items)))
+        self._deferred.append((kind, issue_id, items, read_at_ms, future))
+        self.write_overflow_ready()
+
+    def write_overflow_ready(self, *, wait: bool = False) -> None:
+        """Buffer the deferred lists whose rest has been read (all of them, with ``wait``);
+        raises what a read raised."""
+        ready, waiting = [], []
+        for deferred in self._deferred:
+            (ready if wait or deferred[4].done() else waiting).append(deferred)
+        if not ready:
             return
-        more = self._read_overflow(
-            [(kind, issue_id, len(items)) for kind, issue_id, items, _ in deferred], parallel=self.concurrency * 2
-        )
+        self._deferred = waiting
         by_time: dict[int, dict[str, list[tuple[str, list[dict[str, Any]]]]]] = {}
-        for kind, issue_id, items, read_at_ms in deferred:
-            rest = more.get((kind, issue_id))
-            if rest is not None:
+        for kind, issue_id, items, read_at_ms, future in ready:
+            rest = future.result()
+            if rest is not None:  # None: the issue is gone or unreadable now, its list not known complete
                 by_time.setdefault(read_at_ms, {}).setdefault(kind, []).append((issue_id, items + rest))
         for read_at_ms, kinds in by_time.items():
             for kind, pairs in kinds.items():
                 self._buffer.append((kind, read_at_ms, pairs))
+                self._buffered += len(pairs)
+
+    def flush_overflow(self) -> None:
+        """Wait for the deferred issues' lists and write them all."""
+        self.write_overflow_ready(wait=True)
         self.write_buffer()
+
+    def _read_rest(self, job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
+        kind, issue_id, start = job
+        try:
+            if kind == "comment":
+                return self.client.issue_comments(issue_id, start_at=start)
+            return self.client.issue_worklogs(issue_id, start_at=start)
+        except JiraNotFoundError:
+            return None
 
     def _read_overflow(
         self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
     ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
         self.counts.overflow_reads += len(wanted)
-
-        def read(job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
-            kind, issue_id, start = job
-            try:
-                if kind == "comment":
-                    return self.client.issue_comments(issue_id, start_at=start)
-                return self.client.issue_worklogs(issue_id, start_at=start)
-            except JiraNotFoundError:
-                return None
-
         with cf.ThreadPoolExecutor(parallel or self.concurrency, thread_name_prefix="history") as pool:
-            answers = list(pool.map(read, wanted))
+            answers = list(pool.map(self._read_rest, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
     def _write_lists(
@@ -275,15 +277,17 @@ class HistorySync:
     def _write_changelog(self, rows: list[dict[str, Any]]) -> None:
         self.counts.changelog_items += history_store.upsert_changelog(rows)
 
-    def finish_changelogs(self, live: Sequence[str]) -> None:
-        """Every changelog written; then ``status_changed_at`` of the ``live`` issues (their rows
+    def finish_changelogs(self, live: Callable[[], Sequence[str]]) -> None:
+        """Every changelog written; then ``status_changed_at`` of the ``live()`` issues (their rows
         exist now)."""
         try:
             self.write_changelogs_ready(wait=True)
             self.wait_writes()
         finally:
             self.close()
-        history_store.refresh_status_changed(self.site, live)
+        # The tables were just filled: the statements below find their rows by (site, issue_id).
+        analyze(Issue.site, Issue.issue_id, ChangelogItem.site, ChangelogItem.issue_id)
+        history_store.refresh_status_changed(self.site, live())
 
     def close(self) -> None:
         """Stop the reads in flight; let the writes queued finish (their rows are good ones)."""
@@ -291,11 +295,10 @@ class HistorySync:
             self._changelog_pool.shutdown(wait=False, cancel_futures=True)
             self._changelog_pool = None
         self._changelog_reads = []
-        if self._writer is not None:
-            self._writer.submit(_close_own_connection)
-            self._writer.shutdown(wait=True)
-            self._writer = None
-            self._writes.clear()
+        if self._overflow_pool is not None:
+            self._overflow_pool.shutdown(wait=False, cancel_futures=True)
+            self._overflow_pool = None
+        self._writer.close()
 
     def changelogs(self, ids: Sequence[str], *, tick: Callable[[], None] | None = None) -> int:
         """Every change history of the issues (``changelog/bulkfetch``, 1000 issues a request,
@@ -357,8 +360,6 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
     """The issues of ``rows`` whose history may be new to the mirror: not held yet, held with
     an older ``updated``, or last written by a webhook (whose delivery may not have carried
     everything). An issue read again unchanged costs no history call."""
-    from mirror.models import Issue
-
     rows = list(rows)
     if not rows:
         return []

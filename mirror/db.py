@@ -169,3 +169,19 @@ class _Template:
 
 
 _UNSET: Any = object()
+
+
+def analyze(*columns: pw.Field) -> None:
+    """PostgreSQL only: refresh the planner's statistics of these columns, after a bulk load.
+
+    Until autovacuum gets to a table just filled, the planner believes it nearly empty and may
+    pick an index on ``site`` alone for ``site = … AND issue_id IN (…)``: every such statement of
+    a sync's end then reads the whole site (PostgreSQL's advice for bulk loads: "Run ANALYZE
+    Afterwards"). Only the named columns are sampled: an issue's ``fields`` would cost more."""
+    if not is_postgres():
+        return
+    by_table: dict[str, list[str]] = {}
+    for column in columns:
+        by_table.setdefault(column.model._meta.table_name, []).append(column.column_name)
+    for table, names in by_table.items():
+        database.execute_sql(f'ANALYZE "{table}" ({", ".join(f"{n}" for n in names)})')
