@@ -155,10 +155,15 @@ class HistorySync:
             self._buffer, self._buffered = [], 0
 
     def _write_batch(self, batch: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]]) -> None:
+        """One transaction; per kind one upsert and one reconciliation for every list of the
+        batch, whatever the read each came from (a statement a read cost more than the rows)."""
+        by_kind: dict[str, list[tuple[str, list[dict[str, Any]], dt.datetime, int]]] = {}
+        for kind, read_at_ms, pairs in batch:
+            read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
+            by_kind.setdefault(kind, []).extend((issue_id, items, read_at, read_at_ms) for issue_id, items in pairs)
         with database.atomic():
-            for kind, read_at_ms, pairs in batch:
-                read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
-                self._write_lists(kind, pairs, read_at, read_at_ms)
+            for kind, lists in by_kind.items():
+                self._write_lists(kind, lists)
 
     def _defer(self, kind: str, issue_id: str, items: list[dict[str, Any]], read_at_ms: int) -> None:
         """Read the rest of an issue's list now, beside the issue reads (``OVERFLOW_READS`` in
@@ -212,15 +217,15 @@ class HistorySync:
             answers = list(pool.map(self._read_rest, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
-    def _write_lists(
-        self, kind: str, pairs: list[tuple[str, list[dict[str, Any]]]], read_at: dt.datetime, read_at_ms: int
-    ) -> None:
-        """Write the complete lists of many issues: one upsert, one reconciliation query a batch."""
+    def _write_lists(self, kind: str, lists: list[tuple[str, list[dict[str, Any]], dt.datetime, int]]) -> None:
+        """Write the complete lists of many issues (``(issue id, items, read at, read at ms)``):
+        one upsert, one reconciliation query. An issue listed twice is reconciled with its later read."""
         mapper = comment_row if kind == "comment" else worklog_row
         key = f"{kind}_id"
         rows: list[dict[str, Any]] = []
         present: dict[str, set[str]] = {}
-        for issue_id, items in pairs:
+        read_at_of: dict[str, dt.datetime] = {}
+        for issue_id, items, read_at, read_at_ms in lists:
             mapped = []
             try:
                 for item in items:
@@ -233,12 +238,13 @@ class HistorySync:
                 continue
             rows.extend(mapped)
             present[issue_id] = {r[key] for r in mapped}
+            read_at_of[issue_id] = read_at
         if kind == "comment":
             self.counts.comments += history_store.upsert_comments(rows) if rows else 0
-            self.counts.deleted += history_store.reconcile_comments(self.site, present, read_at)
+            self.counts.deleted += history_store.reconcile_comments(self.site, present, read_at_of)
         else:
             self.counts.worklogs += history_store.upsert_worklogs(rows) if rows else 0
-            self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at)
+            self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at_of)
 
     # -- changelogs -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import peewee as pw
 
@@ -313,10 +313,18 @@ def delete_worklogs_by_id(
     return _tombstones(Worklog, "worklog_id", site, list(known.items()), at, source) if known else 0
 
 
-def reconcile_lists(model: Any, key: str, site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_lists(
+    model: Any,
+    key: str,
+    site: str,
+    present: dict[str, set[str]],
+    read_at: dt.datetime | Mapping[str, dt.datetime],
+) -> int:
     """Each issue of ``present`` had its complete list (every page read) holding those ids: its
-    other live rows, created before the list was read, are gone in Jira (a row created after may
-    be missing from a list read earlier). Returns rows marked deleted."""
+    other live rows, created before the list was read (``read_at``, or per issue), are gone in
+    Jira (a row created after may be missing from a list read earlier). Returns rows marked
+    deleted."""
+    read_at_of = read_at if isinstance(read_at, Mapping) else dict.fromkeys(present, read_at)
     gone: list[tuple[str, str]] = []
     for batch in _batches(list(present)):
         for ident, issue_id, created in (
@@ -324,18 +332,22 @@ def reconcile_lists(model: Any, key: str, site: str, present: dict[str, set[str]
             .where(model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null())
             .tuples()
         ):
-            if ident not in present[issue_id] and (created is None or created <= read_at):
+            if ident not in present[issue_id] and (created is None or created <= read_at_of[issue_id]):
                 gone.append((ident, issue_id))
     if not gone:
         return 0
     return _tombstones(model, key, site, gone, utc_now(), "backfill")
 
 
-def reconcile_comments(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_comments(
+    site: str, present: dict[str, set[str]], read_at: dt.datetime | Mapping[str, dt.datetime]
+) -> int:
     return reconcile_lists(Comment, "comment_id", site, present, read_at)
 
 
-def reconcile_worklogs(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_worklogs(
+    site: str, present: dict[str, set[str]], read_at: dt.datetime | Mapping[str, dt.datetime]
+) -> int:
     return reconcile_lists(Worklog, "worklog_id", site, present, read_at)
 
 
