@@ -148,13 +148,13 @@ class _Template:
         defaults: Mapping[pw.Field, Any],
     ):
         self.prefix, self.group, self.suffix, self.tail = prefix, group, suffix, tail
-        self.columns = [(f.name, f.db_value, f in defaults, defaults.get(f), f.null) for f in columns]
+        self.columns = [(f.name, f.db_value, _kept(f), f in defaults, defaults.get(f), f.null) for f in columns]
 
     def bind(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         params: list[Any] = []
         append = params.append
         for row in rows:
-            for name, convert, has_default, default, null in self.columns:
+            for name, convert, kept, has_default, default, null in self.columns:
                 try:
                     value = row[name]
                 except KeyError:
@@ -164,8 +164,24 @@ class _Template:
                         value = None
                     else:
                         raise ValueError(f"Missing value for {name}.") from None
-                append(convert(value))
+                append(value if value is None or value.__class__ is kept else convert(value))
         return self.prefix + ", ".join([self.group] * len(rows)) + self.suffix, params + self.tail
+
+
+def _kept(field: pw.Field) -> type | None:
+    """The type whose values the field's ``db_value`` hands back unchanged (no call needed):
+    ``str`` for peewee's own text fields, ``int`` for its integer fields, ``float`` for its
+    floating ones; None when every value goes through ``db_value``."""
+    kind = type(field)
+    if kind.db_value is not pw.Field.db_value:
+        return None
+    if kind in (pw.CharField, pw.TextField, pw.FixedCharField):
+        return str
+    if kind in (pw.IntegerField, pw.BigIntegerField, pw.SmallIntegerField):
+        return int
+    if kind in (pw.DoubleField, pw.FloatField):
+        return float
+    return None
 
 
 _UNSET: Any = object()
