@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             budget = args.issues // 100 + 10
             rows = [
                 [
-                    "jira-mirror, full, 2 % 429s",
+                    f"jira-mirror, full, {args.rate_429:.0%} 429s",
                     full["seconds"],
                     full["calls"],
                     args.issues / full["seconds"],
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "wall" in tap:
                 rows.append(
                     [
-                        "tap-jira 2.6.0, full (issues stream), 2 % 429s",
+                        f"tap-jira 2.6.0, full (issues stream), {args.rate_429:.0%} 429s",
                         tap["wall"],
                         tap["calls"],
                         args.issues / tap["wall"],
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 clean["calls"],
                 target=f"= floor {full['floor']}",
                 met=clean["calls"] <= full["floor"],
-                note=f"{full['formula']}; with 2 % 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
+                note=f"{full['formula']}; with {args.rate_429:.0%} 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
                 f"peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
             )
             measured = [t for t in (tap, tap_clean) if "wall" in t and not t.get("error")]
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # Judged on the worse of the two: with 429s the ratio is mostly tap-jira's sleeps.
                 speedup = min(with_429, without_429)
                 say(
-                    f"tap-jira takes {without_429:.1f}× as long without 429s, {with_429:.1f}× with 2 % 429s "
+                    f"tap-jira takes {without_429:.1f}× as long without 429s, {with_429:.1f}× with {args.rate_429:.0%} 429s "
                     f"(target >= 8×, judged on the worse: {speedup:.1f}×)"
                 )
                 record(
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     ratio=speedup,
                     met=speedup >= 8,
                     note=f"without 429s: jira-mirror {clean['seconds']:.1f} s, tap-jira {tap_clean['wall']:.0f} s = "
-                    f"{without_429:.1f}×; with 2 % 429s: {full['seconds']:.1f} s, {tap['wall']:.0f} s = {with_429:.1f}×; "
+                    f"{without_429:.1f}×; with {args.rate_429:.0%} 429s: {full['seconds']:.1f} s, {tap['wall']:.0f} s = {with_429:.1f}×; "
                     "dlt: not measured",
                 )
             else:
