@@ -42,6 +42,11 @@ WORKLOGS_UPDATED = "worklog/updated"
 WORKLOGS_DELETED = "worklog/deleted"
 
 
+# An issue whose embedded page did not hold every comment or worklog: (kind, issue id, the items
+# it embedded, when it was read, the read of the rest).
+_Deferred = tuple[str, str, list[dict[str, Any]], int, "cf.Future[list[dict[str, Any]] | None]"]
+
+
 @dataclass
 class HistoryCounts:
     changelog_items: int = 0
@@ -75,7 +80,7 @@ class HistorySync:
         self.counts = HistoryCounts()
         # Issues whose embedded page did not hold everything: with ``defer`` (a full sync) the rest
         # is read beside the issue reads, and written as it arrives or at the end.
-        self._deferred: list[tuple[str, str, list[dict[str, Any]], int, cf.Future[list[dict[str, Any]] | None]]] = []
+        self._deferred: list[_Deferred] = []
         self._overflow_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
@@ -179,7 +184,8 @@ class HistorySync:
     def write_overflow_ready(self, *, wait: bool = False) -> None:
         """Buffer the deferred lists whose rest has been read (all of them, with ``wait``);
         raises what a read raised."""
-        ready, waiting = [], []
+        ready: list[_Deferred] = []
+        waiting: list[_Deferred] = []
         for deferred in self._deferred:
             (ready if wait or deferred[4].done() else waiting).append(deferred)
         if not ready:

@@ -456,8 +456,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 clean["calls"],
                 target=f"= floor {full['floor']}",
                 met=clean["calls"] <= full["floor"],
-                note=f"{full['formula']}; with {args.rate_429:.0%} 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
-                f"peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
+                note=f"{full['formula']}; with {args.rate_429:.0%} 429s: {full['calls']} calls, "
+                f"{full['seconds']:.1f} s, peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
             )
             measured = [t for t in (tap, tap_clean) if "wall" in t and not t.get("error")]
             if len(measured) == 2:
@@ -466,8 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # Judged on the worse of the two: with 429s the ratio is mostly tap-jira's sleeps.
                 speedup = min(with_429, without_429)
                 say(
-                    f"tap-jira takes {without_429:.1f}× as long without 429s, {with_429:.1f}× with {args.rate_429:.0%} 429s "
-                    f"(target >= 8×, judged on the worse: {speedup:.1f}×)"
+                    f"tap-jira takes {without_429:.1f}× as long without 429s, "
+                    f"{with_429:.1f}× with {args.rate_429:.0%} 429s (target >= 8×, judged on the worse: {speedup:.1f}×)"
                 )
                 record(
                     "full sync vs tap-jira (time ratio, the worse of with and without 429s)",
@@ -477,8 +477,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     ratio=speedup,
                     met=speedup >= 8,
                     note=f"without 429s: jira-mirror {clean['seconds']:.1f} s, tap-jira {tap_clean['wall']:.0f} s = "
-                    f"{without_429:.1f}×; with {args.rate_429:.0%} 429s: {full['seconds']:.1f} s, {tap['wall']:.0f} s = {with_429:.1f}×; "
-                    "dlt: not measured",
+                    f"{without_429:.1f}×; with {args.rate_429:.0%} 429s: {full['seconds']:.1f} s, "
+                    f"{tap['wall']:.0f} s = {with_429:.1f}×; dlt: not measured",
                 )
             else:
                 errors = "; ".join(str(t.get("error")) for t in (tap, tap_clean) if t not in measured)
