@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from backfill.writer import Writer
 from mirror import history_store
+from mirror.history_store import is_status_item
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
@@ -83,7 +84,9 @@ class HistorySync:
         self._deferred: list[_Deferred] = []
         self._overflow_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
-        self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
+        self._changelog_reads: list[cf.Future[tuple[list[str], list[dict[str, Any]]]]] = []
+        # Issues whose whole changelog this run read, not yet written: their last status change.
+        self._status_read: dict[str, dt.datetime | None] = {}
         self._changelog_chunks: Iterator[list[str]] = iter(())
         self._changelog_ahead = 0
         # History rows are written by a thread of their own, on its own connection, while the
@@ -273,17 +276,32 @@ class HistorySync:
                 return
             self._changelog_reads.append(self._changelog_pool.submit(self._read_changelog, chunk))
 
-    def _read_changelog(self, chunk: list[str]) -> list[dict[str, Any]]:
+    def _read_changelog(self, chunk: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
         rows: list[dict[str, Any]] = []
         for page in self.client.iter_changelog_pages(chunk):
             rows.extend(bulk_changelog_rows(self.site, page))
-        return rows
+        return chunk, rows
+
+    def status_changed(self, issue_id: str) -> tuple[bool, dt.datetime | None]:
+        """Whether this run has read the issue's whole changelog, and if so its last status
+        change (None: it never changed status). Asked once per issue: the answer is forgotten."""
+        if issue_id not in self._status_read:
+            return False, None
+        return True, self._status_read.pop(issue_id)
 
     def write_changelogs_ready(self, *, wait: bool = False) -> None:
         """Write the changelog reads that have finished (all of them, with ``wait``); raises what a
         read raised."""
         while self._changelog_reads and (wait or self._changelog_reads[0].done()):
-            self._write(self._write_changelog, self._changelog_reads.pop(0).result())
+            chunk, rows = self._changelog_reads.pop(0).result()
+            # An issue row written after this starts with its last status change (rather than
+            # ``created``, moved by the refresh at the end: an update of nearly every row).
+            last = dict.fromkeys(chunk)
+            for row in rows:
+                if is_status_item(row) and (last[row["issue_id"]] is None or row["created"] > last[row["issue_id"]]):
+                    last[row["issue_id"]] = row["created"]
+            self._status_read.update(last)
+            self._write(self._write_changelog, rows)
             self._top_up_changelogs()
 
     def _write_changelog(self, rows: list[dict[str, Any]]) -> None:

@@ -165,6 +165,10 @@ class ProjectSync:
     def _write_later(self, writer: Writer, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
         """:meth:`_write` on ``writer``'s thread (``seen`` counted now, ``written`` when done)."""
         stats.saw(rows)
+        for row in rows:
+            known, last = self.history.status_changed(row["issue_id"])
+            if known and last is not None:
+                row["status_changed_at"] = last
         if rows:
             writer.submit(self._write_rows, stats, rows)
 

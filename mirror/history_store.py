@@ -157,6 +157,11 @@ def refresh_status_changed(site: str, issue_ids: Iterable[str]) -> int:
     return changed
 
 
+def is_status_item(row: Mapping[str, Any]) -> bool:
+    """A changelog row of a status change (``field_id`` status; old webhooks name only the field)."""
+    return row.get("field_id") == "status" or (row.get("field_id") is None and row.get("field") == "status")
+
+
 def write_changelog(rows: Sequence[dict[str, Any]]) -> int:
     """:func:`upsert_changelog`, then the ``status_changed_at`` of the issues whose status
     history changed. Returns the changelog rows written."""
@@ -164,7 +169,7 @@ def write_changelog(rows: Sequence[dict[str, Any]]) -> int:
     if written:
         by_site: dict[str, set[str]] = {}
         for row in rows:
-            if row.get("field_id") == "status" or (row.get("field_id") is None and row.get("field") == "status"):
+            if is_status_item(row):
                 by_site.setdefault(row["site"], set()).add(row["issue_id"])
         for site, ids in by_site.items():
             refresh_status_changed(site, sorted(ids))

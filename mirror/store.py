@@ -78,7 +78,8 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         held = newest.get(ident)
         if held is None or (row["updated"], row["event_ts"]) > (held["updated"], held["event_ts"]):
             newest[ident] = row
-    # ``status_changed_at`` starts as ``created`` on insert; the changelog moves it
+    # ``status_changed_at`` starts as ``created`` on insert (or the last status change, when the
+    # caller read the changelog first); the changelog moves it
     # (``history_store.refresh_status_changed``), an issue upsert never does.
     return [
         dict(
@@ -86,7 +87,7 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             content_hash=content_hash(row),
             deleted_reason=row.get("deleted_reason"),
             project_id=row.get("project_id"),
-            status_changed_at=row.get("created"),
+            status_changed_at=row.get("status_changed_at") or row.get("created"),
         )
         for row in newest.values()
     ]
