@@ -12,12 +12,15 @@ import collections
 import concurrent.futures as cf
 from typing import Any, Callable
 
-from mirror.db import database
+from mirror.db import database, prefer_fast_compression
 
 
 def _on_own_connection(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life)."""
-    database.connect(reuse_if_open=True)
+    """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life;
+    its large values compressed the cheap way, ``db.prefer_fast_compression``)."""
+    if database.is_closed():
+        database.connect()
+        prefer_fast_compression()
     return fn(*args)
 
 
