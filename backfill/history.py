@@ -20,19 +20,20 @@ listed by ``worklog/deleted``; never because a call failed or a page was cut.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from backfill.writer import Writer
 from mirror import history_store
+from mirror.history_store import is_status_item
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
-from mirror.db import database, tuples
-from mirror.models import Field
+from mirror.db import analyze, database, tuples
+from mirror.models import ChangelogItem, Field, Issue
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 EMBEDDED = ("comment", "worklog")
 WORKLOGS_UPDATED = "worklog/updated"
 WORKLOGS_DELETED = "worklog/deleted"
+
+
+# An issue whose embedded page did not hold every comment or worklog: (kind, issue id, the items
+# it embedded, when it was read, the read of the rest).
+_Deferred = tuple[str, str, list[dict[str, Any]], int, "cf.Future[list[dict[str, Any]] | None]"]
 
 
 @dataclass
@@ -55,17 +61,8 @@ class HistoryCounts:
 WRITES_IN_FLIGHT = 4
 # Issues whose comment/worklog lists are written in one transaction.
 BUFFERED_LISTS = 1000
-
-
-def _on_own_connection(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life)."""
-    database.connect(reuse_if_open=True)
-    return fn(*args)
-
-
-def _close_own_connection() -> None:
-    if not database.is_closed():
-        database.close()
+# Reads of the rest of overflowing comment/worklog lists in flight beside a full sync's issue reads.
+OVERFLOW_READS = 2
 
 
 def refresh_fields(client: JiraClient, site: str) -> int:
@@ -82,17 +79,19 @@ class HistorySync:
         self.site = site
         self.concurrency = max(1, concurrency)
         self.counts = HistoryCounts()
-        # Issues whose embedded page did not hold everything, read later all together (a full
-        # sync reads them in parallel at its end rather than one batch of issues at a time).
-        self._deferred: list[tuple[str, str, list[dict[str, Any]], int]] = []
+        # Issues whose embedded page did not hold everything: with ``defer`` (a full sync) the rest
+        # is read beside the issue reads, and written as it arrives or at the end.
+        self._deferred: list[_Deferred] = []
+        self._overflow_pool: cf.ThreadPoolExecutor | None = None
         self._changelog_pool: cf.ThreadPoolExecutor | None = None
-        self._changelog_reads: list[cf.Future[list[dict[str, Any]]]] = []
+        self._changelog_reads: list[cf.Future[tuple[list[str], list[dict[str, Any]]]]] = []
+        # Issues whose whole changelog this run read, not yet written: their last status change.
+        self._status_read: dict[str, dt.datetime | None] = {}
         self._changelog_chunks: Iterator[list[str]] = iter(())
         self._changelog_ahead = 0
         # History rows are written by a thread of their own, on its own connection, while the
         # run goes on reading and writing issues: the database's time overlaps the rest.
-        self._writer: cf.ThreadPoolExecutor | None = None
-        self._writes: collections.deque[cf.Future[None]] = collections.deque()
+        self._writer = Writer("history-writer", in_flight=WRITES_IN_FLIGHT)
         self._buffer: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]] = []
         self._buffered = 0
 
@@ -101,17 +100,12 @@ class HistorySync:
     def _write(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the writer thread, in order; at most WRITES_IN_FLIGHT queued (memory
         stays bounded). Raises what an earlier write raised."""
-        if self._writer is None:
-            self._writer = cf.ThreadPoolExecutor(1, thread_name_prefix="history-writer")
-        self._writes.append(self._writer.submit(_on_own_connection, fn, *args))
-        while self._writes and (len(self._writes) > WRITES_IN_FLIGHT or self._writes[0].done()):
-            self._writes.popleft().result()
+        self._writer.submit(fn, *args)
 
     def wait_writes(self) -> None:
         """Every buffered and queued write done; raises what one raised."""
         self.write_buffer()
-        while self._writes:
-            self._writes.popleft().result()
+        self._writer.wait()
 
     def ensure_fields(self) -> None:
         """The site's fields, read once before its first sync (story points and sprints are
@@ -142,7 +136,7 @@ class HistorySync:
                 total = page.get("total")
                 if isinstance(total, int) and total > len(items):
                     if defer:
-                        self._deferred.append((kind, issue_id, items, read_at_ms))
+                        self._defer(kind, issue_id, items, read_at_ms)
                         continue
                     overflow.append((kind, issue_id, len(items)))
                 lists.append((kind, issue_id, items))
@@ -169,56 +163,78 @@ class HistorySync:
             self._buffer, self._buffered = [], 0
 
     def _write_batch(self, batch: list[tuple[str, int, list[tuple[str, list[dict[str, Any]]]]]]) -> None:
+        """One transaction; per kind one upsert and one reconciliation for every list of the
+        batch, whatever the read each came from (a statement a read cost more than the rows)."""
+        by_kind: dict[str, list[tuple[str, list[dict[str, Any]], dt.datetime, int]]] = {}
+        for kind, read_at_ms, pairs in batch:
+            read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
+            by_kind.setdefault(kind, []).extend((issue_id, items, read_at, read_at_ms) for issue_id, items in pairs)
         with database.atomic():
-            for kind, read_at_ms, pairs in batch:
-                read_at = dt.datetime.fromtimestamp(read_at_ms / 1000, dt.timezone.utc).replace(tzinfo=None)
-                self._write_lists(kind, pairs, read_at, read_at_ms)
+            for kind, lists in by_kind.items():
+                self._write_lists(kind, lists)
 
-    def flush_overflow(self) -> None:
-        """Read and write the deferred issues' lists in full (``concurrency`` × 2 in flight)."""
-        deferred, self._deferred = self._deferred, []
-        if not deferred:
+    def _defer(self, kind: str, issue_id: str, items: list[dict[str, Any]], read_at_ms: int) -> None:
+        """Read the rest of an issue's list now, beside the issue reads (``OVERFLOW_READS`` in
+        flight); written by :meth:`write_overflow_ready` as the reads finish, or at
+        :meth:`flush_overflow`."""
+        if self._overflow_pool is None:
+            self._overflow_pool = cf.ThreadPoolExecutor(OVERFLOW_READS, thread_name_prefix="history-overflow")
+        self.counts.overflow_reads += 1
+        future = self._overflow_pool.submit(self._read_rest, (kind, issue_id, len(items)))
+        self._deferred.append((kind, issue_id, items, read_at_ms, future))
+        self.write_overflow_ready()
+
+    def write_overflow_ready(self, *, wait: bool = False) -> None:
+        """Buffer the deferred lists whose rest has been read (all of them, with ``wait``);
+        raises what a read raised."""
+        ready: list[_Deferred] = []
+        waiting: list[_Deferred] = []
+        for deferred in self._deferred:
+            (ready if wait or deferred[4].done() else waiting).append(deferred)
+        if not ready:
             return
-        more = self._read_overflow(
-            [(kind, issue_id, len(items)) for kind, issue_id, items, _ in deferred], parallel=self.concurrency * 2
-        )
+        self._deferred = waiting
         by_time: dict[int, dict[str, list[tuple[str, list[dict[str, Any]]]]]] = {}
-        for kind, issue_id, items, read_at_ms in deferred:
-            rest = more.get((kind, issue_id))
-            if rest is not None:
+        for kind, issue_id, items, read_at_ms, future in ready:
+            rest = future.result()
+            if rest is not None:  # None: the issue is gone or unreadable now, its list not known complete
                 by_time.setdefault(read_at_ms, {}).setdefault(kind, []).append((issue_id, items + rest))
         for read_at_ms, kinds in by_time.items():
             for kind, pairs in kinds.items():
                 self._buffer.append((kind, read_at_ms, pairs))
+                self._buffered += len(pairs)
+
+    def flush_overflow(self) -> None:
+        """Wait for the deferred issues' lists and write them all."""
+        self.write_overflow_ready(wait=True)
         self.write_buffer()
+
+    def _read_rest(self, job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
+        kind, issue_id, start = job
+        try:
+            if kind == "comment":
+                return self.client.issue_comments(issue_id, start_at=start)
+            return self.client.issue_worklogs(issue_id, start_at=start)
+        except JiraNotFoundError:
+            return None
 
     def _read_overflow(
         self, wanted: list[tuple[str, str, int]], *, parallel: int | None = None
     ) -> dict[tuple[str, str], list[dict[str, Any]] | None]:
         self.counts.overflow_reads += len(wanted)
-
-        def read(job: tuple[str, str, int]) -> list[dict[str, Any]] | None:
-            kind, issue_id, start = job
-            try:
-                if kind == "comment":
-                    return self.client.issue_comments(issue_id, start_at=start)
-                return self.client.issue_worklogs(issue_id, start_at=start)
-            except JiraNotFoundError:
-                return None
-
         with cf.ThreadPoolExecutor(parallel or self.concurrency, thread_name_prefix="history") as pool:
-            answers = list(pool.map(read, wanted))
+            answers = list(pool.map(self._read_rest, wanted))
         return {(kind, issue_id): answer for (kind, issue_id, _), answer in zip(wanted, answers)}
 
-    def _write_lists(
-        self, kind: str, pairs: list[tuple[str, list[dict[str, Any]]]], read_at: dt.datetime, read_at_ms: int
-    ) -> None:
-        """Write the complete lists of many issues: one upsert, one reconciliation query a batch."""
+    def _write_lists(self, kind: str, lists: list[tuple[str, list[dict[str, Any]], dt.datetime, int]]) -> None:
+        """Write the complete lists of many issues (``(issue id, items, read at, read at ms)``):
+        one upsert, one reconciliation query. An issue listed twice is reconciled with its later read."""
         mapper = comment_row if kind == "comment" else worklog_row
         key = f"{kind}_id"
         rows: list[dict[str, Any]] = []
         present: dict[str, set[str]] = {}
-        for issue_id, items in pairs:
+        read_at_of: dict[str, dt.datetime] = {}
+        for issue_id, items, read_at, read_at_ms in lists:
             mapped = []
             try:
                 for item in items:
@@ -231,12 +247,13 @@ class HistorySync:
                 continue
             rows.extend(mapped)
             present[issue_id] = {r[key] for r in mapped}
+            read_at_of[issue_id] = read_at
         if kind == "comment":
             self.counts.comments += history_store.upsert_comments(rows) if rows else 0
-            self.counts.deleted += history_store.reconcile_comments(self.site, present, read_at)
+            self.counts.deleted += history_store.reconcile_comments(self.site, present, read_at_of)
         else:
             self.counts.worklogs += history_store.upsert_worklogs(rows) if rows else 0
-            self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at)
+            self.counts.deleted += history_store.reconcile_worklogs(self.site, present, read_at_of)
 
     # -- changelogs -------------------------------------------------------------------------------
 
@@ -259,31 +276,48 @@ class HistorySync:
                 return
             self._changelog_reads.append(self._changelog_pool.submit(self._read_changelog, chunk))
 
-    def _read_changelog(self, chunk: list[str]) -> list[dict[str, Any]]:
+    def _read_changelog(self, chunk: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
         rows: list[dict[str, Any]] = []
         for page in self.client.iter_changelog_pages(chunk):
             rows.extend(bulk_changelog_rows(self.site, page))
-        return rows
+        return chunk, rows
+
+    def status_changed(self, issue_id: str) -> tuple[bool, dt.datetime | None]:
+        """Whether this run has read the issue's whole changelog, and if so its last status
+        change (None: it never changed status). Asked once per issue: the answer is forgotten."""
+        if issue_id not in self._status_read:
+            return False, None
+        return True, self._status_read.pop(issue_id)
 
     def write_changelogs_ready(self, *, wait: bool = False) -> None:
         """Write the changelog reads that have finished (all of them, with ``wait``); raises what a
         read raised."""
         while self._changelog_reads and (wait or self._changelog_reads[0].done()):
-            self._write(self._write_changelog, self._changelog_reads.pop(0).result())
+            chunk, rows = self._changelog_reads.pop(0).result()
+            # An issue row written after this starts with its last status change (rather than
+            # ``created``, moved by the refresh at the end: an update of nearly every row).
+            last = dict.fromkeys(chunk)
+            for row in rows:
+                if is_status_item(row) and (last[row["issue_id"]] is None or row["created"] > last[row["issue_id"]]):
+                    last[row["issue_id"]] = row["created"]
+            self._status_read.update(last)
+            self._write(self._write_changelog, rows)
             self._top_up_changelogs()
 
     def _write_changelog(self, rows: list[dict[str, Any]]) -> None:
         self.counts.changelog_items += history_store.upsert_changelog(rows)
 
-    def finish_changelogs(self, live: Sequence[str]) -> None:
-        """Every changelog written; then ``status_changed_at`` of the ``live`` issues (their rows
+    def finish_changelogs(self, live: Callable[[], Sequence[str]]) -> None:
+        """Every changelog written; then ``status_changed_at`` of the ``live()`` issues (their rows
         exist now)."""
         try:
             self.write_changelogs_ready(wait=True)
             self.wait_writes()
         finally:
             self.close()
-        history_store.refresh_status_changed(self.site, live)
+        # The tables were just filled: the statements below find their rows by (site, issue_id).
+        analyze(Issue.site, Issue.issue_id, ChangelogItem.site, ChangelogItem.issue_id)
+        history_store.refresh_status_changed(self.site, live())
 
     def close(self) -> None:
         """Stop the reads in flight; let the writes queued finish (their rows are good ones)."""
@@ -291,11 +325,10 @@ class HistorySync:
             self._changelog_pool.shutdown(wait=False, cancel_futures=True)
             self._changelog_pool = None
         self._changelog_reads = []
-        if self._writer is not None:
-            self._writer.submit(_close_own_connection)
-            self._writer.shutdown(wait=True)
-            self._writer = None
-            self._writes.clear()
+        if self._overflow_pool is not None:
+            self._overflow_pool.shutdown(wait=False, cancel_futures=True)
+            self._overflow_pool = None
+        self._writer.close()
 
     def changelogs(self, ids: Sequence[str], *, tick: Callable[[], None] | None = None) -> int:
         """Every change history of the issues (``changelog/bulkfetch``, 1000 issues a request,
@@ -357,8 +390,6 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
     """The issues of ``rows`` whose history may be new to the mirror: not held yet, held with
     an older ``updated``, or last written by a webhook (whose delivery may not have carried
     everything). An issue read again unchanged costs no history call."""
-    from mirror.models import Issue
-
     rows = list(rows)
     if not rows:
         return []

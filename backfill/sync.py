@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import peewee as pw
 
-from backfill.history import EMBEDDED, HistorySync, changed_ids
+from backfill.history import EMBEDDED, WRITES_IN_FLIGHT, HistorySync, changed_ids
+from backfill.writer import Writer
 from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
 from mirror.db import tuples
@@ -159,7 +160,20 @@ class ProjectSync:
         """Write a current read: rows of untracked projects leave the live mirror (invariant 6)."""
         stats.saw(rows)
         if rows:
-            stats.written += store.upsert_issues(store.out_of_scope(rows, self._scope()), current=True)
+            self._write_rows(stats, rows)
+
+    def _write_later(self, writer: Writer, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
+        """:meth:`_write` on ``writer``'s thread (``seen`` counted now, ``written`` when done)."""
+        stats.saw(rows)
+        for row in rows:
+            known, last = self.history.status_changed(row["issue_id"])
+            if known and last is not None:
+                row["status_changed_at"] = last
+        if rows:
+            writer.submit(self._write_rows, stats, rows)
+
+    def _write_rows(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
+        stats.written += store.upsert_issues(store.out_of_scope(rows, self._scope()), current=True)
 
     def _scope(self) -> store.Scope:
         return store.Scope.of(self.site)
@@ -224,24 +238,31 @@ class ProjectSync:
         """
         absent: list[str] = []
         errored: list[str] = []
-        for fetched in self._fetch_in_bulk(ids):
-            self._write(stats, self._rows(fetched.issues, fetched.read_at))
-            self.history.embedded(fetched.issues, fetched.read_at, defer=True)
-            self.history.write_changelogs_ready()
-            absent.extend(fetched.absent)
-            errored.extend(fetched.errored)
-            self._tick(stats)
-        for delay in self.retry_delays:
-            if not errored:
-                break
-            self.client.sleep(delay)
-            again, errored = errored, []
-            for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
-                self._write(stats, self._rows(fetched.issues, fetched.read_at))
+        # Issue rows are written on a thread of their own while the next batches are read and
+        # mapped; every write is done before this returns (reconciliation reads the rows).
+        writer = Writer(f"issues-writer-{self.key}", in_flight=WRITES_IN_FLIGHT)
+        try:
+            for fetched in self._fetch_in_bulk(ids):
+                self._write_later(writer, stats, self._rows(fetched.issues, fetched.read_at))
                 self.history.embedded(fetched.issues, fetched.read_at, defer=True)
+                self.history.write_changelogs_ready()
                 absent.extend(fetched.absent)
                 errored.extend(fetched.errored)
-            self._tick(stats)
+                self._tick(stats)
+            for delay in self.retry_delays:
+                if not errored:
+                    break
+                self.client.sleep(delay)
+                again, errored = errored, []
+                for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
+                    self._write_later(writer, stats, self._rows(fetched.issues, fetched.read_at))
+                    self.history.embedded(fetched.issues, fetched.read_at, defer=True)
+                    absent.extend(fetched.absent)
+                    errored.extend(fetched.errored)
+                self._tick(stats)
+            writer.wait()
+        finally:
+            writer.close()
         if errored:
             raise IssuesUnreadableError(
                 f"Jira could not return {len(errored)} issue(s) after {len(self.retry_delays) + 1} attempts "
@@ -289,7 +310,7 @@ class ProjectSync:
             self._reconcile(stats, set(ids), gone)
             self._tick(stats, "changelogs")
             self.history.flush_overflow()
-            self.history.finish_changelogs(self._live_ids(ids))
+            self.history.finish_changelogs(lambda: self._live_ids(ids))
         finally:
             self.history.close()
         self.history.start_worklog_feeds(began)

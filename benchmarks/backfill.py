@@ -12,6 +12,9 @@ with ``openssl``), 100 ms latency per request and 2 % of requests answered 429
   /dev/null. It verifies TLS with its virtualenv's certifi bundle (``session.send`` ignores
   ``REQUESTS_CA_BUNDLE``), so the throwaway certificate is added to that bundle, in that
   virtualenv only;
+* both full syncs again without 429s, the mirror into an empty database again. tap-jira waits
+  about 30 s on each 429, so the ratio with 429s says mostly that: the target (>= 8×) is judged
+  on the worse of the two ratios, and both are printed;
 * dlt's Jira source, when it can be installed (it is not on PyPI: ``dlt init jira`` fetches it
   from GitHub).
 
@@ -308,10 +311,16 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             f"{incremental['calls']} calls {incremental['by_route']} ({incremental['kind']})"
         )
         tap = tap_jira_sync(server, cert, tmp) if not args.skip_tap else {"error": "skipped (--skip-tap)"}
-        # For reference: both again without 429s (tap-jira sleeps about 30 s on each 429).
+        # Both again without 429s: tap-jira sleeps about 30 s on each 429, so the ratio with 429s
+        # measures mostly that; the target is judged on the worse of the two ratios. The mirror
+        # starts from an empty database again: the same work as the first run, not a re-sync.
         rate, server.rate_429 = server.rate_429, 0.0
         try:
+            common.prepare_database(common.fresh_postgres(), projects=())
+            track_demo(db_url, server)
             mirror_clean = mirror_sync(server, db_url, cert, tmp, full=True)
+            if mirror_clean["rows"] != args.issues:
+                raise SystemExit(f"the full sync without 429s left {mirror_clean['rows']} rows, not {args.issues}")
             tap_clean = tap_jira_sync(server, cert, tmp) if not args.skip_tap else {"error": "skipped"}
         finally:
             server.rate_429 = rate
@@ -324,8 +333,8 @@ def full_sync_comparison(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 + (f": {tap['error']}" if tap.get("error") else "")
             )
         say(
-            f"  without 429s, for reference: jira-mirror {mirror_clean['seconds']:.1f} s, "
-            f"{mirror_clean['calls']} calls; "
+            f"  without 429s (an empty mirror again): jira-mirror {mirror_clean['seconds']:.1f} s, "
+            f"{mirror_clean['calls']} calls, peak {mirror_clean['peak_mb']:.0f} MB; "
             + (
                 f"tap-jira {tap_clean['wall']:.1f} s, {tap_clean['calls']} calls"
                 if "wall" in tap_clean
@@ -386,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             budget = args.issues // 100 + 10
             rows = [
                 [
-                    "jira-mirror, full",
+                    f"jira-mirror, full, {args.rate_429:.0%} 429s",
                     full["seconds"],
                     full["calls"],
                     args.issues / full["seconds"],
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "wall" in tap:
                 rows.append(
                     [
-                        "tap-jira 2.6.0, full (issues stream)",
+                        f"tap-jira 2.6.0, full (issues stream), {args.rate_429:.0%} 429s",
                         tap["wall"],
                         tap["calls"],
                         args.issues / tap["wall"],
@@ -409,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clean, tap_clean = out["mirror_clean"], out["tap_clean"]
             rows.append(
                 [
-                    "jira-mirror, full, no 429s (reference)",
+                    "jira-mirror, full, no 429s",
                     clean["seconds"],
                     clean["calls"],
                     args.issues / clean["seconds"],
@@ -420,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "wall" in tap_clean:
                 rows.append(
                     [
-                        "tap-jira, full, no 429s (reference)",
+                        "tap-jira, full, no 429s",
                         tap_clean["wall"],
                         tap_clean["calls"],
                         args.issues / tap_clean["wall"],
@@ -447,25 +456,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 clean["calls"],
                 target=f"= floor {full['floor']}",
                 met=clean["calls"] <= full["floor"],
-                note=f"{full['formula']}; with 2 % 429s: {full['calls']} calls, {full['seconds']:.1f} s, "
-                f"peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
+                note=f"{full['formula']}; with {args.rate_429:.0%} 429s: {full['calls']} calls, "
+                f"{full['seconds']:.1f} s, peak {full['peak_mb']:.0f} MB (old budget issues/100 + 10 = {budget})",
             )
-            if "wall" in tap and not tap.get("error"):
-                speedup = tap["wall"] / full["seconds"]
-                say(f"tap-jira takes {speedup:.1f}× as long (target >= 8×)")
-                clean_ratio = (tap_clean["wall"] / clean["seconds"]) if "wall" in tap_clean else float("nan")
+            measured = [t for t in (tap, tap_clean) if "wall" in t and not t.get("error")]
+            if len(measured) == 2:
+                with_429 = tap["wall"] / full["seconds"]
+                without_429 = tap_clean["wall"] / clean["seconds"]
+                # Judged on the worse of the two: with 429s the ratio is mostly tap-jira's sleeps.
+                speedup = min(with_429, without_429)
+                say(
+                    f"tap-jira takes {without_429:.1f}× as long without 429s, "
+                    f"{with_429:.1f}× with {args.rate_429:.0%} 429s (target >= 8×, judged on the worse: {speedup:.1f}×)"
+                )
                 record(
-                    "full sync vs tap-jira (time ratio)",
+                    "full sync vs tap-jira (time ratio, the worse of with and without 429s)",
                     speedup,
                     unit="×",
                     target=">= 8×",
                     ratio=speedup,
                     met=speedup >= 8,
-                    note=f"tap-jira {tap['wall']:.0f} s, {tap['calls']} calls; without 429s "
-                    f"{clean_ratio:.1f}×; dlt: not measured",
+                    note=f"without 429s: jira-mirror {clean['seconds']:.1f} s, tap-jira {tap_clean['wall']:.0f} s = "
+                    f"{without_429:.1f}×; with {args.rate_429:.0%} 429s: {full['seconds']:.1f} s, "
+                    f"{tap['wall']:.0f} s = {with_429:.1f}×; dlt: not measured",
                 )
             else:
-                record("full sync vs tap-jira (time ratio)", None, target=">= 8×", note=f"tap-jira: {tap.get('error')}")
+                errors = "; ".join(str(t.get("error")) for t in (tap, tap_clean) if t not in measured)
+                record("full sync vs tap-jira (time ratio)", None, target=">= 8×", note=f"tap-jira: {errors}")
             record(
                 "empty incremental sync: API calls",
                 inc["calls"],

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Iterable, Iterator, Sequence
 
 from mirror.issues import AgileFields, IssueMappingError, parse_jira_datetime, utc_now
 

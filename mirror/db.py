@@ -7,7 +7,7 @@ the CLI can share one file); PostgreSQL is the production database.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -71,3 +71,145 @@ def init_database(url: str) -> pw.Database:
     db = open_database(url)
     database.initialize(db)
     return db
+
+
+class BulkInsert:
+    """A multi-row ``INSERT … VALUES (…), (…) [ON CONFLICT …]``, rendered by peewee once and
+    then bound for any number of rows.
+
+    peewee renders every value of every row as a node of its query tree: for a sync's tens of
+    thousands of rows that was most of the process's CPU, more than reading and mapping them.
+    Here peewee renders the statement for one row and for two (per engine and column set); the
+    text for n rows is the same with n value groups, which the two renderings prove before the
+    template is used (otherwise peewee renders every batch, as before). Values are converted
+    with each column's ``db_value`` and missing ones take the column's default, as peewee does.
+
+    ``finish`` completes the query (``on_conflict``, ``returning``); rows are dicts keyed by
+    field name, holding plain values (no peewee expressions).
+    """
+
+    def __init__(self, model: type[pw.Model], finish: Callable[[pw.ModelInsert], pw.Insert] = lambda q: q):
+        self.model = model
+        self.finish = finish
+        self._templates: dict[tuple[Any, ...], _Template | None] = {}
+
+    def query(self, rows: Sequence[Mapping[str, Any]]) -> pw.Insert:
+        """The statement as peewee renders it (the reference the template is checked against)."""
+        return self.finish(self.model.insert_many(list(rows)))
+
+    def execute(self, rows: Sequence[Mapping[str, Any]]) -> Any:
+        """Run the statement for ``rows`` (at least one); returns the cursor."""
+        if not rows:
+            raise ValueError("BulkInsert.execute: no rows")
+        columns = self._columns(rows[0])
+        db = database.obj
+        key = (type(db), getattr(db, "param", None), tuple(f.name for f in columns))
+        template = self._templates.get(key, _UNSET)
+        if template is _UNSET:
+            template = self._templates[key] = self._render(rows[0], columns)
+        if template is None:
+            return database.execute(self.query(rows))
+        sql, params = template.bind(rows)
+        return database.execute_sql(sql, params)
+
+    def _columns(self, row: Mapping[str, Any]) -> list[pw.Field]:
+        fields = self.model._meta.fields
+        named = {fields[name] for name in row}  # KeyError for a name that is no field, as in peewee
+        defaults = self.model._meta.defaults
+        return [f for f in self.model._meta.sorted_fields if f in named or f in defaults]
+
+    def _render(self, sample: Mapping[str, Any], columns: list[pw.Field]) -> "_Template | None":
+        one, one_params = self.query([sample]).sql()
+        two, two_params = self.query([sample, sample]).sql()
+        param = database.obj.param
+        n = len(columns)
+        group = "(" + ", ".join([param] * n) + ")"
+        start = one.find(" VALUES (")
+        if start < 0:
+            return None
+        start += len(" VALUES ")
+        prefix, suffix = one[:start], one[start + len(group) :]
+        tail = list(one_params[n:])
+        if one[start : start + len(group)] != group or two != prefix + group + ", " + group + suffix:
+            return None
+        if list(two_params[2 * n :]) != tail or len(one_params) != n + len(tail):
+            return None
+        return _Template(prefix, group, suffix, tail, columns, self.model._meta.defaults)
+
+
+class _Template:
+    def __init__(
+        self,
+        prefix: str,
+        group: str,
+        suffix: str,
+        tail: list[Any],
+        columns: list[pw.Field],
+        defaults: Mapping[pw.Field, Any],
+    ):
+        self.prefix, self.group, self.suffix, self.tail = prefix, group, suffix, tail
+        self.columns = [(f.name, f.db_value, _kept(f), f in defaults, defaults.get(f), f.null) for f in columns]
+
+    def bind(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        append = params.append
+        for row in rows:
+            for name, convert, kept, has_default, default, null in self.columns:
+                try:
+                    value = row[name]
+                except KeyError:
+                    if has_default:
+                        value = default() if callable(default) else default
+                    elif null:
+                        value = None
+                    else:
+                        raise ValueError(f"Missing value for {name}.") from None
+                append(value if value is None or value.__class__ is kept else convert(value))
+        return self.prefix + ", ".join([self.group] * len(rows)) + self.suffix, params + self.tail
+
+
+def _kept(field: pw.Field) -> type | None:
+    """The type whose values the field's ``db_value`` hands back unchanged (no call needed):
+    ``str`` for peewee's own text fields, ``int`` for its integer fields, ``float`` for its
+    floating ones; None when every value goes through ``db_value``."""
+    kind = type(field)
+    if kind.db_value is not pw.Field.db_value:
+        return None
+    if kind in (pw.CharField, pw.TextField, pw.FixedCharField):
+        return str
+    if kind in (pw.IntegerField, pw.BigIntegerField, pw.SmallIntegerField):
+        return int
+    if kind in (pw.DoubleField, pw.FloatField):
+        return float
+    return None
+
+
+_UNSET: Any = object()
+
+
+def analyze(*columns: pw.Field) -> None:
+    """PostgreSQL only: refresh the planner's statistics of these columns, after a bulk load.
+
+    Until autovacuum gets to a table just filled, the planner believes it nearly empty and may
+    pick an index on ``site`` alone for ``site = … AND issue_id IN (…)``: every such statement of
+    a sync's end then reads the whole site (PostgreSQL's advice for bulk loads: "Run ANALYZE
+    Afterwards"). Only the named columns are sampled: an issue's ``fields`` would cost more."""
+    if not is_postgres():
+        return
+    by_table: dict[str, list[str]] = {}
+    for column in columns:
+        by_table.setdefault(column.model._meta.table_name, []).append(column.column_name)
+    for table, names in by_table.items():
+        database.execute_sql(f'ANALYZE "{table}" ({", ".join(f"{n}" for n in names)})')
+
+
+def prefer_fast_compression() -> None:
+    """PostgreSQL 14+ built with lz4: this session compresses the large values it writes (an
+    issue's ``fields``) with lz4 rather than pglz, for a fraction of the server's CPU. Values
+    keep whichever method wrote them and read the same; elsewhere nothing changes."""
+    if not is_postgres():
+        return
+    try:
+        database.execute_sql("SET default_toast_compression = 'lz4'")
+    except pw.DatabaseError:  # before PostgreSQL 14, or built without lz4: pglz, as before
+        pass

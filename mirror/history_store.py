@@ -21,12 +21,12 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import peewee as pw
 
 from mirror.activity import agile_fields
-from mirror.db import database, is_postgres, tuples
+from mirror.db import BulkInsert, database, is_postgres, tuples
 from mirror.issues import AgileFields, utc_now
 from mirror.models import ChangelogItem, Comment, Cursor, Field, Issue, Worklog
 
@@ -106,23 +106,26 @@ def upsert_changelog(rows: Sequence[dict[str, Any]]) -> int:
     estimate meeting Jira's own), so a replay or a second sync writes nothing.
     """
     rows = list({(r["site"], r["history_id"], r["item_index"]): r for r in rows}.values())
-    excluded = pw.EXCLUDED
     changed = 0
     with database.atomic():
         for batch in _batches(rows):
-            query = ChangelogItem.insert_many(batch).on_conflict(
-                conflict_target=[ChangelogItem.site, ChangelogItem.history_id, ChangelogItem.item_index],
-                preserve=[ChangelogItem.created, ChangelogItem.author_account_id, ChangelogItem.synced_at],
-                where=(
-                    (excluded.created != ChangelogItem.created)
-                    | (
-                        pw.fn.COALESCE(excluded.author_account_id, "")
-                        != pw.fn.COALESCE(ChangelogItem.author_account_id, "")
-                    )
-                ),
-            )
-            changed += database.execute(query).rowcount
+            changed += _CHANGELOG_UPSERT.execute(batch).rowcount
     return changed
+
+
+def _changelog_conflict(query: pw.ModelInsert) -> pw.Insert:
+    excluded = pw.EXCLUDED
+    return query.on_conflict(
+        conflict_target=[ChangelogItem.site, ChangelogItem.history_id, ChangelogItem.item_index],
+        preserve=[ChangelogItem.created, ChangelogItem.author_account_id, ChangelogItem.synced_at],
+        where=(
+            (excluded.created != ChangelogItem.created)
+            | (pw.fn.COALESCE(excluded.author_account_id, "") != pw.fn.COALESCE(ChangelogItem.author_account_id, ""))
+        ),
+    )
+
+
+_CHANGELOG_UPSERT = BulkInsert(ChangelogItem, _changelog_conflict)
 
 
 _DISTINCT = {True: "IS DISTINCT FROM", False: "IS NOT"}
@@ -154,6 +157,11 @@ def refresh_status_changed(site: str, issue_ids: Iterable[str]) -> int:
     return changed
 
 
+def is_status_item(row: Mapping[str, Any]) -> bool:
+    """A changelog row of a status change (``field_id`` status; old webhooks name only the field)."""
+    return row.get("field_id") == "status" or (row.get("field_id") is None and row.get("field") == "status")
+
+
 def write_changelog(rows: Sequence[dict[str, Any]]) -> int:
     """:func:`upsert_changelog`, then the ``status_changed_at`` of the issues whose status
     history changed. Returns the changelog rows written."""
@@ -161,7 +169,7 @@ def write_changelog(rows: Sequence[dict[str, Any]]) -> int:
     if written:
         by_site: dict[str, set[str]] = {}
         for row in rows:
-            if row.get("field_id") == "status" or (row.get("field_id") is None and row.get("field") == "status"):
+            if is_status_item(row):
                 by_site.setdefault(row["site"], set()).add(row["issue_id"])
         for site, ids in by_site.items():
             refresh_status_changed(site, sorted(ids))
@@ -186,25 +194,31 @@ def _version(row: dict[str, Any]) -> tuple[dt.datetime, int]:
     return (row.get("updated") or dt.datetime.min, row.get("event_ts") or 0)
 
 
-def _upsert_activity(model: Any, key: str, rows: Sequence[dict[str, Any]], columns: Sequence[pw.Field]) -> int:
+def _activity_upsert(model: Any, key: str, columns: Sequence[pw.Field]) -> BulkInsert:
+    def finish(query: pw.ModelInsert) -> pw.Insert:
+        excluded = pw.EXCLUDED
+        # Newer wins; at the same `updated`, a backfill (REST v3) replaces a webhook's rendering. A
+        # tombstone (deleted_at) is final.
+        newer = (
+            (excluded.updated > model.updated)
+            | model.updated.is_null()
+            | ((excluded.updated == model.updated) & (excluded.source == "backfill") & (model.source == "webhook"))
+        )
+        return query.on_conflict(
+            conflict_target=[model.site, getattr(model, key)],
+            preserve=list(columns),
+            where=model.deleted_at.is_null() & newer,
+        )
+
+    return BulkInsert(model, finish)
+
+
+def _upsert_activity(statement: BulkInsert, key: str, rows: Sequence[dict[str, Any]]) -> int:
     rows = _newest(rows, key)
-    excluded = pw.EXCLUDED
-    # Newer wins; at the same `updated`, a backfill (REST v3) replaces a webhook's rendering. A
-    # tombstone (deleted_at) is final.
-    newer = (
-        (excluded.updated > model.updated)
-        | model.updated.is_null()
-        | ((excluded.updated == model.updated) & (excluded.source == "backfill") & (model.source == "webhook"))
-    )
     changed = 0
     with database.atomic():
         for batch in _batches(rows):
-            query = model.insert_many(batch).on_conflict(
-                conflict_target=[model.site, getattr(model, key)],
-                preserve=list(columns),
-                where=model.deleted_at.is_null() & newer,
-            )
-            changed += database.execute(query).rowcount
+            changed += statement.execute(batch).rowcount
     return changed
 
 
@@ -233,14 +247,18 @@ _WORKLOG_COLUMNS = (
 )
 
 
+_COMMENT_UPSERT = _activity_upsert(Comment, "comment_id", _COMMENT_COLUMNS)
+_WORKLOG_UPSERT = _activity_upsert(Worklog, "worklog_id", _WORKLOG_COLUMNS)
+
+
 def upsert_comments(rows: Sequence[dict[str, Any]]) -> int:
     """Insert or update comments (``activity.comment_row``); returns rows changed."""
-    return _upsert_activity(Comment, "comment_id", rows, _COMMENT_COLUMNS)
+    return _upsert_activity(_COMMENT_UPSERT, "comment_id", rows)
 
 
 def upsert_worklogs(rows: Sequence[dict[str, Any]]) -> int:
     """Insert or update worklogs (``activity.worklog_row``); returns rows changed."""
-    return _upsert_activity(Worklog, "worklog_id", rows, _WORKLOG_COLUMNS)
+    return _upsert_activity(_WORKLOG_UPSERT, "worklog_id", rows)
 
 
 def _tombstones(
@@ -300,10 +318,18 @@ def delete_worklogs_by_id(
     return _tombstones(Worklog, "worklog_id", site, list(known.items()), at, source) if known else 0
 
 
-def reconcile_lists(model: Any, key: str, site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_lists(
+    model: Any,
+    key: str,
+    site: str,
+    present: dict[str, set[str]],
+    read_at: dt.datetime | Mapping[str, dt.datetime],
+) -> int:
     """Each issue of ``present`` had its complete list (every page read) holding those ids: its
-    other live rows, created before the list was read, are gone in Jira (a row created after may
-    be missing from a list read earlier). Returns rows marked deleted."""
+    other live rows, created before the list was read (``read_at``, or per issue), are gone in
+    Jira (a row created after may be missing from a list read earlier). Returns rows marked
+    deleted."""
+    read_at_of = read_at if isinstance(read_at, Mapping) else dict.fromkeys(present, read_at)
     gone: list[tuple[str, str]] = []
     for batch in _batches(list(present)):
         for ident, issue_id, created in (
@@ -311,18 +337,22 @@ def reconcile_lists(model: Any, key: str, site: str, present: dict[str, set[str]
             .where(model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null())
             .tuples()
         ):
-            if ident not in present[issue_id] and (created is None or created <= read_at):
+            if ident not in present[issue_id] and (created is None or created <= read_at_of[issue_id]):
                 gone.append((ident, issue_id))
     if not gone:
         return 0
     return _tombstones(model, key, site, gone, utc_now(), "backfill")
 
 
-def reconcile_comments(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_comments(
+    site: str, present: dict[str, set[str]], read_at: dt.datetime | Mapping[str, dt.datetime]
+) -> int:
     return reconcile_lists(Comment, "comment_id", site, present, read_at)
 
 
-def reconcile_worklogs(site: str, present: dict[str, set[str]], read_at: dt.datetime) -> int:
+def reconcile_worklogs(
+    site: str, present: dict[str, set[str]], read_at: dt.datetime | Mapping[str, dt.datetime]
+) -> int:
     return reconcile_lists(Worklog, "worklog_id", site, present, read_at)
 
 

@@ -11,7 +11,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, overload
+from collections.abc import Mapping
+from typing import Any, overload
 
 import orjson
 
@@ -22,6 +23,8 @@ import orjson
 ISSUE_FIELDS: tuple[str, ...] = ("*navigable",)
 
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})$")
+# ``2024-12-29T08:41:23.904+0530``: how Jira renders every timestamp (REST and webhooks).
+_JIRA_FORM = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{4}")
 
 
 class IssueMappingError(ValueError):
@@ -35,6 +38,19 @@ def parse_jira_datetime(value: str) -> dt.datetime:
     """
     if not isinstance(value, str):
         raise ValueError(f"not a timestamp: {value!r}")
+    if _JIRA_FORM.fullmatch(value):
+        # Jira's own form, by far the most common: parsed without strptime (a sync parses a
+        # few timestamps for every issue, comment, worklog and history; strptime was a tenth
+        # of its CPU). Anything else, or a value it refuses, takes the general path below.
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            try:
+                return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            except OverflowError:
+                raise ValueError(f"timestamp out of range once normalised to UTC: {value!r}") from None
     text = value.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+0000"

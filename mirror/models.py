@@ -10,6 +10,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import orjson
 import peewee as pw
 
 from mirror.db import database, is_postgres
@@ -30,6 +31,16 @@ def scrub_nul(value: Any) -> Any:
     return value
 
 
+def _dumps(value: Any) -> str:
+    """Compact JSON text, non-ASCII kept: orjson (an issue's ``fields`` are written for every
+    issue a sync reads), the json module for what orjson refuses (integers beyond 64 bits,
+    lone surrogates, keys that are not strings), as before."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 class JSONField(pw.Field):
     """JSON in a column: ``JSONB`` on PostgreSQL, ``TEXT`` on SQLite (see ``db.FIELD_TYPES``)."""
 
@@ -38,9 +49,9 @@ class JSONField(pw.Field):
     def db_value(self, value: Any) -> str | None:
         if value is None:
             return None
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = _dumps(value)
         if "\\u0000" in text:  # rare: only then walk the value
-            text = json.dumps(scrub_nul(value), ensure_ascii=False, separators=(",", ":"))
+            text = _dumps(scrub_nul(value))
         return text
 
     def python_value(self, value: Any) -> Any:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import peewee as pw
 
-from mirror.db import database, tuples
+from mirror.db import BulkInsert, database, tuples
 from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
@@ -78,7 +78,8 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         held = newest.get(ident)
         if held is None or (row["updated"], row["event_ts"]) > (held["updated"], held["event_ts"]):
             newest[ident] = row
-    # ``status_changed_at`` starts as ``created`` on insert; the changelog moves it
+    # ``status_changed_at`` starts as ``created`` on insert (or the last status change, when the
+    # caller read the changelog first); the changelog moves it
     # (``history_store.refresh_status_changed``), an issue upsert never does.
     return [
         dict(
@@ -86,7 +87,7 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             content_hash=content_hash(row),
             deleted_reason=row.get("deleted_reason"),
             project_id=row.get("project_id"),
-            status_changed_at=row.get("created"),
+            status_changed_at=row.get("status_changed_at") or row.get("created"),
         )
         for row in newest.values()
     ]
@@ -115,12 +116,21 @@ def _changes_something() -> pw.Expression:
     )
 
 
-def _upsert(rows: Sequence[dict[str, Any]], current: bool) -> pw.Insert:
-    return Issue.insert_many(rows).on_conflict(
-        conflict_target=[Issue.site, Issue.issue_id],
-        preserve=UPSERT_FIELDS,
-        where=_is_newer(current) & _changes_something(),
-    )
+def _on_conflict(current: bool) -> Callable[[pw.ModelInsert], pw.Insert]:
+    def finish(query: pw.ModelInsert) -> pw.Insert:
+        return query.on_conflict(
+            conflict_target=[Issue.site, Issue.issue_id],
+            preserve=UPSERT_FIELDS,
+            where=_is_newer(current) & _changes_something(),
+        )
+
+    return finish
+
+
+# The upsert, rendered once and bound per batch (``db.BulkInsert``): by a current read or not,
+# and answering which rows changed.
+_UPSERT = {current: BulkInsert(Issue, _on_conflict(current)) for current in (False, True)}
+_UPSERT_RETURNING = BulkInsert(Issue, lambda q: _on_conflict(False)(q).returning(Issue.site, Issue.issue_id))
 
 
 def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> int:
@@ -132,7 +142,7 @@ def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> i
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            changed += database.execute(_upsert(rows[start : start + BATCH], current)).rowcount
+            changed += _UPSERT[current].execute(rows[start : start + BATCH]).rowcount
     return changed
 
 
@@ -179,8 +189,8 @@ def upsert_issues_changed(rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]
     rows = _newest_per_issue(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            query = _upsert(rows[start : start + BATCH], False).returning(Issue.site, Issue.issue_id)
-            changed.update((site, issue_id) for site, issue_id in database.execute(query).fetchall())
+            cursor = _UPSERT_RETURNING.execute(rows[start : start + BATCH])
+            changed.update((site, issue_id) for site, issue_id in cursor.fetchall())
     return changed
 
 

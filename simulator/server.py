@@ -75,6 +75,8 @@ from operator import itemgetter
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
+
 from .jql import UNBOUNDED, Compiled, JqlError, compile_query, parse
 from .model import IssueVersion, Site
 from .render import (
@@ -1252,7 +1254,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _encode(self, resp: _Response) -> bytes:
         if resp.raw is not None:
             return resp.raw
-        return json.dumps(resp.payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            # orjson: the same compact UTF-8 text, ten times faster (a bulkfetch answer is half a
+            # megabyte); the json module for what orjson refuses (keys that are not strings, integers
+            # beyond 64 bits).
+            return orjson.dumps(resp.payload)
+        except TypeError:
+            return json.dumps(resp.payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def _write(self, resp: _Response, *, cut: bool = False) -> None:
         body = self._encode(resp)

@@ -31,6 +31,30 @@ def test_parse_jira_datetime_refuses_garbage(text):
         parse_jira_datetime(text)
 
 
+def test_parse_jira_datetime_reads_jiras_own_form_exactly():
+    """Jira's own form (``…T08:41:23.904+0530``) takes a path without strptime: every moment
+    from year 1 on, every offset, and the same refusals."""
+    import random
+    from datetime import datetime, timezone
+
+    rng = random.Random(13)
+    for _ in range(2000):
+        moment = datetime(1, 1, 2, tzinfo=timezone.utc) + dt.timedelta(seconds=rng.randrange(0, 3 * 10**11))
+        offset = rng.choice([-720, -570, -480, 0, 330, 345, 525, 765, 840])
+        sign, minutes = ("-" if offset < 0 else "+"), abs(offset)
+        millis = rng.randrange(1000)
+        local = (moment + dt.timedelta(minutes=offset)).replace(tzinfo=None)
+        text = (
+            f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+            f".{millis:03d}{sign}{minutes // 60:02d}{minutes % 60:02d}"
+        )
+        expected = moment.replace(tzinfo=None) + dt.timedelta(milliseconds=millis)
+        assert parse_jira_datetime(text) == expected
+    for text in ("2024-02-30T00:00:00.000+0000", "2024-12-29T08:41:23.904+2400", "0001-01-01T00:00:00.000+0100"):
+        with pytest.raises(ValueError):
+            parse_jira_datetime(text)
+
+
 def test_to_row_maps_typed_columns_from_recorded_webhook():
     body = json.loads((PAYLOADS / "issue_updated.json").read_text())
     row = to_row("acme.atlassian.net", body["issue"], source="webhook", event_ts=body["timestamp"])

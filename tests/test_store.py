@@ -116,3 +116,42 @@ def test_track_and_untrack_projects(db):
     assert store.untrack_projects("site", ["OPS", "NOPE"]) == ["OPS"]
     assert store.tracked_keys("site") == {"DEMO"}
     assert store.track_projects("site", ["OPS"]) == ["OPS"]
+
+
+def test_the_bound_statement_is_the_one_peewee_renders(db):
+    """``db.BulkInsert`` binds a template rendered once: the text and values equal peewee's own
+    rendering of the same rows, for every statement of the write path, on this engine."""
+    from mirror import db as mirror_db
+    from mirror import history_store
+    from mirror.activity import changelog_rows, comment_row, worklog_row
+
+    issues = [store._newest_per_issue([version(n, issue_id=str(30000 + n), key=f"DEMO-{n}")])[0] for n in range(3)]
+    comment = {"id": "7", "created": "2025-03-01T12:00:00.000+0530", "updated": "2025-03-01T12:00:00.000+0530"}
+    comments = [comment_row("site", dict(comment, id=str(i)), issue_id="30000", source="backfill") for i in range(3)]
+    worklogs = [
+        worklog_row("site", dict(comment, id=str(i), timeSpentSeconds=60), issue_id="30000", source="backfill")
+        for i in range(3)
+    ]
+    history = {
+        "id": "900",
+        "created": "2025-03-01T12:00:00.000+0530",
+        "author": {"accountId": "a-1"},
+        "items": [{"field": "status", "fieldId": "status", "fromString": "To Do", "toString": "Done"}] * 3,
+    }
+    changelog = changelog_rows("site", "30000", history)
+    cases = [
+        (store._UPSERT[False], issues),
+        (store._UPSERT[True], issues),
+        (store._UPSERT_RETURNING, issues),
+        (history_store._COMMENT_UPSERT, comments),
+        (history_store._WORKLOG_UPSERT, worklogs),
+        (history_store._CHANGELOG_UPSERT, changelog),
+    ]
+    for statement, rows in cases:
+        columns = statement._columns(rows[0])
+        template = statement._render(rows[0], columns)
+        assert template is not None, statement.model
+        expected = statement.query(rows).sql()
+        sql, params = template.bind(rows)
+        assert (sql, params) == (expected[0], list(expected[1]))
+    assert isinstance(mirror_db.database.obj, type(db))
