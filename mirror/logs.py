@@ -171,6 +171,7 @@ def _scrub(text: str) -> str:
     return text
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')  # and what is not printable (newlines, tabs: isprintable)
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
@@ -181,7 +182,7 @@ def _kv_value(value: Any) -> str:
         text = f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
     else:
         text = str(value)
-    if text and not any(c in text for c in ' "=\\\n\r\t') and text.isprintable():
+    if text and text.isprintable() and not _NEEDS_QUOTES.search(text):
         return text
     escaped = text.translate(_ESCAPES)
     return '"' + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped) + '"'

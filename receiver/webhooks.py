@@ -427,6 +427,7 @@ def _record(
             before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
             body_digest=hashlib.sha256(body).hexdigest(),
             replay_window=settings.replay_window_seconds,
+            compress=extensions["capacity"].scarce(),
         )
     except inbox.DuplicateDeliveryError:
         # A retry (same identifier) or a replay (same signed body, any identifier) within

@@ -127,23 +127,26 @@ def _arg(value: Any) -> str:
     return str(value)
 
 
-def encode_item(func: str, kwargs: dict[str, Any]) -> bytes:
-    """An inbox item: JSON, zlib-compressed (as RQ stores a job's data: an 8 KB delivery takes
-    about a third of the room while it waits, and a full Redis is what the receiver's 503 guards).
-    orjson writes it (several times as fast as the json module, on the hot path); the json module
-    what orjson does not write (integers beyond 64 bits, nesting deeper than 254 levels)."""
+def encode_item(func: str, kwargs: dict[str, Any], *, compress: bool = True) -> bytes:
+    """An inbox item: JSON, zlib-compressed when ``compress`` (as RQ stores a job's data: an 8 KB
+    delivery then takes about a third of the room while it waits). The receiver compresses only
+    when Redis's room is scarce (``receiver.capacity``): an item usually waits milliseconds, and
+    compressing it cost about a tenth of a delivery's CPU. orjson writes it (several times as
+    fast as the json module, on the hot path); the json module what orjson does not write
+    (integers beyond 64 bits, nesting deeper than 254 levels)."""
     item = {"func": func, "kwargs": kwargs}
     try:
         data = orjson.dumps(item)
     except TypeError:  # orjson.JSONEncodeError
         data = json.dumps(item, separators=(",", ":")).encode()
-    return zlib.compress(data, 1)
+    return zlib.compress(data, 1) if compress else data
 
 
 def decode_item(raw: bytes) -> tuple[str, dict[str, Any]]:
-    """``(function name, kwargs)`` of an inbox item. Raises ValueError when it is not one."""
+    """``(function name, kwargs)`` of an inbox item, compressed or not (a zlib stream never starts
+    with ``{``). Raises ValueError when it is not one."""
     try:
-        item = json.loads(zlib.decompress(raw))
+        item = json.loads(raw if raw[:1] == b"{" else zlib.decompress(raw))
     except zlib.error as exc:
         raise ValueError(f"not an inbox item: {exc}") from None
     if not isinstance(item, dict) or not isinstance(item.get("func"), str) or not isinstance(item.get("kwargs"), dict):
@@ -160,6 +163,7 @@ def record(
     before_execute: Callable[[Any], None] | None = None,
     body_digest: str | None = None,
     replay_window: int = 0,
+    compress: bool = True,
 ) -> str | None:
     """Record ``delivery`` for the workers and remember it (its id, and its body's SHA-256 hex
     for ``replay_window`` seconds), atomically; returns the id of the drain job it enqueued, or
@@ -172,6 +176,7 @@ def record(
 
     Raises DuplicateDeliveryError when ``delivery_id`` was accepted before, or the same body
     within the replay window (nothing is recorded), and redis errors (nothing is remembered).
+    ``compress``: whether the item is stored compressed (:func:`encode_item`).
     """
     connection = issues_queue.connection
     body_ttl = replay_window if body_digest and replay_window > 0 else 0
@@ -182,7 +187,7 @@ def record(
         queues.PENDING_KEY.format(site=delivery.refresh[0]) if delivery.refresh else queues.INBOX_KEY,
         queues.DRAIN_MARK_KEY,
     ]
-    item = encode_item(*delivery.item) if delivery.item else b""
+    item = encode_item(*delivery.item, compress=compress) if delivery.item else b""
     extra = _Commands()
     if before_execute is not None:
         before_execute(extra)  # once per delivery: it may keep state of its own (the metrics do)
