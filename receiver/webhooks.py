@@ -228,7 +228,7 @@ class WebhookEndpoint:
             return _read_body(environ, self.extensions["settings"].max_body_bytes) if is_json(headers) else b""
 
         status, answer, headers = answer_delivery(self.extensions, headers, read)
-        body = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        body = orjson.dumps(answer) + b"\n"
         start_response(
             _STATUS_LINES.get(status, f"{status} Error"),
             [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()],

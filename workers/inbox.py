@@ -197,7 +197,7 @@ def record(
         item,
         delivery.refresh[1] if delivery.refresh else "",
         delivery.refresh[2] if delivery.refresh else 0,
-        json.dumps([[name, *map(_arg, call_args)] for name, call_args in extra.calls]),
+        orjson.dumps([[name, *map(_arg, call_args)] for name, call_args in extra.calls]),
     ]
     try:
         answer = int(connection.evalsha(_RECORD_SHA, len(keys), *keys, *args))
