@@ -168,12 +168,29 @@ class InlineThreadWorker(DeadlineThreadWorker):
 
     def murder_pending(self) -> None:
         """gunicorn's (connections that sent nothing for the keep-alive time are closed), and the
-        delivery parts whose rest did not come in ``INLINE_WAIT_S`` go to the pool."""
-        super().murder_pending()
+        delivery parts whose rest did not come in ``INLINE_WAIT_S`` go to the pool.
+
+        A connection past its time that has data was not idle: the accepting thread was serving a
+        delivery meanwhile (as long as a Redis timeout, when Redis hangs) and had not yet seen it
+        readable. It is served, not closed (closing it reset a delivery in flight)."""
         now = time.monotonic()
+        for conn in [conn for conn in self.pending_conns if conn.timeout <= now]:
+            if arrived(conn.sock) is not Arrived.NOTHING:
+                self._on_first_data(conn, conn.sock)
+        super().murder_pending()
         for conn in [conn for conn, until in self._arriving.items() if until <= now]:
             self.poller.unregister(conn.sock)
             self._to_pool(conn)
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """gunicorn's, except for a kept-alive connection whose next request arrived while the
+        accepting thread was busy (see :meth:`murder_pending`): that request is served."""
+        if not force:
+            now = time.monotonic()
+            for conn in [conn for conn in self.keepalived_conns if conn.timeout <= now]:
+                if arrived(conn.sock) is not Arrived.NOTHING:
+                    self.on_client_socket_readable(conn, conn.sock)
+        super().murder_keepalived(force)
 
     def _to_pool(self, conn: TConn) -> None:
         self._arriving.pop(conn, None)

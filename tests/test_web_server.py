@@ -141,13 +141,18 @@ def test_deliveries_go_to_the_pool_while_redis_is_slow_to_answer(db, settings, t
     local = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
     web, url = procs.start_web(local, tmp_path, workers=1, GUNICORN_THREADS="16")
     try:
-        answers: list[tuple[int, float]] = []
+        answers: list[tuple[int | str, float]] = []
 
         def deliver(n: int) -> None:
             the_issue = factories.issue(str(10001 + n), f"DEMO-{n + 1}")
             body, headers = factories.signed(factories.delivery(the_issue=the_issue), SECRET)
             started = time.monotonic()
-            status = requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=60).status_code
+            try:
+                status: int | str = requests.post(
+                    url + "/webhooks/jira", data=body, headers=headers, timeout=60
+                ).status_code
+            except Exception as exc:  # shown in the assertion below
+                status = repr(exc)
             answers.append((status, time.monotonic() - started))
 
         started = time.monotonic()
@@ -157,7 +162,7 @@ def test_deliveries_go_to_the_pool_while_redis_is_slow_to_answer(db, settings, t
         for sender in senders:
             sender.join(90)
         took = time.monotonic() - started
-        assert sorted(status for status, _ in answers) == [503] * 8, answers
+        assert [status for status, _ in answers] == [503] * 8, answers
         # One after another they would take 8 times as long as one; in the pool, about two rounds.
         one = min(seconds for _, seconds in answers)
         assert took < 3 * one, (took, answers)
