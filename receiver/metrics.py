@@ -29,7 +29,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
-from redis.client import Pipeline
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.utils import utcparse
@@ -64,28 +63,18 @@ OUTCOME_BY_STATUS = {
 # outcome).
 
 
-def count_accepted(pipe: Pipeline, delivery: Any) -> None:
-    """``workers.inbox.record``' ``before_execute``: the ``accepted`` count joins the record's
-    atomic step, so it moves exactly when the jobs are in Redis (ack time measured up to it).
-    A duplicate or a failed enqueue runs none of it; :func:`delivery_answered` then counts that outcome."""
-    counters.add_delivery(
-        pipe, event=delivery.event, outcome="accepted", seconds=time.perf_counter() - delivery.started
-    )
-    pipe.set(counters.LAST_ACCEPTED_KEY, repr(time.time()))
-    delivery.counted = True
-
-
 def delivery_answered(redis: Redis, delivery: Any, status: int) -> None:
-    """Count the answer (unless the enqueue counted it) and log the delivery's one line."""
+    """Count the answer and log the delivery's one line. A 202 (the delivery is in Redis) and
+    the other outcomes of a hot path (duplicates, ignored events) are counted in this process
+    and sent together (``mirror.metrics.keep_delivery``); a refusal at once, with the minute's
+    refusals by reason."""
     try:
         seconds = time.perf_counter() - delivery.started
         outcome = OUTCOME_BY_STATUS.get(status, "error")
         if status == 200:
             outcome = delivery.outcome or "ignored"
-        # count_accepted ran inside the enqueue; only a 202 proves the enqueue (and so the count) happened.
-        if status == 202 and delivery.counted:
-            if counters.has_pending():
-                counters.flush_pending(redis)
+        if status < 300:
+            counters.keep_delivery(redis, event=delivery.event, outcome=outcome, seconds=seconds)
         else:
             counters.record_delivery(redis, event=delivery.event, outcome=outcome, seconds=seconds)
         log.info(

@@ -181,7 +181,7 @@ def _moved_from_tracked(delivery: dict[str, Any], tracked: frozenset[str]) -> bo
 class Delivery:
     """What the endpoint learnt of one delivery, for its count and its log line (receiver.metrics)."""
 
-    __slots__ = ("id", "started", "event", "project", "outcome", "counted")
+    __slots__ = ("id", "started", "event", "project", "outcome")
 
     def __init__(self, delivery_id: str | None):
         self.id = delivery_id
@@ -189,7 +189,6 @@ class Delivery:
         self.event: Any = None
         self.project: str | None = None
         self.outcome: str | None = None
-        self.counted = False
 
 
 StartResponse = Callable[..., Any]
@@ -424,7 +423,6 @@ def _record(
             decision.pending,
             site=settings.site,
             delivery_id=delivery.id,
-            before_execute=lambda pipe: metrics.count_accepted(pipe, delivery),
             body_digest=hashlib.sha256(body).hexdigest(),
             replay_window=settings.replay_window_seconds,
             compress=extensions["capacity"].scarce(),
@@ -436,7 +434,6 @@ def _record(
         log.info("delivery ignored delivery=%s event=%s why=duplicate", delivery.id, delivery.event)
         return 200, {"ignored": "duplicate"}, {}
     except RedisError as exc:
-        delivery.counted = False  # nothing was written, the count included
         log.warning(
             "delivery refused delivery=%s event=%s reason=queue-unavailable error=%s",
             delivery.id,

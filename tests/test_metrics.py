@@ -299,7 +299,11 @@ def test_two_gunicorn_workers_and_a_worker_process_count_into_one_place(db, sett
             raw, headers = factories.signed(body, SECRET)
             # A new connection each time, so that both gunicorn workers take deliveries.
             assert requests.post(url + URL, data=raw, headers=headers, timeout=10).status_code == 202
-        for _ in range(6):  # whichever worker answers the scrape, it shows every delivery
+        # Each gunicorn worker sends its counts at most FLUSH_INTERVAL after a delivery (its own
+        # background sender when no other delivery comes); then whichever worker answers the
+        # scrape shows every delivery.
+        time.sleep(metrics.FLUSH_INTERVAL * 2 + 0.2)
+        for _ in range(6):
             samples = parse(requests.get(url + "/metrics", timeout=10).text)
             assert samples[ACCEPTED] == n
             assert samples[("jira_mirror_queue_depth", (("queue", "issues"),))] == n
@@ -312,3 +316,22 @@ def test_two_gunicorn_workers_and_a_worker_process_count_into_one_place(db, sett
         assert Issue.select().count() == n
     finally:
         web.terminate()
+
+
+def test_a_web_process_stopped_right_after_its_deliveries_sends_their_counts(
+    db, settings, redis_conn, client, tmp_path
+):
+    """Counts wait in the process for at most FLUSH_INTERVAL; a web process stopped (SIGTERM)
+    before it sent them sends them as it exits."""
+    web, url = procs.start_web(settings, tmp_path, workers=1)
+    try:
+        with requests.Session() as session:  # one connection: the same gunicorn worker each time
+            for i in range(5):
+                body = factories.delivery(the_issue=factories.issue(str(50000 + i), f"DEMO-{i + 1}"))
+                raw, headers = factories.signed(body, SECRET)
+                assert session.post(url + URL, data=raw, headers=headers, timeout=10).status_code == 202
+    finally:
+        assert web.terminate() == 0
+    samples = scrape(client)  # this process counted nothing
+    assert samples[ACCEPTED] == 5
+    assert abs(samples[("jira_mirror_last_accepted_delivery_timestamp_seconds", ())] - time.time()) < 30
