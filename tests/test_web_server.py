@@ -70,6 +70,12 @@ def test_a_connection_closed_before_sending_goes_to_the_pool(pair):
     assert arrived(server) is Arrived.OTHER  # a pool thread sees the end and drops it
 
 
+def _signed_delivery(n: int) -> tuple[bytes, dict[str, str]]:
+    """A signed delivery of the issue DEMO-{n + 1}."""
+    the_issue = factories.issue(str(10001 + n), f"DEMO-{n + 1}")
+    return factories.signed(factories.delivery(the_issue=the_issue), SECRET)
+
+
 def _hold(host: str, port: int) -> socket.socket:
     """A client that sent half of its headers and nothing more: a pool thread waits on it."""
     sock = socket.create_connection((host, port))
@@ -87,19 +93,18 @@ def test_deliveries_are_answered_while_every_pool_thread_waits_on_a_slow_client(
     try:
         time.sleep(0.5)
         waits = []
+
+        def deliver(post, n: int) -> None:
+            body, headers = _signed_delivery(n)
+            started = time.monotonic()
+            assert post(url + "/webhooks/jira", data=body, headers=headers, timeout=30).status_code == 202
+            waits.append(time.monotonic() - started)
+
         with requests.Session() as session:  # kept alive between deliveries
             for n in range(3):
-                the_issue = factories.issue(str(10001 + n), f"DEMO-{n + 1}")
-                body, headers = factories.signed(factories.delivery(the_issue=the_issue), SECRET)
-                started = time.monotonic()
-                assert session.post(url + "/webhooks/jira", data=body, headers=headers, timeout=30).status_code == 202
-                waits.append(time.monotonic() - started)
-        for n in range(3):
-            the_issue = factories.issue(str(10011 + n), f"DEMO-{n + 11}")
-            body, headers = factories.signed(factories.delivery(the_issue=the_issue), SECRET)
-            started = time.monotonic()
-            assert requests.post(url + "/webhooks/jira", data=body, headers=headers, timeout=30).status_code == 202
-            waits.append(time.monotonic() - started)
+                deliver(session.post, n)
+        for n in range(10, 13):  # a new connection each
+            deliver(requests.post, n)
         assert max(waits) < 1, waits
         assert redis_conn.llen(INBOX_KEY) == 6
 
@@ -144,8 +149,7 @@ def test_deliveries_go_to_the_pool_while_redis_is_slow_to_answer(db, settings, t
         answers: list[tuple[int | str, float]] = []
 
         def deliver(n: int) -> None:
-            the_issue = factories.issue(str(10001 + n), f"DEMO-{n + 1}")
-            body, headers = factories.signed(factories.delivery(the_issue=the_issue), SECRET)
+            body, headers = _signed_delivery(n)
             started = time.monotonic()
             try:
                 status: int | str = requests.post(

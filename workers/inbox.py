@@ -24,7 +24,7 @@ import json
 import time
 import zlib
 from hashlib import sha1
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from redis import Redis
@@ -38,21 +38,17 @@ RECORDED, DUPLICATE_ID, DUPLICATE_BODY = "recorded", "duplicate-id", "duplicate-
 
 # KEYS: delivery key, body key, inbox, refresh pending set, drain mark. ARGV: delivery TTL (0: no
 # id), body TTL (0: no body key), the inbox item (empty for none), the issue id to refresh ('' for
-# none), its event time, the extra commands (JSON: a list of [name, arguments...]). Returns -1
-# (a remembered delivery id) or -2 (a remembered body): nothing written; 0 when no drain job is
-# queued: nothing written either, the caller records the delivery with a drain job (enqueue);
-# 1: recorded. Redis does not roll a script back, so the order matters: the caller's extra
-# commands first (a wrong key type fails there, before anything of the delivery is written),
-# the delivery's marks last, so that a script stopped half-way never marks a delivery whose
-# item is missing.
+# none), its event time. Returns -1 (a remembered delivery id) or -2 (a remembered body):
+# nothing written; 0 when no drain job is queued: nothing written either, the caller records the
+# delivery with a drain job (enqueue); 1: recorded. Redis does not roll a script back, so the
+# order matters: the item first (a refused write, e.g. out of memory, fails there, before
+# anything is written), the delivery's marks last, so that a script stopped half-way never marks
+# a delivery whose item is missing.
 _RECORD = """
 local ttl, body_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 if ttl > 0 and redis.call('exists', KEYS[1]) == 1 then return -1 end
 if body_ttl > 0 and redis.call('exists', KEYS[2]) == 1 then return -2 end
 if redis.call('exists', KEYS[5]) == 0 then return 0 end
-for _, call in ipairs(cjson.decode(ARGV[6])) do
-  redis.call(unpack(call))
-end
 if ARGV[3] ~= '' then redis.call('rpush', KEYS[3], ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('zadd', KEYS[4], 'NX', ARGV[5], ARGV[4]) end
 if ttl > 0 then redis.call('set', KEYS[1], '1', 'EX', ttl) end
@@ -94,26 +90,6 @@ class Delivery:
     def __init__(self, *, item: tuple[str, dict[str, Any]] | None = None, refresh: tuple[str, str, int] | None = None):
         self.item = item
         self.refresh = refresh
-
-
-class _Commands:
-    """Stands in for a pipeline in ``before_execute``: records plain commands (positional
-    arguments only, e.g. ``hincrby(key, field, 1)``) that the record script runs with the delivery."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., "_Commands"]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def record(*args: Any, **kwargs: Any) -> "_Commands":
-            if kwargs:
-                raise TypeError(f"{name}: only positional arguments can join the record, not {sorted(kwargs)}")
-            self.calls.append((name, args))
-            return self
-
-        return record
 
 
 def _arg(value: Any) -> str:
@@ -160,7 +136,6 @@ def record(
     *,
     site: str,
     delivery_id: str | None,
-    before_execute: Callable[[Any], None] | None = None,
     body_digest: str | None = None,
     replay_window: int = 0,
     compress: bool = True,
@@ -169,10 +144,9 @@ def record(
     for ``replay_window`` seconds), atomically; returns the id of the drain job it enqueued, or
     None when one was already queued.
 
-    ``before_execute(pipe)`` may add plain commands (the delivery counter) to the same atomic
-    step: they run only when the delivery is recorded. One round trip; two for the delivery that
-    finds no drain job queued (the second a transaction, after a WATCH of the mark: the drain job
-    through RQ's API, the delivery and the mark).
+    One round trip; two for the delivery that finds no drain job queued (the second a
+    transaction, after a WATCH of the mark: the drain job through RQ's API, the delivery and the
+    mark).
 
     Raises DuplicateDeliveryError when ``delivery_id`` was accepted before, or the same body
     within the replay window (nothing is recorded), and redis errors (nothing is remembered).
@@ -188,16 +162,12 @@ def record(
         queues.DRAIN_MARK_KEY,
     ]
     item = encode_item(*delivery.item, compress=compress) if delivery.item else b""
-    extra = _Commands()
-    if before_execute is not None:
-        before_execute(extra)  # once per delivery: it may keep state of its own (the metrics do)
     args: list[Any] = [
         queues.DELIVERY_TTL_SECONDS if delivery_id else 0,
         body_ttl,
         item,
         delivery.refresh[1] if delivery.refresh else "",
         delivery.refresh[2] if delivery.refresh else 0,
-        orjson.dumps([[name, *map(_arg, call_args)] for name, call_args in extra.calls]),
     ]
     try:
         answer = int(connection.evalsha(_RECORD_SHA, len(keys), *keys, *args))
@@ -217,8 +187,6 @@ def record(
             pipe.watch(queues.DRAIN_MARK_KEY)
             if not pipe.exists(queues.DRAIN_MARK_KEY):
                 job_id = queues.enqueue_drain(issues_queue, site, pipeline=pipe)
-                for name, call_args in extra.calls:  # the same commands the script would have run
-                    pipe.execute_command(name, *map(_arg, call_args))
                 if item:
                     pipe.rpush(queues.INBOX_KEY, item)
                 if delivery.refresh:
@@ -231,21 +199,16 @@ def record(
                 return job_id
         except WatchError:
             pass
-    # A drain job was queued meanwhile: the script's path again, with the same commands.
+    # A drain job was queued meanwhile: the script's path again.
     return record(
         issues_queue,
         delivery,
         site=site,
         delivery_id=delivery_id,
-        before_execute=lambda pipe: _replay(extra, pipe),
         body_digest=body_digest,
         replay_window=replay_window,
+        compress=compress,
     )
-
-
-def _replay(recorded: _Commands, commands: Any) -> None:
-    for name, call_args in recorded.calls:
-        getattr(commands, name)(*call_args)
 
 
 class DuplicateDeliveryError(Exception):
