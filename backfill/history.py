@@ -32,7 +32,7 @@ from mirror.history_store import is_status_item
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
-from mirror.db import analyze, database, tuples
+from mirror.db import analyze, database, one_of, tuples
 from mirror.models import ChangelogItem, Field, Issue
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ WRITES_IN_FLIGHT = 4
 # Issues whose comment/worklog lists are written in one transaction.
 BUFFERED_LISTS = 1000
 # Reads of the rest of overflowing comment/worklog lists in flight beside a full sync's issue reads.
-OVERFLOW_READS = 2
+OVERFLOW_READS = 4
 
 
 def refresh_fields(client: JiraClient, site: str) -> int:
@@ -397,7 +397,7 @@ def changed_ids(site: str, rows: Iterable[dict[str, Any]]) -> list[str]:
         issue_id: (updated, source)
         for issue_id, updated, source in tuples(
             Issue.select(Issue.issue_id, Issue.updated, Issue.source).where(
-                Issue.site == site, Issue.issue_id.in_([r["issue_id"] for r in rows])
+                Issue.site == site, one_of(Issue.issue_id, [r["issue_id"] for r in rows])
             )
         )
     }

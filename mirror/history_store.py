@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import peewee as pw
 
 from mirror.activity import agile_fields
-from mirror.db import BulkInsert, database, is_postgres, tuples
+from mirror.db import BulkInsert, database, is_postgres, one_of, tuples
 from mirror.issues import AgileFields, utc_now
 from mirror.models import ChangelogItem, Comment, Cursor, Field, Issue, Worklog
 
@@ -311,7 +311,7 @@ def delete_worklogs_by_id(
         known.update(
             tuples(
                 Worklog.select(Worklog.worklog_id, Worklog.issue_id).where(
-                    Worklog.site == site, Worklog.worklog_id.in_(list(batch))
+                    Worklog.site == site, one_of(Worklog.worklog_id, list(batch))
                 )
             )
         )
@@ -334,7 +334,7 @@ def reconcile_lists(
     for batch in _batches(list(present)):
         for ident, issue_id, created in (
             model.select(getattr(model, key), model.issue_id, model.created)
-            .where(model.site == site, model.issue_id.in_(list(batch)), model.deleted_at.is_null())
+            .where(model.site == site, one_of(model.issue_id, list(batch)), model.deleted_at.is_null())
             .tuples()
         ):
             if ident not in present[issue_id] and (created is None or created <= read_at_of[issue_id]):
@@ -389,7 +389,7 @@ def live_issue_ids(site: str, ids: Iterable[str]) -> set[str]:
             i
             for (i,) in tuples(
                 Issue.select(Issue.issue_id).where(
-                    Issue.site == site, Issue.issue_id.in_(list(batch)), Issue.deleted_at.is_null()
+                    Issue.site == site, one_of(Issue.issue_id, list(batch)), Issue.deleted_at.is_null()
                 )
             )
         )

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import peewee as pw
 
-from mirror.db import BulkInsert, database, tuples
+from mirror.db import BulkInsert, database, one_of, tuples
 from mirror.issues import content_hash, utc_now
 from mirror.models import Issue, Member, Project, SyncRun, User
 
@@ -231,7 +231,7 @@ def mark_deleted(
                 )
                 .where(
                     Issue.site == site,
-                    Issue.issue_id.in_(ids[start : start + BATCH]),
+                    one_of(Issue.issue_id, ids[start : start + BATCH]),
                     Issue.deleted_at.is_null() | Issue.deleted_reason.is_null() | (Issue.deleted_reason != DELETED),
                 )
                 .execute()

@@ -155,3 +155,47 @@ def test_the_bound_statement_is_the_one_peewee_renders(db):
         sql, params = template.bind(rows)
         assert (sql, params) == (expected[0], list(expected[1]))
     assert isinstance(mirror_db.database.obj, type(db))
+
+
+def test_postgresql_reads_a_batch_from_one_json_array_into_the_same_rows_as_peewee_writes(db, monkeypatch):
+    """On PostgreSQL ``db.BulkInsert`` sends a batch as one JSON array (``json_populate_recordset``):
+    the rows it leaves equal those of peewee's own statement, aware and naive timestamps, dates,
+    nested JSON, non-ASCII text and NULs included; a value JSON cannot carry (an integer beyond 64
+    bits, here in ``fields``) takes peewee's binding. On SQLite every batch is bound."""
+    import datetime as dt
+
+    from mirror import db as mirror_db
+    from mirror.models import Issue
+
+    statement = store._UPSERT[True]
+    rows = [version(n, issue_id=str(40000 + n), key=f"DEMO-{n}") for n in range(4)]
+    rows[0]["updated"] = dt.datetime(
+        2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))
+    )
+    rows[1]["fields"] = {"summary": "naïve — ünïcode ✓", "nested": {"list": [1, 2.5, None, True]}}
+    rows[1]["due_date"] = dt.date(2025, 12, 31)
+    rows[2]["fields"] = {"huge": 2**70}
+    rows[3]["labels"] = ["nul\x00inside"]
+    rows = store._newest_per_issue(rows)
+    template = statement._render(rows[0], statement._columns(rows[0]))
+    assert template is not None and template.json_sql is not None
+    assert template.payload(rows[2:3]) is None and template.payload(rows[3:4]) is None  # bound instead
+    assert template.payload(rows[:2]) is not None
+
+    def written() -> list[tuple]:
+        columns = [f for f in Issue._meta.sorted_fields if f.name != "id"]
+        return sorted(Issue.select(*columns).where(Issue.issue_id.startswith("4000")).tuples())
+
+    with mirror_db.database.atomic() as txn:
+        mirror_db.database.execute(statement.query(rows))
+        expected = written()
+        txn.rollback()
+    sent: list[str] = []
+    execute_sql = mirror_db.database.obj.execute_sql
+    monkeypatch.setattr(mirror_db.database.obj, "execute_sql", lambda sql, *a: sent.append(sql) or execute_sql(sql, *a))
+    with mirror_db.database.atomic():
+        for row in rows:  # one at a time: the JSON path for the first two, the binding for the others
+            statement.execute([row])
+    assert written() == expected and len(expected) == 4
+    by_json = ["json_populate_recordset" in sql for sql in sent if sql.startswith("INSERT")]
+    assert by_json == ([True, True, False, False] if mirror_db.is_postgres() else [False] * 4)

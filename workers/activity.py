@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from mirror import history_store
 from mirror.activity import ActivityMappingError, comment_row, issue_id_of, worklog_row
-from mirror.db import database, tuples
+from mirror.db import database, one_of, tuples
 from mirror.models import Issue
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _live_issues(idents: set[tuple[str, str]]) -> set[tuple[str, str]]:
             (site, i)
             for (i,) in tuples(
                 Issue.select(Issue.issue_id).where(
-                    Issue.site == site, Issue.issue_id.in_(ids), Issue.deleted_at.is_null()
+                    Issue.site == site, one_of(Issue.issue_id, ids), Issue.deleted_at.is_null()
                 )
             )
         )
