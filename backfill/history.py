@@ -88,6 +88,7 @@ class HistorySync:
         # Issues whose whole changelog this run read, not yet written: their last status change.
         self._status_read: dict[str, dt.datetime | None] = {}
         self._changelog_chunks: Iterator[list[str]] = iter(())
+        self._changelog_ready: Callable[[], bool] = lambda: True
         self._changelog_ahead = 0
         # History rows are written by a thread of their own, on its own connection, while the
         # run goes on reading and writing issues: the database's time overlaps the rest.
@@ -257,20 +258,24 @@ class HistorySync:
 
     # -- changelogs -------------------------------------------------------------------------------
 
-    def start_changelogs(self, ids: Sequence[str], *, parallel: int = 2) -> None:
-        """Begin reading the issues' changelogs (1000 issues a request) beside the issue reads:
-        :meth:`write_changelogs_ready` writes what has arrived, :meth:`finish_changelogs` the rest.
-        At most ``parallel`` × 2 batches are read ahead of the writes (memory stays bounded)."""
-        chunks = [list(ids[i : i + CHANGELOG_BULK_MAX]) for i in range(0, len(ids), CHANGELOG_BULK_MAX)]
-        if not chunks:
-            return
-        self._changelog_chunks = iter(chunks)
+    def start_changelogs(
+        self, chunks: Iterator[list[str]], *, ready: Callable[[], bool] = lambda: True, parallel: int = 2
+    ) -> None:
+        """Begin reading the changelogs of the issues of ``chunks`` (lists of at most 1000 ids, one
+        request each) beside the issue reads: :meth:`write_changelogs_ready` writes what has
+        arrived, :meth:`finish_changelogs` the rest. At most ``parallel`` × 2 batches are read
+        ahead of the writes (memory stays bounded); while one is read, the next is taken only when
+        ``ready()`` (it costs no call of its own: the ids are listed already)."""
+        self._changelog_chunks = chunks
+        self._changelog_ready = ready
         self._changelog_ahead = parallel * 2
         self._changelog_pool = cf.ThreadPoolExecutor(parallel, thread_name_prefix="changelog")
         self._top_up_changelogs()
 
     def _top_up_changelogs(self) -> None:
         while self._changelog_pool is not None and len(self._changelog_reads) < self._changelog_ahead:
+            if self._changelog_reads and not self._changelog_ready():
+                return
             chunk = next(self._changelog_chunks, None)
             if chunk is None:
                 return

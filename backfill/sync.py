@@ -38,7 +38,14 @@ from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
 from mirror.db import is_postgres, tuples
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
-from mirror.jira import JiraBadRequestError, JiraClient, JiraError, JiraNotFoundError, issue_error_ids
+from mirror.jira import (
+    CHANGELOG_BULK_MAX,
+    JiraBadRequestError,
+    JiraClient,
+    JiraError,
+    JiraNotFoundError,
+    issue_error_ids,
+)
 from mirror.models import Issue, Project, SyncRun
 
 log = logging.getLogger(__name__)
@@ -114,6 +121,71 @@ class Fetched:
     absent: list[str]
     errored: list[str]
     read_at: int
+
+
+def chunked(ids: Sequence[str], size: int) -> Iterator[list[str]]:
+    """``ids`` in lists of ``size`` (the last may be shorter)."""
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
+
+
+class IdListing:
+    """A project's ids as search lists them (``ORDER BY id``, without repeats), its pages read
+    one at a time as :meth:`chunks` or :meth:`all` need more: a full sync reads issues and
+    changelogs from the first page on rather than after the last. Read from one thread."""
+
+    def __init__(self, pages: Iterator[list[str]], listed: Callable[[int], None] = lambda count: None):
+        self.ids: list[str] = []
+        self.complete = False
+        self._known: set[str] = set()
+        self._pages = pages
+        self._listed = listed
+
+    def _read_page(self) -> None:
+        page = next(self._pages, None)
+        if page is None:
+            self.complete = True
+            return
+        for issue_id in page:
+            if issue_id not in self._known:
+                self._known.add(issue_id)
+                self.ids.append(issue_id)
+        self._listed(len(self.ids))
+
+    def chunks(self, size: int) -> "IdChunks":
+        """Every id, in lists of ``size`` (the last may be shorter), pages read as needed."""
+        return IdChunks(self, size)
+
+    def all(self) -> list[str]:
+        """The complete list (every page read)."""
+        while not self.complete:
+            self._read_page()
+        return self.ids
+
+
+class IdChunks:
+    """The ids of an :class:`IdListing` in lists of ``size``: an iterator that reads pages as it
+    needs them, and says whether its next list is :meth:`ready` without one."""
+
+    def __init__(self, listing: IdListing, size: int):
+        self.listing, self.size, self.start = listing, size, 0
+
+    def ready(self) -> bool:
+        """The next list needs no page read (or the listing is complete)."""
+        return self.listing.complete or len(self.listing.ids) - self.start >= self.size
+
+    def __iter__(self) -> "IdChunks":
+        return self
+
+    def __next__(self) -> list[str]:
+        listing = self.listing
+        while not self.ready():
+            listing._read_page()
+        if self.start >= len(listing.ids):
+            raise StopIteration
+        chunk = listing.ids[self.start : self.start + self.size]
+        self.start += len(chunk)
+        return chunk
 
 
 class ProjectSync:
@@ -202,12 +274,21 @@ class ProjectSync:
 
     def _all_ids(self, stats: SyncStats) -> list[str]:
         """The project's complete id list, in pages of 5000 (search: ids only)."""
-        ids: list[str] = []
-        jql = f"{self._project_jql()} ORDER BY id ASC"
-        for page in self.client.iter_search(jql, fields=("id",), max_results=ID_PAGE):
-            ids.extend(str(issue["id"]) for issue in page.get("issues", []))
+        return self._listing(stats).all()
+
+    def _listing(self, stats: SyncStats) -> "IdListing":
+        """The project's ids as search lists them, read a page (5000) at a time as they are needed."""
+
+        def pages() -> Iterator[list[str]]:
+            jql = f"{self._project_jql()} ORDER BY id ASC"
+            for page in self.client.iter_search(jql, fields=("id",), max_results=ID_PAGE):
+                yield [str(issue["id"]) for issue in page.get("issues", [])]
+
+        def listed(count: int) -> None:
+            stats.estimate = count
             self._tick(stats)
-        return list(dict.fromkeys(ids))
+
+        return IdListing(pages(), listed)
 
     def _fetch(self, chunk: list[str]) -> Fetched:
         read_at = epoch_ms(utc_now())
@@ -220,11 +301,11 @@ class ProjectSync:
             log.info("bulkfetch issueErrors project=%s count=%d: read again later", self.key, len(errored))
         return Fetched(issues, absent, errored, read_at)
 
-    def _fetch_in_bulk(self, ids: Sequence[str], size: int = DETAIL_PAGE) -> Iterator[Fetched]:
-        """Yield a :class:`Fetched` for ``ids`` in chunks of ``size``, fetched in parallel with at
-        most ``concurrency`` × 2 requests queued (memory stays bounded), each as soon as it is
-        read: a chunk waiting out a 429 holds up no other (writes are order-safe)."""
-        chunks = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+    def _fetch_in_bulk(self, chunks: Iterable[list[str]]) -> Iterator[Fetched]:
+        """Yield a :class:`Fetched` for each chunk of ids, fetched in parallel with at most
+        ``concurrency`` × 2 requests queued (memory stays bounded), each as soon as it is read: a
+        chunk waiting out a 429 holds up no other (writes are order-safe). The chunks are taken
+        as the reads need them (from an id listing still being read, in a full sync)."""
         pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"sync-{self.key}")
         try:
             pending: set[cf.Future[Fetched]] = set()
@@ -244,9 +325,10 @@ class ProjectSync:
             # On an error or a shutdown, do not wait for reads whose results nobody will use.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _read(self, stats: SyncStats, ids: Sequence[str]) -> list[str]:
-        """Read ``ids`` in bulk and write them; ids Jira could not return this time are read
-        again (smaller batches, growing waits). Returns the absent ids (in neither list).
+    def _read(self, stats: SyncStats, chunks: Iterable[list[str]]) -> list[str]:
+        """Read the ids of ``chunks`` (:func:`chunked`) in bulk and write them; ids Jira could not
+        return this time are read again (smaller batches, growing waits). Returns the absent ids
+        (in neither list).
 
         Raises IssuesUnreadableError when some are still in ``issueErrors`` after the retries.
         """
@@ -257,7 +339,7 @@ class ProjectSync:
         lanes = ISSUE_WRITE_LANES if is_postgres() else 1  # SQLite takes one writer at a time
         writer = Writer(f"issues-writer-{self.key}", in_flight=WRITES_IN_FLIGHT, lanes=lanes)
         try:
-            for fetched in self._fetch_in_bulk(ids):
+            for fetched in self._fetch_in_bulk(chunks):
                 self._write_later(writer, stats, self._rows(fetched.issues, fetched.read_at))
                 self.history.embedded(fetched.issues, fetched.read_at, defer=True)
                 self.history.write_changelogs_ready()
@@ -269,7 +351,7 @@ class ProjectSync:
                     break
                 self.client.sleep(delay)
                 again, errored = errored, []
-                for fetched in self._fetch_in_bulk(again, ERROR_RETRY_BATCH):
+                for fetched in self._fetch_in_bulk(chunked(again, ERROR_RETRY_BATCH)):
                     self._write_later(writer, stats, self._rows(fetched.issues, fetched.read_at))
                     self.history.embedded(fetched.issues, fetched.read_at, defer=True)
                     absent.extend(fetched.absent)
@@ -311,17 +393,19 @@ class ProjectSync:
         began = utc_now()
         self.history.ensure_fields()
         self._tick(stats, "listing")
-        ids = self._all_ids(stats)
-        # The listing is exact and fast (5000 ids a call): no approximate count beforehand (a
-        # call saved for GET project, which follows renames).
-        stats.estimate = len(ids)
-        self._tick(stats, "fetching")
-        # Changelogs are read beside the issues (1000 issues a call), comments and worklogs come
-        # embedded in them; only issues with more than the embedded page are read on their own.
-        self.history.start_changelogs(ids)
+        # The issues and their changelogs are read from the first page of ids on, while the
+        # listing goes on (5000 ids a call; ``stats.estimate`` grows with it, exact at its end).
+        listing = self._listing(stats)
         try:
+            # Changelogs are read beside the issues (1000 issues a call), comments and worklogs
+            # come embedded in them; only issues with more than the embedded page are read on
+            # their own.
+            changelog_chunks = listing.chunks(CHANGELOG_BULK_MAX)
+            self.history.start_changelogs(changelog_chunks, ready=changelog_chunks.ready)
+            self._tick(stats, "fetching")
             # Listed by search, then absent from a current read: confirmed one by one (rare).
-            gone = self._confirm_absent(stats, self._read(stats, ids))
+            gone = self._confirm_absent(stats, self._read(stats, listing.chunks(DETAIL_PAGE)))
+            ids = listing.all()
             self._reconcile(stats, set(ids), gone)
             self._tick(stats, "changelogs")
             self.history.flush_overflow()
@@ -344,7 +428,7 @@ class ProjectSync:
             for (issue_id,) in tuples(Issue.select(Issue.issue_id).where(self._project_rows()))
             if issue_id not in listed
         ]
-        gone = gone + self._read(stats, extra)
+        gone = gone + self._read(stats, chunked(extra, DETAIL_PAGE))
         if gone:
             stats.deleted += store.mark_deleted(self.site, gone, at=utc_now())
 

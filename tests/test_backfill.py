@@ -186,3 +186,42 @@ def test_a_sync_adds_its_jira_calls_to_the_metrics(db, jira, jira_settings, redi
     text = create_app(jira_settings).test_client().get("/metrics").get_data(as_text=True)
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert values["jira_mirror_jira_api_calls_total"] == result["api_calls"]
+
+
+def test_issues_and_changelogs_are_read_from_the_first_page_of_ids_on(db, jira, jira_settings, redis_conn, monkeypatch):
+    """The full sync does not wait for the whole id listing: the first bulk reads go out after
+    its first page, and the result is the same (every issue, the listing's calls at its floor)."""
+    from backfill import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "ID_PAGE", 500)  # 1,500 issues: three pages of ids
+    jira.reset_stats()
+    result = sync(jira_settings, redis_conn, full=True)
+    assert result["seen"] == 1500 and result["written"] == 1500
+    assert_exact(jira, jira_settings)
+    routes = [route for _, route, _ in jira.request_log]
+    searches = [n for n, route in enumerate(routes) if route == "search/jql"]
+    assert len(searches) == 3
+    assert routes.index("issue/bulkfetch") < searches[-1]
+    assert routes.index("changelog/bulkfetch") < searches[-1]
+
+
+def test_an_id_listing_reads_its_pages_only_as_they_are_needed():
+    from backfill.sync import IdListing
+
+    read: list[int] = []
+    listed: list[int] = []
+
+    def pages():
+        for n, page in enumerate([["1", "2", "3"], ["3", "4", "5"], ["6"]]):
+            read.append(n)
+            yield page
+
+    listing = IdListing(pages(), listed.append)
+    chunks = listing.chunks(2)
+    assert next(chunks) == ["1", "2"] and read == [0]
+    assert next(chunks) == ["3", "4"] and read == [0, 1]  # a repeat across pages is dropped
+    other = listing.chunks(4)
+    assert next(other) == ["1", "2", "3", "4"] and read == [0, 1]
+    assert list(chunks) == [["5", "6"]] and read == [0, 1, 2] and listing.complete
+    assert list(other) == [["5", "6"]]
+    assert listing.all() == ["1", "2", "3", "4", "5", "6"] and listed == [3, 5, 6]

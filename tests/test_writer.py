@@ -28,8 +28,8 @@ def test_a_failed_write_raises_in_the_caller_and_the_writer_still_closes(db):
     def fail() -> None:
         raise RuntimeError("the database said no")
 
-    writer.submit(fail)
-    with pytest.raises(RuntimeError, match="said no"):
+    with pytest.raises(RuntimeError, match="said no"):  # at the submit when it failed already, else at the wait
+        writer.submit(fail)
         writer.wait()
     writer.close()
 
