@@ -1,7 +1,7 @@
 """Benchmark 1: the receiver against its physical ceiling.
 
 Three apps under the same gunicorn settings (``gunicorn.conf.py``, as the Procfile's ``web``
-runs it: ``WEB_CONCURRENCY`` workers, default 2), the same load generator and the same run:
+runs it: ``WEB_CONCURRENCY`` workers, default 3), the same load generator and the same run:
 
 * ``receiver``: ``receiver:create_app()``: signed ~8 KB ``jira:issue_updated`` deliveries,
   HMAC-checked, parsed, validated and enqueued on RQ (SQLite holds the tracked projects; no

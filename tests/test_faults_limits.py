@@ -131,7 +131,7 @@ def test_slow_clients_do_not_keep_other_deliveries_waiting(db, settings, redis_c
 
 
 def test_trickling_clients_do_not_delay_deliveries(db, settings, redis_conn, tmp_path):
-    """Slow loris as the Procfile's web runs (WEB_CONCURRENCY=2): 8 clients each send one header
+    """Slow loris against two web workers (WEB_CONCURRENCY=2): 8 clients each send one header
     byte every 3 s (so a per-read timeout never trips); valid deliveries are still answered within
     2 s, and each trickling request is cut at its deadline (5 s here), freeing its thread."""
     web, url = procs.start_web(settings, tmp_path, workers=2, GUNICORN_REQUEST_DEADLINE="5")

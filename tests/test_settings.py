@@ -104,7 +104,7 @@ def test_email_without_token_is_an_error():
 def test_web_concurrency_and_logging_are_read():
     s = Settings.from_env({"WEB_CONCURRENCY": "4", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"})
     assert (s.web_concurrency, s.log_level, s.log_format) == (4, "debug", "json")
-    assert (Settings.from_env({}).web_concurrency, Settings.from_env({}).log_format) == (2, "kv")
+    assert (Settings.from_env({}).web_concurrency, Settings.from_env({}).log_format) == (3, "kv")
 
 
 def test_redis_tls_is_verified_unless_on_heroku_or_turned_off():
