@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -36,7 +35,7 @@ from backfill.history import EMBEDDED, WRITES_IN_FLIGHT, HistorySync, changed_id
 from backfill.writer import Writer
 from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
-from mirror.db import is_postgres, tuples
+from mirror.db import tuples
 from mirror.issues import ISSUE_FIELDS, epoch_ms, to_row, utc_now
 from mirror.jira import (
     CHANGELOG_BULK_MAX,
@@ -54,9 +53,6 @@ ID_PAGE = 5000  # search/jql allows 5000 a page when only ids are asked for
 DETAIL_PAGE = 100  # rows per incremental search page with fields (Jira's cap with many fields)
 DEFAULT_OVERLAP = dt.timedelta(minutes=10)
 DEFAULT_CONCURRENCY = 4
-# PostgreSQL: issue batches are written on two connections at once, one could not keep up with
-# the reads (writes of distinct issues, order-safe, need no order between them).
-ISSUE_WRITE_LANES = 2
 # The tracked projects are read again for the batches written after this long (seconds): a
 # project untracked while its sync runs leaves the live mirror with the batches written after.
 SCOPE_TTL = 1.0
@@ -215,7 +211,6 @@ class ProjectSync:
         self._retries_before = client.stats.retries
         self.history = HistorySync(client, site, concurrency=self.concurrency)
         self._scope_read: tuple[float, store.Scope] | None = None
-        self._count_lock = threading.Lock()
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -254,12 +249,10 @@ class ProjectSync:
             writer.submit(self._write_rows, stats, rows)
 
     def _write_rows(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
-        written = store.upsert_issues(store.out_of_scope(rows, self._scope()), current=True)
-        with self._count_lock:  # writer lanes count at once
-            stats.written += written
+        stats.written += store.upsert_issues(store.out_of_scope(rows, self._scope()), current=True)
 
     def _scope(self) -> store.Scope:
-        read = self._scope_read  # written by the writer threads: one assignment, no lock needed
+        read = self._scope_read  # written by the writer thread, read by the sync: one assignment
         if read is None or time.monotonic() - read[0] > SCOPE_TTL:
             read = self._scope_read = (time.monotonic(), store.Scope.of(self.site))
         return read[1]
@@ -336,8 +329,7 @@ class ProjectSync:
         errored: list[str] = []
         # Issue rows are written on a thread of their own while the next batches are read and
         # mapped; every write is done before this returns (reconciliation reads the rows).
-        lanes = ISSUE_WRITE_LANES if is_postgres() else 1  # SQLite takes one writer at a time
-        writer = Writer(f"issues-writer-{self.key}", in_flight=WRITES_IN_FLIGHT, lanes=lanes)
+        writer = Writer(f"issues-writer-{self.key}", in_flight=WRITES_IN_FLIGHT)
         try:
             for fetched in self._fetch_in_bulk(chunks):
                 self._write_later(writer, stats, self._rows(fetched.issues, fetched.read_at))

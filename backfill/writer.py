@@ -30,29 +30,20 @@ def _close_own_connection() -> None:
 
 
 class Writer:
-    """Writes on ``lanes`` threads (started at the first write), each on its own connection;
-    with one lane (the default) in the order submitted, with more in turn, a write per lane, for
-    writes whose order does not matter (order-safe upserts of distinct rows) and that a single
-    connection cannot keep up with. Not thread-safe: one caller."""
+    """Writes in order on one thread (started at the first write). Not thread-safe: one caller."""
 
-    def __init__(self, name: str, *, in_flight: int = 4, lanes: int = 1):
+    def __init__(self, name: str, *, in_flight: int = 4):
         self.name = name
         self.in_flight = max(1, in_flight)
-        self.lanes = max(1, lanes)
-        self._pools: list[cf.ThreadPoolExecutor] = []
-        self._turn = 0
+        self._pool: cf.ThreadPoolExecutor | None = None
         self._writes: collections.deque[cf.Future[Any]] = collections.deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; waits while more than ``in_flight`` are queued. Raises what an
         earlier write raised."""
-        if not self._pools:
-            self._pools = [
-                cf.ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-{lane}") for lane in range(self.lanes)
-            ]
-        pool = self._pools[self._turn % self.lanes]
-        self._turn += 1
-        self._writes.append(pool.submit(_on_own_connection, fn, *args))
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._writes.append(self._pool.submit(_on_own_connection, fn, *args))
         while self._writes and (len(self._writes) > self.in_flight or self._writes[0].done()):
             self._writes.popleft().result()
 
@@ -64,9 +55,8 @@ class Writer:
     def close(self) -> None:
         """Let the queued writes finish (their rows are good ones), then end the thread and its
         connection. Raises nothing: a caller that needs the outcome calls :meth:`wait` first."""
-        for pool in self._pools:
-            pool.submit(_close_own_connection)
-        for pool in self._pools:
-            pool.shutdown(wait=True)
-        self._pools = []
-        self._writes.clear()
+        if self._pool is not None:
+            self._pool.submit(_close_own_connection)
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._writes.clear()

@@ -32,22 +32,3 @@ def test_a_failed_write_raises_in_the_caller_and_the_writer_still_closes(db):
         writer.submit(fail)
         writer.wait()
     writer.close()
-
-
-def test_lanes_write_on_as_many_threads_and_connections_and_all_finish(db):
-    seen: list[tuple[int, str, int]] = []
-    lock = threading.Lock()
-    writer = Writer("test-lanes", in_flight=4, lanes=2)
-
-    def write(n: int) -> None:
-        connection = id(database.connection())
-        with lock:
-            seen.append((n, threading.current_thread().name, connection))
-
-    for n in range(12):
-        writer.submit(write, n)
-    writer.wait()
-    writer.close()
-    assert sorted(n for n, _, _ in seen) == list(range(12))
-    assert len({name for _, name, _ in seen}) == 2  # a write per lane, in turn
-    assert len({connection for _, _, connection in seen}) == 2  # each lane on its own connection
