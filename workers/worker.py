@@ -232,6 +232,9 @@ def run(settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, burst: bo
         # a job (it logs "found an unhandled exception, quitting"). Only the last is a reason to go
         # on: the job in hand is retried as abandoned, and this process rides the outage out.
         if shutdown.requested.is_set() or (burst and lost is None):
+            # RQ stops the scheduler process with SIGTERM; one that had not set up its handlers yet
+            # (just forked) dies holding the lock, and the next worker's scheduler would wait 61 s.
+            _release_scheduler(worker)
             break
         for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers belong to the worker that quit
             signal.signal(sig, lambda *_: shutdown.requested.set())
@@ -264,9 +267,9 @@ def _drop_subscription(worker: MirrorWorker) -> None:
 
 
 def _release_scheduler(worker: MirrorWorker) -> None:
-    """Stop the scheduler process the lost loop started, and give back its lock: it could not
-    when Redis went away, and the next scheduler would otherwise wait for it to expire (61 s),
-    holding every retry back meanwhile."""
+    """Stop the scheduler process the worker started, and give back its lock: it could not when
+    Redis went away, or when it was stopped before it could, and the next scheduler would
+    otherwise wait for it to expire (61 s), holding every retry back meanwhile."""
     scheduler = getattr(worker, "scheduler", None)
     if scheduler is None:
         return
