@@ -234,9 +234,9 @@ def _apply(pipe: Pipeline, ops: Iterable[tuple[str, str, str, float]]) -> None:
 
 
 def _take_pending() -> list[tuple[str, str, str, float]]:
-    with _pending_lock:
-        ops = [(command, key, field, amount) for (command, key, field), amount in _pending.items()]
-        _pending.clear()
+    """The pending increments, taken (the caller holds ``_pending_lock``)."""
+    ops = [(command, key, field, amount) for (command, key, field), amount in _pending.items()]
+    _pending.clear()
     return ops
 
 
@@ -249,21 +249,32 @@ def _keep_pending(ops: Iterable[tuple[str, str, str, float]]) -> None:
                 _pending[(command, key, field)] = _pending.get((command, key, field), 0) + amount
 
 
-def has_pending() -> bool:
-    return bool(_pending)
-
-
 def discard_pending() -> None:
     """Forget the held-back increments (tests)."""
     with _pending_lock:
         _pending.clear()
 
 
-def _send(connection: Redis, ops: list[tuple[str, str, str, float]]) -> bool:
-    """One pipelined call with ``ops`` and this process's pending increments; never raises."""
-    ops = ops + _take_pending()
-    if not ops:
-        return True
+# Sends in flight (increments taken, not yet in Redis nor kept again), and their end: a flush
+# waits for them (at most FLUSH_WAIT seconds), so that what the /metrics scrape reads next holds
+# them. Sends themselves never wait for one another (a silent Redis would queue deliveries).
+_in_flight = 0
+_sent = threading.Condition(_pending_lock)
+FLUSH_WAIT = 1.0
+
+
+def _send(connection: Redis, ops: list[tuple[str, str, str, float]], *, after_in_flight: bool = False) -> bool:
+    """One pipelined call with ``ops`` and this process's pending increments; never raises.
+    ``connection`` becomes the background sender's (the Redis this process counts into)."""
+    global _in_flight
+    _sender.connection = connection
+    with _sent:
+        if after_in_flight:
+            _sent.wait_for(lambda: _in_flight == 0, timeout=FLUSH_WAIT)
+        ops = ops + _take_pending()
+        if not ops:
+            return True
+        _in_flight += 1
     try:
         with connection.pipeline(transaction=False) as pipe:
             _apply(pipe, ops)
@@ -273,11 +284,16 @@ def _send(connection: Redis, ops: list[tuple[str, str, str, float]]) -> bool:
         _keep_pending(ops)
         log.warning("metrics not recorded (kept for the next call) error=%s", type(exc).__name__)
         return False
+    finally:
+        with _sent:
+            _in_flight -= 1
+            _sent.notify_all()
 
 
 def flush_pending(connection: Redis) -> bool:
-    """Send the increments held back while Redis did not answer; never raises."""
-    return _send(connection, [])
+    """Send the increments held back while Redis did not answer, once the sends in flight are
+    done (they may have taken some); never raises."""
+    return _send(connection, [], after_in_flight=True)
 
 
 # --- recording -------------------------------------------------------------------------------
@@ -352,6 +368,7 @@ def keep_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float
 class _Sender:
     pid: int | None = None
     sent_at: float = 0.0
+    connection: Redis | None = None
 
 
 _sender = _Sender()
@@ -365,15 +382,17 @@ def _start_sender(connection: Redis) -> None:
             return
         _sender.pid, _sender.sent_at = os.getpid(), time.monotonic()
 
+    _sender.connection = connection
+
     def run() -> None:
         while True:
             time.sleep(FLUSH_INTERVAL)
             if _pending and time.monotonic() - _sender.sent_at >= FLUSH_INTERVAL:
                 _sender.sent_at = time.monotonic()
-                _send(connection, [])
+                _send(_sender.connection or connection, [])
 
     threading.Thread(target=run, name="metrics-sender", daemon=True).start()
-    atexit.register(lambda: _pending and _send(connection, []))
+    atexit.register(lambda: _pending and _send(_sender.connection or connection, []))
 
 
 def record_delivery(connection: Redis, *, event: Any, outcome: str, seconds: float) -> bool:

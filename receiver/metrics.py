@@ -104,8 +104,9 @@ class MirrorCollector:
     def collect(self) -> Iterator[Metric]:
         up: dict[str, float] = {}
         try:
-            if counters.has_pending():  # held back while Redis was away: count them before reading
-                counters.flush_pending(self.connection)
+            # Held back while Redis was away, or in flight from the background sender: counted
+            # before reading (a flush with nothing pending makes no call).
+            counters.flush_pending(self.connection)
             families = list(counters.RedisCounterCollector(self.connection).collect())
             yield from families
             yield from self._queues()

@@ -335,3 +335,34 @@ def test_a_web_process_stopped_right_after_its_deliveries_sends_their_counts(
     samples = scrape(client)  # this process counted nothing
     assert samples[ACCEPTED] == 5
     assert abs(samples[("jira_mirror_last_accepted_delivery_timestamp_seconds", ())] - time.time()) < 30
+
+
+def test_a_flush_waits_for_the_increments_a_send_in_flight_took(redis_conn):
+    """The /metrics scrape flushes, then reads: increments another thread took for a send still
+    on its way (here held by ``CLIENT PAUSE``) are in Redis when the flush returns, and a send
+    never waits for another one."""
+    import threading
+
+    key = metrics.PREFIX + "test:in-flight"
+    metrics.discard_pending()
+    metrics._keep_pending([("hincrby", key, "count", 1)])
+    redis_conn.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+    sender = threading.Thread(target=metrics._send, args=(redis_conn, []))
+    sender.start()
+    time.sleep(0.1)  # the sender took the increment and waits for Redis
+    started = time.monotonic()
+    assert metrics.flush_pending(redis_conn)
+    waited = time.monotonic() - started
+    assert redis_conn.hget(key, "count") == b"1" and 0.1 < waited < metrics.FLUSH_WAIT
+    sender.join(5)
+    # Two sends at once do not queue behind each other.
+    metrics._keep_pending([("hincrby", key, "count", 1)])
+    redis_conn.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+    first = threading.Thread(target=metrics._send, args=(redis_conn, []))
+    first.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert metrics._send(redis_conn, [])  # nothing left to send: it returns at once
+    assert time.monotonic() - started < 0.1
+    first.join(5)
+    assert redis_conn.hget(key, "count") == b"2"
