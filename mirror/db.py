@@ -187,10 +187,7 @@ class _Template:
         full = dict(row)
         for name, _convert, _kept_type, has_default, default, null in self.columns:
             if name not in full:
-                if has_default:
-                    full[name] = default() if callable(default) else default
-                elif not null:
-                    raise ValueError(f"Missing value for {name}.")
+                full[name] = _missing(name, has_default, default, null)
         return full
 
     def bind(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
@@ -201,14 +198,19 @@ class _Template:
                 try:
                     value = row[name]
                 except KeyError:
-                    if has_default:
-                        value = default() if callable(default) else default
-                    elif null:
-                        value = None
-                    else:
-                        raise ValueError(f"Missing value for {name}.") from None
+                    value = _missing(name, has_default, default, null)
                 append(value if value is None or value.__class__ is kept else convert(value))
         return self.prefix + ", ".join([self.group] * len(rows)) + self.suffix, params + self.tail
+
+
+def _missing(name: str, has_default: bool, default: Any, null: bool) -> Any:
+    """The value of a column a row omits, as peewee takes it: its default, else NULL where the
+    column allows it; ValueError otherwise."""
+    if has_default:
+        return default() if callable(default) else default
+    if null:
+        return None
+    raise ValueError(f"Missing value for {name}.")
 
 
 def _json_statement(prefix: str, suffix: str, columns: list[pw.Field], table: str) -> str | None:
