@@ -158,10 +158,11 @@ def test_the_bound_statement_is_the_one_peewee_renders(db):
 
 
 def test_postgresql_reads_a_batch_from_one_json_array_into_the_same_rows_as_peewee_writes(db, monkeypatch):
-    """On PostgreSQL ``db.BulkInsert`` sends a batch as one JSON array (``json_populate_recordset``):
+    """On PostgreSQL ``db.BulkInsert`` sends a batch as one JSON array (``jsonb_populate_recordset``):
     the rows it leaves equal those of peewee's own statement, aware and naive timestamps, dates,
-    nested JSON, non-ASCII text and NULs included; a value JSON cannot carry (an integer beyond 64
-    bits, here in ``fields``) takes peewee's binding. On SQLite every batch is bound."""
+    nested JSON, escapes, a float's last digit, non-ASCII text and NULs included; a value JSON
+    cannot carry (an integer beyond 64 bits, here in ``fields``) takes peewee's binding. On
+    SQLite every batch is bound."""
     import datetime as dt
 
     from mirror import db as mirror_db
@@ -174,6 +175,8 @@ def test_postgresql_reads_a_batch_from_one_json_array_into_the_same_rows_as_peew
     )
     rows[1]["fields"] = {"summary": "naïve — ünïcode ✓", "nested": {"list": [1, 2.5, None, True]}}
     rows[1]["due_date"] = dt.date(2025, 12, 31)
+    rows[0]["summary"] = 'quotes " and \\ backslash,\ttab\nnewline'
+    rows[0]["story_points"] = 0.1 + 0.2  # 0.30000000000000004: through jsonb's numeric, the same double
     rows[2]["fields"] = {"huge": 2**70}
     rows[3]["labels"] = ["nul\x00inside"]
     rows = store._newest_per_issue(rows)
@@ -198,5 +201,5 @@ def test_postgresql_reads_a_batch_from_one_json_array_into_the_same_rows_as_peew
         for batch in (rows[:2], rows[2:3], rows[3:]):  # the JSON path for the first, the binding for the others
             statement.execute(batch)
     assert written() == expected and len(expected) == 4
-    by_json = ["json_populate_recordset" in sql for sql in sent if sql.startswith("INSERT")]
+    by_json = ["jsonb_populate_recordset" in sql for sql in sent if sql.startswith("INSERT")]
     assert by_json == ([True, False, False] if mirror_db.is_postgres() else [False] * 3)
