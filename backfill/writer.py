@@ -12,15 +12,17 @@ import collections
 import concurrent.futures as cf
 from typing import Any, Callable
 
-from mirror.db import database, prefer_fast_compression
+from mirror.db import asynchronous_commit, database, prefer_fast_compression
 
 
 def _on_own_connection(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` on this thread's own connection (opened once, kept for the thread's life;
-    its large values compressed the cheap way, ``db.prefer_fast_compression``)."""
+    its large values compressed the cheap way, ``db.prefer_fast_compression``, its commits not
+    waiting for the disk, ``db.asynchronous_commit``)."""
     if database.is_closed():
         database.connect()
         prefer_fast_compression()
+        asynchronous_commit()
     return fn(*args)
 
 

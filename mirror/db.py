@@ -273,6 +273,18 @@ def analyze(*columns: pw.Field) -> None:
         database.execute_sql(f'ANALYZE "{table}" ({", ".join(f"{n}" for n in names)})')
 
 
+def asynchronous_commit() -> None:
+    """PostgreSQL: this session's commits return before their WAL reaches the disk (``SET
+    synchronous_commit = off``), for a sync's writer connections, whose reads wait for them.
+    PostgreSQL's documentation: a crash of the server may lose the last transactions reported
+    committed (at most about three times ``wal_writer_delay``), never part of one nor out of order,
+    and the database stays consistent. A sync records its run and cursor afterwards on a connection
+    that waits (the default), and that commit's flush carries every earlier one: a cursor never
+    survives the rows it stands for. Elsewhere nothing changes."""
+    if is_postgres():
+        database.execute_sql("SET synchronous_commit = off")
+
+
 def prefer_fast_compression() -> None:
     """PostgreSQL 14+ built with lz4: this session compresses the large values it writes (an
     issue's ``fields``) with lz4 rather than pglz, for a fraction of the server's CPU. Values

@@ -32,3 +32,26 @@ def test_a_failed_write_raises_in_the_caller_and_the_writer_still_closes(db):
         writer.submit(fail)
         writer.wait()
     writer.close()
+
+
+def test_a_writers_commits_do_not_wait_for_the_disk_on_postgresql(db):
+    """``db.asynchronous_commit`` on the writer's own connection only (PostgreSQL); the caller's
+    connection keeps the default."""
+    from mirror.db import is_postgres
+
+    seen: list[str] = []
+    writer = Writer("test-writer")
+    writer.submit(
+        lambda: (
+            seen.append(database.execute_sql("SHOW synchronous_commit").fetchone()[0])
+            if is_postgres()
+            else seen.append("sqlite")
+        )
+    )
+    writer.wait()
+    writer.close()
+    if is_postgres():
+        assert seen == ["off"]
+        assert database.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
+    else:
+        assert seen == ["sqlite"]
