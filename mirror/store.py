@@ -71,7 +71,8 @@ BATCH = 500
 
 def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (site, issue_id), the newest: a statement may not update a row twice. Each
-    carries its ``content_hash`` and the columns a row may omit."""
+    carries its ``content_hash`` (kept when the row has one already, :func:`hashed`) and the
+    columns a row may omit."""
     newest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         ident = (row["site"], row["issue_id"])
@@ -84,7 +85,7 @@ def _newest_per_issue(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         dict(
             row,
-            content_hash=content_hash(row),
+            content_hash=row.get("content_hash") or content_hash(row),
             deleted_reason=row.get("deleted_reason"),
             project_id=row.get("project_id"),
             status_changed_at=row.get("status_changed_at") or row.get("created"),
@@ -138,12 +139,25 @@ def upsert_issues(rows: Sequence[dict[str, Any]], *, current: bool = False) -> i
 
     ``current``: the rows are a current read from Jira (module docstring).
     """
-    changed = 0
     rows = _newest_per_issue(rows)
+    if len(rows) <= BATCH:
+        # One statement is atomic on its own: no BEGIN and COMMIT round trips around it (a sync
+        # writes 100 rows at a time, on a writer thread that the reads wait for).
+        return _UPSERT[current].execute(rows).rowcount if rows else 0
+    changed = 0
     with database.atomic():
         for start in range(0, len(rows), BATCH):
             changed += _UPSERT[current].execute(rows[start : start + BATCH]).rowcount
     return changed
+
+
+def hashed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (from ``issues.to_row``), each given its ``content_hash`` now: a sync computes it
+    on its reading threads rather than on the one thread that writes. The caller changes no
+    content column afterwards (bookkeeping ones such as ``deleted_at`` are not content)."""
+    for row in rows:
+        row["content_hash"] = content_hash(row)
+    return rows
 
 
 def out_of_scope(

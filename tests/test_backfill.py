@@ -225,3 +225,30 @@ def test_an_id_listing_reads_its_pages_only_as_they_are_needed():
     assert list(chunks) == [["5", "6"]] and read == [0, 1, 2] and listing.complete
     assert list(other) == [["5", "6"]]
     assert listing.all() == ["1", "2", "3", "4", "5", "6"] and listed == [3, 5, 6]
+
+
+def test_a_full_sync_maps_rows_on_its_reading_threads_with_fewer_collections(
+    db, jira, jira_settings, redis_conn, monkeypatch
+):
+    """Issue rows are mapped and hashed beside the reads (``sync-*`` threads), never on the
+    writer thread; the collector runs at ``SYNC_GC_THRESHOLDS`` meanwhile and as before after."""
+    import gc
+
+    from backfill import sync as sync_module
+
+    hashing: list[tuple[str, tuple[int, int, int]]] = []
+    real_hash = store.content_hash
+
+    def spy(row):
+        hashing.append((threading.current_thread().name, gc.get_threshold()))
+        return real_hash(row)
+
+    monkeypatch.setattr(store, "content_hash", spy)
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    result = sync(jira_settings, redis_conn, full=True)
+    assert result["written"] == 1500
+    assert_exact(jira, jira_settings)
+    names = {name for name, _ in hashing}
+    assert len(hashing) >= 1500 and all(name.startswith("sync-DEMO") for name in names), names
+    assert {thresholds for _, thresholds in hashing} == {sync_module.SYNC_GC_THRESHOLDS}
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

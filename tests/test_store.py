@@ -203,3 +203,23 @@ def test_postgresql_reads_a_batch_from_one_json_array_into_the_same_rows_as_peew
     assert written() == expected and len(expected) == 4
     by_json = ["jsonb_populate_recordset" in sql for sql in sent if sql.startswith("INSERT")]
     assert by_json == ([True, False, False] if mirror_db.is_postgres() else [False] * 3)
+
+
+def test_a_row_hashed_beforehand_keeps_its_hash_and_an_unchanged_one_rewrites_nothing(db):
+    """``store.hashed`` gives each row its ``content_hash`` (the digest ``content_hash`` computes)
+    and the upsert keeps it; the same version again changes no row (invariant 8)."""
+    from mirror.issues import content_hash
+
+    rows = store.hashed([version(n, issue_id=str(50000 + n), key=f"DEMO-{n}") for n in range(3)])
+    assert [row["content_hash"] for row in rows] == [content_hash(row) for row in rows]
+    marked = dict(rows[0], content_hash="given")
+    assert store._newest_per_issue([marked])[0]["content_hash"] == "given"
+    assert store.upsert_issues(rows, current=True) == 3
+    assert (
+        store.upsert_issues(
+            store.hashed([version(n, issue_id=str(50000 + n), key=f"DEMO-{n}") for n in range(3)]), current=True
+        )
+        == 0
+    )
+    stored = {i.issue_id: i.content_hash for i in Issue.select(Issue.issue_id, Issue.content_hash)}
+    assert stored == {row["issue_id"]: row["content_hash"] for row in rows}
