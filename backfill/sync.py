@@ -236,7 +236,8 @@ class ProjectSync:
     def _rows(
         self, issues: Iterable[dict[str, Any]], read_at_ms: int, agile: AgileFields | None = None
     ) -> list[dict[str, Any]]:
-        agile = agile or history_store.agile_for(self.site)  # given on a reading thread: no query there
+        if agile is None:  # given on a reading thread: no query there
+            agile = history_store.agile_for(self.site)
         return [to_row(self.site, issue, source="backfill", event_ts=read_at_ms, agile=agile) for issue in issues]
 
     def _write(self, stats: SyncStats, rows: list[dict[str, Any]]) -> None:
