@@ -32,7 +32,7 @@ from mirror.history_store import is_status_item
 from mirror.activity import bulk_changelog_rows, comment_row, field_rows, worklog_row
 from mirror.issues import epoch_ms, utc_now
 from mirror.jira import CHANGELOG_BULK_MAX, JiraClient, JiraNotFoundError
-from mirror.db import analyze, database, one_of, tuples
+from mirror.db import analyze, chunked, database, one_of, tuples
 from mirror.models import ChangelogItem, Field, Issue
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class HistorySync:
     def changelogs(self, ids: Sequence[str], *, tick: Callable[[], None] | None = None) -> int:
         """Every change history of the issues (``changelog/bulkfetch``, 1000 issues a request,
         in parallel), written as each page arrives; returns the items written."""
-        chunks = [list(ids[i : i + CHANGELOG_BULK_MAX]) for i in range(0, len(ids), CHANGELOG_BULK_MAX)]
+        chunks = list(chunked(ids, CHANGELOG_BULK_MAX))
         if not chunks:
             return 0
 
@@ -373,8 +373,8 @@ class HistorySync:
         values, until = self.client.worklog_changes(since if since is not None else epoch_ms(fallback))
         ids = [str(v["worklogId"]) for v in values if isinstance(v, dict) and v.get("worklogId") is not None]
         read_at = utc_now()
-        for start in range(0, len(ids), CHANGELOG_BULK_MAX):
-            found = self.client.worklog_list(ids[start : start + CHANGELOG_BULK_MAX])
+        for batch in chunked(ids, CHANGELOG_BULK_MAX):
+            found = self.client.worklog_list(batch)
             rows = [
                 worklog_row(self.site, w, source="backfill", event_ts=epoch_ms(read_at), at=read_at)
                 for w in found

@@ -38,7 +38,7 @@ from backfill.history import EMBEDDED, WRITES_IN_FLIGHT, HistorySync, changed_id
 from backfill.writer import Writer
 from mirror import history_store, store
 from mirror.shutdown import ShutdownRequested
-from mirror.db import tuples
+from mirror.db import chunked, tuples
 from mirror.issues import ISSUE_FIELDS, AgileFields, epoch_ms, to_row, utc_now
 from mirror.jira import (
     CHANGELOG_BULK_MAX,
@@ -122,12 +122,6 @@ class Fetched:
     errored: list[str]
     read_at: int
     rows: list[dict[str, Any]]
-
-
-def chunked(ids: Sequence[str], size: int) -> Iterator[list[str]]:
-    """``ids`` in lists of ``size`` (the last may be shorter)."""
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
 
 
 class IdListing:
@@ -313,8 +307,13 @@ class ProjectSync:
         try:
             pending: set[cf.Future[Fetched]] = set()
             queue = iter(chunks)
-            for chunk in queue:
+
+            def read(chunk: list[str]) -> None:
+                # The site's agile field ids looked up here: a reading thread makes no query.
                 pending.add(pool.submit(self._fetch, chunk, history_store.agile_for(self.site)))
+
+            for chunk in queue:
+                read(chunk)
                 if len(pending) >= self.concurrency * 2:
                     break
             while pending:
@@ -322,7 +321,7 @@ class ProjectSync:
                 for future in done:
                     nxt = next(queue, None)
                     if nxt is not None:
-                        pending.add(pool.submit(self._fetch, nxt, history_store.agile_for(self.site)))
+                        read(nxt)
                     yield future.result()
         finally:
             # On an error or a shutdown, do not wait for reads whose results nobody will use.

@@ -62,6 +62,13 @@ def tuples(query: Any) -> Iterator[tuple[Any, ...]]:
     return iter(query.tuples())
 
 
+def chunked(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last may be shorter): the batches of a statement or a
+    request that takes at most ``size`` values."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
 def one_of(field: pw.Field, values: Sequence[Any]) -> pw.Expression:
     """``field IN (values)``. On PostgreSQL ``field = ANY(%s)`` with the values as one array
     parameter: peewee renders an IN list as a node per value, a sizeable share of a sync's CPU

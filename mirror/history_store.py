@@ -26,18 +26,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import peewee as pw
 
 from mirror.activity import agile_fields
-from mirror.db import BulkInsert, database, is_postgres, one_of, tuples
+from mirror.db import BulkInsert, chunked, database, is_postgres, one_of, tuples
 from mirror.issues import AgileFields, utc_now
 from mirror.models import ChangelogItem, Comment, Cursor, Field, Issue, Worklog
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # rows per statement: well under SQLite's bound-parameter limit
-
-
-def _batches(rows: Sequence[Any], size: int = BATCH) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 # --- fields -------------------------------------------------------------------------------------
@@ -52,7 +47,7 @@ def replace_fields(site: str, rows: Sequence[dict[str, Any]]) -> int:
     longer lists removed. Returns the number of rows sent."""
     rows = list({r["field_id"]: r for r in rows}.values())
     with database.atomic():
-        for batch in _batches(rows):
+        for batch in chunked(rows, BATCH):
             Field.insert_many(batch).on_conflict(
                 conflict_target=[Field.site, Field.field_id],
                 preserve=[
@@ -108,7 +103,7 @@ def upsert_changelog(rows: Sequence[dict[str, Any]]) -> int:
     rows = list({(r["site"], r["history_id"], r["item_index"]): r for r in rows}.values())
     changed = 0
     with database.atomic():
-        for batch in _batches(rows):
+        for batch in chunked(rows, BATCH):
             changed += _CHANGELOG_UPSERT.execute(batch).rowcount
     return changed
 
@@ -140,7 +135,7 @@ def refresh_status_changed(site: str, issue_ids: Iterable[str]) -> int:
     distinct = _DISTINCT[is_postgres()]
     changed = 0
     with database.atomic():
-        for batch in _batches(ids):
+        for batch in chunked(ids, BATCH):
             marks = ", ".join(["%s" if is_postgres() else "?"] * len(batch))
             p = "%s" if is_postgres() else "?"
             last = (
@@ -217,7 +212,7 @@ def _upsert_activity(statement: BulkInsert, key: str, rows: Sequence[dict[str, A
     rows = _newest(rows, key)
     changed = 0
     with database.atomic():
-        for batch in _batches(rows):
+        for batch in chunked(rows, BATCH):
             changed += statement.execute(batch).rowcount
     return changed
 
@@ -272,7 +267,7 @@ def _tombstones(
         for ident, issue_id in dict(ids).items()
     ]
     with database.atomic():
-        for batch in _batches(rows):
+        for batch in chunked(rows, BATCH):
             query = model.insert_many(batch).on_conflict(
                 conflict_target=[model.site, getattr(model, key)],
                 update={
@@ -307,11 +302,11 @@ def delete_worklogs_by_id(
     holds are marked; the others (other projects' worklogs, mostly) are left alone."""
     at = at or utc_now()
     known: dict[str, str] = {}
-    for batch in _batches(list(ids)):
+    for batch in chunked(list(ids), BATCH):
         known.update(
             tuples(
                 Worklog.select(Worklog.worklog_id, Worklog.issue_id).where(
-                    Worklog.site == site, one_of(Worklog.worklog_id, list(batch))
+                    Worklog.site == site, one_of(Worklog.worklog_id, batch)
                 )
             )
         )
@@ -331,10 +326,10 @@ def reconcile_lists(
     deleted."""
     read_at_of = read_at if isinstance(read_at, Mapping) else dict.fromkeys(present, read_at)
     gone: list[tuple[str, str]] = []
-    for batch in _batches(list(present)):
+    for batch in chunked(list(present), BATCH):
         for ident, issue_id, created in (
             model.select(getattr(model, key), model.issue_id, model.created)
-            .where(model.site == site, one_of(model.issue_id, list(batch)), model.deleted_at.is_null())
+            .where(model.site == site, one_of(model.issue_id, batch), model.deleted_at.is_null())
             .tuples()
         ):
             if ident not in present[issue_id] and (created is None or created <= read_at_of[issue_id]):
@@ -384,12 +379,12 @@ def live_issue_ids(site: str, ids: Iterable[str]) -> set[str]:
     """Those of ``ids`` the mirror holds live."""
     ids = list(dict.fromkeys(ids))
     live: set[str] = set()
-    for batch in _batches(ids):
+    for batch in chunked(ids, BATCH):
         live.update(
             i
             for (i,) in tuples(
                 Issue.select(Issue.issue_id).where(
-                    Issue.site == site, one_of(Issue.issue_id, list(batch)), Issue.deleted_at.is_null()
+                    Issue.site == site, one_of(Issue.issue_id, batch), Issue.deleted_at.is_null()
                 )
             )
         )

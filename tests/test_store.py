@@ -223,3 +223,10 @@ def test_a_row_hashed_beforehand_keeps_its_hash_and_an_unchanged_one_rewrites_no
     )
     stored = {i.issue_id: i.content_hash for i in Issue.select(Issue.issue_id, Issue.content_hash)}
     assert stored == {row["issue_id"]: row["content_hash"] for row in rows}
+
+
+def test_chunked_gives_lists_of_the_size_asked_the_last_shorter():
+    from mirror.db import chunked
+
+    assert list(chunked(["1", "2", "3", "4", "5"], 2)) == [["1", "2"], ["3", "4"], ["5"]]
+    assert list(chunked(("a", "b"), 2)) == [["a", "b"]] and list(chunked([], 3)) == []
