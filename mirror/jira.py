@@ -12,6 +12,7 @@ docs/jira.md: search and bulk fetch in "Search and reads", rate limiting, API-to
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import re
@@ -462,12 +463,16 @@ class JiraClient:
         ids_or_keys: Sequence[str],
         *,
         fields: Sequence[str] | None = None,
+        slots: threading.Semaphore | None = None,
     ) -> tuple[list[JSONDict], list[JSONDict]]:
         """``POST /rest/api/3/issue/bulkfetch``: current state of up to 100 issues.
 
         Returns ``(issues, issueErrors)``. Issues that do not exist or cannot be seen are simply
         absent from both lists (Atlassian's documented behaviour). Raises ``ValueError`` for more
         than 100 ids (the caller chunks) and the :class:`JiraError` subclasses as any call does.
+        ``slots``: a semaphore held while the request is on the wire (sent, answered and the body
+        read), neither while the answer is parsed nor while a retry waits: it bounds the requests
+        in flight of several reading threads, not their work.
         """
         ids = _str_list("ids_or_keys", ids_or_keys)
         if len(ids) > BULKFETCH_MAX:
@@ -477,7 +482,7 @@ class JiraClient:
         body: JSONDict = {"issueIdsOrKeys": ids}
         if fields is not None:
             body["fields"] = _str_list("fields", fields)
-        answer = self._json_dict("POST", "/rest/api/3/issue/bulkfetch", json_body=body)
+        answer = self._json_dict("POST", "/rest/api/3/issue/bulkfetch", json_body=body, slots=slots)
         return list(answer.get("issues") or []), list(answer.get("issueErrors") or [])
 
     def get_issue(self, id_or_key: str, *, fields: Sequence[str] | None = None) -> JSONDict:
@@ -687,8 +692,9 @@ class JiraClient:
         template: str | None = None,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        slots: threading.Semaphore | None = None,
     ) -> JSONDict:
-        answer = self._request(method, path, template or path, params=params, json_body=json_body)
+        answer = self._request(method, path, template or path, params=params, json_body=json_body, slots=slots)
         if not isinstance(answer, dict):
             error = JiraError(f"{method} {path}: expected a JSON object", method=method, path=path)
             self.stats._error(error)
@@ -703,6 +709,7 @@ class JiraClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        slots: threading.Semaphore | None = None,
     ) -> Any:
         """Sends one call with retries; returns the parsed JSON body.
 
@@ -710,7 +717,7 @@ class JiraClient:
         :class:`JiraError` subclasses for final answers.
         """
         try:
-            return self._send_with_retries(method, path, template, params, json_body)
+            return self._send_with_retries(method, path, template, params, json_body, slots)
         except JiraError as exc:
             self.stats._error(exc)
             raise
@@ -722,8 +729,10 @@ class JiraClient:
         template: str,
         params: Mapping[str, Any] | None,
         json_body: Any,
+        slots: threading.Semaphore | None = None,
     ) -> Any:
         url = self.base_url + path
+        on_the_wire = slots if slots is not None else contextlib.nullcontext()
         waited = 0.0
         attempt = 0
         while True:
@@ -737,7 +746,8 @@ class JiraClient:
             try:
                 # stream=False: the body is read here, so a connection reset mid-body raises
                 # ChunkedEncodingError/ConnectionError inside this try and is retried.
-                response = self._session.request(method, url, params=params, json=json_body, timeout=self.timeout)
+                with on_the_wire:
+                    response = self._session.request(method, url, params=params, json=json_body, timeout=self.timeout)
             except _TRANSPORT_ERRORS as exc:
                 self._report(template, 0, started)
                 if isinstance(exc, requests.exceptions.SSLError):

@@ -227,6 +227,44 @@ def test_an_id_listing_reads_its_pages_only_as_they_are_needed():
     assert listing.all() == ["1", "2", "3", "4", "5", "6"] and listed == [3, 5, 6]
 
 
+def test_issue_reads_keep_concurrency_requests_in_flight_while_more_threads_map(
+    db, jira, jira_settings, redis_conn, monkeypatch
+):
+    """BACKFILL_CONCURRENCY bounds the bulkfetch requests Jira sees at once; the answers are
+    mapped on twice as many threads, so a request goes out while another answer is mapped."""
+    settings = dataclasses.replace(jira_settings, backfill_concurrency=2)
+    jira.latency_ms = 20
+    lock, now, most = threading.Lock(), [0], [0]
+    real_handle = jira._handle
+
+    def counting(method, raw_path, headers, body):
+        if "issue/bulkfetch" not in raw_path:
+            return real_handle(method, raw_path, headers, body)
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            return real_handle(method, raw_path, headers, body)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    mappers: set[str] = set()
+    real_hash = store.content_hash
+
+    def spy(row):
+        mappers.add(threading.current_thread().name)
+        return real_hash(row)
+
+    monkeypatch.setattr(jira, "_handle", counting)
+    monkeypatch.setattr(store, "content_hash", spy)
+    result = sync(settings, redis_conn, full=True)
+    assert result["written"] == 1500 and jira.stats["issue/bulkfetch"] == 15
+    assert_exact(jira, settings)
+    assert most[0] == 2, most
+    assert len(mappers) > 2 and all(name.startswith("sync-DEMO") for name in mappers), mappers
+
+
 def test_a_full_sync_maps_rows_on_its_reading_threads_with_fewer_collections(
     db, jira, jira_settings, redis_conn, monkeypatch
 ):

@@ -334,6 +334,52 @@ def test_bulkfetch_returns_issues_and_issue_errors(jira: FakeJira, client: JiraC
     assert jira.seen[0].body == {"issueIdsOrKeys": ["10001", "DEMO-7", "10999"], "fields": ["summary", "updated"]}
 
 
+def test_bulkfetch_holds_its_slot_only_while_the_request_is_on_the_wire(
+    jira: FakeJira, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``slots`` is held from the send to the body's last byte: not during a retry's wait,
+    not while the answer is parsed, and given back when the call fails."""
+    from mirror import jira as jira_module
+
+    slots = threading.BoundedSemaphore(1)
+    held: dict[str, list[bool]] = {"server": [], "sleep": [], "parse": []}
+
+    def is_held() -> bool:
+        if slots.acquire(blocking=False):
+            slots.release()
+            return False
+        return True
+
+    def answer(reply: Reply) -> Callable[[Seen], Reply]:
+        def step(seen: Seen) -> Reply:
+            held["server"].append(is_held())
+            return reply
+
+        return step
+
+    real_parse = jira_module._parse_json
+
+    def parse(*args: Any) -> Any:
+        held["parse"].append(is_held())
+        return real_parse(*args)
+
+    monkeypatch.setattr(jira_module, "_parse_json", parse)
+    client = make(sleep=lambda seconds: held["sleep"].append(is_held()))
+    jira.on(
+        "POST",
+        "/rest/api/3/issue/bulkfetch",
+        answer(Reply(429, {"errorMessages": ["Rate limit exceeded."]}, {"Retry-After": "1"})),
+        answer(Reply(body=payload("jira_bulkfetch.json"))),
+        answer(Reply(400, {"errorMessages": ["bad"]})),
+    )
+    issues, _ = client.bulkfetch(["10001"], slots=slots)
+    assert [i["key"] for i in issues] == ["DEMO-1"]
+    assert held == {"server": [True, True], "sleep": [False], "parse": [False]}
+    with pytest.raises(JiraBadRequestError):
+        client.bulkfetch(["10001"], slots=slots)
+    assert held["server"][-1] is True and not is_held()
+
+
 def test_bulkfetch_over_100_is_a_value_error_and_sends_nothing(jira: FakeJira, client: JiraClient) -> None:
     with pytest.raises(ValueError, match="at most 100"):
         client.bulkfetch([str(n) for n in range(101)])
