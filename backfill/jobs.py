@@ -335,20 +335,26 @@ def sync_project(site: str, project_key: str, full: bool = False) -> dict[str, A
         return {"project": project_key, "handed_back": again}
 
 
-def sync_users_job(site: str) -> dict[str, int]:
-    """The RQ job behind the daily users sync: Jira users into ``jira_user``."""
+def sync_users_and_fields(client: JiraClient, site: str) -> dict[str, int]:
+    """Jira users into ``jira_user``, then the site's fields into ``jira_field`` (story points,
+    sprints: their ids differ per site, and change as rarely as the users). The daily job and
+    ``jira-mirror users sync`` both do this; counts of :func:`mirror.users.sync_users` plus
+    ``fields``."""
+    from backfill.history import refresh_fields
     from mirror.users import sync_users
 
+    counts = sync_users(client, site)
+    counts["fields"] = refresh_fields(client, site)
+    return counts
+
+
+def sync_users_job(site: str) -> dict[str, int]:
+    """The RQ job behind the daily users sync: :func:`sync_users_and_fields`."""
     settings = Settings.from_env()
     if settings.site != site:
         raise SyncError(f"this worker mirrors {settings.site}, the job is for {site}")
-    from backfill.history import refresh_fields
-
     with client_for(settings) as client, database.connection_context():
-        counts = sync_users(client, site)
-        # The site's fields (story points, sprints: ids differ per site) change as rarely.
-        counts["fields"] = refresh_fields(client, site)
-        return counts
+        return sync_users_and_fields(client, site)
 
 
 def enqueue_users_sync(connection: Redis, *, site: str) -> str:

@@ -288,7 +288,9 @@ def users_group() -> None:
 @users_group.command("sync")
 @fail_cleanly
 def users_sync() -> None:
-    """Mirror Jira's users (account id, name, e-mail when visible, active, type)."""
+    """Mirror Jira's users (account id, name, e-mail when visible, active, type) and the site's
+    fields (``jira_field``), as the daily job does."""
+    from backfill.jobs import sync_users_and_fields
     from mirror.jira import JiraError
 
     settings = settings_from_env()
@@ -297,7 +299,7 @@ def users_sync() -> None:
     try:
         with jira_client(settings) as client, database.connection_context():
             try:
-                counts = users.sync_users(client, settings.site)
+                counts = sync_users_and_fields(client, settings.site)
             finally:
                 # Best effort, and quick when Redis is away: the counts are metrics, not the work.
                 metrics.record_jira_client(redis_for(settings, socket_connect_timeout=1, socket_timeout=2), client)
@@ -305,7 +307,8 @@ def users_sync() -> None:
         raise click.ClickException(f"Jira: {exc}") from None
     click.echo(
         f"{counts['seen']} user(s) read, {counts['written']} written: {counts['with_email']} with e-mail, "
-        f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped"
+        f"{counts['hidden_email']} hidden, {counts['inactive']} inactive, {counts['skipped']} skipped; "
+        f"{counts['fields']} field(s)"
     )
 
 

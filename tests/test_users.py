@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from jira_mirror_cli import main
-from mirror import metrics, store, users
+from mirror import history_store, metrics, store, users
 from mirror.issues import to_row
 from mirror.jira import JiraAuthError, JiraClient
-from mirror.models import Member, User
+from mirror.models import Field, Member, User
 from mirror.settings import Settings
 from tests import factories
 
@@ -35,10 +35,37 @@ def jira_user(n: int, *, email: str | None = "", active: bool = True, kind: str 
     return user
 
 
+FIELDS = [
+    {
+        "id": "summary",
+        "key": "summary",
+        "name": "Summary",
+        "custom": False,
+        "orderable": True,
+        "navigable": True,
+        "searchable": True,
+        "clauseNames": ["summary"],
+        "schema": {"type": "string", "system": "summary"},
+    },
+    {
+        "id": "customfield_10234",
+        "key": "customfield_10234",
+        "name": "Story point estimate",
+        "custom": True,
+        "orderable": True,
+        "navigable": True,
+        "searchable": True,
+        "clauseNames": ["cf[10234]", "Story point estimate"],
+        "schema": {"type": "number", "custom": "com.pyxis.greenhopper.jira:jsw-story-points", "customId": 10234},
+    },
+]
+
+
 class FakeJira:
     """``GET /rest/api/3/users/search`` as Jira Cloud serves it: a bare list, at most 100 a
     page whatever ``maxResults`` asks (JRACLOUD-72003), Basic auth checked, and a 429 on demand.
-    ``POST /rest/api/3/issue/bulkfetch`` answers from ``issues`` (for webhook jobs that read Jira)."""
+    ``POST /rest/api/3/issue/bulkfetch`` answers from ``issues`` (for webhook jobs that read Jira);
+    ``GET /rest/api/3/field`` answers ``FIELDS`` (the shape of the OpenAPI's ``FieldDetails``)."""
 
     def __init__(self, people: list[dict], issues: dict[str, dict] | None = None):
         self.people = people
@@ -54,6 +81,8 @@ class FakeJira:
                 expected = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
                 if self.headers.get("Authorization") != expected:
                     return self._answer(401, {"errorMessages": ["Client must be authenticated"]})
+                if url.path == "/rest/api/3/field":
+                    return self._answer(200, FIELDS)
                 if url.path != "/rest/api/3/users/search":
                     return self._answer(404, {"errorMessages": ["not found"]})
                 if fake.rate_limit_next:
@@ -257,8 +286,14 @@ def test_cli_users_sync_import_and_match(runner, jira_env, settings, jira, redis
     synced = runner.invoke(main, ["users", "sync"])
     assert synced.exit_code == 0, synced.output
     assert "231 user(s) read, 229 written" in synced.stdout and "2 hidden, 1 inactive" in synced.stdout
+    # As the daily job: the site's fields too (story points found by type, whatever their id).
+    assert synced.stdout.rstrip().endswith("; 2 field(s)"), synced.stdout
+    site = Settings.from_env().site  # the CLI's: the fake Jira's host
+    assert site != settings.site
+    assert history_store.agile_for(site).story_points == "customfield_10234"
+    assert {f.field_id for f in Field.select().where(Field.site == site)} == {"summary", "customfield_10234"}
     families = {f.name: f for f in metrics.RedisCounterCollector(redis_conn).collect()}
-    assert families["jira_mirror_jira_api_calls"].samples[0].value == 5
+    assert families["jira_mirror_jira_api_calls"].samples[0].value == 6
     assert families["jira_mirror_jira_rate_limited"].samples[0].value == 1
 
     csv_path = tmp_path / "members.csv"
@@ -266,8 +301,6 @@ def test_cli_users_sync_import_and_match(runner, jira_env, settings, jira, redis
     imported = runner.invoke(main, ["members", "import", str(csv_path)])
     assert imported.exit_code == 0 and "1 member(s) imported: 1 new, 0 updated" in imported.output
 
-    site = Settings.from_env().site  # the CLI's: the fake Jira's host
-    assert site != settings.site
     store.upsert_issues(
         [
             to_row(
@@ -312,3 +345,17 @@ def test_sync_users_raises_what_jira_says(db, settings, jira):
     with jira.client(api_token="wrong-token") as client, pytest.raises(JiraAuthError):
         users.sync_users(client, settings.site)
     assert User.select().count() == 0
+
+
+def test_the_daily_users_job_syncs_users_and_fields_for_its_site_only(db, jira_env, settings, jira, redis_conn):
+    from backfill import jobs
+    from backfill.sync import SyncError
+
+    site = Settings.from_env().site
+    with pytest.raises(SyncError, match="the job is for elsewhere.example"):
+        jobs.sync_users_job("elsewhere.example")
+    assert jira.requests == []
+    counts = jobs.sync_users_job(site)
+    assert counts["written"] == 229 and counts["fields"] == 2
+    assert User.select().where(User.site == site).count() == 229
+    assert Field.select().where(Field.site == site).count() == 2
