@@ -1,5 +1,6 @@
 """Jobs through real RQ and real worker processes on the real database."""
 
+import dataclasses
 import datetime as dt
 import random
 
@@ -61,3 +62,25 @@ def test_retry_policy_backs_off_exponentially():
     policy = queues.retry_policy()
     assert policy.max == len(queues.RETRY_INTERVALS)
     assert all(b == 2 * a for a, b in zip(policy.intervals, policy.intervals[1:]))
+
+
+@pytest.mark.rq  # RQ's lock and cleaning: run with the newest RQ 2.x too (make test-rq2)
+def test_a_cleaning_lock_left_by_a_dead_worker_holds_maintenance_up_for_one_interval(settings, redis_conn):
+    """RQ's registry-cleaning lock lives 899 s: a worker killed while holding it stopped every
+    worker from finding abandoned jobs for 15 minutes. Ours lives one maintenance interval."""
+    import time
+
+    from workers.worker import build_worker
+
+    local = dataclasses.replace(settings, worker_heartbeat_seconds=1)
+    dead = build_worker(local, (queues.ISSUES,), connection=redis_conn)
+    alive = build_worker(local, (queues.ISSUES,), connection=redis_conn)
+    lock = dead.queues[0].registry_cleaning_key
+    assert dead.queues[0].acquire_maintenance_lock()  # ...and the process dies holding it
+    assert 0 < redis_conn.ttl(lock) <= 3 == alive.maintenance_interval
+    assert not alive.queues[0].acquire_maintenance_lock()
+    deadline = time.monotonic() + 5
+    while redis_conn.exists(lock) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive.clean_registries()  # RQ's own cleaning, under the lock it could take again
+    assert not redis_conn.exists(lock) and alive.last_cleaned_at is not None

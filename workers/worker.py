@@ -41,7 +41,7 @@ from mirror.db import init_database
 from mirror.redis_connection import log_connection, redis_for
 from mirror.settings import Settings
 from workers import inbox
-from workers.queues import DRAIN_JOB, ISSUES, queue
+from workers.queues import DRAIN_JOB, ISSUES, MaintainedQueue
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,16 @@ def build_worker(
     settings: Settings, queue_names: Sequence[str] = (ISSUES,), *, connection: Redis | None = None
 ) -> MirrorWorker:
     connection = connection or redis_connection(settings)
+    # The cleaning lock outlives no maintenance interval (three beats): a lock left by a killed
+    # worker delays the search for abandoned jobs by one interval, not 15 minutes.
+    lock_seconds = 3 * max(1, int(settings.worker_heartbeat_seconds))
     return MirrorWorker(
-        [queue(name, connection) for name in queue_names],
+        [
+            MaintainedQueue(
+                name, connection=connection, serializer=JSONSerializer, maintenance_lock_seconds=lock_seconds
+            )
+            for name in queue_names
+        ],
         connection=connection,
         serializer=JSONSerializer,
         heartbeat_seconds=settings.worker_heartbeat_seconds,
