@@ -42,6 +42,12 @@ description):
     Site-wide changed/deleted worklog ids (1000 a page, ``nextPage``/``lastPage``/``until``,
     nothing of the last minute), and reads of up to 1000 worklogs or comments by id.
 
+Answers as Jira Cloud's edge sends them (recorded response headers: ``Content-Encoding: gzip``,
+``Vary: Accept-Encoding``, ``Transfer-Encoding: chunked``; a public connector's documentation,
+swimlane/techpubs-knowledgecenter, ``docs/Connectors/t_atlassian_jira-main/Actions/get_user.md``):
+a JSON answer to a request whose ``Accept-Encoding`` names gzip is gzip-compressed and chunked;
+otherwise, and for the edge's HTML error pages, it is sent whole with a ``Content-Length``.
+
 Failure modes, each a knob that can be changed while the server runs: per-request latency,
 random 429s carrying ``Retry-After`` / ``X-RateLimit-Reset`` / ``RateLimit-Reason``
 (docs/jira.md, "Rate limits and auth"), bursts of
@@ -69,6 +75,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import itemgetter
@@ -219,6 +226,9 @@ class JiraServer:
             than 10 s; ``None`` (the default): never.
         base_url: the ``baseUrl`` / ``self`` prefix; the served URL by default.
         cloud_id: the cloud id (``/_edge/tenant_info``, ``/ex/jira/{cloudId}`` paths).
+        gzip_level: the zlib level of gzip-compressed answers (0: never compress). The level
+            changes nothing a client sees but the size; 1 by default, because the simulator's
+            CPU is shared with the clients it serves on one machine, as Jira's edge's is not.
 
     Every knob is a plain attribute that may be changed while the server runs. Counters:
     :attr:`stats` (requests per route), :attr:`status_counts`, :attr:`request_log`.
@@ -247,6 +257,7 @@ class JiraServer:
         slow_user_search_above: int | None = None,
         base_url: str | None = None,
         cloud_id: str | None = None,
+        gzip_level: int = 1,
     ) -> None:
         self.site = site if site is not None else Site.generate({"DEMO": 100}, seed=seed)
         self.host = host
@@ -265,6 +276,7 @@ class JiraServer:
         self.short_page_rate = short_page_rate
         self.issue_error_rate = issue_error_rate
         self.slow_user_search_above = slow_user_search_above
+        self.gzip_level = gzip_level
         #: Called as ``on_search_page(page_index)`` after a ``search/jql`` page has been computed
         #: and before it is sent (``page_index`` counts the pages of one query from 0): a test
         #: changes the site there to shift the pages that follow.
@@ -1202,6 +1214,37 @@ class _HTTPServer(ThreadingHTTPServer):
         log.debug("jira simulator: error serving %s", client_address, exc_info=True)
 
 
+def _accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value names gzip (or ``*``) without ``q=0``."""
+    for part in (header or "").split(","):
+        name, _, params = part.partition(";")
+        if name.strip().lower() in ("gzip", "x-gzip", "*"):
+            quality = 1.0
+            for param in params.split(";"):
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        quality = float(value)
+                    except ValueError:
+                        quality = 0.0
+            return quality > 0
+    return False
+
+
+def _gzip(data: bytes, level: int) -> bytes:
+    packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: the gzip wrapper
+    return packer.compress(data) + packer.flush()
+
+
+_CHUNK = 16 * 1024
+
+
+def _chunked(data: bytes) -> bytes:
+    """``data`` in HTTP/1.1 chunks of at most 16 KiB, then the last, empty chunk."""
+    parts = [b"%x\r\n%s\r\n" % (len(data[i : i + _CHUNK]), data[i : i + _CHUNK]) for i in range(0, len(data), _CHUNK)]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body are two writes; with Nagle on, keep-alive clients wait ~40 ms per request
@@ -1264,9 +1307,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write(self, resp: _Response, *, cut: bool = False) -> None:
         body = self._encode(resp)
+        level = self.server.sim.gzip_level
+        compress = bool(level) and resp.raw is None and body and _accepts_gzip(self.headers.get("Accept-Encoding"))
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if compress:
+            self.send_header("Vary", "Accept-Encoding")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            body = _chunked(_gzip(body, level))
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("X-AREQUESTID", uuid.uuid4().hex[:12])
         self.send_header("Cache-Control", "no-cache, no-store, no-transform")
         for name, value in resp.headers.items():

@@ -332,6 +332,8 @@ def test_bulkfetch_returns_issues_and_issue_errors(jira: FakeJira, client: JiraC
     assert [i["key"] for i in issues] == ["DEMO-1"]
     assert errors == [{"id": "10999", "errorMessage": "Issue could not be fetched: transient error, retry later."}]
     assert jira.seen[0].body == {"issueIdsOrKeys": ["10001", "DEMO-7", "10999"], "fields": ["summary", "updated"]}
+    # Asked for compressed answers, as Jira's edge sends them (the simulator's tests read them).
+    assert "gzip" in jira.seen[0].headers["Accept-Encoding"]
 
 
 def test_bulkfetch_holds_its_slot_only_while_the_request_is_on_the_wire(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gzip
 import datetime as dt
 import hashlib
 import hmac
@@ -404,6 +405,31 @@ def test_fail_next_injects_a_burst_then_recovers(http: requests.Session, server:
     assert search(http, server, "project = DEMO").status_code == 200  # other routes unaffected
     bulk = http.post(f"{server.url}/rest/api/3/issue/bulkfetch", json={"issueIdsOrKeys": ["10001"]})
     assert bulk.status_code == 502 and bulk.headers["Content-Type"].startswith("text/html")
+
+
+def test_json_answers_are_gzipped_and_chunked_when_the_client_accepts_gzip(
+    http: requests.Session, server: JiraServer
+) -> None:
+    """As Jira Cloud's edge answers (recorded headers: Content-Encoding gzip, Vary, chunked);
+    whole, with a Content-Length, to a client that does not accept gzip, and for HTML errors."""
+    url = f"{server.url}/rest/api/3/issue/bulkfetch"
+    ids = {"issueIdsOrKeys": [str(10001 + n) for n in range(20)]}
+    packed = http.post(url, json=ids, headers={"Accept-Encoding": "gzip, deflate"}, stream=True)
+    raw = packed.raw.read(decode_content=False)
+    assert packed.headers["Content-Encoding"] == "gzip" and packed.headers["Vary"] == "Accept-Encoding"
+    assert packed.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in packed.headers
+    assert raw[:2] == b"\x1f\x8b"
+    plain = http.post(url, json=ids, headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and int(plain.headers["Content-Length"]) == len(plain.content)
+    assert json.loads(gzip.decompress(raw)) == plain.json() and len(plain.json()["issues"]) == 20
+    assert len(raw) < len(plain.content) / 3
+    refused = http.post(url, json=ids, headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in refused.headers and refused.json() == plain.json()
+    server.fail_next(1, status=502, route="issue/bulkfetch")
+    edge = http.post(url, json=ids, headers={"Accept-Encoding": "gzip"})
+    assert edge.status_code == 502 and "Content-Encoding" not in edge.headers
+    server.gzip_level = 0
+    assert "Content-Encoding" not in http.post(url, json=ids, headers={"Accept-Encoding": "gzip"}).headers
 
 
 def test_page_tokens_expire_and_cannot_be_forged(http: requests.Session, server: JiraServer) -> None:
