@@ -67,20 +67,27 @@ def test_retry_policy_backs_off_exponentially():
 @pytest.mark.rq  # RQ's lock and cleaning: run with the newest RQ 2.x too (make test-rq2)
 def test_a_cleaning_lock_left_by_a_dead_worker_holds_maintenance_up_for_one_interval(settings, redis_conn):
     """RQ's registry-cleaning lock lives 899 s: a worker killed while holding it stopped every
-    worker from finding abandoned jobs for 15 minutes. Ours lives one maintenance interval."""
+    worker from cleaning (and so from finding abandoned jobs) for 15 minutes. Ours lives one
+    maintenance interval. A cleaning is seen by what it does: a dead worker's entry in the
+    queue's worker set is dropped."""
     import time
+
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
     from workers.worker import build_worker
 
     local = dataclasses.replace(settings, worker_heartbeat_seconds=1)
     dead = build_worker(local, (queues.ISSUES,), connection=redis_conn)
     alive = build_worker(local, (queues.ISSUES,), connection=redis_conn)
+    registered = WORKERS_BY_QUEUE_KEY % queues.ISSUES
+    redis_conn.sadd(registered, dead.key)  # registered, and its own key long gone
     lock = dead.queues[0].registry_cleaning_key
     assert dead.queues[0].acquire_maintenance_lock()  # ...and the process dies holding it
     assert 0 < redis_conn.ttl(lock) <= 3 == alive.maintenance_interval
-    assert not alive.queues[0].acquire_maintenance_lock()
+    alive.clean_registries()  # the lock is taken: nothing cleaned
+    assert redis_conn.sismember(registered, dead.key)
     deadline = time.monotonic() + 5
     while redis_conn.exists(lock) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive.clean_registries()  # RQ's own cleaning, under the lock it could take again
-    assert not redis_conn.exists(lock) and alive.last_cleaned_at is not None
+    alive.clean_registries()  # RQ's own cleaning, under a lock it could take again, then released
+    assert not redis_conn.sismember(registered, dead.key) and not redis_conn.exists(lock)
